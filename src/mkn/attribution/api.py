@@ -66,6 +66,14 @@ class Attribution:
 METHODS = tuple(BASELINES)
 
 
+def probability(lm: LanguageModel, prompt: str, target: str) -> float:
+    """p(target | prompt): the product over the target's teacher-forced tokens.
+
+    Active interventions (``mkn.interventions``) apply.
+    """
+    return math.prod(activations(lm, step)[1] for step in encode(lm, prompt, target).steps)
+
+
 def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", steps: int = 20,
               rule: str = "left", layers: list[int] | None = None,
               batch_size: int | None = None) -> Attribution:

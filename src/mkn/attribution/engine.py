@@ -29,7 +29,7 @@ LOGITS_BUDGET = 2**25
 
 
 def default_batch_size(lm: LanguageModel) -> int:
-    vocab = lm.model.config.vocab_size
+    vocab = lm.model.config.get_text_config().vocab_size
     return max(8, LOGITS_BUDGET // vocab)
 
 
@@ -60,24 +60,46 @@ class StepRunner:
         else:
             self.tokens = ids
             self.position = step.position
+            with torch.no_grad():  # hidden state entering each block, for rows starting there
+                out = lm.model.base_model(input_ids=ids[None], output_hidden_states=True)
+            self.hidden_in = [h[0] for h in out.hidden_states[: lm.n_layers]]
 
-    def probs(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None) -> torch.Tensor:
-        """p(target) for ``rows`` copies of the step, with ``hooks`` on the neurons; ``[rows]``."""
-        model = self.lm.model
-        input_ids = self.tokens[None].expand(rows, -1)
+    def probs(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
+              row_layers: list[int] | None = None) -> torch.Tensor:
+        """p(target) for ``rows`` copies of the step, with ``hooks`` on the neurons; ``[rows]``.
+
+        ``row_layers`` (ascending) is the lowest layer each row changes; a masked LM starts such
+        a row from the clean hidden state entering that layer instead of recomputing below it.
+        """
         with neuron_hooks(self.lm, hooks or {}):
             if self.lm.causal:
-                cache = None
-                if self.cache is not None:
-                    cache = copy.deepcopy(self.cache)
-                    cache.batch_repeat_interleave(rows)
-                out = model(input_ids=input_ids, past_key_values=cache, use_cache=cache is not None,
-                            logits_to_keep=1)
-                logits = out.logits[:, -1]
+                logits = self._causal_logits(rows)
             else:
-                hidden = model.base_model(input_ids=input_ids).last_hidden_state
-                logits = self.lm.mlm_head(hidden[:, self.position])
+                logits = self._masked_logits(row_layers or [0] * rows)
         return target_prob(logits, self.step.target_id)
+
+    def _causal_logits(self, rows: int) -> torch.Tensor:
+        cache = None
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_repeat_interleave(rows)
+        out = self.lm.model(input_ids=self.tokens[None].expand(rows, -1), past_key_values=cache,
+                            use_cache=cache is not None, logits_to_keep=1)
+        return out.logits[:, -1]
+
+    def _masked_logits(self, row_layers: list[int]) -> torch.Tensor:
+        if any(a > b for a, b in zip(row_layers, row_layers[1:], strict=False)):
+            raise ValueError("row_layers must be ascending")
+        starts = torch.bincount(torch.tensor(row_layers), minlength=self.lm.n_layers).tolist()
+        hidden = self.hidden_in[0][None].expand(starts[0], -1, -1)
+        for layer, block in enumerate(self.lm.blocks):
+            if layer and starts[layer]:
+                fresh = self.hidden_in[layer][None].expand(starts[layer], -1, -1)
+                hidden = torch.cat([hidden, fresh])
+            if len(hidden):
+                out = block(hidden)
+                hidden = out[0] if isinstance(out, tuple) else out
+        return self.lm.mlm_head(hidden[:, self.position])
 
 
 def activations(lm: LanguageModel, step: PredictionStep) -> tuple[torch.Tensor, float]:
@@ -136,7 +158,7 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
             hooks[layer] = replace_position(torch.tensor(members, device=lm.device),
                                             runner.position, leaf)
         with torch.enable_grad():
-            probs = runner.probs(len(chunk), hooks)
+            probs = runner.probs(len(chunk), hooks, [layer for layer, _ in chunk])
             grads = torch.autograd.grad(probs.sum(), list(leaves.values()))
         for (layer, ks), grad in zip(layer_steps.items(), grads, strict=True):
             integral[layer] += (weight_t[ks, None] * grad.float()).sum(0)
@@ -146,5 +168,5 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
         rows_t = torch.arange(len(layers), device=lm.device)
         hooks = {layer: replace_position(rows_t[i:i + 1], runner.position, baseline[layer][None])
                  for i, layer in enumerate(layers)}
-        baseline_prob[layers] = runner.probs(len(layers), hooks).float()
+        baseline_prob[layers] = runner.probs(len(layers), hooks, layers).float()
     return PathIntegral(scores=scores, baseline_prob=baseline_prob)

@@ -51,8 +51,11 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
     FamilyAdapter("BLOOM", ("bloom",), True, "transformer.h", "mlp.dense_4h_to_h"),
     FamilyAdapter("Llama/Mistral", ("llama", "mistral"), True, "model.layers", "mlp.down_proj"),
     FamilyAdapter("Qwen2/Qwen3", ("qwen2", "qwen3"), True, "model.layers", "mlp.down_proj"),
-    FamilyAdapter("Gemma/Gemma2/Gemma3", ("gemma", "gemma2", "gemma3", "gemma3_text"), True,
+    FamilyAdapter("Gemma/Gemma2/Gemma3", ("gemma", "gemma2", "gemma3_text"), True,
                   "model.layers", "mlp.down_proj"),
+    # Gemma3ForConditionalGeneration (model_type gemma3: image + text) keeps its decoder apart.
+    FamilyAdapter("Gemma3 multimodal", ("gemma3",), True, "model.language_model.layers",
+                  "mlp.down_proj"),
     FamilyAdapter("XGLM", ("xglm",), True, "model.layers", "fc2"),
 )
 

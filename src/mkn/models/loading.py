@@ -83,10 +83,13 @@ class LanguageModel:
     @property
     def max_length(self) -> int | None:
         """The model's context length, if its config states one."""
-        config = self.model.config
+        config = self.model.config.get_text_config()  # multimodal models: the text decoder's
         for key in ("max_position_embeddings", "n_positions", "seq_length"):
             value = getattr(config, key, None)
             if isinstance(value, int) and value > 0:
+                if config.model_type in ("roberta", "xlm-roberta"):
+                    # positions start after the padding index: 514 entries hold 512 tokens
+                    value -= (config.pad_token_id or 0) + 1
                 return value
         return None
 
@@ -134,6 +137,8 @@ def _auto_class(model_type: str):
 
 def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str) -> LanguageModel:
     import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # loading from safetensors takes seconds
 
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
                                                      trust_remote_code=False)
