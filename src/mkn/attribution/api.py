@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mkn.attribution.baselines import BASELINES
-from mkn.attribution.engine import activations, integrated_gradients
+from mkn.attribution.engine import clean_run, integrated_gradients
 from mkn.attribution.queries import encode
 from mkn.attribution.rules import quadrature
 from mkn.models.loading import LanguageModel
@@ -36,7 +36,17 @@ class Attribution:
     layers: list[int]
     baseline_prob: torch.Tensor
     completeness_gap: torch.Tensor
-    extras: dict = field(default_factory=dict)
+    predicted_ids: list[int] = field(default_factory=list)
+
+    @property
+    def correct(self) -> bool:
+        """Whether the greedy prediction is the target at every teacher-forced token."""
+        return self.predicted_ids == self.target_ids
+
+    @property
+    def confidence(self) -> float:
+        """Per-token geometric-mean probability of the target."""
+        return self.prob ** (1 / len(self.token_probs))
 
     @property
     def relative_completeness_gap(self) -> float:
@@ -57,6 +67,7 @@ class Attribution:
             "prompt": self.prompt, "target": self.target, "method": self.method,
             "steps": self.steps, "rule": self.rule, "prob": self.prob,
             "token_probs": self.token_probs, "target_tokens": self.target_tokens,
+            "correct": self.correct,
             "completeness_gap": [float(self.completeness_gap[layer]) for layer in self.layers],
             "relative_completeness_gap": self.relative_completeness_gap,
             "top_neurons": [list(t) for t in self.top(top)],
@@ -71,7 +82,7 @@ def probability(lm: LanguageModel, prompt: str, target: str) -> float:
 
     Active interventions (``mkn.interventions``) apply.
     """
-    return math.prod(activations(lm, step)[1] for step in encode(lm, prompt, target).steps)
+    return math.prod(clean_run(lm, step).prob for step in encode(lm, prompt, target).steps)
 
 
 def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", steps: int = 20,
@@ -99,15 +110,16 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
     query = encode(lm, prompt, target)
     scores = torch.zeros(lm.n_layers, lm.n_neurons)
     baseline_prob = torch.zeros(lm.n_layers)
-    token_probs = []
+    token_probs, predicted = [], []
     for step in query.steps:
-        clean, prob = activations(lm, step)
-        baseline = BASELINES[method](lm, step, clean)
-        result = integrated_gradients(lm, step, clean, baseline, layers, alphas, weights,
-                                      batch_size)
+        clean = clean_run(lm, step)
+        baseline = BASELINES[method](lm, step, clean.activations)
+        result = integrated_gradients(lm, step, clean.activations, baseline, layers, alphas,
+                                      weights, batch_size)
         scores += result.scores
         baseline_prob += result.baseline_prob
-        token_probs.append(prob)
+        token_probs.append(clean.prob)
+        predicted.append(clean.predicted_id)
     n = len(query.steps)
     scores /= n
     baseline_prob /= n
@@ -118,5 +130,5 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
         prompt=prompt, target=target, method=method, steps=steps, rule=rule, scores=scores,
         prob=math.prod(token_probs), token_probs=token_probs, target_ids=list(query.target_ids),
         target_tokens=list(query.target_tokens), layers=layers, baseline_prob=baseline_prob,
-        completeness_gap=gap,
+        completeness_gap=gap, predicted_ids=predicted,
     )

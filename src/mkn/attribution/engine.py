@@ -64,19 +64,23 @@ class StepRunner:
                 out = lm.model.base_model(input_ids=ids[None], output_hidden_states=True)
             self.hidden_in = [h[0] for h in out.hidden_states[: lm.n_layers]]
 
-    def probs(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
-              row_layers: list[int] | None = None) -> torch.Tensor:
-        """p(target) for ``rows`` copies of the step, with ``hooks`` on the neurons; ``[rows]``.
+    def logits(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
+               row_layers: list[int] | None = None) -> torch.Tensor:
+        """Logits at the prediction position for ``rows`` copies of the step, with ``hooks`` on
+        the neurons; ``[rows, vocab]``.
 
         ``row_layers`` (ascending) is the lowest layer each row changes; a masked LM starts such
         a row from the clean hidden state entering that layer instead of recomputing below it.
         """
         with neuron_hooks(self.lm, hooks or {}):
             if self.lm.causal:
-                logits = self._causal_logits(rows)
-            else:
-                logits = self._masked_logits(row_layers or [0] * rows)
-        return target_prob(logits, self.step.target_id)
+                return self._causal_logits(rows)
+            return self._masked_logits(row_layers or [0] * rows)
+
+    def probs(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
+              row_layers: list[int] | None = None) -> torch.Tensor:
+        """p(target) for each row (see :meth:`logits`); ``[rows]``."""
+        return target_prob(self.logits(rows, hooks, row_layers), self.step.target_id)
 
     def _causal_logits(self, rows: int) -> torch.Tensor:
         cache = None
@@ -102,12 +106,22 @@ class StepRunner:
         return self.lm.mlm_head(hidden[:, self.position])
 
 
-def activations(lm: LanguageModel, step: PredictionStep) -> tuple[torch.Tensor, float]:
-    """Clean neurons at the prediction position ``[layers, neurons]`` and p(target)."""
+@dataclass
+class CleanRun:
+    """The unmodified prediction of one step."""
+
+    activations: torch.Tensor  # [layers, neurons] at the prediction position
+    prob: float  # p(target)
+    predicted_id: int  # the greedy (argmax) token
+
+
+def clean_run(lm: LanguageModel, step: PredictionStep) -> CleanRun:
+    """Clean neurons at the prediction position, p(target) and the greedy prediction."""
     runner = StepRunner(lm, step)
     with torch.no_grad(), capture(lm, position=runner.position) as store:
-        prob = runner.probs(1)
-    return torch.stack([store[layer][0] for layer in range(lm.n_layers)]), float(prob)
+        logits = runner.logits(1)
+    acts = torch.stack([store[layer][0] for layer in range(lm.n_layers)])
+    return CleanRun(acts, float(target_prob(logits, step.target_id)), int(logits[0].argmax()))
 
 
 def replace_position(layer_rows: torch.Tensor, position: int, values: torch.Tensor) -> NeuronHook:
@@ -170,3 +184,9 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
                  for i, layer in enumerate(layers)}
         baseline_prob[layers] = runner.probs(len(layers), hooks, layers).float()
     return PathIntegral(scores=scores, baseline_prob=baseline_prob)
+
+
+def activations(lm: LanguageModel, step: PredictionStep) -> tuple[torch.Tensor, float]:
+    """Clean neurons at the prediction position ``[layers, neurons]`` and p(target)."""
+    run = clean_run(lm, step)
+    return run.activations, run.prob
