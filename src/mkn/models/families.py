@@ -67,7 +67,7 @@ def supported_model_types() -> list[str]:
 
 
 def adapter_for(model_type: str) -> FamilyAdapter:
-    """The adapter for a ``config.model_type``; a clear error naming the supported ones otherwise."""
+    """The adapter for a ``config.model_type``; an error naming the supported ones otherwise."""
     try:
         return _BY_MODEL_TYPE[model_type]
     except KeyError:

@@ -217,8 +217,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
                      ".gguf file)")
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL, dtype: torch.dtype | str = "float32",
-               device: str = "cpu") -> LanguageModel:
+def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
+               dtype: torch.dtype | str = "float32", device: str = "cpu") -> LanguageModel:
     """Load a model for attribution.
 
     Args:

@@ -1,0 +1,260 @@
+"""Every supported family, on a tiny random model: the fast engine against the plain reference.
+
+(a) ``mkn.attribute`` equals :func:`tests.reference_ig.reference_attribute` (methods ``ig`` and
+    ``amig``, single- and multi-token targets, English and Chinese, every quadrature rule);
+(b) the hooked activations are the post-activation input of the FFN output projection,
+    recomputed by hand from each block's own submodules;
+(c) the reported p(target) is the probability of a plain full forward pass;
+(d) ``lm.n_layers`` and ``lm.n_neurons`` are right.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mkn
+from mkn.models.hooks import capture
+from tests import tiny_models as tm
+from tests.reference_ig import reference_attribute, reference_prob, reference_token_probs
+
+FAMILIES = tm.FAMILIES
+METHODS = ("ig", "amig")
+RULES = ("left", "trapezoid", "gauss-legendre")
+STEPS = 5
+
+# (prompt for causal LMs, prompt for masked LMs, target); "New York" and "巴黎" are two tokens.
+QUERIES = {
+    "single": ("The capital of France is", "The capital of France is [Y] .", "Paris"),
+    "multi": ("The capital of France is", "The capital of France is [Y] .", "New York"),
+    "zh": ("法国的首都是", "法国的首都是[Y]。", "巴黎"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with tm.torch_threads(1):
+        yield
+
+
+def query(lm, name: str) -> tuple[str, str]:
+    causal, masked, target = QUERIES[name]
+    return (causal if lm.causal else masked), target
+
+
+def assert_scores_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4):
+    assert actual.shape == expected.shape
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * expected.abs().max())
+
+
+# -- (a) the engine against the reference ---------------------------------------------------
+
+
+# every rule for the English queries; the Chinese one with the left rule
+CASES = [(name, rule) for name in ("single", "multi") for rule in RULES] + [("zh", "left")]
+
+
+@pytest.mark.parametrize(("name", "rule"), CASES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribute_matches_reference(family, method, name, rule):
+    lm = tm.tiny(family)
+    prompt, target = query(lm, name)
+    result = mkn.attribute(lm, prompt=prompt, target=target, method=method, steps=STEPS, rule=rule)
+    expected = reference_attribute(lm, prompt, target, method, STEPS, rule)
+    if name != "single":
+        assert len(result.target_ids) == 2
+    assert_scores_close(result.scores, expected)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_subset_and_small_batches(family):
+    """Batches that cut across layers, and a subset of layers, give the same scores."""
+    lm = tm.tiny(family)
+    prompt, target = query(lm, "multi")
+    expected = reference_attribute(lm, prompt, target, "amig", 4, "trapezoid")
+    full = mkn.attribute(lm, prompt=prompt, target=target, method="amig", steps=4,
+                         rule="trapezoid", batch_size=3)
+    assert_scores_close(full.scores, expected)
+    last = lm.n_layers - 1
+    part = mkn.attribute(lm, prompt=prompt, target=target, method="amig", steps=4,
+                         rule="trapezoid", layers=[last], batch_size=1)
+    assert part.layers == [last]
+    assert_scores_close(part.scores[last], expected[last])
+    assert torch.all(part.scores[:last] == 0)
+
+
+@pytest.mark.parametrize("family", tm.CAUSAL_FAMILIES)
+def test_one_token_prompt_without_bos(family):
+    """No special tokens and a one-token prompt: nothing to cache before the first prediction."""
+    lm = tm.build(family, add_bos=False)
+    assert lm.tokenizer("France")["input_ids"] == [lm.tokenizer.convert_tokens_to_ids("France")]
+    for target in ("Paris", "New York"):
+        for method in METHODS:
+            result = mkn.attribute(lm, prompt="France", target=target, method=method, steps=3)
+            expected = reference_attribute(lm, "France", target, method, 3, "left")
+            assert_scores_close(result.scores, expected)
+            assert result.prob == pytest.approx(reference_prob(lm, "France", target), rel=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hooks_are_removed(family):
+    lm = tm.tiny(family)
+    prompt, target = query(lm, "single")
+    mkn.attribute(lm, prompt=prompt, target=target, method="amig", steps=2)
+    for layer in range(lm.n_layers):
+        assert not lm.down_proj(layer)._forward_pre_hooks
+        assert not lm.down_proj(layer)._forward_hooks
+
+
+# -- (b) the hooked activation is the post-activation FFN intermediate ------------------------
+
+
+def _linear(module, x):
+    """``nn.Linear`` or GPT-2 ``Conv1D`` (weight ``[in, out]``), written out."""
+    conv1d = type(module).__name__ == "Conv1D"
+    out = x @ (module.weight if conv1d else module.weight.T)
+    return out if module.bias is None else out + module.bias
+
+
+def gelu_erf(z):
+    return 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
+
+
+def gelu_tanh(z):
+    return 0.5 * z * (1 + torch.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+
+
+def silu(z):
+    return z * torch.sigmoid(z)
+
+
+def _dense(act, fc):
+    return lambda m, x: act(_linear(getattr(m, fc), x))
+
+
+def _gated(act):
+    return lambda m, x: act(_linear(m.gate_proj, x)) * _linear(m.up_proj, x)
+
+
+# family -> (module, from a block, whose input is the FFN input x; neurons from x by hand)
+BY_HAND = {
+    "bert": ("intermediate", _dense(gelu_erf, "dense")),
+    "roberta": ("intermediate", _dense(gelu_erf, "dense")),
+    "xlm-roberta": ("intermediate", _dense(gelu_erf, "dense")),
+    "gpt2": ("mlp", _dense(gelu_tanh, "c_fc")),  # gelu_new, Conv1D
+    "gpt_neo": ("mlp", _dense(gelu_tanh, "c_fc")),
+    "gpt_neox": ("mlp", _dense(gelu_erf, "dense_h_to_4h")),
+    "bloom": ("mlp", _dense(gelu_tanh, "dense_h_to_4h")),
+    "llama": ("mlp", _gated(silu)),
+    "mistral": ("mlp", _gated(silu)),
+    "qwen2": ("mlp", _gated(silu)),
+    "qwen3": ("mlp", _gated(silu)),
+    "gemma": ("mlp", _gated(gelu_tanh)),
+    "gemma2": ("mlp", _gated(gelu_tanh)),
+    "gemma3_text": ("mlp", _gated(gelu_tanh)),
+    "gemma3": ("mlp", _gated(gelu_tanh)),
+    "xglm": ("fc1", lambda fc1, x: gelu_erf(_linear(fc1, x))),
+}
+
+
+def test_by_hand_covers_every_family():
+    assert set(BY_HAND) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hooked_activation_is_post_activation(family):
+    lm = tm.tiny(family)
+    module_path, by_hand = BY_HAND[family]
+    tokenizer = lm.tokenizer
+    ids = torch.tensor([tokenizer("The capital of France is Paris")["input_ids"]])
+    ffn_inputs = {}
+    handles = []
+    for layer, block in enumerate(lm.blocks):
+        module = block.get_submodule(module_path)
+
+        def record(mod, args, layer=layer):
+            ffn_inputs[layer] = args[0].detach()
+
+        handles.append(module.register_forward_pre_hook(record))
+    try:
+        with torch.no_grad(), capture(lm) as neurons:
+            lm.model(input_ids=ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(neurons) == list(range(lm.n_layers))
+    for layer, block in enumerate(lm.blocks):
+        module = block.get_submodule(module_path)
+        with torch.no_grad():
+            expected = by_hand(module, ffn_inputs[layer])
+        assert neurons[layer].shape == (1, ids.shape[1], lm.n_neurons)
+        torch.testing.assert_close(neurons[layer], expected, rtol=1e-5, atol=1e-5)
+
+
+# -- (c) p(target) ---------------------------------------------------------------------------
+
+
+def _plain_causal_probs(lm, prompt: str, target: str) -> list[float]:
+    """Teacher-forced probabilities read off one forward pass over the text, by hand."""
+    joiner = "" if "\u4e00" <= target[0] <= "\u9fff" else " "
+    ids = lm.tokenizer(prompt + joiner + target)["input_ids"]
+    n = len(lm.tokenizer(target, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+    probs = torch.softmax(logits, dim=-1)
+    return [float(probs[len(ids) - n - 1 + i, ids[len(ids) - n + i]]) for i in range(n)]
+
+
+def _plain_masked_probs(lm, prompt: str, target: str) -> list[float]:
+    """Masks in place of [Y], filled left to right with the gold tokens, by hand."""
+    tok = lm.tokenizer
+    target_ids = tok(target, add_special_tokens=False)["input_ids"]
+    ids = tok(prompt.replace("[Y]", tok.mask_token * len(target_ids)))["input_ids"]
+    masks = [p for p, t in enumerate(ids) if t == tok.mask_token_id]
+    out = []
+    for i, (position, target_id) in enumerate(zip(masks, target_ids, strict=True)):
+        filled = list(ids)
+        for p, t in zip(masks[:i], target_ids[:i], strict=True):
+            filled[p] = t
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([filled])).logits[0, position].float()
+        out.append(float(torch.softmax(logits, dim=-1)[target_id]))
+    return out
+
+
+@pytest.mark.parametrize("name", QUERIES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prob_is_plain_forward(family, name):
+    lm = tm.tiny(family)
+    prompt, target = query(lm, name)
+    result = mkn.attribute(lm, prompt=prompt, target=target, method="ig", steps=2)
+    plain = (_plain_causal_probs if lm.causal else _plain_masked_probs)(lm, prompt, target)
+    assert len(plain) == len(result.token_probs) == (1 if name == "single" else 2)
+    assert result.token_probs == pytest.approx(plain, rel=1e-4)
+    assert result.token_probs == pytest.approx(reference_token_probs(lm, prompt, target), rel=1e-4)
+    assert result.prob == pytest.approx(math.prod(plain), rel=1e-4)
+    assert result.prob == pytest.approx(reference_prob(lm, prompt, target), rel=1e-4)
+
+
+# -- (d) sizes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sizes(family):
+    lm = tm.tiny(family)
+    config = lm.model.config.get_text_config()
+    assert lm.n_layers == config.num_hidden_layers == tm.LAYERS
+    assert lm.n_neurons == tm.INTERMEDIATE
+    for layer in range(lm.n_layers):
+        proj = lm.down_proj(layer)
+        weight = proj.weight if type(proj).__name__ != "Conv1D" else proj.weight.T
+        assert weight.shape == (config.hidden_size, tm.INTERMEDIATE)
+    with pytest.raises(IndexError):
+        lm.down_proj(lm.n_layers)
+    assert lm.causal == (family not in tm.MASKED_FAMILIES)
+    result = mkn.attribute(lm, *query(lm, "single"), steps=2)
+    assert result.scores.shape == (tm.LAYERS, tm.INTERMEDIATE)
