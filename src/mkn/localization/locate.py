@@ -18,6 +18,7 @@ Facts the model gets wrong are kept and marked (``correct`` per query, ``known``
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -100,6 +101,7 @@ class LanguageResult:
     neurons: list[Neuron]
     scores: torch.Tensor  # [layers, neurons]: mean IG (ig/amig) or s^l (matrice)
     confidence: float
+    seconds: float = 0.0  # attribution + degenerate search of this language
 
     @property
     def known(self) -> bool:
@@ -124,6 +126,7 @@ class FactResult:
 
 def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
               config: LocateConfig) -> tuple[LanguageResult, list[Attribution]]:
+    start = time.perf_counter()
     attributions = [attribute(lm, prompt, target, method=config.attribution_method,
                               steps=config.steps, rule=config.rule, batch_size=config.batch_size)
                     for prompt in prompts]
@@ -140,7 +143,7 @@ def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
     result = LanguageResult(
         language=lang, target=target, prompts=prompts, probs=[a.prob for a in attributions],
         correct=[a.correct for a in attributions], neurons=neurons, scores=scores,
-        confidence=sum(confidences) / len(confidences))
+        confidence=sum(confidences) / len(confidences), seconds=time.perf_counter() - start)
     return result, attributions
 
 
@@ -185,6 +188,8 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
         for lang, lang_result in per_language.items():
             queries = [(prompt, lang_result.target) for prompt in lang_result.prompts]
             candidates = top_neurons(lang_result.scores, config.degenerate_top_k)
+            start = time.perf_counter()
             result.degenerate[lang] = degenerate_neurons(lm, queries, candidates,
                                                          config.t_low, config.t_high)
+            lang_result.seconds += time.perf_counter() - start
     return result

@@ -1,0 +1,96 @@
+"""RunStore: records survive kills; resumed runs equal uninterrupted ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mkn.runs.store import RunStore, read_jsonl
+
+FILES = ("items", "pairs")
+
+
+def _write_units(store: RunStore, units: range) -> None:
+    for i in units:
+        unit = f"fact/{i}"
+        if store.is_done(unit):
+            continue
+        store.write(unit, {"items": [{"i": i, "j": j} for j in range(3)], "pairs": [{"i": i}]},
+                    {"scores": torch.full((2, 3), float(i))})
+
+
+def test_write_read_and_refuse_overwrite(tmp_path):
+    store = RunStore(tmp_path, {"a": 1}, record_files=FILES)
+    _write_units(store, range(3))
+    assert [r["i"] for r in store.records("pairs")] == [0, 1, 2]
+    assert torch.equal(store.tensors("fact/2")["scores"], torch.full((2, 3), 2.0))
+    with pytest.raises(FileExistsError, match="--resume"):
+        RunStore(tmp_path, {"a": 1}, record_files=FILES)
+    with pytest.raises(ValueError, match="differs in a"):
+        RunStore(tmp_path, {"a": 2}, resume=True, record_files=FILES)
+    with pytest.raises(ValueError, match="already stored"):
+        store.write("fact/1", {})
+
+
+def test_resume_drops_partial_units_and_half_lines(tmp_path):
+    store = RunStore(tmp_path, {}, record_files=FILES)
+    _write_units(store, range(2))
+    # a kill after some records of unit 2 and in the middle of a line
+    with (tmp_path / "items.jsonl").open("a") as handle:
+        handle.write(json.dumps({"unit": "fact/2", "i": 2, "j": 0}) + "\n{\"unit\": \"fa")
+    resumed = RunStore(tmp_path, {}, resume=True, record_files=FILES)
+    assert resumed.done == ["fact/0", "fact/1"]
+    _write_units(resumed, range(4))
+    fresh = RunStore(tmp_path / "fresh", {}, record_files=FILES)
+    _write_units(fresh, range(4))
+    for name in FILES:
+        assert read_jsonl(tmp_path / f"{name}.jsonl") == fresh.records(name)
+
+
+WRITER = textwrap.dedent("""
+    import sys, time, torch
+    from mkn.runs.store import RunStore
+    store = RunStore(sys.argv[1], {"n": 40}, resume=True, record_files=("items", "pairs"))
+    for i in range(40):
+        unit = f"fact/{i}"
+        if store.is_done(unit):
+            continue
+        store.write(unit, {"items": [{"i": i, "j": j} for j in range(3)], "pairs": [{"i": i}]},
+                    {"scores": torch.full((2, 3), float(i))})
+        print(i, flush=True)
+        time.sleep(0.02)
+""")
+
+
+def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    for _ in range(5):  # let it finish a few units, then kill it mid-run
+        proc.stdout.readline()
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(read_jsonl(killed / "done.jsonl"))
+    assert 5 <= partial < 40
+    subprocess.run([sys.executable, str(script), str(killed)], check=True, env=env,
+                   capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, str(script), str(clean)], check=True, env=env,
+                   capture_output=True)
+    for name in ("items", "pairs", "done"):
+        assert (killed / f"{name}.jsonl").read_text() == (clean / f"{name}.jsonl").read_text()
+    assert len(list((killed / "scores").glob("*.safetensors"))) == 40
+    assert not list(Path(killed).rglob("*.tmp"))
