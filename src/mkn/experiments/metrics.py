@@ -1,0 +1,93 @@
+"""Metrics of the experiments: small pure functions, each with its formula and source."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
+
+# Relative changes below this (0.1%) are treated as this in denominators, so a neuron set that
+# leaves unrelated facts untouched gives a large but finite success ratio, not a division by 0.
+MIN_UNRELATED_CHANGE = 1e-3
+
+
+def relative_change(before: float, after: float) -> float:
+    """(after - before) / before (AMIG's ``pct_change``)."""
+    if before <= 0:
+        raise ValueError(f"relative change from a non-positive probability {before}")
+    return (after - before) / before
+
+
+def success_ratio(enhance_related: float, enhance_unrelated: float, suppress_related: float,
+                  suppress_unrelated: float) -> float:
+    """AMIG Eq. 11: SR = |d_rel/d_unrel| (enhance) + |d_rel/d_unrel| (suppress).
+
+    ``d`` are relative changes of p(gold); denominators are floored at
+    :data:`MIN_UNRELATED_CHANGE` in absolute value (AMIG's code returns 0 for a zero one).
+    """
+    def term(related: float, unrelated: float) -> float:
+        return abs(related) / max(abs(unrelated), MIN_UNRELATED_CHANGE)
+
+    return term(enhance_related, enhance_unrelated) + term(suppress_related, suppress_unrelated)
+
+
+def precision_recall_f1(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, float]:
+    """Standard definitions with "true fact" as the positive class.
+
+    precision = TP / (TP + FP), recall = TP / (TP + FN), F1 = 2PR / (P + R).
+    (AMIG's ``cal_hallucination.py`` swaps precision and recall.)
+    """
+    if len(predicted) != len(actual):
+        raise ValueError(f"{len(predicted)} predictions for {len(actual)} labels")
+    tp = sum(p and a for p, a in zip(predicted, actual, strict=True))
+    fp = sum(p and not a for p, a in zip(predicted, actual, strict=True))
+    fn = sum(a and not p for p, a in zip(predicted, actual, strict=True))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    accuracy = (sum(p == a for p, a in zip(predicted, actual, strict=True)) / len(actual)
+                if actual else 0.0)
+    return {"precision": precision, "recall": recall, "f1": f1, "accuracy": accuracy,
+            "tp": tp, "fp": fp, "fn": fn, "n": len(actual)}
+
+
+def accuracy(correct: Sequence[bool]) -> float:
+    """Share of true values (0 for an empty sequence is an error, not a silent 0)."""
+    if not correct:
+        raise ValueError("accuracy of an empty set")
+    return sum(correct) / len(correct)
+
+
+def median(values: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("median of an empty set")
+    return statistics.median(values)
+
+
+def bootstrap_ci(values: Sequence[float], statistic: Callable[[Sequence[float]], float] = median,
+                 resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``statistic`` over ``values`` (e.g. facts)."""
+    if not values:
+        raise ValueError("bootstrap of an empty set")
+    rng = random.Random(seed)
+    stats = sorted(statistic([rng.choice(values) for _ in values]) for _ in range(resamples))
+    low = stats[math.floor((1 - level) / 2 * resamples)]
+    high = stats[min(resamples - 1, math.ceil((1 + level) / 2 * resamples) - 1)]
+    return low, high
+
+
+def win_shares(scores: dict[str, Sequence[float]]) -> dict[str, float]:
+    """Per method, the share of items (facts) on which it has the highest score (ties split)."""
+    methods = list(scores)
+    n = {len(v) for v in scores.values()}
+    if len(n) != 1:
+        raise ValueError(f"methods scored different numbers of items: {n}")
+    count = n.pop()
+    wins = dict.fromkeys(methods, 0.0)
+    for i in range(count):
+        best = max(scores[m][i] for m in methods)
+        winners = [m for m in methods if scores[m][i] == best]
+        for m in winners:
+            wins[m] += 1 / len(winners)
+    return {m: w / count for m, w in wins.items()} if count else wins
