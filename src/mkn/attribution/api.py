@@ -77,12 +77,27 @@ class Attribution:
 METHODS = tuple(BASELINES)
 
 
-def probability(lm: LanguageModel, prompt: str, target: str) -> float:
-    """p(target | prompt): the product over the target's teacher-forced tokens.
+@dataclass(frozen=True)
+class Prediction:
+    """How the model does on one query: p(target) and whether greedy decoding gets it."""
 
-    Active interventions (``mkn.interventions``) apply.
-    """
-    return math.prod(clean_run(lm, step).prob for step in encode(lm, prompt, target).steps)
+    prob: float  # product over the teacher-forced target tokens
+    correct: bool  # the argmax is the target token at every teacher-forced step
+    first_predicted_id: int  # the greedy token at the first target position
+
+
+def predict(lm: LanguageModel, prompt: str, target: str) -> Prediction:
+    """Evaluate ``target`` after ``prompt``; active interventions (``mkn.interventions``) apply."""
+    query = encode(lm, prompt, target)
+    runs = [clean_run(lm, step) for step in query.steps]
+    return Prediction(prob=math.prod(r.prob for r in runs),
+                      correct=[r.predicted_id for r in runs] == list(query.target_ids),
+                      first_predicted_id=runs[0].predicted_id)
+
+
+def probability(lm: LanguageModel, prompt: str, target: str) -> float:
+    """p(target | prompt): the product over the target's teacher-forced tokens."""
+    return predict(lm, prompt, target).prob
 
 
 def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", steps: int = 20,

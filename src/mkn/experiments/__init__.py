@@ -1,0 +1,21 @@
+"""The papers' experiments, one readable file each, all with one call shape:
+
+``run(lm, facts, languages, config, seed=0, progress=None, **options) -> dict`` and
+``table(result) -> str`` (markdown). ``seed`` is unused by the deterministic ones.
+"""
+
+from mkn.experiments import (
+    cross_lingual_editing,
+    enhancement,
+    fact_checking,
+    injection,
+    localization_quality,
+)
+
+EXPERIMENTS = {
+    "localization-quality": localization_quality,
+    "cross-lingual-editing": cross_lingual_editing,
+    "fact-checking": fact_checking,
+    "enhancement": enhancement,
+    "injection": injection,
+}

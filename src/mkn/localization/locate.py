@@ -124,12 +124,26 @@ class FactResult:
     combined_scores: torch.Tensor | None = None
 
 
+AttributionCache = dict[tuple, Attribution]
+
+
+def _attribute(lm: LanguageModel, prompt: str, target: str, config: LocateConfig,
+               cache: AttributionCache | None) -> Attribution:
+    key = (prompt, target, config.attribution_method, config.steps, config.rule)
+    if cache is not None and key in cache:
+        return cache[key]
+    result = attribute(lm, prompt, target, method=config.attribution_method, steps=config.steps,
+                       rule=config.rule, batch_size=config.batch_size)
+    if cache is not None:
+        cache[key] = result
+    return result
+
+
 def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
-              config: LocateConfig) -> tuple[LanguageResult, list[Attribution]]:
+              config: LocateConfig, cache: AttributionCache | None = None
+              ) -> tuple[LanguageResult, list[Attribution]]:
     start = time.perf_counter()
-    attributions = [attribute(lm, prompt, target, method=config.attribution_method,
-                              steps=config.steps, rule=config.rule, batch_size=config.batch_size)
-                    for prompt in prompts]
+    attributions = [_attribute(lm, prompt, target, config, cache) for prompt in prompts]
     t = threshold_for(lang, config.thresholds)
     confidences = [a.confidence for a in attributions]
     if config.method == "matrice":
@@ -154,8 +168,13 @@ def top_neurons(scores: torch.Tensor, k: int) -> list[Neuron]:
 
 
 def locate_fact(lm: LanguageModel, fact, languages: list[str],
-                config: LocateConfig | None = None) -> FactResult:
-    """Knowledge neurons of ``fact`` in ``languages``, language-agnostic and degenerate ones."""
+                config: LocateConfig | None = None,
+                cache: AttributionCache | None = None) -> FactResult:
+    """Knowledge neurons of ``fact`` in ``languages``, language-agnostic and degenerate ones.
+
+    ``cache`` (a dict) lets several calls share per-query attributions, e.g. ``amig`` and
+    ``matrice`` on the same facts.
+    """
     config = config or LocateConfig()
     if not languages:
         raise ValueError("no languages given")
@@ -168,7 +187,8 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
         prompts = fact.prompts(lang)
         if not prompts:
             raise ValueError(f"fact {fact.id!r} has no queries in {lang!r}")
-        per_language[lang], _ = _language(lm, lang, prompts, fact.languages[lang].object, config)
+        per_language[lang], _ = _language(lm, lang, prompts, fact.languages[lang].object, config,
+                                          cache)
     sets = {lang: r.neurons for lang, r in per_language.items()}
     combined = None
     if config.method == "matrice":

@@ -1,0 +1,94 @@
+"""What every experiment shares: the setup record, measuring queries, writing results."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mkn.attribution.api import predict
+from mkn.experiments.metrics import relative_change
+from mkn.interventions.activation import intervene
+from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
+from mkn.models.loading import LanguageModel
+
+Query = tuple[str, str]  # (prompt, target)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Setup:
+    """What produced a result: printed and saved with it."""
+
+    experiment: str
+    model: str
+    data: str
+    languages: list[str]
+    limit: int | None
+    seed: int
+    method: str
+    steps: int
+    facts: list[str] = field(default_factory=list)
+    date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def describe(self) -> str:
+        return (f"{self.experiment}: model {self.model}, data {self.data}, languages "
+                f"{','.join(self.languages)}, {len(self.facts)} facts (limit {self.limit}), "
+                f"seed {self.seed}, method {self.method}, {self.steps} steps")
+
+
+def queries(fact, lang: str) -> list[Query]:
+    """The (prompt, gold object) queries of ``fact`` in ``lang``; a clear error if missing."""
+    if lang not in fact.languages:
+        raise ValueError(f"fact {fact.id!r} has no language {lang!r} "
+                         f"(it has {', '.join(sorted(fact.languages))})")
+    target = fact.languages[lang].object
+    return [(prompt, target) for prompt in fact.prompts(lang)]
+
+
+def mean_relative_change(lm: LanguageModel, qs: Sequence[Query], neurons, mode: str,
+                         factor: float = 2.0) -> float:
+    """Mean over ``qs`` of the relative change of p(gold) when ``neurons`` are suppressed or
+    enhanced (x ``factor``) at every position."""
+    before = [predict(lm, p, t).prob for p, t in qs]
+    with intervene(lm, neurons, mode, factor=factor):
+        after = [predict(lm, p, t).prob for p, t in qs]
+    return statistics.fmean(relative_change(b, a) for b, a in zip(before, after, strict=True))
+
+
+def locate_all(lm: LanguageModel, facts: Iterable, languages: list[str], config: LocateConfig,
+               progress: Progress | None = None,
+               cache: AttributionCache | None = None) -> dict[str, FactResult]:
+    """``locate_fact`` for every fact, keyed by fact id."""
+    located = {}
+    for fact in facts:
+        located[fact.id] = locate_fact(lm, fact, languages, config, cache)
+        if progress:
+            progress(fact.id)
+    return located
+
+
+def write_result(out: Path, setup: Setup, result: dict, table_markdown: str) -> Path:
+    """``out/<experiment>.json`` (setup + result) and ``out/<experiment>.md`` (the table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{setup.experiment}.json"
+    path.write_text(json.dumps({"setup": asdict(setup), "result": result}, indent=2,
+                               ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / f"{setup.experiment}.md").write_text(f"{setup.describe()}\n\n{table_markdown}\n",
+                                                encoding="utf-8")
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A GitHub-flavoured markdown table; floats with 3 significant digits."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
