@@ -23,13 +23,15 @@ from mkn.localization.locate import LocateConfig
 from mkn.models.loading import LanguageModel
 
 AGNOSTIC = "agnostic"
+PHASES = 2  # progress ticks per fact: locating, then measuring
 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, soft: bool = False, progress: Progress | None = None) -> dict:
     if len(languages) < 2:
         raise ValueError("cross-lingual editing needs at least 2 languages")
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}))
+    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
+                         progress)
     items = []
     for fact in facts:
         result = located[fact.id]

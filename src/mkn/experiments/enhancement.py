@@ -18,6 +18,8 @@ from mkn.localization.locate import LocateConfig
 from mkn.localization.neurons import shared_neurons
 from mkn.models.loading import LanguageModel
 
+PHASES = 2  # progress ticks per fact: locating, then measuring
+
 
 def _evaluate(lm: LanguageModel, qs) -> tuple[list[bool], list[float]]:
     predictions = [predict(lm, p, t) for p, t in qs]
@@ -27,7 +29,8 @@ def _evaluate(lm: LanguageModel, qs) -> tuple[list[bool], list[float]]:
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, factor: float = 2.0, q: float = 0.5,
         progress: Progress | None = None) -> dict:
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}))
+    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
+                         progress)
     items, ineligible = [], 0
     for fact in facts:
         result = located[fact.id]
@@ -35,9 +38,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         weak = [lang for lang in languages if not result.languages[lang].known]
         if not strong or not weak:
             ineligible += 1
-            continue
         neurons = shared_neurons({lang: result.languages[lang].neurons for lang in strong}, q)
-        for lang in weak:
+        for lang in weak if strong else []:
             item = {"fact_id": fact.id, "weak": lang, "strong": strong, "neurons": len(neurons)}
             if neurons:
                 own = queries(fact, lang)

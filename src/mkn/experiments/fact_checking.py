@@ -26,6 +26,8 @@ from mkn.experiments.metrics import precision_recall_f1
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
+PHASES = 1  # progress ticks per fact
+
 
 def split_by_relation(facts: list, seed: int) -> tuple[list, list, list[str]]:
     """(train, test, relations skipped for having fewer than 2 facts)."""

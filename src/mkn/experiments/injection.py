@@ -24,6 +24,8 @@ from mkn.interventions.weights import edited, replace_object
 from mkn.localization.locate import LocateConfig
 from mkn.models.loading import LanguageModel
 
+PHASES = 2  # progress ticks per fact: locating, then measuring
+
 
 def counterfactual(fact, facts: list, rng: random.Random):
     """Another fact of the same relation with a different object in every language, or None."""
@@ -49,7 +51,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     if source not in languages:
         raise ValueError(f"source language {source!r} is not among {languages}")
     rng = random.Random(seed)
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}))
+    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
+                         progress)
     items, skipped = [], []
     for fact in facts:
         other = counterfactual(fact, facts, rng)
@@ -58,6 +61,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             skipped.append({"fact_id": fact.id,
                             "reason": "no counterfactual of the same relation" if other is None
                             else f"no knowledge neurons in {source}"})
+            if progress:
+                progress(fact.id)
             continue
         unrelated = [qr for g in facts if g.id not in (fact.id, other.id)
                      for lang in languages for qr in queries(g, lang)[:1]]

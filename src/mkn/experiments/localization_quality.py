@@ -26,6 +26,9 @@ from mkn.models.loading import LanguageModel
 METHODS = ("ig", "amig", "matrice")
 
 
+PHASES = 1  # progress ticks per fact
+
+
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, methods: tuple[str, ...] = METHODS,
         progress: Progress | None = None) -> dict:
