@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(help="mkn: multilingual knowledge neurons.", no_args_is_help=True,
@@ -22,8 +34,20 @@ RuleOpt = Annotated[str, typer.Option(help="Quadrature rule: left, trapezoid, ga
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 
 
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run configuration "
+                                                "(flags override it).")]
+DataOpt = Annotated[str | None, typer.Option(help="builtin, mlama:PATH, bmlama:PATH or "
+                                                  "jsonl:PATH (PATH relative to $MKN_DATA).")]
+LanguagesOpt = Annotated[str | None, typer.Option(help="Comma-separated languages, e.g. en,fr,ja "
+                                                       "(default: all of the data's).")]
+LimitOpt = Annotated[int | None, typer.Option(help="Use the first N facts.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed (sampling, unrelated facts, "
+                                                  "splits).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
 def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}")
+    console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True, highlight=False)
     return typer.Exit(code=2)
 
 
@@ -68,6 +92,138 @@ def attribute(
     console.print(table)
     console.print(f"completeness gap: max relative {result.relative_completeness_gap:.3g} "
                   "(|sum of a layer's scores - (p(x) - p(baseline))| / |p(x) - p(baseline)|)")
+
+
+@contextmanager
+def progress_bar(total: int, description: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A progress bar (facts done, rate, ETA); yields the function to call per fact."""
+    if quiet:
+        yield lambda _: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(description, total=total, rate="")
+
+        def tick(item: str) -> None:
+            progress.advance(task)
+            elapsed = progress.tasks[task].elapsed or 0.0
+            done = progress.tasks[task].completed
+            rate = f"{elapsed / done:.1f} s/fact" if done else ""
+            progress.update(task, rate=rate, description=f"{description} ({item})")
+
+        yield tick
+
+
+def _prepare(config: Path | None, **flags):
+    """Resolve the configuration, load the facts and the model."""
+    from mkn.data import load_facts
+    from mkn.runs.config import load_run_config
+
+    if flags.get("languages") is not None:
+        flags["languages"] = [x.strip() for x in flags["languages"].split(",") if x.strip()]
+    cfg = load_run_config(config, **flags)
+    facts = load_facts(cfg.data, cfg.languages, cfg.limit, cfg.lenient,
+                       seed=cfg.seed if cfg.shuffle else None)
+    if not facts:
+        raise ValueError(f"no facts to work on: {facts.summary()}")
+    languages = cfg.languages or facts.languages
+    console.print(f"data: {facts.summary()}")
+    for skipped in facts.skipped:
+        console.print(f"[yellow]skipped[/] {skipped}")
+    lm = _load(cfg.model, cfg.dtype)
+    meta = {**cfg.model_dump(exclude={"locate"}), "languages": languages,
+            "facts": len(facts), "fact_ids": [f.id for f in facts],
+            "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
+    return cfg, facts, languages, lm, meta
+
+
+@app.command()
+def locate(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/locate"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
+                                                                     "gemma-3-270m).")] = None,
+    data: DataOpt = None,
+    languages: LanguagesOpt = None,
+    method: Annotated[str | None, typer.Option(help="ig, amig or matrice.")] = None,
+    limit: LimitOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    seed: SeedOpt = None,
+    lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
+                                                      "instead of stopping.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run in OUT.")] = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Knowledge neurons per fact and language, language-agnostic and degenerate neurons."""
+    from mkn.localization.run import run_locate
+
+    try:
+        cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
+                                               languages=languages, method=method, limit=limit,
+                                               steps=steps, seed=seed, lenient=lenient)
+        with progress_bar(len(facts), f"locate ({cfg.locate.method})", quiet) as tick:
+            summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta, on_fact=tick)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    table = Table("language", "facts", "known", "mean #neurons", title="knowledge neurons")
+    for lang, s in summary["per_language"].items():
+        table.add_row(lang, str(s["facts"]), str(s["known"]), f"{s['mean_neurons']:.1f}")
+    console.print(table)
+    agnostic = summary["language_agnostic"]
+    console.print(f"language-agnostic neurons: {agnostic['facts_with_any']}/{summary['facts']} "
+                  f"facts have some (mean {agnostic['mean_neurons']:.2f}, soft "
+                  f"{agnostic['mean_soft_neurons']:.2f}); degenerate pairs in "
+                  f"{summary['degenerate']['with_pairs']}/{summary['degenerate']['records']} "
+                  "fact-languages")
+    console.print(f"results in {out}/ (neurons.jsonl, language_agnostic.jsonl, "
+                  "degenerate.jsonl, summary.json)")
+
+
+@app.command()
+def experiment(
+    name: Annotated[str, typer.Argument(help="localization-quality, cross-lingual-editing, "
+                                             "fact-checking, enhancement or injection.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/experiments"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
+                                                                     "gemma-3-270m).")] = None,
+    data: DataOpt = None,
+    languages: LanguagesOpt = None,
+    method: Annotated[str | None, typer.Option(help="ig, amig or matrice (localization-quality "
+                                                    "compares all three).")] = None,
+    limit: LimitOpt = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Run one of the papers' experiments; writes OUT/NAME.json and OUT/NAME.md."""
+
+    from mkn.experiments import EXPERIMENTS
+    from mkn.experiments.common import Setup, write_result
+
+    if name not in EXPERIMENTS:
+        raise _fail(ValueError(f"unknown experiment {name!r}; choose one of "
+                               f"{', '.join(EXPERIMENTS)}"))
+    module = EXPERIMENTS[name]
+    try:
+        cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
+                                               languages=languages, method=method, limit=limit,
+                                               steps=steps, seed=seed)
+        setup = Setup(experiment=name, model=cfg.model, data=cfg.data, languages=langs,
+                      limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
+                      steps=cfg.locate.steps, facts=[f.id for f in facts])
+        console.print(setup.describe())
+        with progress_bar(len(facts) * module.PHASES, name, quiet) as tick:
+            result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
+                                progress=tick)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    result["config"] = {"locate": cfg.locate.model_dump(), **meta}
+    path = write_result(out, setup, result, module.table(result))
+    console.print(module.table(result), markup=False)
+    console.print(f"results in {path} ({setup.experiment}.md has the table)")
 
 
 @app.command()

@@ -1,0 +1,95 @@
+"""Run configuration: a YAML file (validated with pydantic) as an alternative to flags.
+
+Example ``run.yaml``::
+
+    model: gemma-3-270m
+    data: mlama:paraphrased-mlama-6
+    languages: [en, fr, ja]
+    limit: 20
+    locate:
+      method: matrice
+      steps: 20
+      thresholds: {en: 0.3, "*": 0.2}
+
+Flags given on the command line override the file; the resolved configuration is saved with
+the results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mkn.localization.locate import LocateConfig
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "gemma-3-270m"
+    data: str = "builtin"
+    languages: list[str] | None = Field(None, description="None: all of the data's languages")
+    limit: int | None = Field(None, ge=1)
+    seed: int = 0
+    shuffle: bool = Field(False, description="sample facts at random (seeded) before the limit")
+    lenient: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    locate: LocateConfig = Field(default_factory=LocateConfig)
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value or any(not lang.strip() for lang in value):
+                raise ValueError("languages must be a non-empty list of language codes")
+            if len(set(value)) != len(value):
+                raise ValueError(f"duplicate languages in {value}")
+        return value
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        problems.append(f"{where}: {item['msg']}")
+    return f"invalid configuration in {source}: " + "; ".join(problems)
+
+
+def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """The configuration from ``path`` (YAML) with ``overrides`` (non-None flags) applied.
+
+    ``overrides`` keys are RunConfig fields, or LocateConfig fields (method, steps, ...).
+    """
+    data: dict[str, Any] = {}
+    source = "flags"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        data = dict(loaded or {})
+    locate = dict(data.pop("locate", None) or {})
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in RunConfig.model_fields:
+            data[key] = value
+        elif key in LocateConfig.model_fields:
+            locate[key] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}")
+    try:
+        return RunConfig(**data, locate=locate)
+    except ValidationError as error:
+        raise ValueError(_describe(error, source)) from None

@@ -1,0 +1,107 @@
+"""CLI and run configuration: validation errors, help, locate on a tiny model directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mkn.cli import app
+from mkn.runs.config import load_run_config
+from tests.test_experiments import tiny_facts
+from tests.tiny_models import build
+
+runner = CliRunner()
+
+
+def test_every_command_has_help():
+    for command in ("attribute", "locate", "experiment", "demo"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--model" in result.output
+
+
+def test_config_file_and_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: some/dir\nlanguages: [en, zh]\nlimit: 5\n"
+                    "locate:\n  method: matrice\n  steps: 7\n  thresholds: {en: 0.3}\n")
+    cfg = load_run_config(path, steps=3, limit=None)
+    assert cfg.model == "some/dir" and cfg.languages == ["en", "zh"] and cfg.limit == 5
+    assert cfg.locate.method == "matrice" and cfg.locate.steps == 3  # the flag wins
+
+
+@pytest.mark.parametrize("text, message", [
+    ("limit: 0\n", "limit: Input should be greater than or equal to 1"),
+    ("locate:\n  method: nope\n", "locate.method: Value error, unknown method 'nope'"),
+    ("locate:\n  thresholds: {en: 3}\n", "threshold for 'en' must be in [0, 1]"),
+    ("modle: x\n", "modle: Extra inputs are not permitted"),
+    ("languages: [en, en]\n", "duplicate languages"),
+    ("- a\n- b\n", "expected a mapping"),
+    ("a: [\n", "not valid YAML"),
+])
+def test_config_validation_errors_name_the_field(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as error:
+        load_run_config(path)
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_missing_config_file_is_clear(tmp_path):
+    result = runner.invoke(app, ["locate", "--config", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_errors_with_brackets_are_printed_verbatim(tiny_dir):
+    result = runner.invoke(app, ["attribute", "--model", str(tiny_dir / "model"), "--prompt",
+                                 "The capital of [X] is", "--target", "Paris"])
+    assert result.exit_code == 2 and "still contains [X]" in result.output
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny Llama saved as a local Hugging Face directory, and the tiny facts as JSONL."""
+    from mkn.data import write_facts
+
+    root = tmp_path_factory.mktemp("tiny")
+    lm = build("llama")
+    lm.model.save_pretrained(root / "model")
+    lm.tokenizer.save_pretrained(root / "model")
+    write_facts(tiny_facts(), root / "facts.jsonl")
+    return root
+
+
+def test_locate_command_on_a_local_model_dir(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["locate", "--model", str(tiny_dir / "model"), "--data",
+            f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en,zh", "--limit", "2",
+            "--steps", "2", "--out", str(out), "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    neurons = [json.loads(line) for line in (out / "neurons.jsonl").read_text().splitlines()]
+    assert [(r["fact_id"], r["language"]) for r in neurons] == [
+        ("capital-france", "en"), ("capital-france", "zh"),
+        ("capital-germany", "en"), ("capital-germany", "zh")]
+    config = json.loads((out / "config.json").read_text())
+    assert config["locate"]["steps"] == 2 and config["fact_ids"] == ["capital-france",
+                                                                      "capital-germany"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len((out / "neurons.jsonl").read_text().splitlines()) == 4
+
+
+def test_experiment_command_names_setup(tiny_dir, tmp_path):
+    result = runner.invoke(app, [
+        "experiment", "cross-lingual-editing", "--model", str(tiny_dir / "model"), "--data",
+        f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en,zh", "--limit", "2",
+        "--steps", "2", "--seed", "3", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "cross-lingual-editing.json").read_text())
+    assert saved["setup"]["seed"] == 3 and saved["setup"]["model"] == str(tiny_dir / "model")
+    assert saved["setup"]["facts"] == ["capital-france", "capital-germany"]
+    assert (tmp_path / "cross-lingual-editing.md").read_text().startswith("cross-lingual")
+    bad = runner.invoke(app, ["experiment", "nope"])
+    assert bad.exit_code == 2 and "unknown experiment 'nope'" in bad.output
