@@ -94,26 +94,46 @@ def attribute(
                   "(|sum of a layer's scores - (p(x) - p(baseline))| / |p(x) - p(baseline)|)")
 
 
-@contextmanager
-def progress_bar(total: int, description: str, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """A progress bar (facts done, rate, ETA); yields the function to call per fact."""
-    if quiet:
-        yield lambda _: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+class ProgressBars:
+    """Rich progress bars (items done, rate, ETA), one task per phase; silent when quiet."""
+
+    COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(description, total=total, rate="")
+
+    def __init__(self, quiet: bool = False):
+        self.progress = None if quiet else Progress(*self.COLUMNS, console=console)
+
+    def __enter__(self) -> ProgressBars:
+        if self.progress:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress:
+            self.progress.stop()
+
+    def task(self, title: str, total: int) -> Callable[[str], None]:
+        """A new bar; returns the function to call once per item done."""
+        if self.progress is None:
+            return lambda _: None
+        progress = self.progress
+        task = progress.add_task(title, total=total, rate="")
 
         def tick(item: str) -> None:
             progress.advance(task)
-            elapsed = progress.tasks[task].elapsed or 0.0
-            done = progress.tasks[task].completed
-            rate = f"{elapsed / done:.1f} s/fact" if done else ""
-            progress.update(task, rate=rate, description=f"{description} ({item})")
+            done, elapsed = progress.tasks[task].completed, progress.tasks[task].elapsed or 0.0
+            progress.update(task, rate=f"{elapsed / done:.1f} s/item" if done else "",
+                            description=f"{title} ({item})")
 
-        yield tick
+        return tick
+
+
+@contextmanager
+def progress_bar(total: int, title: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """One progress bar; yields the function to call per item done."""
+    with ProgressBars(quiet) as bars:
+        yield bars.task(title, total)
 
 
 def _prepare(config: Path | None, **flags):
@@ -228,26 +248,36 @@ def experiment(
 
 @app.command()
 def demo(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
     model: ModelOpt = "gemma-3-270m",
-    method: MethodOpt = "amig",
 ) -> None:
-    """Attribute a few well-known facts in several languages on the default model."""
-    import mkn
+    """The main job: attribute, locate across languages, edit, report (about 5-10 min)."""
+    import shutil
 
-    facts = [
-        ("The capital of France is", "Paris"),
-        ("La capitale de la France est", "Paris"),
-        ("Die Hauptstadt von Frankreich ist", "Paris"),
-        ("法国的首都是", "巴黎"),
-    ]
+    from mkn.experiments import demo as demo_job
+
+    if out.exists() and any(out.iterdir()):
+        config_path = out / "config.json"
+        if not (config_path.exists() and json.loads(config_path.read_text()).get("job") == "demo"):
+            raise _fail(ValueError(f"{out} exists and is not a demo run; choose another --out"))
+        shutil.rmtree(out)  # an earlier demo's results: start afresh
     lm = _load(model, "float32")
-    table = Table("prompt", "target", "p(target)", "top neurons (layer, index)")
-    for prompt, target in facts:
-        with console.status(f"attributing {prompt!r}"):
-            result = mkn.attribute(lm, prompt=prompt, target=target, method=method)
-        top = ", ".join(f"({layer}, {index})" for layer, index, _ in result.top(5))
-        table.add_row(prompt, target, f"{result.prob:.3f}", top)
-    console.print(table)
+
+    try:
+        with ProgressBars() as bars:
+            example, summary, editing, report = demo_job.run(lm, out, model, bars.task,
+                                                             console.print)
+    except ValueError as error:
+        raise _fail(error) from error
+    console.print(f"\n[bold]1. one fact[/]: {example.prompt!r} -> {example.target!r}, "
+                  f"p = {example.prob:.3f}; top neurons (layer, index): "
+                  + ", ".join(f"({layer}, {index})" for layer, index, _ in example.top(5)))
+    agnostic = summary["language_agnostic"]
+    console.print(f"[bold]2. language-agnostic neurons[/]: {agnostic['facts_with_any']}/"
+                  f"{summary['facts']} facts, mean {agnostic['mean_neurons']:.1f} per fact")
+    console.print("[bold]3. cross-lingual editing[/] (median relative change of p(gold)):")
+    console.print(demo_job.cross_lingual_editing.table(editing), markup=False)
+    console.print(f"\n[bold green]report:[/] {report.resolve()}")
 
 
 def main() -> None:

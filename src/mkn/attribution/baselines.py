@@ -5,6 +5,10 @@
   prediction position when the query's tokens are replaced by ``[MASK]`` (masked LMs) or by EOS
   (causal LMs), one token at a time, averaged over the replaced positions. This follows AMIG's
   code (the paper sums per-word attributions instead; averaging baselines keeps one IG pass).
+  One difference: AMIG's code loops over *every* input position, special tokens and the
+  [MASK] itself included; we replace the query's own tokens only (replacing [MASK] by [MASK]
+  is a no-op that just mixes the clean activation into the mean, and replacing BOS by EOS
+  feeds the model an input it never saw in training).
 """
 
 from __future__ import annotations

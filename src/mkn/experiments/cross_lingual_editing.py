@@ -19,7 +19,7 @@ from mkn.experiments.common import (
     mean_relative_change,
     queries,
 )
-from mkn.localization.locate import LocateConfig
+from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.models.loading import LanguageModel
 
 AGNOSTIC = "agnostic"
@@ -27,11 +27,12 @@ PHASES = 2  # progress ticks per fact: locating, then measuring
 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
-        seed: int = 0, soft: bool = False, progress: Progress | None = None) -> dict:
+        seed: int = 0, soft: bool = False, progress: Progress | None = None,
+        cache: AttributionCache | None = None) -> dict:
     if len(languages) < 2:
         raise ValueError("cross-lingual editing needs at least 2 languages")
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress)
+                         progress, cache)
     items = []
     for fact in facts:
         result = located[fact.id]

@@ -14,7 +14,7 @@ import statistics
 from mkn.attribution.api import predict
 from mkn.experiments.common import Progress, locate_all, markdown_table, queries
 from mkn.interventions.activation import enhance
-from mkn.localization.locate import LocateConfig
+from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.localization.neurons import shared_neurons
 from mkn.models.loading import LanguageModel
 
@@ -28,9 +28,9 @@ def _evaluate(lm: LanguageModel, qs) -> tuple[list[bool], list[float]]:
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, factor: float = 2.0, q: float = 0.5,
-        progress: Progress | None = None) -> dict:
+        progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress)
+                         progress, cache)
     items, ineligible = [], 0
     for fact in facts:
         result = located[fact.id]

@@ -21,7 +21,7 @@ import statistics
 from mkn.attribution.api import predict
 from mkn.experiments.common import Progress, locate_all, markdown_table, queries
 from mkn.interventions.weights import edited, replace_object
-from mkn.localization.locate import LocateConfig
+from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.models.loading import LanguageModel
 
 PHASES = 2  # progress ticks per fact: locating, then measuring
@@ -46,13 +46,14 @@ def _success(lm: LanguageModel, qs, new_objects: list[str]) -> list[dict]:
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         source: str | None = None, seed: int = 0, lambda_old: float = 1.0,
-        lambda_new: float = 1.0, progress: Progress | None = None) -> dict:
+        lambda_new: float = 1.0, progress: Progress | None = None,
+        cache: AttributionCache | None = None) -> dict:
     source = source or languages[0]
     if source not in languages:
         raise ValueError(f"source language {source!r} is not among {languages}")
     rng = random.Random(seed)
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress)
+                         progress, cache)
     items, skipped = [], []
     for fact in facts:
         other = counterfactual(fact, facts, rng)

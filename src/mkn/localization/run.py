@@ -11,8 +11,9 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mkn.localization.locate import FactResult, LocateConfig, locate_fact
+from mkn.localization.locate import AttributionCache, FactResult, LocateConfig
 from mkn.localization.stats import localization_stats
+from mkn.runs.backends import Backend, LocalBackend
 from mkn.runs.store import RunStore
 
 RECORD_FILES = ("neurons", "language_agnostic", "degenerate", "timings")
@@ -54,28 +55,44 @@ def fact_records(result: FactResult, soft_fraction: float) -> dict[str, list[dic
 
 def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, out: Path,
                resume: bool = False, meta: dict | None = None,
-               on_fact: Callable[[str], None] | None = None) -> dict:
+               on_fact: Callable[[str], None] | None = None,
+               cache: AttributionCache | None = None, backend: Backend | None = None) -> dict:
     """Locate every fact, store results in ``out``; returns the summary statistics.
 
     ``meta`` (model, data spec, sample, seed, skipped records...) is saved with the config.
-    ``on_fact`` is called after each fact (progress).
+    ``on_fact`` is called after each fact (progress); ``cache`` shares attributions with later
+    work in the same process (see ``locate_fact``; default backend only).
+    ``backend`` locates the facts (default: ``LocalBackend(lm)``, in this process; with another
+    backend ``lm`` may be None). Results come back in fact order and are stored here, so every
+    backend writes the same files.
     """
     store = RunStore(out, {"locate": config.model_dump(), "languages": languages, **(meta or {})},
                      resume=resume, record_files=RECORD_FILES)
-    for fact in facts:
-        if store.is_done(fact.id):
+    if backend is None:
+        if lm is None:
+            raise ValueError("run_locate needs a model (lm) or a backend")
+        backend = LocalBackend(lm, cache)
+    todo = list({fact.id: fact for fact in reversed(facts)
+                 if not store.is_done(fact.id)}.values())[::-1]  # first of each id, in order
+    results = backend.locate(todo, languages, config)
+    try:
+        for fact in facts:
+            if store.is_done(fact.id):
+                if on_fact:
+                    on_fact(fact.id)
+                continue
+            located, result = next(results)
+            assert located.id == fact.id, (located.id, fact.id)
+            tensors = {f"scores.{lang}": r.scores for lang, r in result.languages.items()}
+            if result.combined_scores is not None:
+                tensors["scores.combined"] = result.combined_scores
+            store.write(fact.id, fact_records(result, config.agnostic_fraction), tensors)
             if on_fact:
                 on_fact(fact.id)
-            continue
-        result = locate_fact(lm, fact, languages, config)
-        tensors = {f"scores.{lang}": r.scores for lang, r in result.languages.items()}
-        if result.combined_scores is not None:
-            tensors["scores.combined"] = result.combined_scores
-        store.write(fact.id, fact_records(result, config.agnostic_fraction), tensors)
-        if on_fact:
-            on_fact(fact.id)
+    finally:
+        results.close()  # stops a remote backend's outstanding work on an error
     summary = localization_stats(store.records("neurons"), store.records("language_agnostic"),
-                                 store.records("degenerate"), lm.n_layers,
+                                 store.records("degenerate"), backend.n_layers,
                                  store.records("timings"))
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False)
                                             + "\n", encoding="utf-8")
