@@ -1,0 +1,260 @@
+"""Where facts are located: in this process (``local``, the default) or on Ray actors (``ray``).
+
+A backend takes the facts still to do and yields ``(fact, FactResult)`` **in the input order**,
+whatever order the work finishes in, so the caller stores facts exactly as a local run would
+(the run files are then byte-identical, timings aside).
+
+``RayBackend(workers=N, model_spec=...)`` starts ``N`` actors, each holding one copy of the model
+(one GPU each where the cluster has GPUs, else CPU threads shared out between them), and keeps a
+bounded number of facts in flight, so memory stays flat on any number of facts. Ray is an
+optional extra (``pip install 'mkn[ray]'``) imported only when a Ray backend is used::
+
+    with RayBackend(workers=4, model_spec="gemma-3-270m") as backend:
+        run_locate(None, facts, languages, config, out, backend=backend)
+
+The model spec is what each actor loads the model from: a name or path for ``mkn.load_model``,
+or a picklable zero-argument callable returning a ``LanguageModel`` (e.g. a module-level function
+building a tiny model in a test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
+from mkn.models.loading import EMBEDDED_MODELS, LanguageModel, load_model
+
+ModelSpec = str | os.PathLike | Callable[[], LanguageModel]
+
+BACKENDS = ("local", "ray")
+
+
+class Backend(Protocol):
+    """Locates facts; ``n_layers`` is the model's (for the run's statistics)."""
+
+    @property
+    def n_layers(self) -> int: ...
+
+    def locate(self, facts: Sequence, languages: list[str],
+               config: LocateConfig) -> Iterator[tuple[object, FactResult]]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Backend: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+class LocalBackend:
+    """Facts one after the other with the model of this process.
+
+    ``cache`` (a dict) shares per-query attributions with other work (see ``locate_fact``).
+    """
+
+    def __init__(self, lm: LanguageModel, cache: AttributionCache | None = None):
+        self.lm = lm
+        self.cache = cache
+
+    @property
+    def n_layers(self) -> int:
+        return self.lm.n_layers
+
+    def locate(self, facts: Sequence, languages: list[str],
+               config: LocateConfig) -> Iterator[tuple[object, FactResult]]:
+        for fact in facts:
+            yield fact, locate_fact(self.lm, fact, languages, config, self.cache)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_spec(model_spec: ModelSpec, dtype: str | torch.dtype = "float32",
+              device: str = "cpu") -> LanguageModel:
+    """The model a spec stands for, on ``device``."""
+    if callable(model_spec):
+        lm = model_spec()
+        if device != "cpu":
+            lm.model.to(device)
+        return lm
+    return load_model(model_spec, dtype=dtype, device=device)
+
+
+def result_to_cpu(result: FactResult) -> FactResult:
+    """``result`` with its tensors on the CPU (for shipping out of a GPU worker)."""
+    for r in result.languages.values():
+        r.scores = r.scores.detach().cpu()
+    if result.combined_scores is not None:
+        result.combined_scores = result.combined_scores.detach().cpu()
+    return result
+
+
+class _Worker:
+    """The body of a Ray actor: one model copy, facts located one at a time."""
+
+    def __init__(self, model_spec: ModelSpec, dtype: str, device: str, threads: int):
+        torch.set_num_threads(threads)
+        self.lm = load_spec(model_spec, dtype, device)
+
+    def n_layers(self) -> int:
+        return self.lm.n_layers
+
+    def locate(self, fact, languages: list[str], config: LocateConfig) -> FactResult:
+        return result_to_cpu(locate_fact(self.lm, fact, languages, config))
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the ray backend needs Ray: pip install 'mkn[ray]' (or ray>=2.9)"
+                          ) from None
+    return ray
+
+
+class RayBackend:
+    """Facts spread over ``workers`` Ray actors; results come back in input order.
+
+    Args:
+        workers: number of actors (model copies).
+        model_spec: a name/path for ``mkn.load_model`` or a picklable zero-argument callable
+            returning a ``LanguageModel``.
+        dtype: the model's dtype (for a name/path spec).
+        in_flight: facts queued per actor at once (2: the next is ready when one finishes).
+        window: most facts submitted but not yet handed back (bounds the reorder buffer when
+            one fact is slow); default ``4 * workers * in_flight``.
+        num_gpus: GPUs per actor; default 1 where the cluster has at least ``workers`` GPUs, a
+            share of them where it has fewer, 0 where it has none.
+        address: the Ray cluster to join (default: the running one, ``$RAY_ADDRESS``, or a new
+            local one). Ray is initialized only if it is not already, and shut down on
+            ``close()`` only if this backend started it.
+    """
+
+    def __init__(self, workers: int, model_spec: ModelSpec, dtype: str = "float32",
+                 in_flight: int = 2, window: int | None = None, num_gpus: float | None = None,
+                 address: str | None = None):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {in_flight}")
+        if (not callable(model_spec) and str(model_spec) not in EMBEDDED_MODELS
+                and Path(model_spec).expanduser().exists()):
+            model_spec = str(Path(model_spec).expanduser().resolve())  # workers may run elsewhere
+        self.workers = workers
+        self.model_spec = model_spec
+        self.dtype = dtype
+        self.in_flight = in_flight
+        self.window = max(window or 4 * workers * in_flight, workers * in_flight)
+        self.num_gpus = num_gpus
+        self.address = address
+        self._ray = None
+        self._started_ray = False
+        self._actors: list = []
+        self._n_layers: int | None = None
+
+    def _start(self) -> None:
+        if self._actors:
+            return
+        ray = self._ray = _import_ray()
+        if not ray.is_initialized():
+            # worker output would break progress bars; their errors reach us as exceptions
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            self._started_ray = True
+        resources = ray.cluster_resources()
+        cpus = float(resources.get("CPU", 1))
+        gpus = float(resources.get("GPU", 0))
+        num_gpus = self.num_gpus
+        if num_gpus is None:
+            num_gpus = min(1.0, gpus / self.workers) if gpus >= 1 else 0.0
+        threads = max(1, int(cpus) // self.workers)
+        num_cpus = min(float(threads), cpus / self.workers)  # every actor fits in the cluster
+        device = "cuda" if num_gpus > 0 else "cpu"
+        actor_class = ray.remote(_Worker)
+        self._actors = [
+            actor_class.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(
+                self.model_spec, self.dtype, device, threads)
+            for _ in range(self.workers)]
+        layers = ray.get([actor.n_layers.remote() for actor in self._actors])  # loaded, or why not
+        self._n_layers = layers[0]
+
+    @property
+    def n_layers(self) -> int:
+        self._start()
+        return self._n_layers  # type: ignore[return-value]
+
+    def locate(self, facts: Sequence, languages: list[str],
+               config: LocateConfig) -> Iterator[tuple[object, FactResult]]:
+        facts = list(facts)
+        if not facts:
+            return
+        self._start()
+        ray = self._ray
+        languages_ref, config_ref = ray.put(list(languages)), ray.put(config)
+        load = [0] * len(self._actors)  # tasks in flight per actor
+        pending: dict = {}  # ObjectRef -> (fact index, actor index)
+        buffer: dict[int, FactResult] = {}  # finished early, waiting for their turn
+        submitted = handed = 0
+        try:
+            while handed < len(facts):
+                while (submitted < len(facts) and submitted - handed < self.window
+                       and min(load) < self.in_flight):
+                    actor = load.index(min(load))
+                    ref = self._actors[actor].locate.remote(facts[submitted], languages_ref,
+                                                            config_ref)
+                    pending[ref] = (submitted, actor)
+                    load[actor] += 1
+                    submitted += 1
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    index, actor = pending.pop(ref)
+                    load[actor] -= 1
+                    buffer[index] = ray.get(ref)
+                while handed in buffer:
+                    yield facts[handed], buffer.pop(handed)
+                    handed += 1
+        finally:
+            for ref in pending:  # stopped early (an error, or the caller stopped reading)
+                with contextlib.suppress(Exception):  # finished already, or the actor is gone
+                    ray.cancel(ref)
+
+    def close(self) -> None:
+        ray = self._ray
+        if ray is None:
+            return
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
+
+    def __enter__(self) -> RayBackend:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_backend(name: str, workers: int = 1, model_spec: ModelSpec | None = None,
+                 dtype: str = "float32", lm: LanguageModel | None = None) -> Backend:
+    """The backend called ``name``: ``local`` (needs ``lm``) or ``ray`` (needs ``model_spec``)."""
+    if name == "local":
+        if lm is None:
+            raise ValueError("the local backend needs a loaded model")
+        return LocalBackend(lm)
+    if name == "ray":
+        if model_spec is None:
+            raise ValueError("the ray backend needs a model spec (name, path or factory)")
+        return RayBackend(workers, model_spec, dtype=dtype)
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
