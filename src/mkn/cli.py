@@ -153,7 +153,7 @@ def _prepare(config: Path | None, **flags):
     for skipped in facts.skipped:
         console.print(f"[yellow]skipped[/] {skipped}")
     lm = _load(cfg.model, cfg.dtype)
-    meta = {**cfg.model_dump(exclude={"locate"}), "languages": languages,
+    meta = {**cfg.model_dump(exclude={"locate", "backend", "workers"}), "languages": languages,
             "facts": len(facts), "fact_ids": [f.id for f in facts],
             "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
     return cfg, facts, languages, lm, meta
@@ -173,19 +173,27 @@ def locate(
     lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
                                                       "instead of stopping.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run in OUT.")] = False,
+    backend: Annotated[str | None, typer.Option(help="local (default) or ray: spread facts "
+                                                     "over Ray actors.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Knowledge neurons per fact and language, language-agnostic and degenerate neurons."""
     from mkn.localization.run import run_locate
+    from mkn.runs.backends import make_backend
 
     try:
         cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
                                                languages=languages, method=method, limit=limit,
-                                               steps=steps, seed=seed, lenient=lenient)
-        with progress_bar(len(facts), f"locate ({cfg.locate.method})", quiet) as tick:
-            summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta, on_fact=tick)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+                                               steps=steps, seed=seed, lenient=lenient,
+                                               backend=backend, workers=workers)
+        with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
+                          lm=lm) as runner, \
+                progress_bar(len(facts), f"locate ({cfg.locate.method})", quiet) as tick:
+            summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta, on_fact=tick,
+                                 backend=runner)
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         raise _fail(error) from error
     table = Table("language", "facts", "known", "mean #neurons", title="knowledge neurons")
     for lang, s in summary["per_language"].items():
