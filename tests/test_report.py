@@ -1,0 +1,337 @@
+"""The HTML report: every section from a fake run and a real tiny one, escaping, no external
+resources, robustness to missing or broken inputs, and a real headless Chromium rendering."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mkn.data.schema import Fact
+from mkn.experiments import cross_lingual_editing, enhancement, fact_checking, injection
+from mkn.experiments import localization_quality as lq
+from mkn.experiments.common import Setup, write_result
+from mkn.localization.locate import LocateConfig
+from mkn.localization.run import RECORD_FILES, run_locate
+from mkn.report import write_report
+from mkn.runs.store import RunStore
+from tests.tiny_models import build, torch_threads
+
+EVIL = "<script>alert(1)</script>"
+ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
+LANGS = ["en", "zh"]
+N_LAYERS = 4
+# (fact id, en object, zh object, known in en, known in zh)
+FACTS = [("capital-france", "Paris", "巴黎", True, True),
+         (EVIL, EVIL, "柏林", True, False),
+         ("capital-japan", "Tokyo", "东京", False, True)]
+SECTIONS = ("config", "overview", "neurons", "agnostic", "degenerate", "experiments")
+# layers / overlap / agnostic + one figure per experiment
+LOCATE_PLOTS, EXPERIMENT_PLOTS = 3, 5
+
+
+def _neurons(seed: int, count: int) -> list[list[int]]:
+    return [[(seed + 3 * k) % N_LAYERS, (7 * seed + 11 * k) % 64] for k in range(count)]
+
+
+def fake_locate_run(directory: Path) -> None:
+    """A locate run directory as ``mkn locate`` writes it (records through the real store),
+    without summary.json (the report computes it)."""
+    config = {"locate": LocateConfig(steps=2).model_dump(), "languages": LANGS,
+              "model": "tiny-llama", "data": "builtin", "limit": 3, "seed": 0,
+              "dtype": "float32", "backend": "local", "facts": len(FACTS),
+              "fact_ids": [f[0] for f in FACTS], "skipped": []}
+    store = RunStore(directory, config, record_files=RECORD_FILES)
+    for number, (fact, en, zh, known_en, known_zh) in enumerate(FACTS):
+        neurons = {lang: _neurons(number + i, 5 + 2 * i) for i, lang in enumerate(LANGS)}
+        shared = sorted(map(list, {tuple(n) for n in neurons["en"]}
+                                   & {tuple(n) for n in neurons["zh"]}))
+        records = {"neurons": [], "degenerate": [], "timings": []}
+        for lang, target, known in (("en", en, known_en), ("zh", zh, known_zh)):
+            records["neurons"].append({
+                "fact_id": fact, "relation": "P36", "language": lang, "target": target,
+                "queries": 2, "prompts": [f"{EVIL} [Y].", "x [Y]."], "probs": [0.4, 0.1],
+                "correct": [known, known], "known": known,
+                "neurons": [[layer, index, 0.5 / (k + 1)]
+                            for k, (layer, index) in enumerate(neurons[lang])]})
+            records["degenerate"].append({
+                "fact_id": fact, "language": lang, "candidates": neurons[lang][:4],
+                "potential": neurons[lang][:3],
+                "pairs": [[neurons[lang][0], neurons[lang][1]],
+                          [neurons[lang][0], neurons[lang][2]]]})
+            records["timings"].append({"fact_id": fact, "language": lang, "seconds": 1.5 + number})
+        records["language_agnostic"] = [{
+            "fact_id": fact, "relation": "P36", "languages": LANGS,
+            "neurons": shared or [neurons["en"][0]], "soft_neurons": neurons["en"] + neurons["zh"],
+            "soft_fraction": 0.5, "known_in": [lang for lang, k in (("en", known_en),
+                                                                   ("zh", known_zh)) if k]}]
+        store.write(fact, records)
+
+
+def _setup(name: str) -> Setup:
+    return Setup(experiment=name, model="tiny-llama", data="builtin", languages=LANGS,
+                 limit=3, seed=0, method="amig", steps=2, facts=[f[0] for f in FACTS])
+
+
+def fake_experiments(out: Path) -> None:
+    """One result of every experiment, summarized by the experiments' own code."""
+    items = []
+    for number, (fact, *_rest) in enumerate(FACTS):
+        for lang in LANGS:
+            item = {"fact_id": fact, "language": lang, "unrelated_fact": "capital-france"}
+            for k, method in enumerate(lq.METHODS):
+                changes = {"enhance_related": 0.5 + k, "enhance_unrelated": 0.05,
+                           "suppress_related": -0.4 - 0.1 * k, "suppress_unrelated": -0.02}
+                item[method] = {"neurons": 3 + number, "sr": 15.0 + 5 * k + number, **changes}
+            items.append(item)
+    result = {"items": items, "summary": lq.summarize(items, lq.METHODS)}
+    write_result(out, _setup("localization-quality"), result, lq.table(result))
+
+    items = []
+    for fact, *_rest in FACTS:
+        for source in [*LANGS, cross_lingual_editing.AGNOSTIC]:
+            items.append({"fact_id": fact, "source": source, "neurons": 4,
+                          "suppress": {lang: -0.6 if lang == source else -0.2 for lang in LANGS},
+                          "enhance": {lang: 1.2 if lang == source else 0.3 for lang in LANGS}})
+    result = {"items": items, "summary": cross_lingual_editing.summarize(items, LANGS),
+              "soft": False}
+    write_result(out, _setup("cross-lingual-editing"), result,
+                 cross_lingual_editing.table(result))
+
+    judgments = [{"fact_id": fact, "relation": "P36", "language": lang, "candidate": cand,
+                  "true": truth, "neurons": 2, "score": 0.1 if dkn else -0.1, "dkn_true": dkn,
+                  "model_true": model}
+                 for fact, *_rest in FACTS for lang in LANGS
+                 for cand, truth, dkn, model in (("Paris", True, True, lang == "en"),
+                                                 ("Rome", False, lang == "zh", False))]
+    result = {"train_facts": 2, "test_facts": 3, "skipped_relations": [EVIL],
+              "kept_neurons": {}, "judgments": judgments,
+              "summary": fact_checking.summarize(judgments, LANGS)}
+    write_result(out, _setup("fact-checking"), result, fact_checking.table(result))
+
+    items = [{"fact_id": EVIL, "weak": "zh", "strong": ["en"], "neurons": 3,
+              "before": [[False, False], [0.1, 0.2]], "after": [[True, False], [0.4, 0.3]],
+              "unrelated_before": [[True, True], [0.5, 0.6]],
+              "unrelated_after": [[True, False], [0.5, 0.4]]}]
+    result = {"items": items, "ineligible_facts": 2, "factor": 2.0,
+              "summary": enhancement.summarize(items)}
+    write_result(out, _setup("enhancement"), result, enhancement.table(result))
+
+    def rows(n: int, success: bool) -> list[dict]:
+        return [{"prompt": f"{EVIL} [Y]", "new_top1": success, "efficacy": True, "p_new": 0.3}
+                for _ in range(n)]
+
+    items = [{"fact_id": fact, "new_from": "capital-france", "neurons": 3,
+              "reliability": rows(1, True), "generalization": rows(1, number % 2 == 0),
+              "portability": {"zh": rows(1, False)}, "locality": [True, True, number == 0]}
+             for number, (fact, *_rest) in enumerate(FACTS)]
+    result = {"source": "en", "items": items, "skipped": [],
+              "summary": injection.summarize(items, ["zh"])}
+    write_result(out, _setup("injection"), result, injection.table(result))
+
+
+def images(page: str) -> list[Image.Image]:
+    """The inline PNG plots of ``page``, decoded."""
+    sources = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    return [Image.open(io.BytesIO(base64.b64decode(s))) for s in sources]
+
+
+def assert_self_contained(page: str) -> None:
+    external = re.findall(r"""(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:[a-z]+:)?//""",
+                          page, flags=re.IGNORECASE)
+    assert not external, f"external resources: {external}"
+    assert "http://" not in page and "https://" not in page
+    assert "@import" not in page and "url(" not in page
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+
+
+def assert_escaped(page: str) -> None:
+    assert ESCAPED in page
+    assert EVIL not in page
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("run")
+    fake_locate_run(run_dir)
+    fake_experiments(run_dir / "experiments")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def fake_report(fake_run) -> Path:
+    with torch_threads(1):
+        return write_report(fake_run)
+
+
+def test_report_of_a_fake_run_has_every_section_and_plot(fake_run, fake_report):
+    assert fake_report == fake_run / "report.html"
+    page = fake_report.read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    for title in ("Localization quality", "Cross-lingual editing", "Fact-checking",
+                  "Enhancement of weak languages", "Knowledge injection"):
+        assert title in page
+    plots = images(page)
+    assert page.count("<img") == len(plots) == LOCATE_PLOTS + EXPERIMENT_PLOTS
+    for plot in plots:
+        assert plot.format == "PNG" and plot.width > 300 and plot.height > 200
+        assert np.asarray(plot.convert("L")).std() > 10, "a plot is blank"
+    assert "No summary.json: statistics computed from the records." in page
+    assert "tiny-llama" in page and "seconds" in page  # config and cost
+    # the two facts the model gets wrong somewhere are marked (facts, agnostic, degenerate tables)
+    assert page.count('<tr class="wrong">') == 2 + 2 + 2
+    assert "wrong in zh" in page and "wrong in en" in page
+    assert_self_contained(page)
+    assert_escaped(page)
+    assert not (fake_run / "summary.json").exists()  # the report only reads the run
+
+
+TINY_FACTS = (("capital-france", "France", "Paris", "法国", "巴黎"),
+              (EVIL, "Germany", "Berlin", "德国", "柏林"))
+
+
+def test_report_of_a_tiny_locate_run(tmp_path):
+    torch.set_num_threads(1)
+    facts = [Fact(id=fact_id, relation="P36", languages={
+        "en": {"subject": s_en, "object": o_en, "queries": ["The capital of [X] is [Y] ."]},
+        "zh": {"subject": s_zh, "object": o_zh, "queries": ["[X]的首都是[Y]。"]}})
+        for fact_id, s_en, o_en, s_zh, o_zh in TINY_FACTS]
+    config = LocateConfig(method="amig", steps=2, thresholds={"*": 0.1}, degenerate_top_k=4,
+                          t_low=0.5, t_high=0.0)
+    run_dir = tmp_path / "locate"
+    with torch_threads(1):
+        run_locate(build("llama"), facts, LANGS, config, run_dir,
+                   meta={"model": "tiny-llama", "data": "inline", "seed": 0, "limit": None})
+        fake_experiments(run_dir)  # results next to the records work too
+        out = write_report(run_dir, tmp_path / "elsewhere" / "r.html")
+    assert out == tmp_path / "elsewhere" / "r.html" and not (run_dir / "report.html").exists()
+    page = out.read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert "No summary.json" not in page  # the run's own summary.json is used
+    # layers and overlap always; the agnostic histogram when the random model shares neurons
+    assert len(images(page)) >= 2 + EXPERIMENT_PLOTS
+    assert "capital-france" in page and "tiny-llama" in page
+    assert_self_contained(page)
+    assert_escaped(page)
+
+
+def test_missing_and_broken_inputs_leave_notes_not_crashes(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = write_report(empty).read_text(encoding="utf-8")
+    assert "No config.json" in page and "nothing was located here" in page
+    assert "No experiment results" in page and "<img" not in page
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    (broken / "neurons.jsonl").write_text('{"fact_id": 1}\n{oops\n', encoding="utf-8")
+    (broken / "notes.json").write_text(json.dumps([1, 2]), encoding="utf-8")
+    (broken / "strange.json").write_text(json.dumps(
+        {"setup": {"experiment": EVIL}, "result": {"summary": {"x": EVIL}}}), encoding="utf-8")
+    (broken / "cross-lingual-editing.json").write_text(json.dumps(
+        {"setup": {"experiment": "cross-lingual-editing"},
+         "result": {"summary": {"en": {"suppress": "oops"}}}}), encoding="utf-8")
+    page = write_report(broken).read_text(encoding="utf-8")
+    assert "config.json: could not be read" in page
+    assert "neurons.jsonl: could not be read" in page
+    assert "notes.json: not an experiment result" in page
+    assert "Unknown experiment" in page  # shown as stored, escaped
+    assert "could not be drawn" in page  # a known experiment with an unexpected shape
+    assert_escaped(page)
+    assert_self_contained(page)
+
+    with pytest.raises(NotADirectoryError):
+        write_report(tmp_path / "missing")
+
+
+def test_interrupted_run_leaves_out_unfinished_facts(tmp_path):
+    fake_locate_run(tmp_path)
+    with (tmp_path / "neurons.jsonl").open("a", encoding="utf-8") as handle:  # killed mid-fact
+        handle.write(json.dumps({"unit": "half-done", "fact_id": "half-done", "language": "en",
+                                 "neurons": [], "known": True}) + "\n")
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "records of unfinished facts" in page and ">half-done<" not in page
+
+
+# ----------------------------------------------------------------------------- Chromium
+
+PROBE = ('<script>window.addEventListener("load", () => {const all = [...document.images];'
+         'document.body.setAttribute("data-probe", "images " + all.filter(i => i.complete '
+         '&& i.naturalWidth > 0).length + "/" + all.length);});</script>')
+
+
+def _find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The Chromium executable; installed with apt-get when missing and possible (root)."""
+    path = _find_chromium()
+    if path is None and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True,
+                       capture_output=True, timeout=900, check=False)
+        path = _find_chromium()
+    if path is None:
+        reason = ("chromium is not installed and could not be installed "
+                  "(`make test` installs it: apt-get install chromium)")
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def _run_chromium(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--disable-extensions", "--hide-scrollbars",
+         "--host-resolver-rules=MAP * ~NOTFOUND",  # nothing outside can be reached
+         f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_chromium_renders_the_report(chromium, fake_report, tmp_path):
+    shot = tmp_path / "shot.png"
+    run = _run_chromium(chromium, tmp_path / "profile", f"--screenshot={shot}",
+                        "--window-size=1280,2000", fake_report.resolve().as_uri())
+    assert run.returncode == 0, run.stderr[-3000:]
+    console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, f"console messages: {console}"  # the page has no script: no message
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 2000)
+    pixels = np.asarray(image).astype(int).reshape(-1, 3)
+    non_white = int((pixels.min(axis=1) < 235).sum())
+    colored = int((pixels.max(axis=1) - pixels.min(axis=1) > 80).sum())
+    assert non_white > 0.03 * len(pixels), "the screenshot is blank"
+    assert colored > 5000, "no coloured plot is visible in the first screen"
+    if os.environ.get("MKN_REPORT_SCREENSHOT"):  # keep a copy to look at
+        shutil.copy(shot, os.environ["MKN_REPORT_SCREENSHOT"])
+
+    # every embedded plot decodes in the browser (a test-only copy with a probe script)
+    check = tmp_path / "check.html"
+    check.write_text(fake_report.read_text(encoding="utf-8").replace("</body>",
+                                                                     PROBE + "</body>"),
+                     encoding="utf-8")
+    run = _run_chromium(chromium, tmp_path / "profile", "--dump-dom", check.as_uri())
+    assert run.returncode == 0, run.stderr[-3000:]
+    total = LOCATE_PLOTS + EXPERIMENT_PLOTS
+    assert f'data-probe="images {total}/{total}"' in run.stdout
+    assert ESCAPED in run.stdout and "alert(1)" not in run.stdout.replace(ESCAPED, "")
