@@ -16,10 +16,10 @@ runner = CliRunner()
 
 
 def test_every_command_has_help():
-    for command in ("attribute", "locate", "experiment", "demo"):
+    for command in ("attribute", "locate", "experiment", "demo", "report"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, result.output
-        assert "--model" in result.output
+        assert "--model" in result.output or command == "report"
 
 
 def test_config_file_and_flags(tmp_path):
@@ -91,6 +91,11 @@ def test_locate_command_on_a_local_model_dir(tiny_dir, tmp_path):
     resumed = runner.invoke(app, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert len((out / "neurons.jsonl").read_text().splitlines()) == 4
+    reported = runner.invoke(app, ["report", str(out)])
+    assert reported.exit_code == 0, reported.output
+    assert "capital-france" in (out / "report.html").read_text()
+    missing = runner.invoke(app, ["report", str(out / "nope")])
+    assert missing.exit_code == 2 and "nope" in missing.output
 
 
 def test_experiment_command_names_setup(tiny_dir, tmp_path):

@@ -255,6 +255,22 @@ def experiment(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A directory written by mkn locate / demo.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")]
+    = None,
+) -> None:
+    """Write one self-contained HTML report (plots, tables; works offline)."""
+    from mkn.report import write_report
+
+    try:
+        path = write_report(run_dir, out)
+    except (NotADirectoryError, ValueError) as error:
+        raise _fail(error) from error
+    console.print(f"report: {path.resolve()}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
     model: ModelOpt = "gemma-3-270m",
