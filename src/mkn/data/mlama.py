@@ -25,7 +25,6 @@ order and stops reading there, so small limits are fast; ``seed`` reads everythi
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -44,6 +43,7 @@ from mkn.data.schema import (
     check_languages,
     check_query,
     format_validation_error,
+    jsonl_objects,
 )
 
 PARAPHRASES = "paraphrases.jsonl"
@@ -70,23 +70,6 @@ def relation_files(lang_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in lang_dir.glob("P*.jsonl") if p.name not in _NOT_RELATIONS}
 
 
-def _read_jsonl(path: Path, issues: Issues):
-    """Yield ``(line number, object)``; bad JSON lines are reported."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                issues.report(path, lineno, f"invalid JSON: {err.msg} (column {err.colno})")
-                continue
-            if not isinstance(data, dict):
-                issues.report(path, lineno, f"expected a JSON object, got {type(data).__name__}")
-                continue
-            yield lineno, data
-
-
 def _string_field(data: dict, key: str) -> str:
     if key not in data:
         raise ValueError(f'missing "{key}"')
@@ -101,7 +84,7 @@ def _string_field(data: dict, key: str) -> str:
 def read_patterns(path: Path, key: str, issues: Issues) -> dict[str, list[str]]:
     """``relation -> [pattern, ...]`` from a paraphrases (key ``pattern``) or templates file."""
     out: dict[str, list[str]] = {}
-    for lineno, data in _read_jsonl(path, issues):
+    for lineno, data in jsonl_objects(path, issues):
         try:
             relation = _string_field(data, "relation")
             pattern = _string_field(data, key)
@@ -152,7 +135,7 @@ class _Language:
         """``uuid -> (lineid, line number, record)`` of one relation file; bad records reported."""
         path = self.files[relation]
         out: dict[str, tuple[int, int, dict]] = {}
-        for lineno, data in _read_jsonl(path, self.issues):
+        for lineno, data in jsonl_objects(path, self.issues):
             try:
                 uuid = _string_field(data, "uuid")
                 for key in ("sub_label", "obj_label"):

@@ -45,7 +45,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,12 +282,8 @@ def write_facts(facts: Iterable[Fact], path: str | os.PathLike) -> Path:
     return path
 
 
-def read_facts(path: str | os.PathLike, lenient: bool = False) -> FactSet:
-    """Read a JSONL fact file; bad lines raise ``FILE:LINE: reason`` or, lenient, are skipped."""
-    path = Path(path)
-    issues = Issues(lenient)
-    facts: list[Fact] = []
-    seen: dict[str, int] = {}
+def jsonl_objects(path: Path, issues: Issues) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line number, object)``; bad JSON lines are reported."""
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -297,17 +293,30 @@ def read_facts(path: str | os.PathLike, lenient: bool = False) -> FactSet:
             except json.JSONDecodeError as err:
                 issues.report(path, lineno, f"invalid JSON: {err.msg} (column {err.colno})")
                 continue
-            try:
-                fact = fact_from_dict(data)
-            except ValueError as err:
-                issues.report(path, lineno, str(err))
+            if not isinstance(data, dict):
+                issues.report(path, lineno, f"expected a JSON object, got {type(data).__name__}")
                 continue
-            if fact.id in seen:
-                issues.report(path, lineno, f"duplicate fact id {fact.id!r} "
-                                            f"(first on line {seen[fact.id]})")
-                continue
-            seen[fact.id] = lineno
-            facts.append(fact)
+            yield lineno, data
+
+
+def read_facts(path: str | os.PathLike, lenient: bool = False) -> FactSet:
+    """Read a JSONL fact file; bad lines raise ``FILE:LINE: reason`` or, lenient, are skipped."""
+    path = Path(path)
+    issues = Issues(lenient)
+    facts: list[Fact] = []
+    seen: dict[str, int] = {}
+    for lineno, data in jsonl_objects(path, issues):
+        try:
+            fact = fact_from_dict(data)
+        except ValueError as err:
+            issues.report(path, lineno, str(err))
+            continue
+        if fact.id in seen:
+            issues.report(path, lineno, f"duplicate fact id {fact.id!r} "
+                                        f"(first on line {seen[fact.id]})")
+            continue
+        seen[fact.id] = lineno
+        facts.append(fact)
     langs: list[str] = []
     for fact in facts:
         langs.extend(lang for lang in fact.languages if lang not in langs)

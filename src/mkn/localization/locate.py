@@ -61,18 +61,13 @@ class LocateConfig(BaseModel):
     t_high: float = Field(0.25, ge=0, le=1)
     batch_size: int | None = Field(None, ge=1)
 
-    @field_validator("method")
+    @field_validator("method", "rule")
     @classmethod
-    def _method(cls, value: str) -> str:
-        if value not in LOCATE_METHODS:
-            raise ValueError(f"unknown method {value!r}; choose one of {', '.join(LOCATE_METHODS)}")
-        return value
-
-    @field_validator("rule")
-    @classmethod
-    def _rule(cls, value: str) -> str:
-        if value not in RULES:
-            raise ValueError(f"unknown rule {value!r}; choose one of {', '.join(RULES)}")
+    def _known(cls, value: str, info) -> str:
+        choices = LOCATE_METHODS if info.field_name == "method" else RULES
+        if value not in choices:
+            raise ValueError(f"unknown {info.field_name} {value!r}; choose one of "
+                             f"{', '.join(choices)}")
         return value
 
     @field_validator("thresholds")
