@@ -50,6 +50,8 @@ class LocateConfig(BaseModel):
     rule: str = "left"
     thresholds: dict[str, float] = Field(default_factory=dict,
                                          description="per-language t; '*' for the rest")
+    max_queries: int | None = Field(None, ge=1, description="use the first N queries per "
+                                    "language (cost control); None: all")
     refine_p: float = Field(0.3, ge=0, le=1)
     agnostic_fraction: float = Field(0.5, gt=0, le=1, description="q of the soft version")
     agnostic_threshold: float = Field(0.2, ge=0, le=1, description="t on MATRICE's score")
@@ -179,7 +181,7 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
                          f"(it has {', '.join(sorted(fact.languages))})")
     per_language: dict[str, LanguageResult] = {}
     for lang in languages:
-        prompts = fact.prompts(lang)
+        prompts = fact.prompts(lang)[: config.max_queries]
         if not prompts:
             raise ValueError(f"fact {fact.id!r} has no queries in {lang!r}")
         per_language[lang], _ = _language(lm, lang, prompts, fact.languages[lang].object, config,
