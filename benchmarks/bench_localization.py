@@ -70,12 +70,15 @@ def main() -> None:
         facts = load_facts(spec, languages, limit=args.limit)
         print(f"{name}: {facts.summary()}", flush=True)
         start = time.perf_counter()
-        done = []
+        done: list[str] = []
+
+        def tick(fact_id: str, done=done, total=len(facts)) -> None:
+            done.append(fact_id)
+            print(f"  {len(done)}/{total} {fact_id}", flush=True)
+
         summary = run_locate(lm, facts, languages, config, args.out / name, resume=True,
                              meta={"model": args.model, "data": spec, "limit": args.limit},
-                             on_fact=lambda fid, done=done: (
-                                 done.append(fid),
-                                 print(f"  {len(done)}/{len(facts)} {fid}", flush=True)))
+                             on_fact=tick)
         wall = time.perf_counter() - start
         _print_summary(name, summary, wall)
         results[name] = {"summary": summary, "wall_seconds": wall,
