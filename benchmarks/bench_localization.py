@@ -71,8 +71,9 @@ def main() -> None:
         print(f"{name}: {facts.summary()}", flush=True)
         start = time.perf_counter()
         done: list[str] = []
+        total = len(facts)
 
-        def tick(fact_id: str, done=done, total=len(facts)) -> None:
+        def tick(fact_id: str, done=done, total=total) -> None:
             done.append(fact_id)
             print(f"  {len(done)}/{total} {fact_id}", flush=True)
 
