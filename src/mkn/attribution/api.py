@@ -130,7 +130,7 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
         clean = clean_run(lm, step)
         baseline = BASELINES[method](lm, step, clean.activations)
         result = integrated_gradients(lm, step, clean.activations, baseline, layers, alphas,
-                                      weights, batch_size)
+                                      weights, batch_size, runner=clean.runner)
         scores += result.scores
         baseline_prob += result.baseline_prob
         token_probs.append(clean.prob)

@@ -14,7 +14,8 @@ whole sequence; the LM head still runs at the mask position only.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from mkn.models.hooks import NeuronHook, capture, neuron_hooks
 from mkn.models.loading import LanguageModel
 
 # Rows per forward/backward pass are chosen so the logits of one pass stay near this many floats.
-LOGITS_BUDGET = 2**25
+LOGITS_BUDGET = 2**27
 
 
 def default_batch_size(lm: LanguageModel) -> int:
@@ -33,9 +34,87 @@ def default_batch_size(lm: LanguageModel) -> int:
     return max(8, LOGITS_BUDGET // vocab)
 
 
+class _TargetProb(torch.autograd.Function):
+    """p_t = softmax(z)_t; the gradient p_t (onehot_t - softmax(z)) is computed in place on the
+    saved log-softmax, so a batch keeps one vocabulary-sized buffer instead of three (this is
+    what keeps gemma-3-270m under 3 GB with all 360 rows in one pass)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target_id: int) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        prob = log_probs[:, target_id].exp()
+        ctx.save_for_backward(log_probs, prob)
+        ctx.target_id, ctx.dtype = target_id, logits.dtype
+        return prob
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        log_probs, prob = ctx.saved_tensors
+        scale = (grad * prob)[:, None]
+        grad_z = log_probs.exp_().mul_(-scale)  # the saved buffer is not needed again
+        grad_z[:, ctx.target_id] += scale[:, 0]
+        return grad_z.to(ctx.dtype), None
+
+
 def target_prob(logits: torch.Tensor, target_id: int) -> torch.Tensor:
-    """p(target) = softmax(logits)[target], computed in float32 for a ``[rows, vocab]`` batch."""
-    return torch.log_softmax(logits.float(), dim=-1)[:, target_id].exp()
+    """p(target) = softmax(logits)[target] in float32 for a ``[rows, vocab]`` batch."""
+    return _TargetProb.apply(logits, target_id)
+
+
+def _slice_batch(value, batch: int, keep: int):
+    """``value`` with tensors whose first axis is a multiple of ``batch`` (batch-major, e.g.
+    masks, rotary tables, BLOOM's alibi ``[batch * heads, ...]``) cut to the first ``keep`` rows;
+    tuples, lists and dicts recursively; anything else as is."""
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] % batch == 0:
+        return value[: value.shape[0] // batch * keep]
+    if isinstance(value, tuple | list):
+        return type(value)(_slice_batch(v, batch, keep) for v in value)
+    if isinstance(value, dict):
+        return {k: _slice_batch(v, batch, keep) for k, v in value.items()}
+    return value
+
+
+@contextmanager
+def staggered_blocks(lm: LanguageModel, active: list[int], starts: list[int],
+                     hidden_in: list[torch.Tensor], returns_tuple: bool) -> Iterator[None]:
+    """Make block ``l`` run only the first ``active[l]`` rows of the batch.
+
+    Rows are sorted by the layer they start at; the ``starts[l]`` rows starting at block ``l``
+    enter it with the clean hidden state ``hidden_in[l]`` (so nothing below is computed for them,
+    forward or backward); rows not yet active pass through untouched. The model's own forward
+    still builds masks, positions, the final norm and the LM head. The prefix KV cache must hold
+    ``active[l]`` rows in layer ``l``.
+    """
+    patched = []
+
+    def make(layer: int, forward):
+        def run(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            args = args[1:]
+            batch, n, new = hidden.shape[0], active[layer], starts[layer]
+            if n == 0:
+                return (hidden,) if returns_tuple else hidden
+            fresh = hidden_in[layer].to(hidden.dtype).expand(new, *hidden.shape[1:])
+            inputs = torch.cat([hidden[: n - new], fresh]) if n > new else fresh
+            if n < batch:
+                args, kwargs = _slice_batch(args, batch, n), _slice_batch(kwargs, batch, n)
+            out = forward(inputs, *args, **kwargs)
+            out_hidden = out[0] if isinstance(out, tuple) else out
+            if n < batch:
+                out_hidden = torch.cat([out_hidden, hidden[n:]])
+            return (out_hidden, *out[1:]) if isinstance(out, tuple) else out_hidden
+
+        return run
+
+    try:
+        for layer, block in enumerate(lm.blocks):
+            block.forward = make(layer, block.forward)
+            patched.append(block)
+        yield
+    finally:
+        for block in patched:
+            del block.forward
 
 
 class StepRunner:
@@ -54,9 +133,11 @@ class StepRunner:
                 raise ValueError("a causal LM predicts after the last input token")
             self.tokens = ids[-1:]
             if len(ids) > 1:
-                with torch.no_grad():
-                    self.cache = lm.model(ids[None, :-1], use_cache=True).past_key_values
+                with torch.no_grad():  # the body only: no logits for the prefix
+                    self.cache = lm.model.base_model(ids[None, :-1],
+                                                     use_cache=True).past_key_values
             self.position = -1
+            self.hidden_in, self.block_returns_tuple = self._clean_block_inputs()
         else:
             self.tokens = ids
             self.position = step.position
@@ -64,17 +145,61 @@ class StepRunner:
                 out = lm.model.base_model(input_ids=ids[None], output_hidden_states=True)
             self.hidden_in = [h[0] for h in out.hidden_states[: lm.n_layers]]
 
+    def _fresh_cache(self, batch: int | list[int]):
+        """A copy of the prefix cache with ``batch`` rows (per layer, when a list)."""
+        if self.cache is None:
+            return None
+        cache = copy.deepcopy(self.cache)
+        if isinstance(batch, int):
+            cache.batch_repeat_interleave(batch)
+        else:
+            for layer, rows in zip(cache.layers, batch, strict=False):
+                if rows:
+                    layer.batch_repeat_interleave(rows)
+        return cache
+
+    def _clean_block_inputs(self) -> tuple[list[torch.Tensor], bool]:
+        """The hidden state entering each block at the prediction token, and the blocks' output
+        structure (tensor or tuple)."""
+        inputs: dict[int, torch.Tensor] = {}
+        returns_tuple = []
+
+        def record(layer: int):
+            def pre_hook(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                inputs[layer] = hidden[0].detach()
+
+            return pre_hook
+
+        handles = [block.register_forward_pre_hook(record(layer), with_kwargs=True)
+                   for layer, block in enumerate(self.lm.blocks)]
+        handles.append(self.lm.blocks[0].register_forward_hook(
+            lambda module, args, out: returns_tuple.append(isinstance(out, tuple))))
+        try:
+            with torch.no_grad():
+                self.lm.model(input_ids=self.tokens[None], past_key_values=self._fresh_cache(1),
+                              use_cache=self.cache is not None, logits_to_keep=1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [inputs[layer] for layer in range(self.lm.n_layers)], returns_tuple[0]
+
     def logits(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
                row_layers: list[int] | None = None) -> torch.Tensor:
         """Logits at the prediction position for ``rows`` copies of the step, with ``hooks`` on
         the neurons; ``[rows, vocab]``.
 
-        ``row_layers`` (ascending) is the lowest layer each row changes; a masked LM starts such
-        a row from the clean hidden state entering that layer instead of recomputing below it.
+        ``row_layers`` (ascending) is the lowest layer each row changes: such a row starts from
+        the clean hidden state entering that layer instead of recomputing the layers below it.
         """
+        if row_layers is not None and len(row_layers) != rows:
+            raise ValueError(f"{len(row_layers)} row layers for {rows} rows")
+        if row_layers is not None and any(
+                a > b for a, b in zip(row_layers, row_layers[1:], strict=False)):
+            raise ValueError("row_layers must be ascending")
         with neuron_hooks(self.lm, hooks or {}):
             if self.lm.causal:
-                return self._causal_logits(rows)
+                return self._causal_logits(rows, row_layers)
             return self._masked_logits(row_layers or [0] * rows)
 
     def probs(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
@@ -82,18 +207,21 @@ class StepRunner:
         """p(target) for each row (see :meth:`logits`); ``[rows]``."""
         return target_prob(self.logits(rows, hooks, row_layers), self.step.target_id)
 
-    def _causal_logits(self, rows: int) -> torch.Tensor:
-        cache = None
-        if self.cache is not None:
-            cache = copy.deepcopy(self.cache)
-            cache.batch_repeat_interleave(rows)
-        out = self.lm.model(input_ids=self.tokens[None].expand(rows, -1), past_key_values=cache,
-                            use_cache=cache is not None, logits_to_keep=1)
+    def _causal_logits(self, rows: int, row_layers: list[int] | None) -> torch.Tensor:
+        input_ids = self.tokens[None].expand(rows, -1)
+        if not row_layers or row_layers[0] == row_layers[-1] == 0:
+            out = self.lm.model(input_ids=input_ids, past_key_values=self._fresh_cache(rows),
+                                use_cache=self.cache is not None, logits_to_keep=1)
+            return out.logits[:, -1]
+        starts = torch.bincount(torch.tensor(row_layers), minlength=self.lm.n_layers)
+        active = starts.cumsum(0).tolist()
+        with staggered_blocks(self.lm, active, starts.tolist(), self.hidden_in,
+                              self.block_returns_tuple):
+            out = self.lm.model(input_ids=input_ids, past_key_values=self._fresh_cache(active),
+                                use_cache=self.cache is not None, logits_to_keep=1)
         return out.logits[:, -1]
 
     def _masked_logits(self, row_layers: list[int]) -> torch.Tensor:
-        if any(a > b for a, b in zip(row_layers, row_layers[1:], strict=False)):
-            raise ValueError("row_layers must be ascending")
         starts = torch.bincount(torch.tensor(row_layers), minlength=self.lm.n_layers).tolist()
         hidden = self.hidden_in[0][None].expand(starts[0], -1, -1)
         for layer, block in enumerate(self.lm.blocks):
@@ -113,6 +241,7 @@ class CleanRun:
     activations: torch.Tensor  # [layers, neurons] at the prediction position
     prob: float  # p(target)
     predicted_id: int  # the greedy (argmax) token
+    runner: StepRunner  # reusable for further rows of the same step
 
 
 def clean_run(lm: LanguageModel, step: PredictionStep) -> CleanRun:
@@ -121,7 +250,8 @@ def clean_run(lm: LanguageModel, step: PredictionStep) -> CleanRun:
     with torch.no_grad(), capture(lm, position=runner.position) as store:
         logits = runner.logits(1)
     acts = torch.stack([store[layer][0] for layer in range(lm.n_layers)])
-    return CleanRun(acts, float(target_prob(logits, step.target_id)), int(logits[0].argmax()))
+    return CleanRun(acts, float(target_prob(logits, step.target_id)), int(logits[0].argmax()),
+                    runner)
 
 
 def replace_position(layer_rows: torch.Tensor, position: int, values: torch.Tensor) -> NeuronHook:
@@ -144,20 +274,24 @@ class PathIntegral:
 
 def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.Tensor,
                          baseline: torch.Tensor, layers: list[int], alphas: np.ndarray,
-                         weights: np.ndarray, batch_size: int | None = None) -> PathIntegral:
+                         weights: np.ndarray, batch_size: int | None = None,
+                         runner: StepRunner | None = None) -> PathIntegral:
     """IG of p(target) w.r.t. the neurons of each of ``layers``, all layers batched together.
 
     ``clean`` and ``baseline`` are ``[n_layers, neurons]``. Scores of layers not in ``layers``
     are zero. Rows are (layer, step) pairs; ``batch_size`` rows run per forward/backward pass.
+    When the rule evaluates alpha = 0, those rows give p(baseline); otherwise one extra batch.
     """
     batch_size = batch_size or default_batch_size(lm)
-    runner = StepRunner(lm, step)
+    runner = runner or StepRunner(lm, step)
     n_layers, n_neurons = clean.shape
     clean32, baseline32 = clean.float(), baseline.float()
     integral = torch.zeros(n_layers, n_neurons)
     alpha_t = torch.tensor(alphas, dtype=torch.float32)
     weight_t = torch.tensor(weights, dtype=torch.float32)
     rows = [(layer, k) for layer in layers for k in range(len(alphas))]
+    baseline_prob = torch.zeros(n_layers)
+    at_zero = [k for k, alpha in enumerate(alphas) if alpha == 0]
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         leaves: dict[int, torch.Tensor] = {}
@@ -176,13 +310,18 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
             grads = torch.autograd.grad(probs.sum(), list(leaves.values()))
         for (layer, ks), grad in zip(layer_steps.items(), grads, strict=True):
             integral[layer] += (weight_t[ks, None] * grad.float()).sum(0)
+        if at_zero:
+            for i, (layer, k) in enumerate(chunk):
+                if k == at_zero[0]:
+                    baseline_prob[layer] = float(probs[i].detach())
     scores = (clean32 - baseline32) * integral
-    baseline_prob = torch.zeros(n_layers)
-    with torch.no_grad():
-        rows_t = torch.arange(len(layers), device=lm.device)
-        hooks = {layer: replace_position(rows_t[i:i + 1], runner.position, baseline[layer][None])
-                 for i, layer in enumerate(layers)}
-        baseline_prob[layers] = runner.probs(len(layers), hooks, layers).float()
+    if not at_zero:
+        with torch.no_grad():
+            rows_t = torch.arange(len(layers), device=lm.device)
+            hooks = {layer: replace_position(rows_t[i:i + 1], runner.position,
+                                             baseline[layer][None])
+                     for i, layer in enumerate(layers)}
+            baseline_prob[layers] = runner.probs(len(layers), hooks, layers).float()
     return PathIntegral(scores=scores, baseline_prob=baseline_prob)
 
 
