@@ -57,6 +57,7 @@ Usage: ``python benchmarks/bench_vs_knowledge_neurons.py [--repeats 3] [--thread
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import importlib.metadata
 import importlib.util
@@ -247,6 +248,8 @@ def main() -> int:
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, args.seed, args.init_std, args.target_bias)
     lm = mkn.wrap(model, tokenizer, name="mbert-sized-random")  # eval, parameters frozen
+    # the same weights in bfloat16, mkn's option where the CPU has bf16 matrix units
+    lm_bf16 = mkn.wrap(copy.deepcopy(model).to(torch.bfloat16), tokenizer, name="bf16")
     kn = KnowledgeNeurons(model, tokenizer, model_type="bert", device="cpu")
     attn = model.config._attn_implementation
     print(f"{'model':>18}: BertForMaskedLM vocab {VOCAB_SIZE:,}, 12 layers, 3072 neurons, "
@@ -276,13 +279,15 @@ def main() -> int:
             lm, MKN_PROMPT, TARGET, method="ig", steps=STEPS, rule="left").scores,
         "mkn rule=trapezoid": lambda: mkn.attribute(
             lm, MKN_PROMPT, TARGET, method="ig", steps=STEPS, rule="trapezoid").scores,
+        "mkn rule=left bfloat16": lambda: mkn.attribute(
+            lm_bf16, MKN_PROMPT, TARGET, method="ig", steps=STEPS, rule="left").scores,
         "mkn engine, kn's nodes+weights": mkn_exact_kn_scheme,
         "mkn rule=gauss-legendre": lambda: mkn.attribute(
             lm, MKN_PROMPT, TARGET, method="ig", steps=args.gl_steps,
             rule="gauss-legendre").scores,
     }
     steps_of = {name: args.gl_steps if "gauss" in name else STEPS for name in impls}
-    like_for_like = ("mkn rule=left", "mkn rule=trapezoid")
+    like_for_like = ("mkn rule=left", "mkn rule=trapezoid", "mkn rule=left bfloat16")
     ref_name = "kn 0.0.2 (batch_size=10)"
 
     probe = mkn.attribute(lm, MKN_PROMPT, TARGET, method="ig", steps=STEPS, rule="trapezoid")
