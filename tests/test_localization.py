@@ -132,3 +132,25 @@ def test_planted_redundant_pair_is_degenerate(planted):
     assert (PLANTED[0], PLANTED[1]) in result.pairs
     assert result.pair_ratio[(PLANTED[0], PLANTED[1])] < 0.5
     assert all(set(pair) == set(PLANTED) for pair in result.pairs)
+
+
+def test_planted_neurons_found_in_every_language_are_language_agnostic(planted):
+    from mkn.data.schema import Fact
+    from mkn.localization.locate import LocateConfig, locate_fact
+
+    fact = Fact(id="planted", relation="P36", languages={
+        "en": {"subject": "France", "object": "Paris", "queries": ["The capital of [X] is [Y] ."]},
+        "zh": {"subject": "法国", "object": "Paris", "queries": ["[X]的首都是[Y]。"]},
+    })
+    config = LocateConfig(method="ig", steps=8, rule="gauss-legendre", degenerate=False)
+    with torch_threads(1):
+        result = locate_fact(planted, fact, ["en", "zh"], config)
+        # the planted neurons fire whatever the input, so AMIG's baseline (the same input with
+        # tokens replaced) keeps them on and rightly gives them nothing: use the zero baseline
+        matrice = locate_fact(planted, fact, ["en", "zh"], config.model_copy(
+            update={"method": "matrice", "matrice_baseline": "ig"}))
+    for lang in ("en", "zh"):
+        assert set(PLANTED) <= set(result.languages[lang].neurons), lang
+    assert set(PLANTED) <= set(result.language_agnostic)
+    assert set(result.language_agnostic) <= set(result.soft_language_agnostic)
+    assert set(PLANTED) <= set(matrice.language_agnostic)

@@ -56,6 +56,7 @@ class LocateConfig(BaseModel):
     agnostic_fraction: float = Field(0.5, gt=0, le=1, description="q of the soft version")
     agnostic_threshold: float = Field(0.2, ge=0, le=1, description="t on MATRICE's score")
     matrice_lambda: float = Field(1.0, ge=0)
+    matrice_baseline: str = Field("amig", description="per-query IG of matrice: amig or ig")
     matrice_uniform: bool = False
     degenerate: bool = True
     degenerate_top_k: int = Field(20, ge=2)
@@ -63,10 +64,11 @@ class LocateConfig(BaseModel):
     t_high: float = Field(0.25, ge=0, le=1)
     batch_size: int | None = Field(None, ge=1)
 
-    @field_validator("method", "rule")
+    @field_validator("method", "rule", "matrice_baseline")
     @classmethod
     def _known(cls, value: str, info) -> str:
-        choices = LOCATE_METHODS if info.field_name == "method" else RULES
+        choices = {"method": LOCATE_METHODS, "rule": RULES,
+                   "matrice_baseline": METHODS}[info.field_name]
         if value not in choices:
             raise ValueError(f"unknown {info.field_name} {value!r}; choose one of "
                              f"{', '.join(choices)}")
@@ -82,8 +84,8 @@ class LocateConfig(BaseModel):
 
     @property
     def attribution_method(self) -> str:
-        """The per-query IG method (MATRICE uses the architecture-adapted baseline)."""
-        return "amig" if self.method == "matrice" else self.method
+        """The per-query IG method (MATRICE: ``matrice_baseline``, AMIG's by default)."""
+        return self.matrice_baseline if self.method == "matrice" else self.method
 
 
 @dataclass
