@@ -110,3 +110,46 @@ def test_experiment_command_names_setup(tiny_dir, tmp_path):
     assert (tmp_path / "cross-lingual-editing.md").read_text().startswith("cross-lingual")
     bad = runner.invoke(app, ["experiment", "nope"])
     assert bad.exit_code == 2 and "unknown experiment 'nope'" in bad.output
+
+
+def test_locate_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mkn.data import write_facts
+    from mkn.data.schema import Fact
+
+    base = tiny_facts()
+    facts = [Fact(id=f"fact-{i:02d}", relation="P36", languages=base[i % 5].languages)
+             for i in range(24)]
+    write_facts(facts, tmp_path / "facts.jsonl")
+
+    def command(out):
+        return [sys.executable, "-c", "from mkn.cli import main; main()", "locate", "--model",
+                str(tiny_dir / "model"), "--data", f"jsonl:{tmp_path / 'facts.jsonl'}",
+                "--languages", "en,zh", "--steps", "2", "--out", str(out), "--quiet"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = killed / "done.jsonl"
+        if done.exists() and len(done.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len((killed / "done.jsonl").read_text().splitlines())
+    assert 3 <= finished < 24, "the kill should land mid-run"
+    subprocess.run([*command(killed), "--resume"], env=env, check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run(command(clean), env=env, check=True, capture_output=True)
+    for name in ("neurons", "language_agnostic", "degenerate", "done"):
+        assert (killed / f"{name}.jsonl").read_text() == (clean / f"{name}.jsonl").read_text()
+    assert (killed / "config.json").read_text() == (clean / "config.json").read_text()
+    assert len(list((killed / "scores").glob("*.safetensors"))) == 24
