@@ -250,7 +250,7 @@ def experiment(
         raise _fail(error) from error
     result["config"] = {"locate": cfg.locate.model_dump(), **meta}
     path = write_result(out, setup, result, module.table(result))
-    console.print(module.table(result), markup=False)
+    console.print(module.table(result), markup=False, soft_wrap=True)
     console.print(f"results in {path} ({setup.experiment}.md has the table)")
 
 
@@ -300,7 +300,7 @@ def demo(
     console.print(f"[bold]2. language-agnostic neurons[/]: {agnostic['facts_with_any']}/"
                   f"{summary['facts']} facts, mean {agnostic['mean_neurons']:.1f} per fact")
     console.print("[bold]3. cross-lingual editing[/] (median relative change of p(gold)):")
-    console.print(demo_job.cross_lingual_editing.table(editing), markup=False)
+    console.print(demo_job.cross_lingual_editing.table(editing), markup=False, soft_wrap=True)
     console.print(f"\n[bold green]report:[/] {report.resolve()}")
 
 
