@@ -17,6 +17,7 @@ import copy
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -137,7 +138,6 @@ class StepRunner:
                     self.cache = lm.model.base_model(ids[None, :-1],
                                                      use_cache=True).past_key_values
             self.position = -1
-            self.hidden_in, self.block_returns_tuple = self._clean_block_inputs()
         else:
             self.tokens = ids
             self.position = step.position
@@ -158,9 +158,10 @@ class StepRunner:
                     layer.batch_repeat_interleave(rows)
         return cache
 
+    @cached_property
     def _clean_block_inputs(self) -> tuple[list[torch.Tensor], bool]:
         """The hidden state entering each block at the prediction token, and the blocks' output
-        structure (tensor or tuple)."""
+        structure (tensor or tuple); computed on first use (rows starting above layer 0)."""
         inputs: dict[int, torch.Tensor] = {}
         returns_tuple = []
 
@@ -197,6 +198,8 @@ class StepRunner:
         if row_layers is not None and any(
                 a > b for a, b in zip(row_layers, row_layers[1:], strict=False)):
             raise ValueError("row_layers must be ascending")
+        if self.lm.causal and row_layers and row_layers[-1] > 0:
+            _ = self._clean_block_inputs  # before the hooks: a clean pass
         with neuron_hooks(self.lm, hooks or {}):
             if self.lm.causal:
                 return self._causal_logits(rows, row_layers)
@@ -215,8 +218,8 @@ class StepRunner:
             return out.logits[:, -1]
         starts = torch.bincount(torch.tensor(row_layers), minlength=self.lm.n_layers)
         active = starts.cumsum(0).tolist()
-        with staggered_blocks(self.lm, active, starts.tolist(), self.hidden_in,
-                              self.block_returns_tuple):
+        hidden_in, returns_tuple = self._clean_block_inputs
+        with staggered_blocks(self.lm, active, starts.tolist(), hidden_in, returns_tuple):
             out = self.lm.model(input_ids=input_ids, past_key_values=self._fresh_cache(active),
                                 use_cache=self.cache is not None, logits_to_keep=1)
         return out.logits[:, -1]

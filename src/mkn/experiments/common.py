@@ -49,11 +49,16 @@ def queries(fact, lang: str) -> list[Query]:
     return [(prompt, target) for prompt in fact.prompts(lang)]
 
 
+def clean_probs(lm: LanguageModel, qs: Sequence[Query]) -> list[float]:
+    """p(gold) of each query, without interventions."""
+    return [predict(lm, p, t).prob for p, t in qs]
+
+
 def mean_relative_change(lm: LanguageModel, qs: Sequence[Query], neurons, mode: str,
-                         factor: float = 2.0) -> float:
+                         factor: float = 2.0, before: Sequence[float] | None = None) -> float:
     """Mean over ``qs`` of the relative change of p(gold) when ``neurons`` are suppressed or
-    enhanced (x ``factor``) at every position."""
-    before = [predict(lm, p, t).prob for p, t in qs]
+    enhanced (x ``factor``) at every position; ``before``: the clean probabilities, if known."""
+    before = clean_probs(lm, qs) if before is None else before
     with intervene(lm, neurons, mode, factor=factor):
         after = [predict(lm, p, t).prob for p, t in qs]
     return statistics.fmean(relative_change(b, a) for b, a in zip(before, after, strict=True))

@@ -14,6 +14,7 @@ import statistics
 
 from mkn.experiments.common import (
     Progress,
+    clean_probs,
     locate_all,
     markdown_table,
     mean_relative_change,
@@ -39,12 +40,13 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         sources = {lang: result.languages[lang].neurons for lang in languages}
         sources[AGNOSTIC] = (result.soft_language_agnostic if soft
                              else result.language_agnostic)
+        before = {lang: clean_probs(lm, queries(fact, lang)) for lang in languages}
         for source, neurons in sources.items():
             item = {"fact_id": fact.id, "source": source, "neurons": len(neurons)}
             if neurons:
                 for mode in ("suppress", "enhance"):
                     item[mode] = {lang: mean_relative_change(lm, queries(fact, lang), neurons,
-                                                             mode)
+                                                             mode, before=before[lang])
                                   for lang in languages}
             items.append(item)
         if progress:

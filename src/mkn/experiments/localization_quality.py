@@ -18,7 +18,13 @@ from __future__ import annotations
 import random
 import statistics
 
-from mkn.experiments.common import Progress, markdown_table, mean_relative_change, queries
+from mkn.experiments.common import (
+    Progress,
+    clean_probs,
+    markdown_table,
+    mean_relative_change,
+    queries,
+)
 from mkn.experiments.metrics import bootstrap_ci, success_ratio, win_shares
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
@@ -45,16 +51,17 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                    for m in methods}
         for lang in languages:
             item = {"fact_id": fact.id, "language": lang, "unrelated_fact": unrelated.id}
+            query_sets = {"related": queries(fact, lang), "unrelated": queries(unrelated, lang)}
+            before = {kind: clean_probs(lm, qs) for kind, qs in query_sets.items()}
             for method in methods:
                 neurons = located[method].languages[lang].neurons
                 if not neurons:
                     item[method] = {"neurons": 0, "sr": None}
                     continue
                 changes = {
-                    f"{mode}_{kind}": mean_relative_change(lm, qs, neurons, mode)
-                    for mode in ("enhance", "suppress")
-                    for kind, qs in (("related", queries(fact, lang)),
-                                     ("unrelated", queries(unrelated, lang)))
+                    f"{mode}_{kind}": mean_relative_change(lm, qs, neurons, mode,
+                                                           before=before[kind])
+                    for mode in ("enhance", "suppress") for kind, qs in query_sets.items()
                 }
                 sr = success_ratio(changes["enhance_related"], changes["enhance_unrelated"],
                                    changes["suppress_related"], changes["suppress_unrelated"])
