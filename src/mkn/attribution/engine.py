@@ -4,11 +4,14 @@ Only the prediction position is scaled, so for a causal LM every other position 
 every step and layer: the prefix is run once (its KV cache is reused), and each (layer, step) pair
 is one *row* that runs the prediction token alone. Rows of all layers are batched together and a
 row's neurons at its layer are replaced by the scaled activation (a leaf tensor): one
-forward/backward pass yields the gradients of a whole batch of (layer, step) pairs. Logits are
-computed at the prediction position only, and weights never get gradients.
+forward/backward pass yields the gradients of a whole batch of (layer, step) pairs. A row
+starts at its own layer from the clean hidden state entering it (``staggered_blocks``), so
+nothing below that layer is computed for it, forward or backward. Logits are computed at the
+prediction position only, the p(target) gradient is formed in place, and weights never get
+gradients.
 
 Masked LMs are bidirectional (every position changes above the scaled layer), so a row is the
-whole sequence; the LM head still runs at the mask position only.
+whole sequence from its layer upward; the LM head still runs at the mask position only.
 """
 
 from __future__ import annotations
