@@ -29,26 +29,39 @@ DATASETS = {
 }
 
 
-def _print_summary(name: str, summary: dict, wall: float) -> None:
-    print(f"\n== {name}: {summary['facts']} facts, {wall / 60:.1f} min wall")
-    print(f"{'lang':<6}{'known':>8}{'mean KN':>9}  neurons by layer")
-    for lang, s in summary["per_language"].items():
-        print(f"{lang:<6}{s['known']:>5}/{s['facts']:<3}{s['mean_neurons']:>8.1f}  "
-              f"{s['layer_histogram']}")
+def summary_markdown(name: str, spec: str, summary: dict, config: dict, model: str) -> str:
+    """Markdown tables of one dataset's localization statistics (from the run's records)."""
     langs = summary["languages"]
-    print("overlap (mean Jaccard)  " + " ".join(f"{b:>5}" for b in langs))
+    lines = [f"### {name}", "",
+             f"`{spec}`, {summary['facts']} facts x {len(langs)} languages, model {model}, "
+             f"method {config['method']}, {config['steps']} steps, rule {config['rule']}, "
+             f"at most {config['max_queries']} queries per language, thresholds: AMIG defaults "
+             f"(en 0.3, others 0.2), refinement p = {config['refine_p']}.", "",
+             "| language | facts known | mean knowledge neurons | neurons by layer (sum) |",
+             "|---|---|---|---|"]
+    for lang, s in summary["per_language"].items():
+        lines.append(f"| {lang} | {s['known']}/{s['facts']} | {s['mean_neurons']:.1f} | "
+                     f"{' '.join(map(str, s['layer_histogram']))} |")
+    lines += ["", "Overlap of the languages' knowledge-neuron sets (mean Jaccard over facts):",
+              "", "| | " + " | ".join(langs) + " |", "|---" * (len(langs) + 1) + "|"]
     for a in langs:
-        print(f"{a:<24}" + " ".join(f"{summary['overlap_jaccard'][a][b]:>5.2f}" for b in langs))
-    agnostic = summary["language_agnostic"]
-    print(f"language-agnostic: {agnostic['facts_with_any']} facts with any, mean "
-          f"{agnostic['mean_neurons']:.2f} strict / {agnostic['mean_soft_neurons']:.2f} soft; "
-          f"by layer {agnostic['layer_histogram']} (soft {agnostic['soft_layer_histogram']})")
-    d = summary["degenerate"]
-    print(f"degenerate: pairs in {d['with_pairs']}/{d['records']} fact-languages, mean "
-          f"{d['mean_pairs']:.2f} pairs")
-    c = summary["cost"]
-    print(f"cost: {c['mean_seconds']:.1f} s mean, {c['median_seconds']:.1f} s median per fact "
-          f"and language ({c['fact_language_pairs']} pairs)")
+        lines.append(f"| {a} | " + " | ".join(f"{summary['overlap_jaccard'][a][b]:.2f}"
+                                             for b in langs) + " |")
+    agnostic, d, c = summary["language_agnostic"], summary["degenerate"], summary["cost"]
+    lines += [
+        "",
+        f"- language-agnostic neurons (in every language): {agnostic['facts_with_any']}/"
+        f"{summary['facts']} facts have some, mean {agnostic['mean_neurons']:.2f} per fact; "
+        f"by layer {agnostic['layer_histogram']}",
+        f"- soft (in at least half the languages): mean {agnostic['mean_soft_neurons']:.2f} per "
+        f"fact; by layer {agnostic['soft_layer_histogram']}",
+        f"- degenerate pairs: found in {d['with_pairs']}/{d['records']} fact-languages, mean "
+        f"{d['mean_pairs']:.2f} pairs",
+        f"- cost per fact and language (attribution of every query + degenerate search): mean "
+        f"{c['mean_seconds']:.1f} s, median {c['median_seconds']:.1f} s over "
+        f"{c['fact_language_pairs']} pairs",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -61,6 +74,7 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-localization"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args()
     lm = mkn.load_model(args.model)
     config = LocateConfig(method=args.method, steps=args.steps, max_queries=args.max_queries)
@@ -81,9 +95,13 @@ def main() -> None:
                              meta={"model": args.model, "data": spec, "limit": args.limit},
                              on_fact=tick)
         wall = time.perf_counter() - start
-        _print_summary(name, summary, wall)
+        markdown = summary_markdown(name, spec, summary, config.model_dump(), args.model)
+        print(f"\n{markdown}\n(wall {wall / 60:.1f} min for this call)", flush=True)
         results[name] = {"summary": summary, "wall_seconds": wall,
-                         "config": config.model_dump()}
+                         "config": config.model_dump(), "markdown": markdown}
+    if args.markdown:
+        args.markdown.write_text("\n\n".join(r["markdown"] for r in results.values()) + "\n",
+                                 encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False))
 
