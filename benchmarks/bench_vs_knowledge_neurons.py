@@ -231,7 +231,7 @@ def main() -> int:
     from knowledge_neurons import KnowledgeNeurons
 
     import mkn
-    from mkn.attribution.engine import activations, integrated_gradients
+    from mkn.attribution.engine import clean_run, integrated_gradients
     from mkn.attribution.queries import encode
 
     if args.threads:
@@ -266,7 +266,7 @@ def main() -> int:
     kn_weights = np.full(STEPS, 1.0 / STEPS)
 
     def mkn_exact_kn_scheme() -> torch.Tensor:
-        clean, _ = activations(lm, step)
+        clean = clean_run(lm, step).activations
         return integrated_gradients(lm, step, clean, torch.zeros_like(clean), layers,
                                     kn_alphas, kn_weights).scores
 

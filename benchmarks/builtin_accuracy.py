@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import mkn
-from mkn.attribution.engine import activations
+from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import PredictionStep, encode
 from mkn.data import load_facts
 
@@ -101,7 +101,7 @@ def check(lm, results: list[Result], n: int, seed: int = 0) -> float:
     worst = 0.0
     for res in sample:
         step = encode(lm, res.prompt, res.object).steps[0]
-        _, prob = activations(lm, step)
+        prob = clean_run(lm, step).prob
         worst = max(worst, abs(prob - res.p_gold))
     return worst
 

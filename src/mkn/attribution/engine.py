@@ -330,8 +330,3 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
             baseline_prob[layers] = runner.probs(len(layers), hooks, layers).float()
     return PathIntegral(scores=scores, baseline_prob=baseline_prob)
 
-
-def activations(lm: LanguageModel, step: PredictionStep) -> tuple[torch.Tensor, float]:
-    """Clean neurons at the prediction position ``[layers, neurons]`` and p(target)."""
-    run = clean_run(lm, step)
-    return run.activations, run.prob
