@@ -9,6 +9,8 @@ sorted by length, right-padded, logits kept only at the prediction positions).
     .venv/bin/python benchmarks/builtin_accuracy.py                 # builtin set, default model
     .venv/bin/python benchmarks/builtin_accuracy.py --per-query     # every query's prediction
     .venv/bin/python benchmarks/builtin_accuracy.py --spec mlama:paraphrased-mlama-6 --limit 50
+    .venv/bin/python benchmarks/builtin_accuracy.py --spec mlama:paraphrased-mlama-6 \
+        --per-relation 6 --seed 0          # which relations does the model know?
 
 ``--check N`` re-scores N queries one by one with the attribution engine
 (:func:`mkn.attribution.engine.activations`) to confirm the batched numbers.
@@ -137,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", default="builtin", help="fact source (default: builtin)")
     ap.add_argument("--languages", default=None, help="comma-separated, default: all")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--per-relation", type=int, default=None,
+                    help="at most N facts per relation (a balanced sample)")
+    ap.add_argument("--seed", type=int, default=None, help="sample at random with this seed")
     ap.add_argument("--model", default=mkn.DEFAULT_MODEL)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -148,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     langs = args.languages.split(",") if args.languages else None
-    facts = load_facts(args.spec, languages=langs, limit=args.limit)
+    facts = load_facts(args.spec, languages=langs, limit=args.limit, seed=args.seed,
+                       per_relation=args.per_relation)
     t0 = time.perf_counter()
     lm = mkn.load_model(args.model)
     t1 = time.perf_counter()

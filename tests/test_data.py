@@ -362,3 +362,33 @@ def test_builtin_set():
     assert len(sub) == 5 and list(sub[0].languages) == ["ja", "en"]
     assert [f.id for f in load_facts("builtin", limit=5, seed=1)] == \
            [f.id for f in load_facts("builtin", limit=5, seed=1)]
+
+
+def test_sample_by_relation_balanced_and_seeded():
+    facts = load_facts("builtin")
+    counts: dict[str, int] = {}
+    for fact in facts:
+        counts[fact.relation] = counts.get(fact.relation, 0) + 1
+    rich = [r for r, c in counts.items() if c >= 3][:2]
+    assert len(rich) == 2
+    two = load_facts("builtin", relations=rich, per_relation=2)
+    # interleaved: relation A, relation B, A, B; at most 2 of each, file order without a seed
+    assert [f.relation for f in two] == [rich[0], rich[1], rich[0], rich[1]]
+    assert [f.id for f in two if f.relation == rich[0]] == \
+           [f.id for f in facts if f.relation == rich[0]][:2]
+    seeded = load_facts("builtin", relations=rich, per_relation=2, seed=4)
+    assert seeded.languages == facts.languages
+    assert [f.id for f in seeded] == [f.id for f in load_facts("builtin", relations=rich,
+                                                               per_relation=2, seed=4)]
+    assert len(load_facts("builtin", per_relation=1)) == len(counts)
+    assert len(load_facts("builtin", per_relation=1, limit=3)) == 3
+    with pytest.raises(ValueError, match="relation.*P9999.*not in builtin.*available"):
+        load_facts("builtin", relations=["P9999"])
+    with pytest.raises(ValueError, match="per_relation must be >= 1"):
+        load_facts("builtin", per_relation=0)
+
+
+def test_mlama_real_relations_filter():
+    facts = load_facts("mlama:paraphrased-mlama-6", ["en", "fr"], relations=["P36", "P37"],
+                       per_relation=3, seed=0)
+    assert sorted(f.relation for f in facts) == ["P36"] * 3 + ["P37"] * 3

@@ -88,3 +88,14 @@ def test_cli_reports_bad_input_clearly():
     assert result.exit_code == 2 and "unknown model 'no-such-model'" in result.output
     result = runner.invoke(app, ["attribute", "--prompt", PROMPT, "--target", " "])
     assert result.exit_code == 2 and "target ' ' is empty" in result.output
+
+
+def test_bare_space_token_joins_the_prompt(gemma):
+    """Gemma tokenizes " 켄트주" as "▁", "켄", ...: the space is context, not the object."""
+    from mkn.attribution.queries import encode
+
+    query = encode(gemma, "와트 타일러는 [Y]에서 유래했습니다.", "켄트주")
+    assert query.target_tokens[0].strip("▁")
+    assert gemma.tokenizer.decode(list(query.steps[0].input_ids)).endswith("와트 타일러는 ")
+    whole = gemma.tokenizer("와트 타일러는 켄트주")["input_ids"]
+    assert list(query.steps[-1].input_ids) + [query.target_ids[-1]] == whole

@@ -41,6 +41,15 @@ DataOpt = Annotated[str | None, typer.Option(help="builtin, mlama:PATH, bmlama:P
 LanguagesOpt = Annotated[str | None, typer.Option(help="Comma-separated languages, e.g. en,fr,ja "
                                                        "(default: all of the data's).")]
 LimitOpt = Annotated[int | None, typer.Option(help="Use the first N facts.")]
+RelationsOpt = Annotated[str | None, typer.Option(help="Only these relations, comma-separated "
+                                                       "(e.g. P36,P37).")]
+PerRelationOpt = Annotated[int | None, typer.Option(min=1, help="At most N facts per relation, "
+                                                               "interleaved (balanced sample).")]
+ShuffleOpt = Annotated[bool | None, typer.Option(help="Sample facts at random (with --seed) "
+                                                      "instead of taking the first ones.")]
+MaxQueriesOpt = Annotated[int | None, typer.Option(min=1, help="Attribute at most N queries per "
+                                                              "fact and language.")]
+RunDtypeOpt = Annotated[str | None, typer.Option(help="float32 (default), bfloat16 or float16.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (sampling, unrelated facts, "
                                                   "splits).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -141,11 +150,13 @@ def _prepare(config: Path | None, **flags):
     from mkn.data import load_facts
     from mkn.runs.config import load_run_config
 
-    if flags.get("languages") is not None:
-        flags["languages"] = [x.strip() for x in flags["languages"].split(",") if x.strip()]
+    for key in ("languages", "relations"):
+        if flags.get(key) is not None:
+            flags[key] = [x.strip() for x in flags[key].split(",") if x.strip()]
     cfg = load_run_config(config, **flags)
     facts = load_facts(cfg.data, cfg.languages, cfg.limit, cfg.lenient,
-                       seed=cfg.seed if cfg.shuffle else None)
+                       seed=cfg.seed if cfg.shuffle else None, relations=cfg.relations,
+                       per_relation=cfg.per_relation)
     if not facts:
         raise ValueError(f"no facts to work on: {facts.summary()}")
     languages = cfg.languages or facts.languages
@@ -168,7 +179,12 @@ def locate(
     languages: LanguagesOpt = None,
     method: Annotated[str | None, typer.Option(help="ig, amig or matrice.")] = None,
     limit: LimitOpt = None,
+    relations: RelationsOpt = None,
+    per_relation: PerRelationOpt = None,
+    shuffle: ShuffleOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    max_queries: MaxQueriesOpt = None,
+    dtype: RunDtypeOpt = None,
     seed: SeedOpt = None,
     lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
                                                       "instead of stopping.")] = None,
@@ -186,8 +202,11 @@ def locate(
     try:
         cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
                                                languages=languages, method=method, limit=limit,
-                                               steps=steps, seed=seed, lenient=lenient,
-                                               backend=backend, workers=workers)
+                                               relations=relations, per_relation=per_relation,
+                                               shuffle=shuffle, steps=steps,
+                                               max_queries=max_queries, dtype=dtype, seed=seed,
+                                               lenient=lenient, backend=backend,
+                                               workers=workers)
         with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
                           lm=lm) as runner, \
                 progress_bar(len(facts), f"locate ({cfg.locate.method})", quiet) as tick:
@@ -221,7 +240,12 @@ def experiment(
     method: Annotated[str | None, typer.Option(help="ig, amig or matrice (localization-quality "
                                                     "compares all three).")] = None,
     limit: LimitOpt = None,
+    relations: RelationsOpt = None,
+    per_relation: PerRelationOpt = None,
+    shuffle: ShuffleOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    max_queries: MaxQueriesOpt = None,
+    dtype: RunDtypeOpt = None,
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -238,10 +262,10 @@ def experiment(
     try:
         cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
                                                languages=languages, method=method, limit=limit,
-                                               steps=steps, seed=seed)
-        setup = Setup(experiment=name, model=cfg.model, data=cfg.data, languages=langs,
-                      limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
-                      steps=cfg.locate.steps, facts=[f.id for f in facts])
+                                               relations=relations, per_relation=per_relation,
+                                               shuffle=shuffle, steps=steps,
+                                               max_queries=max_queries, dtype=dtype, seed=seed)
+        setup = Setup.of(name, cfg, langs, facts)
         console.print(setup.describe())
         with progress_bar(len(facts) * module.PHASES, name, quiet) as tick:
             result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +38,7 @@ class Attribution:
     baseline_prob: torch.Tensor
     completeness_gap: torch.Tensor
     predicted_ids: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # wall time this attribution took to compute
 
     @property
     def correct(self) -> bool:
@@ -122,6 +124,7 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
     for layer in layers:
         if not 0 <= layer < lm.n_layers:
             raise ValueError(f"layer {layer} out of range: {lm.name} has {lm.n_layers} layers")
+    start = time.perf_counter()
     query = encode(lm, prompt, target)
     scores = torch.zeros(lm.n_layers, lm.n_neurons)
     baseline_prob = torch.zeros(lm.n_layers)
@@ -145,5 +148,5 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
         prompt=prompt, target=target, method=method, steps=steps, rule=rule, scores=scores,
         prob=math.prod(token_probs), token_probs=token_probs, target_ids=list(query.target_ids),
         target_tokens=list(query.target_tokens), layers=layers, baseline_prob=baseline_prob,
-        completeness_gap=gap, predicted_ids=predicted,
+        completeness_gap=gap, predicted_ids=predicted, seconds=time.perf_counter() - start,
     )

@@ -8,9 +8,10 @@ A prompt is text with ``[Y]`` where the object goes, or with the object implied 
 
 The target's tokens are its *continuation* tokens: tokenize the prefix and prefix+object and take
 what the second adds (``Paris`` after ``The capital of France is`` is `` Paris``; ``巴黎`` after
-``法国的首都是`` has no space). Multi-token targets use teacher forcing: step ``i`` predicts
-target token ``i`` given the prompt and the gold tokens ``< i`` (masked LMs: the earlier masks are
-filled with the gold tokens, the later ones stay masked).
+``法国的首都是`` has no space; a bare space token that a tokenizer puts before the object, as
+Gemma's does before many Korean words, is moved to the prompt). Multi-token targets use teacher
+forcing: step ``i`` predicts target token ``i`` given the prompt and the gold tokens ``< i``
+(masked LMs: the earlier masks are filled with the gold tokens, the later ones stay masked).
 """
 
 from __future__ import annotations
@@ -105,6 +106,10 @@ def encode(lm: LanguageModel, prompt: str, target: str) -> EncodedQuery:
     before, after = split_prompt(prompt, target)
     if lm.causal:
         prompt_ids, target_ids = continuation(tokenizer, before, target, special=True)
+        # a bare space token before the object (" 켄트주" -> "▁", "켄", ...) is no knowledge:
+        # it joins the context instead of being scored as the object's first token
+        while len(target_ids) > 1 and not tokenizer.decode(target_ids[:1]).strip():
+            prompt_ids.append(target_ids.pop(0))
         if not target_ids:
             raise ValueError(f"target {target!r} tokenizes to nothing after prompt {prompt!r}")
         if not prompt_ids:

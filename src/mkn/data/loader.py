@@ -21,7 +21,7 @@ from pathlib import Path
 from mkn.data.bmlama import read_bmlama
 from mkn.data.builtin import builtin_facts
 from mkn.data.mlama import read_mlama
-from mkn.data.schema import FactSet, read_facts, select
+from mkn.data.schema import FactSet, read_facts, sample_by_relation, select
 
 DATA_ENV = "MKN_DATA"
 KINDS = ("builtin", "mlama", "bmlama", "jsonl")
@@ -94,7 +94,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 def load_facts(spec: str = "builtin", languages: Sequence[str] | None = None,
                limit: int | None = None, lenient: bool = False,
-               seed: int | None = None) -> FactSet:
+               seed: int | None = None, relations: Sequence[str] | None = None,
+               per_relation: int | None = None) -> FactSet:
     """Load facts aligned across ``languages``.
 
     Args:
@@ -108,6 +109,11 @@ def load_facts(spec: str = "builtin", languages: Sequence[str] | None = None,
             :class:`~mkn.data.schema.DataError` (``FILE:LINE: reason``).
         seed: when not None, shuffle with ``random.Random(seed)`` before ``limit``: a
             reproducible random sample (reads the whole source).
+        relations: keep only facts of these relations (e.g. ``["P36", "P37"]``); unknown ones
+            are an error.
+        per_relation: at most N facts per relation; with ``relations`` or ``per_relation``
+            the facts are interleaved relation by relation before ``limit`` (a balanced
+            sample, which fact-checking and injection need).
 
     Returns:
         a :class:`~mkn.data.schema.FactSet` (a list of facts with ``skipped``, ``unaligned``,
@@ -116,6 +122,14 @@ def load_facts(spec: str = "builtin", languages: Sequence[str] | None = None,
     kind, path = parse_spec(spec)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+    if relations is not None or per_relation is not None:
+        if kind == "mlama":  # reads only the requested relation files
+            assert path is not None
+            facts = read_mlama(resolve_data_path(path), languages, lenient=lenient,
+                               relations=relations)
+        else:
+            facts = load_facts(spec, languages, None, lenient, None)
+        return sample_by_relation(facts, relations, per_relation, limit, seed)
     if kind == "builtin":
         return builtin_facts(languages, limit, seed)
     assert path is not None

@@ -343,6 +343,37 @@ def select(facts: FactSet, languages: Sequence[str] | None = None, limit: int | 
                    unaligned=unaligned)
 
 
+def sample_by_relation(facts: FactSet, relations: Sequence[str] | None = None,
+                       per_relation: int | None = None, limit: int | None = None,
+                       seed: int | None = None) -> FactSet:
+    """Facts of ``relations`` only (all when None), at most ``per_relation`` of each relation,
+    then the first ``limit``; with ``seed``, drawn from a ``random.Random(seed)`` shuffle.
+
+    Relations keep their order of first appearance, and facts are interleaved relation by
+    relation (round robin) so a small ``limit`` still covers several relations.
+    """
+    if per_relation is not None and per_relation < 1:
+        raise ValueError(f"per_relation must be >= 1, got {per_relation}")
+    present = list(dict.fromkeys(f.relation for f in facts))
+    if relations is not None:
+        unknown = [r for r in relations if r not in present]
+        if unknown:
+            source = facts.source or "the facts"
+            raise ValueError(f"relation(s) {', '.join(unknown)} not in {source} "
+                             f"(available: {', '.join(present) or 'none'})")
+    order = list(facts)
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    wanted = present if relations is None else list(dict.fromkeys(relations))
+    groups = {r: [f for f in order if f.relation == r][:per_relation] for r in wanted}
+    kept = [group[i] for i in range(max(map(len, groups.values()), default=0))
+            for group in groups.values() if i < len(group)]
+    if limit is not None:
+        kept = kept[:limit]
+    return FactSet(kept, languages=facts.languages, source=facts.source, skipped=facts.skipped,
+                   unaligned=facts.unaligned)
+
+
 def check_languages(requested: Sequence[str] | None, available: Sequence[str],
                     source: str) -> list[str]:
     """``requested`` (deduplicated, order kept) or all ``available``; unknown ones are an error."""

@@ -32,12 +32,36 @@ class Setup:
     method: str
     steps: int
     facts: list[str] = field(default_factory=list)
+    dtype: str = "float32"
+    sample: str = "first facts in source order"
+    max_queries: int | None = None
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
+    @classmethod
+    def of(cls, experiment: str, cfg, languages: list[str], facts: Sequence) -> Setup:
+        """The setup of ``experiment`` run with a :class:`mkn.runs.config.RunConfig`."""
+        return cls(experiment=experiment, model=cfg.model, data=cfg.data, languages=languages,
+                   limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
+                   steps=cfg.locate.steps, facts=[f.id for f in facts], dtype=cfg.dtype,
+                   sample=describe_sample(cfg), max_queries=cfg.locate.max_queries)
+
     def describe(self) -> str:
-        return (f"{self.experiment}: model {self.model}, data {self.data}, languages "
-                f"{','.join(self.languages)}, {len(self.facts)} facts (limit {self.limit}), "
-                f"seed {self.seed}, method {self.method}, {self.steps} steps")
+        queries_used = (f"at most {self.max_queries} queries per language attributed"
+                        if self.max_queries else "all queries attributed")
+        return (f"{self.experiment}: model {self.model} ({self.dtype}), data {self.data}, "
+                f"languages {','.join(self.languages)}, {len(self.facts)} facts (limit "
+                f"{self.limit}; {self.sample}), seed {self.seed}, method {self.method}, "
+                f"{self.steps} steps, {queries_used}; {self.date}")
+
+
+def describe_sample(cfg) -> str:
+    """How a RunConfig draws its facts, in words."""
+    parts = [f"random (seed {cfg.seed})" if cfg.shuffle else "first in source order"]
+    if cfg.relations:
+        parts.append(f"relations {','.join(cfg.relations)}")
+    if cfg.per_relation:
+        parts.append(f"at most {cfg.per_relation} per relation")
+    return ", ".join(parts)
 
 
 def queries(fact, lang: str) -> list[Query]:

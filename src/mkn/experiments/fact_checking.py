@@ -23,7 +23,7 @@ import torch
 from mkn.attribution.api import attribute, predict
 from mkn.experiments.common import Progress, markdown_table, queries
 from mkn.experiments.metrics import precision_recall_f1
-from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
 PHASES = 1  # progress ticks per fact
@@ -68,13 +68,14 @@ def wrong_objects(fact, lang: str, facts: list, wrong: int, rng: random.Random) 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, wrong: int = 1, keep: float = 0.7, lam: float = 0.0,
-        progress: Progress | None = None) -> dict:
+        progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
     train, test, skipped = split_by_relation(facts, seed)
     if not train or not test:
         raise ValueError("fact-checking needs at least one relation with 2 or more facts")
     pairs: dict[tuple[str, str], list] = defaultdict(list)
     for fact in train:
-        located = locate_fact(lm, fact, languages, config.model_copy(update={"degenerate": True}))
+        located = locate_fact(lm, fact, languages, config.model_copy(update={"degenerate": True}),
+                              cache)
         for lang, result in located.degenerate.items():
             pairs[(fact.relation, lang)].append(result.pairs)
         if progress:

@@ -26,7 +26,7 @@ from mkn.experiments.common import (
     queries,
 )
 from mkn.experiments.metrics import bootstrap_ci, success_ratio, win_shares
-from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
 METHODS = ("ig", "amig", "matrice")
@@ -37,11 +37,11 @@ PHASES = 1  # progress ticks per fact
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, methods: tuple[str, ...] = METHODS,
-        progress: Progress | None = None) -> dict:
+        progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
     if len(facts) < 2:
         raise ValueError("localization quality needs at least 2 facts (one as the unrelated)")
     rng = random.Random(seed)
-    cache: dict = {}
+    cache = {} if cache is None else cache
     items = []
     for fact in facts:
         unrelated = rng.choice([g for g in facts if g.id != fact.id])

@@ -101,6 +101,7 @@ class LanguageResult:
     scores: torch.Tensor  # [layers, neurons]: mean IG (ig/amig) or s^l (matrice)
     confidence: float
     seconds: float = 0.0  # attribution + degenerate search of this language
+    attribution_seconds: float = 0.0  # computing its attributions, even when taken from a cache
 
     @property
     def known(self) -> bool:
@@ -156,7 +157,8 @@ def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
     result = LanguageResult(
         language=lang, target=target, prompts=prompts, probs=[a.prob for a in attributions],
         correct=[a.correct for a in attributions], neurons=neurons, scores=scores,
-        confidence=sum(confidences) / len(confidences), seconds=time.perf_counter() - start)
+        confidence=sum(confidences) / len(confidences), seconds=time.perf_counter() - start,
+        attribution_seconds=sum(a.seconds for a in attributions))
     return result, attributions
 
 

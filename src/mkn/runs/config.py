@@ -35,20 +35,23 @@ class RunConfig(BaseModel):
     limit: int | None = Field(None, ge=1)
     seed: int = 0
     shuffle: bool = Field(False, description="sample facts at random (seeded) before the limit")
+    relations: list[str] | None = Field(None, description="only these relations (e.g. P36)")
+    per_relation: int | None = Field(None, ge=1, description="at most N facts per relation, "
+                                     "interleaved by relation (a balanced sample)")
     lenient: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
     locate: LocateConfig = Field(default_factory=LocateConfig)
 
-    @field_validator("languages")
+    @field_validator("languages", "relations")
     @classmethod
-    def _languages(cls, value: list[str] | None) -> list[str] | None:
+    def _codes(cls, value: list[str] | None, info) -> list[str] | None:
         if value is not None:
-            if not value or any(not lang.strip() for lang in value):
-                raise ValueError("languages must be a non-empty list of language codes")
+            if not value or any(not code.strip() for code in value):
+                raise ValueError(f"{info.field_name} must be a non-empty list of codes")
             if len(set(value)) != len(value):
-                raise ValueError(f"duplicate languages in {value}")
+                raise ValueError(f"duplicate {info.field_name} in {value}")
         return value
 
 
