@@ -258,3 +258,21 @@ def test_sizes(family):
     assert lm.causal == (family not in tm.MASKED_FAMILIES)
     result = mkn.attribute(lm, *query(lm, "single"), steps=2)
     assert result.scores.shape == (tm.LAYERS, tm.INTERMEDIATE)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_predict_many_equals_predict_one_by_one(name):
+    """Padded batches of mixed lengths, multi-token targets, under an intervention."""
+    from mkn.attribution.api import predict, predict_many
+    from mkn.interventions.activation import intervene
+
+    lm = tm.tiny(name)
+    queries = [query(lm, kind) for kind in ("single", "multi", "zh", "single")]
+    for active in (False, True):
+        with intervene(lm, [(0, 1), (1, 2)], "enhance", factor=3.0) if active \
+                else torch.no_grad():
+            one = [predict(lm, p, t) for p, t in queries]
+            many = predict_many(lm, queries, batch_size=2)
+        for a, b in zip(one, many, strict=True):
+            assert b.prob == pytest.approx(a.prob, rel=1e-4, abs=1e-7)
+            assert (b.correct, b.first_predicted_id) == (a.correct, a.first_predicted_id)

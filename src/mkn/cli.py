@@ -279,6 +279,47 @@ def experiment(
 
 
 @app.command()
+def reproduce(
+    out: Annotated[Path, typer.Option(help="Directory for study.json.")] = Path("runs/reproduce"),
+    results: Annotated[Path, typer.Option(help="Markdown page to write.")]
+    = Path("docs/RESULTS.md"),
+    model: ModelOpt = "gemma-3-270m",
+    dtype: Annotated[str, typer.Option(help="bfloat16 (default: ~2.5x faster on CPU) or "
+                                            "float32.")] = "bfloat16",
+    steps: Annotated[int, typer.Option(min=1, help="Integration steps.")] = 12,
+    max_queries: Annotated[int, typer.Option(min=1, help="Queries attributed per fact and "
+                                                         "language.")] = 2,
+    limit: Annotated[int | None, typer.Option(min=2, help="Smoke run: N facts per data part, "
+                                                          "2 per relation.")] = None,
+    seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
+    render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this "
+                                                     "study.json.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The reproduction study: the papers' tables on a real model (docs/RESULTS.md)."""
+    import shlex
+    import sys
+
+    from mkn.experiments.reproduce import StudyConfig, run_study
+    from mkn.report.results import write_results
+
+    try:
+        if render is None:
+            config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
+                                 limit=limit, seed=seed)
+            lm = _load(config.model, config.dtype)
+            command = "mkn reproduce " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == [
+                "reproduce"] else "mkn reproduce"
+            with ProgressBars(quiet) as bars:
+                run_study(lm, config, out, bars.task, command.strip())
+            render = out / "study.json"
+        path = write_results(render, results)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    console.print(f"study: {render}\nresults: {path}")
+
+
+@app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A directory written by mkn locate / demo.")],
     out: Annotated[Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -95,6 +97,47 @@ def predict(lm: LanguageModel, prompt: str, target: str) -> Prediction:
     return Prediction(prob=math.prod(r.prob for r in runs),
                       correct=[r.predicted_id for r in runs] == list(query.target_ids),
                       first_predicted_id=runs[0].predicted_id)
+
+
+def predict_many(lm: LanguageModel, queries: Sequence[tuple[str, str]],
+                 batch_size: int = 16) -> list[Prediction]:
+    """:func:`predict` for many ``(prompt, target)`` queries in padded batches.
+
+    Every teacher-forced step of every query is one row; rows are sorted by length and
+    right-padded (with an attention mask), and a causal LM computes logits only at the
+    prediction positions. Active interventions apply. Same results as :func:`predict` up to
+    floating-point noise from the batch shapes.
+    """
+    encoded = [encode(lm, prompt, target) for prompt, target in queries]
+    steps = [(q, i, step) for q, query in enumerate(encoded) for i, step in enumerate(query.steps)]
+    order = sorted(range(len(steps)), key=lambda r: len(steps[r][2].input_ids))
+    keeps = "logits_to_keep" in inspect.signature(lm.model.forward).parameters and lm.causal
+    pad = lm.tokenizer.pad_token_id or 0
+    probs: dict[tuple[int, int], tuple[float, int]] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = [steps[r] for r in order[start:start + batch_size]]
+        width = max(len(step.input_ids) for _, _, step in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (_, _, step) in enumerate(chunk):
+            ids[row, :len(step.input_ids)] = torch.tensor(step.input_ids)
+            mask[row, :len(step.input_ids)] = 1
+        positions = sorted({step.position for _, _, step in chunk})
+        extra = {"logits_to_keep": torch.tensor(positions, device=lm.device)} if keeps else {}
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                              **extra).logits
+        for row, (q, i, step) in enumerate(chunk):
+            column = positions.index(step.position) if keeps else step.position
+            vector = logits[row, column].float()
+            probs[(q, i)] = (float(vector.softmax(-1)[step.target_id]), int(vector.argmax()))
+    out = []
+    for q, query in enumerate(encoded):
+        runs = [probs[(q, i)] for i in range(len(query.steps))]
+        out.append(Prediction(prob=math.prod(p for p, _ in runs),
+                              correct=[a for _, a in runs] == list(query.target_ids),
+                              first_predicted_id=runs[0][1]))
+    return out
 
 
 def probability(lm: LanguageModel, prompt: str, target: str) -> float:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mkn.attribution.api import predict
+from mkn.attribution.api import predict_many
 from mkn.experiments.metrics import relative_change
 from mkn.interventions.activation import intervene
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
@@ -74,8 +74,8 @@ def queries(fact, lang: str) -> list[Query]:
 
 
 def clean_probs(lm: LanguageModel, qs: Sequence[Query]) -> list[float]:
-    """p(gold) of each query, without interventions."""
-    return [predict(lm, p, t).prob for p, t in qs]
+    """p(gold) of each query (batched; active interventions apply)."""
+    return [p.prob for p in predict_many(lm, qs)]
 
 
 def mean_relative_change(lm: LanguageModel, qs: Sequence[Query], neurons, mode: str,
@@ -84,7 +84,7 @@ def mean_relative_change(lm: LanguageModel, qs: Sequence[Query], neurons, mode: 
     enhanced (x ``factor``) at every position; ``before``: the clean probabilities, if known."""
     before = clean_probs(lm, qs) if before is None else before
     with intervene(lm, neurons, mode, factor=factor):
-        after = [predict(lm, p, t).prob for p, t in qs]
+        after = clean_probs(lm, qs)
     return statistics.fmean(relative_change(b, a) for b, a in zip(before, after, strict=True))
 
 

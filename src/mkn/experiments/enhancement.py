@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 
-from mkn.attribution.api import predict
+from mkn.attribution.api import predict_many
 from mkn.experiments.common import Progress, locate_all, markdown_table, queries
 from mkn.interventions.activation import enhance
 from mkn.localization.locate import AttributionCache, LocateConfig
@@ -22,7 +22,7 @@ PHASES = 2  # progress ticks per fact: locating, then measuring
 
 
 def _evaluate(lm: LanguageModel, qs) -> tuple[list[bool], list[float]]:
-    predictions = [predict(lm, p, t) for p, t in qs]
+    predictions = predict_many(lm, qs)
     return [p.correct for p in predictions], [p.prob for p in predictions]
 
 

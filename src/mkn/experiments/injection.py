@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from mkn.attribution.api import predict
+from mkn.attribution.api import predict_many
 from mkn.experiments.common import Progress, locate_all, markdown_table, queries
 from mkn.interventions.weights import edited, replace_object
 from mkn.localization.locate import AttributionCache, LocateConfig
@@ -36,12 +36,14 @@ def counterfactual(fact, facts: list, rng: random.Random):
 
 
 def _success(lm: LanguageModel, qs, new_objects: list[str]) -> list[dict]:
-    rows = []
-    for (prompt, old), new in zip(qs, new_objects, strict=True):
-        p_new, p_old = predict(lm, prompt, new), predict(lm, prompt, old)
-        rows.append({"prompt": prompt, "new_top1": p_new.correct,
-                     "efficacy": p_new.prob > p_old.prob, "p_new": p_new.prob})
-    return rows
+    if not qs:
+        return []
+    news = predict_many(lm, [(prompt, new) for (prompt, _), new in zip(qs, new_objects,
+                                                                        strict=True)])
+    olds = predict_many(lm, qs)
+    return [{"prompt": prompt, "new_top1": p_new.correct, "efficacy": p_new.prob > p_old.prob,
+             "p_new": p_new.prob} for (prompt, _), p_new, p_old in zip(qs, news, olds,
+                                                                       strict=True)]
 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
@@ -67,7 +69,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             continue
         unrelated = [qr for g in facts if g.id not in (fact.id, other.id)
                      for lang in languages for qr in queries(g, lang)[:1]]
-        before = [predict(lm, p, t).first_predicted_id for p, t in unrelated]
+        before = [p.first_predicted_id for p in predict_many(lm, unrelated)]
         src_queries = queries(fact, source)
         edit = replace_object(lm, neurons, src_queries[0][0], fact.languages[source].object,
                               other.languages[source].object, lambda_old=lambda_old,
@@ -83,8 +85,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                                                    [other.languages[lang].object]
                                                    * len(queries(fact, lang)))
                                     for lang in languages if lang != source},
-                    "locality": [predict(lm, p, t).first_predicted_id == b
-                                 for (p, t), b in zip(unrelated, before, strict=True)]}
+                    "locality": [p.first_predicted_id == b for p, b in
+                                 zip(predict_many(lm, unrelated), before, strict=True)]}
         items.append(item)
         if progress:
             progress(fact.id)

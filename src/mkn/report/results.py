@@ -1,0 +1,280 @@
+"""``docs/RESULTS.md`` from a study's ``study.json`` alone (see :mod:`mkn.experiments.reproduce`).
+
+Every number in the page comes from the JSON; the verdicts on the papers' claims are computed
+from the bootstrap intervals by :func:`verdict`, so rerunning the study rewrites the reading too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from mkn.experiments.common import markdown_table
+
+CAVEATS = """\
+- **Model.** gemma-3-270m is far smaller than the papers' m-BERT / mGPT / LLaMA-2 and knows few
+  mLAMA facts outside English (see "facts the model knows" per part). Facts it gets wrong are
+  kept and marked, as in the papers, so many measurements are about weak knowledge.
+- **`ig` on Gemma.** Gemma 3 normalises the FFN output (post-FFN RMSNorm), so scaling one layer's
+  activations from the zero baseline leaves the output almost unchanged until alpha is near 0:
+  the zero-baseline integral is degenerate (README). B-KN's weakness here is partly this
+  architecture, not only the method.
+- **Protocol.** One protocol for every method: AMIG's thresholds (en 0.3, others 0.2 of the
+  maximum), refinement p = 0.3, the same sampled facts, queries and integration steps, and the
+  same interventions (x0 / x2 at every position). SR items are kept whole (the paper drops
+  outliers); medians and win shares summarise them.
+- **Sample.** Relations were chosen as the paraphrased relations the model knows best (a
+  per-relation accuracy scan, docs/BENCHMARKS.md), then facts drawn at random per relation.
+- **Precision.** The study runs in bfloat16 for speed; attributions agree with float32 at
+  r >= 0.999 on the benchmarks (docs/BENCHMARKS.md).
+"""
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def with_ci(entry: dict | None) -> str:
+    """``0.42 [0.31, 0.55] (n=120)`` from an ``interval`` entry."""
+    if not entry or entry.get("value") is None:
+        return "n/a (no items)"
+    low, high = entry["ci95"]
+    return f"{fmt(entry['value'])} [{fmt(low)}, {fmt(high)}] (n={entry['n']})"
+
+
+def verdict(entry: dict | None, threshold: float, higher_is_claim: bool = True) -> str:
+    """``agrees`` when the whole 95% interval is on the claimed side of ``threshold``,
+    ``disagrees`` when it is wholly on the other side, else ``inconclusive``."""
+    if not entry or entry.get("value") is None:
+        return "not measured"
+    low, high = entry["ci95"]
+    above, below = low > threshold, high < threshold
+    if not higher_is_claim:
+        above, below = below, above
+    return "agrees" if above else "disagrees" if below else "inconclusive"
+
+
+def separated(a: dict, b: dict) -> str:
+    """``agrees`` when interval ``a`` lies wholly below interval ``b`` (a stronger decrease)."""
+    if not a or not b or a.get("value") is None or b.get("value") is None:
+        return "not measured"
+    if a["ci95"][1] < b["ci95"][0]:
+        return "agrees"
+    if a["ci95"][0] > b["ci95"][1]:
+        return "disagrees"
+    return "inconclusive"
+
+
+def upper_share(histogram: Sequence[int]) -> float | None:
+    """Share of neurons in the upper third of the layers."""
+    total = sum(histogram)
+    if not total:
+        return None
+    return sum(histogram[len(histogram) * 2 // 3:]) / total
+
+
+def claims(study: dict) -> list[list[str]]:
+    rows = []
+    for part in study["parts"]:
+        name, experiments = part["part"]["name"], part["experiments"]
+        if "localization-quality" in experiments:
+            paired = experiments["localization-quality"]["headline"]["paired"]
+            for key, source in (("amig > ig", "AMIG: AMIG localizes better than B-KN (SR)"),
+                                ("matrice > amig", "Cao et al.: MATRICE beats AMIG-style IG")):
+                if key in paired:
+                    rows.append([source, name, f"share of items where {key}: "
+                                 f"{with_ci(paired[key])}", verdict(paired[key], 0.5)])
+        if "cross-lingual-editing" in experiments:
+            h = experiments["cross-lingual-editing"]["headline"]["suppress"]
+            rows.append(["AMIG: suppressing language-agnostic neurons lowers p(gold) in every "
+                         "language, more than one language's neurons do in the others", name,
+                         f"median change, agnostic: {with_ci(h['agnostic_all_languages'])}; "
+                         f"single-language in other languages: "
+                         f"{with_ci(h['single_other_languages'])}",
+                         separated(h["agnostic_all_languages"], h["single_other_languages"])])
+        if "fact-checking" in experiments:
+            h = experiments["fact-checking"]["headline"]
+            rows.append(["AMIG: degenerate neurons check facts better than the model's own "
+                         "prediction (F1)", name, f"F1(DKN) - F1(model): "
+                         f"{with_ci(h['f1_difference'])}", verdict(h["f1_difference"], 0.0)])
+        if "enhancement" in experiments:
+            h = experiments["enhancement"]["headline"]
+            rows.append(["Cao et al.: enhancing shared neurons from other languages fixes a "
+                         "weak language", name, f"accuracy gain: "
+                         f"{with_ci(h['accuracy_gain_weak_language'])}",
+                         verdict(h["accuracy_gain_weak_language"], 0.0)])
+        if "injection" in experiments:
+            h = experiments["injection"]["headline"]
+            rows.append(["Cao et al.: knowledge injected through one language's neurons "
+                         "transfers to the others", name, f"portability (new object top-1): "
+                         f"{with_ci(h['portability'])}", verdict(h["portability"], 0.0)])
+        for method, stats in part["localization"].items():
+            share = upper_share(stats["language_agnostic"]["layer_histogram"])
+            kn_share = upper_share([sum(col) for col in zip(
+                *[s["layer_histogram"] for s in stats["per_language"].values()], strict=True)])
+            rows.append([f"Dai / AMIG: knowledge neurons sit in the upper layers ({method})",
+                         name, f"share in the upper third of layers: knowledge neurons "
+                         f"{fmt(kn_share)}, language-agnostic {fmt(share)} (uniform: 0.333)",
+                         "agrees" if kn_share is not None and kn_share > 1 / 3 else
+                         "disagrees" if kn_share is not None else "not measured"])
+    return rows
+
+
+def layer_table(part: dict) -> str:
+    rows = []
+    for method, stats in part["localization"].items():
+        sets = {f"KN {lang}": s["layer_histogram"] for lang, s in stats["per_language"].items()}
+        sets["language-agnostic"] = stats["language_agnostic"]["layer_histogram"]
+        sets["language-agnostic (soft)"] = stats["language_agnostic"]["soft_layer_histogram"]
+        for label, histogram in sets.items():
+            rows.append([method, label, sum(histogram), *histogram])
+    layers = len(next(iter(part["localization"].values()))["language_agnostic"]
+                 ["layer_histogram"])
+    return markdown_table(["method", "neurons", "total", *[f"L{i}" for i in range(layers)]],
+                          rows)
+
+
+def overview_table(part: dict) -> str:
+    rows = []
+    for method, stats in part["localization"].items():
+        agnostic = stats["language_agnostic"]
+        rows.append([method, *[fmt(s["mean_neurons"]) for s in stats["per_language"].values()],
+                     f"{agnostic['facts_with_any']}/{stats['facts']}",
+                     fmt(agnostic["mean_neurons"]), fmt(agnostic["mean_soft_neurons"])])
+    languages = next(iter(part["localization"].values()))["per_language"]
+    return markdown_table(["method", *[f"mean KN {lang}" for lang in languages],
+                           "facts with agnostic", "mean agnostic", "mean agnostic (soft)"], rows)
+
+
+def cost_table(study: dict) -> str:
+    rows = []
+    for part in study["parts"]:
+        for method, stats in part["localization"].items():
+            cost = stats["cost"]
+            rows.append([part["part"]["name"], method, cost["fact_language_pairs"],
+                         cost["mean_attribution_seconds"], cost["median_attribution_seconds"]])
+    return markdown_table(["data", "method", "(fact, language) pairs",
+                           "mean s / fact-language", "median s / fact-language"], rows)
+
+
+def phase_table(study: dict) -> str:
+    rows = [[part["part"]["name"], phase, seconds / 60]
+            for part in study["parts"] for phase, seconds in part["seconds"].items()]
+    return markdown_table(["data", "phase", "minutes"], rows)
+
+
+def headline_lines(name: str, headline: dict) -> list[str]:
+    """The headline intervals of one experiment as bullet lines."""
+    lines = []
+
+    def walk(prefix: str, node: dict) -> None:
+        for key, value in node.items():
+            label = f"{prefix}{key}"
+            if isinstance(value, dict) and "ci95" in value:
+                lines.append(f"- {label}: {with_ci(value)}")
+            elif isinstance(value, dict):
+                walk(f"{label} / ", value)
+
+    walk("", headline)
+    return lines
+
+
+SECTIONS = (
+    ("localization-quality", "1. Localization quality (AMIG Eq. 11)",
+     "SR = |d_rel/d_unrel| (enhance x2) + |d_rel/d_unrel| (suppress x0) per (fact, language); "
+     "medians with bootstrap intervals, and paired shares (how often one method's SR beats "
+     "another's on the same item)."),
+    ("cross-lingual-editing", "3. Cross-lingual editing",
+     "Relative change of p(gold) in each language (columns) when the neurons of a language "
+     "(rows) or the language-agnostic neurons are suppressed or enhanced; medians over facts."),
+    ("fact-checking", "4. Fact-checking with degenerate neurons",
+     "Degenerate pairs found on half of each relation's facts; on the other half, (query, "
+     "true object) and (query, wrong candidate) pairs judged true when the kept neurons' mean "
+     "attribution exceeds 0. Standard precision/recall/F1, true facts positive."),
+    ("enhancement", "5a. Knowledge enhancement",
+     "Facts wrong in one language and right in others: enhance (x2) the neurons shared by the "
+     "languages it gets right; accuracy in the weak language before/after, and on the other "
+     "facts in that language."),
+    ("injection", "5b. New knowledge injection",
+     "Dai et al.'s weight edit of the source language's neurons towards a counterfactual object "
+     "of the same relation; reliability, generalization (paraphrases), portability (other "
+     "languages), locality (unrelated facts' top-1 unchanged)."),
+)
+
+
+def render(study: dict) -> str:
+    config = study["config"]
+    out = [
+        f"# Reproduction study: {config['model']}",
+        "",
+        f"Produced by `{study['command']}` from {study['started']} to "
+        f"{study.get('finished', '?')} ({fmt(study.get('minutes'))} minutes on "
+        f"{study.get('machine', '?')}). Every number below is read from the run's `study.json`; "
+        "do not edit by hand, rerun the command.",
+        "",
+        f"Setup: model {config['model']} ({study['model']['layers']} layers x "
+        f"{study['model']['neurons']} FFN neurons, {config['dtype']}), methods "
+        f"{', '.join(config['methods'])}, {config['steps']} integration steps (left rule), at "
+        f"most {config['max_queries']} queries per fact and language attributed (all queries "
+        f"measured), seed {config['seed']}, experiments 3-5 use `{config['experiment_method']}` "
+        "neurons; 95% intervals are percentile bootstraps (2000 resamples) over facts, or over "
+        "(fact, language) items for SR.",
+        "",
+        "## Samples",
+        "",
+    ]
+    rows = []
+    for part in study["parts"]:
+        p = part["part"]
+        known = ", ".join(f"{lang} {n}" for lang, n in part["known"].items())
+        rows.append([p["name"], f"`{p['data']}`", ",".join(p["languages"]), len(part["facts"]),
+                     ", ".join(part["relations"]), known])
+    out += [markdown_table(["part", "data", "languages", "facts", "relations",
+                            "facts the model knows, per language"], rows), ""]
+    out += ["## The papers' claims, as measured here", "",
+            "Verdict: *agrees* when the whole 95% interval is on the claimed side (share > 0.5, "
+            "difference > 0, or the two intervals apart), *disagrees* when it is wholly on the "
+            "other side, *inconclusive* otherwise.", "",
+            markdown_table(["claim", "data", "measured", "verdict"], claims(study)), ""]
+    for key, title, text in SECTIONS[:1]:
+        out += section(study, key, title, text)
+    out += ["## 2. Layer distribution", "",
+            "Knowledge neurons per fact and language (mean count), and how many of all located "
+            "neurons fall in each layer (L0 = first).", ""]
+    for part in study["parts"]:
+        out += [f"### {part['part']['name']}", "", overview_table(part), "", layer_table(part),
+                ""]
+    for key, title, text in SECTIONS[1:]:
+        out += section(study, key, title, text)
+    out += ["## 6. Cost", "",
+            "Attribution seconds per (fact, language) (all its attributed queries), per method; "
+            "`matrice` reuses `amig`'s per-query attributions, so its cost is AMIG's plus a "
+            "negligible aggregation.", "", cost_table(study), "", "Wall time of each phase "
+            "(locating once with every method, then each experiment on the cached attributions):",
+            "", phase_table(study), "", "## Caveats", "", CAVEATS]
+    return "\n".join(out)
+
+
+def section(study: dict, key: str, title: str, text: str) -> list[str]:
+    out = [f"## {title}", "", text, ""]
+    for part in study["parts"]:
+        experiment = part["experiments"].get(key)
+        if experiment is None:
+            continue
+        out += [f"### {part['part']['name']}", "", experiment["table"], ""]
+        lines = headline_lines(key, experiment["headline"])
+        if lines:
+            out += ["Bootstrap 95% intervals:", "", *lines, ""]
+    return out
+
+
+def write_results(study_json: Path, out: Path) -> Path:
+    study = json.loads(Path(study_json).read_text(encoding="utf-8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(study), encoding="utf-8")
+    return out

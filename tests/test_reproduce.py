@@ -1,0 +1,132 @@
+"""The reproduction study: headline statistics on hand-made numbers, a whole study on a tiny
+model rendered to markdown from its JSON, and (real) the `mkn reproduce --limit` smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mkn.experiments.reproduce import (
+    DataPart,
+    StudyConfig,
+    editing_headline,
+    interval,
+    run_study,
+    share,
+    sr_headline,
+)
+from mkn.report.results import render, separated, upper_share, verdict, with_ci
+from tests.test_experiments import tiny_facts
+from tests.tiny_models import build, torch_threads
+
+
+def test_interval_and_verdicts_on_hand_numbers():
+    entry = interval([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert entry["value"] == 3.0 and entry["n"] == 5
+    low, high = entry["ci95"]
+    assert 1.0 <= low <= 3.0 <= high <= 100.0
+    assert interval([]) == {"value": None, "ci95": None, "n": 0}
+    assert share([True, False, True, True]) == 0.75
+    assert verdict({"value": 0.8, "ci95": [0.6, 0.9], "n": 10}, 0.5) == "agrees"
+    assert verdict({"value": 0.3, "ci95": [0.1, 0.45], "n": 10}, 0.5) == "disagrees"
+    assert verdict({"value": 0.6, "ci95": [0.4, 0.7], "n": 10}, 0.5) == "inconclusive"
+    assert verdict({"value": None, "ci95": None, "n": 0}, 0.5) == "not measured"
+    lower = {"value": -0.5, "ci95": [-0.7, -0.4], "n": 5}
+    higher = {"value": -0.1, "ci95": [-0.2, 0.0], "n": 5}
+    assert separated(lower, higher) == "agrees" and separated(higher, lower) == "disagrees"
+    assert separated(lower, {"value": -0.45, "ci95": [-0.5, -0.3], "n": 5}) == "inconclusive"
+    assert with_ci(lower) == "-0.5 [-0.7, -0.4] (n=5)"
+    assert upper_share([1, 0, 0, 1, 1, 1]) == 0.5 and upper_share([0, 0, 0]) is None
+
+
+def test_sr_headline_pairs_items():
+    items = [{"ig": {"sr": 1.0}, "amig": {"sr": 2.0}, "matrice": {"sr": 3.0}},
+             {"ig": {"sr": 5.0}, "amig": {"sr": 4.0}, "matrice": {"sr": None}},
+             {"ig": {"sr": 1.0}, "amig": {"sr": 3.0}, "matrice": {"sr": 0.5}}]
+    h = sr_headline({"items": items}, ["ig", "amig", "matrice"], seed=0)
+    assert h["paired"]["amig > ig"]["value"] == pytest.approx(2 / 3)
+    assert h["paired"]["amig > ig"]["n"] == 3
+    assert h["paired"]["matrice > amig"]["value"] == 0.5  # the None item is left out
+    assert h["median_sr"]["matrice"]["n"] == 2
+
+
+def test_editing_headline_separates_own_and_other_languages():
+    def item(source, suppress):
+        return {"fact_id": "f", "source": source, "neurons": 3, "suppress": suppress,
+                "enhance": {k: -v for k, v in suppress.items()}}
+
+    items = [item("en", {"en": -0.8, "zh": -0.2}), item("zh", {"en": -0.1, "zh": -0.6}),
+             item("agnostic", {"en": -0.5, "zh": -0.7})]
+    h = editing_headline({"items": items}, ["en", "zh"], seed=0)["suppress"]
+    assert h["agnostic_all_languages"]["value"] == pytest.approx(-0.6)
+    assert h["single_other_languages"]["value"] == pytest.approx(-0.15)
+    assert h["single_own_language"]["value"] == pytest.approx(-0.7)
+
+
+def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps(f.model_dump(), ensure_ascii=False) + "\n"
+                             for f in tiny_facts()), encoding="utf-8")
+    part = DataPart(name="tiny", data=f"jsonl:{facts}", languages=["en", "zh"],
+                    relations=["P36"], per_relation=5,
+                    experiments=["localization-quality", "cross-lingual-editing",
+                                 "fact-checking", "enhancement", "injection"])
+    config = StudyConfig(model="tiny-llama", dtype="float32", steps=2, max_queries=1,
+                         parts=[part])
+    ticks = []
+
+    def task(title, total):
+        return lambda item: ticks.append((title, item))
+
+    with torch_threads(1):
+        lm = build("llama", cached=False)
+        study = run_study(lm, config, tmp_path / "out", task, "mkn reproduce --test")
+    saved = json.loads((tmp_path / "out" / "study.json").read_text(encoding="utf-8"))
+    assert sorted(saved["parts"][0]["facts"]) == sorted(f.id for f in tiny_facts())  # seeded
+    assert set(saved["parts"][0]["experiments"]) == set(part.experiments)
+    assert {t for t, _ in ticks} >= {"tiny: locate (ig, amig, matrice)",
+                                     "tiny: localization-quality"}
+    page = render(saved)
+    for heading in ("## Samples", "## The papers' claims", "## 1. Localization quality",
+                    "## 2. Layer distribution", "## 3. Cross-lingual editing",
+                    "## 4. Fact-checking", "## 5a. Knowledge enhancement",
+                    "## 5b. New knowledge injection", "## 6. Cost", "## Caveats"):
+        assert heading in page
+    assert "`mkn reproduce --test`" in page
+    sr = study["parts"][0]["experiments"]["localization-quality"]["headline"]["median_sr"]
+    assert with_ci(sr["amig"]) in page  # numbers come from the JSON
+    cost = study["parts"][0]["localization"]["amig"]["cost"]
+    assert cost["fact_language_pairs"] == 10 and cost["mean_attribution_seconds"] > 0
+
+
+def test_limit_samples_two_per_relation():
+    config = StudyConfig(limit=4)
+    relations, per_relation, limit = config.sample(config.parts[0])
+    assert (len(relations), per_relation, limit) == (2, 2, 4)
+    assert StudyConfig().sample(config.parts[0])[2] is None
+    with pytest.raises(ValueError):
+        StudyConfig(limit=1)
+
+
+@pytest.mark.real
+def test_reproduce_smoke_on_gemma(tmp_path):
+    """`mkn reproduce --limit 4` on gemma-3-270m and real data: every section, real numbers."""
+    results = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "mkn.cli", "reproduce", "--limit", "4", "--steps", "2",
+         "--max-queries", "1", "--out", str(tmp_path / "study"), "--results", str(results),
+         "--quiet"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = json.loads((tmp_path / "study" / "study.json").read_text(encoding="utf-8"))
+    assert [len(p["facts"]) for p in study["parts"]] == [4, 4]
+    mlama, bmlama = study["parts"]
+    assert set(mlama["experiments"]) == {"localization-quality", "cross-lingual-editing",
+                                         "enhancement", "injection"}
+    assert "fact-checking" in bmlama["experiments"]
+    items = mlama["experiments"]["localization-quality"]["result"]["items"]
+    assert len(items) == 4 * 6
+    page = results.read_text(encoding="utf-8")
+    assert "mkn reproduce --limit 4" in page and "## 6. Cost" in page
