@@ -32,6 +32,7 @@ def test_interval_and_verdicts_on_hand_numbers():
     assert share([True, False, True, True]) == 0.75
     assert verdict({"value": 0.8, "ci95": [0.6, 0.9], "n": 10}, 0.5) == "agrees"
     assert verdict({"value": 0.3, "ci95": [0.1, 0.45], "n": 10}, 0.5) == "disagrees"
+    assert verdict({"value": 0.0, "ci95": [0.0, 0.0], "n": 10}, 0.0) == "disagrees"
     assert verdict({"value": 0.6, "ci95": [0.4, 0.7], "n": 10}, 0.5) == "inconclusive"
     assert verdict({"value": None, "ci95": None, "n": 0}, 0.5) == "not measured"
     lower = {"value": -0.5, "ci95": [-0.7, -0.4], "n": 5}
@@ -50,6 +51,8 @@ def test_sr_headline_pairs_items():
     assert h["paired"]["amig > ig"]["value"] == pytest.approx(2 / 3)
     assert h["paired"]["amig > ig"]["n"] == 3
     assert h["paired"]["matrice > amig"]["value"] == 0.5  # the None item is left out
+    tie = [{"ig": {"sr": 1.0}, "amig": {"sr": 1.0}}]
+    assert sr_headline({"items": tie}, ["ig", "amig"], 0)["paired"]["amig > ig"]["value"] == 0.5
     assert h["median_sr"]["matrice"]["n"] == 2
 
 

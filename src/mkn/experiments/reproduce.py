@@ -80,12 +80,12 @@ class DataPart(BaseModel):
 DEFAULT_PARTS = [
     DataPart(name="paraphrased-mlama-6", data="mlama:paraphrased-mlama-6",
              languages=["en", "fr", "fi", "hu", "ja", "ko"],
-             relations=["P1376", "P176", "P178", "P36", "P159", "P30"], per_relation=5,
+             relations=["P1376", "P176", "P178", "P36", "P159", "P30"], per_relation=6,
              experiments=["localization-quality", "cross-lingual-editing", "enhancement",
                           "injection"]),
     DataPart(name="bmlama17 en+zh", data="bmlama:bmlama17", languages=["en", "zh"],
              relations=["P178", "P37", "P103", "P176", "P36", "P1376", "P159", "P1001"],
-             per_relation=5,
+             per_relation=6,
              experiments=["localization-quality", "cross-lingual-editing", "fact-checking"]),
 ]
 
@@ -135,7 +135,8 @@ def share(flags: Sequence[bool]) -> float:
 # --- headline comparisons, from the experiments' results ----------------------------------------
 
 def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
-    """Median SR per method and paired shares (a beats b) with intervals over items."""
+    """Median SR per method and paired shares (a beats b; a tie counts half) with intervals
+    over items."""
     items = result["items"]
     out = {"median_sr": {m: interval([i[m]["sr"] for i in items if i[m]["sr"] is not None],
                                      seed=seed) for m in methods}, "paired": {}}
@@ -143,7 +144,8 @@ def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
         if a in methods and b in methods:
             pairs = [(i[a]["sr"], i[b]["sr"]) for i in items
                      if i[a]["sr"] is not None and i[b]["sr"] is not None]
-            out["paired"][f"{a} > {b}"] = interval([x > y for x, y in pairs], share, seed)
+            out["paired"][f"{a} > {b}"] = interval([1.0 if x > y else 0.5 if x == y else 0.0
+                                                    for x, y in pairs], statistics.fmean, seed)
     return out
 
 

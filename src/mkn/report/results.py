@@ -49,11 +49,11 @@ def with_ci(entry: dict | None) -> str:
 
 def verdict(entry: dict | None, threshold: float, higher_is_claim: bool = True) -> str:
     """``agrees`` when the whole 95% interval is on the claimed side of ``threshold``,
-    ``disagrees`` when it is wholly on the other side, else ``inconclusive``."""
+    ``disagrees`` when none of it is, else ``inconclusive``."""
     if not entry or entry.get("value") is None:
         return "not measured"
     low, high = entry["ci95"]
-    above, below = low > threshold, high < threshold
+    above, below = low > threshold, high <= threshold
     if not higher_is_claim:
         above, below = below, above
     return "agrees" if above else "disagrees" if below else "inconclusive"
@@ -238,8 +238,9 @@ def render(study: dict) -> str:
                             "facts the model knows, per language"], rows), ""]
     out += ["## The papers' claims, as measured here", "",
             "Verdict: *agrees* when the whole 95% interval is on the claimed side (share > 0.5, "
-            "difference > 0, or the two intervals apart), *disagrees* when it is wholly on the "
-            "other side, *inconclusive* otherwise.", "",
+            "difference > 0, or the two intervals apart), *disagrees* when none of it is, "
+            "*inconclusive* otherwise. Paired shares count a tie as half a win. The layer claim "
+            "has no interval: it compares the pooled share with a uniform spread.", "",
             markdown_table(["claim", "data", "measured", "verdict"], claims(study)), ""]
     for key, title, text in SECTIONS[:1]:
         out += section(study, key, title, text)
