@@ -80,7 +80,7 @@ class DataPart(BaseModel):
 DEFAULT_PARTS = [
     DataPart(name="paraphrased-mlama-6", data="mlama:paraphrased-mlama-6",
              languages=["en", "fr", "fi", "hu", "ja", "ko"],
-             relations=["P1376", "P176", "P178", "P36", "P159", "P30"], per_relation=6,
+             relations=["P1376", "P178", "P176", "P36", "P127", "P159"], per_relation=6,
              experiments=["localization-quality", "cross-lingual-editing", "enhancement",
                           "injection"]),
     DataPart(name="bmlama17 en+zh", data="bmlama:bmlama17", languages=["en", "zh"],
