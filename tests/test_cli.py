@@ -153,3 +153,19 @@ def test_locate_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, 
         assert (killed / f"{name}.jsonl").read_text() == (clean / f"{name}.jsonl").read_text()
     assert (killed / "config.json").read_text() == (clean / "config.json").read_text()
     assert len(list((killed / "scores").glob("*.safetensors"))) == 24
+
+
+def test_progress_prints_lines_when_not_a_terminal(capsys, monkeypatch):
+    """CI logs and nohup get plain progress lines (done/total, rate, ETA)."""
+    from mkn import cli
+
+    monkeypatch.setattr(cli.ProgressBars, "LOG_EVERY", 0.0)
+    with cli.ProgressBars() as bars:
+        tick = bars.task("locate", 2)
+        tick("fact-a")
+        tick("fact-b")
+    out = capsys.readouterr().out
+    assert "locate: 1/2 done" in out and "locate: 2/2 done" in out and "ETA" in out
+    with cli.ProgressBars(quiet=True) as bars:
+        bars.task("locate", 1)("fact-a")
+    assert "locate" not in capsys.readouterr().out

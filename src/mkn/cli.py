@@ -104,8 +104,13 @@ def attribute(
 
 
 class ProgressBars:
-    """Rich progress bars (items done, rate, ETA), one task per phase; silent when quiet."""
+    """Rich progress bars (items done, rate, ETA), one task per phase; silent when quiet.
 
+    Where the console is not a terminal (CI logs, ``nohup``), a plain line is printed instead,
+    at most every ``LOG_EVERY`` seconds and at the end of each phase.
+    """
+
+    LOG_EVERY = 30.0
     COLUMNS = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
@@ -128,12 +133,19 @@ class ProgressBars:
             return lambda _: None
         progress = self.progress
         task = progress.add_task(title, total=total, rate="")
+        logged = [0.0]
 
         def tick(item: str) -> None:
             progress.advance(task)
             done, elapsed = progress.tasks[task].completed, progress.tasks[task].elapsed or 0.0
-            progress.update(task, rate=f"{elapsed / done:.1f} s/item" if done else "",
-                            description=f"{title} ({item})")
+            rate = f"{elapsed / done:.1f} s/item" if done else ""
+            progress.update(task, rate=rate, description=f"{title} ({item})")
+            if not console.is_terminal and (done >= total
+                                            or elapsed - logged[0] >= self.LOG_EVERY):
+                logged[0] = elapsed
+                left = (total - done) * elapsed / done if done else 0.0
+                console.print(f"{title}: {done:g}/{total} done, {rate}, elapsed {elapsed:.0f} s, "
+                              f"ETA {left:.0f} s", highlight=False, soft_wrap=True)
 
         return tick
 

@@ -24,8 +24,10 @@ CAVEATS = """\
   maximum), refinement p = 0.3, the same sampled facts, queries and integration steps, and the
   same interventions (x0 / x2 at every position). SR items are kept whole (the paper drops
   outliers); medians and win shares summarise them.
-- **Sample.** Relations were chosen as the paraphrased relations the model knows best (a
-  per-relation accuracy scan, docs/BENCHMARKS.md), then facts drawn at random per relation.
+- **Sample.** Relations were chosen where the model knows most (per-relation accuracy scans in
+  docs/BENCHMARKS.md: for mLAMA the six best relations that have paraphrases, for BMLAMA the
+  eight best on en+zh), then facts drawn at random (seeded) per relation. Even so, the model
+  knows few of the sampled facts outside English.
 - **Precision.** The study runs in bfloat16 for speed; attributions agree with float32 at
   r >= 0.999 on the benchmarks (docs/BENCHMARKS.md).
 """
@@ -123,6 +125,20 @@ def claims(study: dict) -> list[list[str]]:
                          "agrees" if kn_share is not None and kn_share > 1 / 3 else
                          "disagrees" if kn_share is not None else "not measured"])
     return rows
+
+
+def reading(rows: list[list[str]]) -> list[str]:
+    """The claims grouped by verdict, in words."""
+    out = ["Reading, generated from the verdicts above:", ""]
+    for label, meaning in (("agrees", "Where our numbers agree with the papers"),
+                           ("disagrees", "Where they do not"),
+                           ("inconclusive", "Where this sample cannot tell"),
+                           ("not measured", "Not measured (no eligible items)")):
+        matching = [f"{claim} ({data})" for claim, data, _, verdict in rows if verdict == label]
+        if matching:
+            out.append(f"- **{meaning}** ({len(matching)} of {len(rows)}): "
+                       + "; ".join(matching) + ".")
+    return out
 
 
 def layer_table(part: dict) -> str:
@@ -241,7 +257,8 @@ def render(study: dict) -> str:
             "difference > 0, or the two intervals apart), *disagrees* when none of it is, "
             "*inconclusive* otherwise. Paired shares count a tie as half a win. The layer claim "
             "has no interval: it compares the pooled share with a uniform spread.", "",
-            markdown_table(["claim", "data", "measured", "verdict"], claims(study)), ""]
+            markdown_table(["claim", "data", "measured", "verdict"], claims(study)), "",
+            *reading(claims(study)), ""]
     for key, title, text in SECTIONS[:1]:
         out += section(study, key, title, text)
     out += ["## 2. Layer distribution", "",
