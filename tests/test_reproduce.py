@@ -44,14 +44,14 @@ def test_interval_and_verdicts_on_hand_numbers():
 
 
 def test_sr_headline_pairs_items():
-    items = [{"ig": {"sr": 1.0}, "amig": {"sr": 2.0}, "matrice": {"sr": 3.0}},
-             {"ig": {"sr": 5.0}, "amig": {"sr": 4.0}, "matrice": {"sr": None}},
-             {"ig": {"sr": 1.0}, "amig": {"sr": 3.0}, "matrice": {"sr": 0.5}}]
+    items = [{"fact_id": "a", "ig": {"sr": 1.0}, "amig": {"sr": 2.0}, "matrice": {"sr": 3.0}},
+             {"fact_id": "a", "ig": {"sr": 5.0}, "amig": {"sr": 4.0}, "matrice": {"sr": None}},
+             {"fact_id": "b", "ig": {"sr": 1.0}, "amig": {"sr": 3.0}, "matrice": {"sr": 0.5}}]
     h = sr_headline({"items": items}, ["ig", "amig", "matrice"], seed=0)
     assert h["paired"]["amig > ig"]["value"] == pytest.approx(2 / 3)
-    assert h["paired"]["amig > ig"]["n"] == 3
+    assert h["paired"]["amig > ig"]["n"] == 3 and h["paired"]["amig > ig"]["facts"] == 2
     assert h["paired"]["matrice > amig"]["value"] == 0.5  # the None item is left out
-    tie = [{"ig": {"sr": 1.0}, "amig": {"sr": 1.0}}]
+    tie = [{"fact_id": "a", "ig": {"sr": 1.0}, "amig": {"sr": 1.0}}]
     assert sr_headline({"items": tie}, ["ig", "amig"], 0)["paired"]["amig > ig"]["value"] == 0.5
     assert h["median_sr"]["matrice"]["n"] == 2
 
@@ -134,3 +134,15 @@ def test_reproduce_smoke_on_gemma(tmp_path):
     assert len(items) == 4 * 6
     page = results.read_text(encoding="utf-8")
     assert "mkn reproduce --limit 4" in page and "## 6. Cost" in page
+
+
+def test_clustered_interval_resamples_facts():
+    from mkn.experiments.reproduce import clustered_interval
+
+    pairs = [("a", 1.0), ("a", 1.0), ("a", 1.0), ("b", 0.0), ("c", 0.0)]
+    entry = clustered_interval(pairs, lambda v: sum(v) / len(v))
+    assert entry["value"] == 0.6 and entry["n"] == 5 and entry["facts"] == 3
+    low, high = entry["ci95"]
+    # resampling facts: a sample without "a" gives 0, one of only "a" gives 1
+    assert low == 0.0 and high == 1.0
+    assert clustered_interval([])["value"] is None

@@ -304,8 +304,9 @@ def reproduce(
     limit: Annotated[int | None, typer.Option(min=2, help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
-    render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this "
-                                                     "study.json.")] = None,
+    render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this study.json "
+                                                     "(headline statistics recomputed from its "
+                                                     "raw results).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The reproduction study: the papers' tables on a real model (docs/RESULTS.md)."""
@@ -324,11 +325,12 @@ def reproduce(
                 "reproduce"] else "mkn reproduce"
             with ProgressBars(quiet) as bars:
                 run_study(lm, config, out, bars.task, command.strip())
-            render = out / "study.json"
-        path = write_results(render, results)
+            path = write_results(out / "study.json", results)
+        else:
+            path = write_results(render, results, refresh=True)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
-    console.print(f"study: {render}\nresults: {path}")
+    console.print(f"study: {render or out / 'study.json'}\nresults: {path}")
 
 
 @app.command()

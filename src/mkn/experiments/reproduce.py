@@ -16,9 +16,10 @@ those same neurons:
 5. enhancement and new-knowledge injection across languages (multilingual parts);
 6. cost: attribution seconds per fact and language, per method.
 
-Headline comparisons get percentile-bootstrap 95% intervals over facts (or (fact, language)
-items where the item is the unit). Everything lands in ``OUT/study.json``; ``docs/RESULTS.md`` is
-rendered from that file alone (:mod:`mkn.report.results`).
+Headline comparisons get percentile-bootstrap 95% intervals that resample facts (a fact's
+languages together, where the items are (fact, language) pairs). Everything lands in
+``OUT/study.json``; ``docs/RESULTS.md`` is rendered from that file alone
+(:mod:`mkn.report.results`).
 """
 
 from __future__ import annotations
@@ -128,6 +129,25 @@ def interval(values: Sequence, statistic: Callable = statistics.median, seed: in
             "n": len(values)}
 
 
+def clustered_interval(pairs: Sequence[tuple[str, float]],
+                       statistic: Callable = statistics.median, seed: int = 0) -> dict:
+    """``statistic`` of the values of ``(fact_id, value)`` pairs, with a bootstrap interval that
+    resamples *facts* (all of a fact's values together: its languages are not independent)."""
+    groups: dict[str, list[float]] = {}
+    for fact_id, value in pairs:
+        groups.setdefault(fact_id, []).append(value)
+    clusters = list(groups.values())
+    if not clusters:
+        return {"value": None, "ci95": None, "n": 0, "facts": 0}
+    pooled = [v for cluster in clusters for v in cluster]
+
+    def on_sample(sample: Sequence[list[float]]) -> float:
+        return statistic([v for cluster in sample for v in cluster])
+
+    return {"value": statistic(pooled), "ci95": list(bootstrap_ci(clusters, on_sample, seed=seed)),
+            "n": len(pooled), "facts": len(clusters)}
+
+
 def share(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags)
 
@@ -135,17 +155,18 @@ def share(flags: Sequence[bool]) -> float:
 # --- headline comparisons, from the experiments' results ----------------------------------------
 
 def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
-    """Median SR per method and paired shares (a beats b; a tie counts half) with intervals
-    over items."""
+    """Median SR per method and paired shares (a beats b; a tie counts half) over (fact,
+    language) items, with intervals that resample facts."""
     items = result["items"]
-    out = {"median_sr": {m: interval([i[m]["sr"] for i in items if i[m]["sr"] is not None],
-                                     seed=seed) for m in methods}, "paired": {}}
+    out = {"median_sr": {m: clustered_interval([(i["fact_id"], i[m]["sr"]) for i in items
+                                                if i[m]["sr"] is not None], seed=seed)
+                         for m in methods}, "paired": {}}
     for a, b in (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig")):
         if a in methods and b in methods:
-            pairs = [(i[a]["sr"], i[b]["sr"]) for i in items
-                     if i[a]["sr"] is not None and i[b]["sr"] is not None]
-            out["paired"][f"{a} > {b}"] = interval([1.0 if x > y else 0.5 if x == y else 0.0
-                                                    for x, y in pairs], statistics.fmean, seed)
+            wins = [(i["fact_id"], 1.0 if i[a]["sr"] > i[b]["sr"] else
+                     0.5 if i[a]["sr"] == i[b]["sr"] else 0.0) for i in items
+                    if i[a]["sr"] is not None and i[b]["sr"] is not None]
+            out["paired"][f"{a} > {b}"] = clustered_interval(wins, statistics.fmean, seed)
     return out
 
 
@@ -199,12 +220,13 @@ def fact_checking_headline(result: dict, seed: int) -> dict:
 def enhancement_headline(result: dict, seed: int) -> dict:
     measured = [i for i in result["items"] if "before" in i]
 
-    def gain(key: str) -> list[float]:
-        return [share(i[f"{key}after"][0]) - share(i[f"{key}before"][0]) for i in measured
-                if i[f"{key}before"][0]]
+    def gain(key: str) -> list[tuple[str, float]]:
+        return [(i["fact_id"], share(i[f"{key}after"][0]) - share(i[f"{key}before"][0]))
+                for i in measured if i[f"{key}before"][0]]
 
-    return {"accuracy_gain_weak_language": interval(gain(""), statistics.fmean, seed),
-            "accuracy_change_unrelated": interval(gain("unrelated_"), statistics.fmean, seed)}
+    return {"accuracy_gain_weak_language": clustered_interval(gain(""), statistics.fmean, seed),
+            "accuracy_change_unrelated": clustered_interval(gain("unrelated_"), statistics.fmean,
+                                                            seed)}
 
 
 def injection_headline(result: dict, seed: int) -> dict:
@@ -302,6 +324,17 @@ def headline(name: str, result: dict, languages: list[str], config: StudyConfig)
     if name == "enhancement":
         return enhancement_headline(result, config.seed)
     return injection_headline(result, config.seed)
+
+
+def refresh_headlines(study: dict) -> dict:
+    """Recompute every headline from the experiments' saved raw results (the measurements are
+    the run's; the statistics are this code's), in place."""
+    config = StudyConfig(**study["config"])
+    for part in study["parts"]:
+        for name, experiment in part["experiments"].items():
+            experiment["headline"] = headline(name, experiment["result"],
+                                              part["part"]["languages"], config)
+    return study
 
 
 def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFactory,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mkn.experiments.common import markdown_table
@@ -28,8 +29,18 @@ CAVEATS = """\
   docs/BENCHMARKS.md: for mLAMA the six best relations that have paraphrases, for BMLAMA the
   eight best on en+zh), then facts drawn at random (seeded) per relation. Even so, the model
   knows few of the sampled facts outside English.
-- **Precision.** The study runs in bfloat16 for speed; attributions agree with float32 at
-  r >= 0.999 on the benchmarks (docs/BENCHMARKS.md).
+- **MATRICE with one query.** MATRICE's uncertainty is over a language's paraphrases; with one
+  query per language (BMLAMA) its per-language neurons equal AMIG's, so SR ties on every item and
+  only its language-agnostic set differs. SR tests per-language sets only.
+- **Set sizes.** The language-agnostic set is an intersection over languages, so it is usually
+  much smaller than one language's set (section 2); section 3's comparison does not equalise
+  sizes, which works against the language-agnostic set. Facts without any language-agnostic
+  neuron are counted in the tables ("facts with neurons"), not dropped silently.
+- **Precision.** The study runs in bfloat16 for speed (2.5x). On 12 of its queries
+  (benchmarks/bench_dtype_agreement.py, docs/BENCHMARKS.md) bfloat16 scores correlate with
+  float32 at r >= 0.99 and share 90-100% of the top-20 neurons and ~90% of the knowledge-neuron
+  set, but p(gold) differs by 6% (median, up to 23%): single small effects are within bfloat16
+  noise, the aggregated comparisons above are not.
 """
 
 
@@ -46,7 +57,8 @@ def with_ci(entry: dict | None) -> str:
     if not entry or entry.get("value") is None:
         return "n/a (no items)"
     low, high = entry["ci95"]
-    return f"{fmt(entry['value'])} [{fmt(low)}, {fmt(high)}] (n={entry['n']})"
+    facts = f", {entry['facts']} facts" if "facts" in entry else ""
+    return f"{fmt(entry['value'])} [{fmt(low)}, {fmt(high)}] (n={entry['n']}{facts})"
 
 
 def verdict(entry: dict | None, threshold: float, higher_is_claim: bool = True) -> str:
@@ -89,8 +101,11 @@ def claims(study: dict) -> list[list[str]]:
             for key, source in (("amig > ig", "AMIG: AMIG localizes better than B-KN (SR)"),
                                 ("matrice > amig", "Cao et al.: MATRICE beats AMIG-style IG")):
                 if key in paired:
+                    entry = paired[key]
+                    tied = entry.get("ci95") == [0.5, 0.5] and entry.get("value") == 0.5
                     rows.append([source, name, f"share of items where {key}: "
-                                 f"{with_ci(paired[key])}", verdict(paired[key], 0.5)])
+                                 f"{with_ci(entry)}", "not applicable (a tie on every item)"
+                                 if tied else verdict(entry, 0.5)])
         if "cross-lingual-editing" in experiments:
             h = experiments["cross-lingual-editing"]["headline"]["suppress"]
             rows.append(["AMIG: suppressing language-agnostic neurons lowers p(gold) in every "
@@ -133,8 +148,9 @@ def reading(rows: list[list[str]]) -> list[str]:
     for label, meaning in (("agrees", "Where our numbers agree with the papers"),
                            ("disagrees", "Where they do not"),
                            ("inconclusive", "Where this sample cannot tell"),
-                           ("not measured", "Not measured (no eligible items)")):
-        matching = [f"{claim} ({data})" for claim, data, _, verdict in rows if verdict == label]
+                           ("not", "Not measured or not applicable here")):
+        matching = [f"{claim} ({data})" for claim, data, _, verdict in rows
+                    if verdict.split()[0] == label.split()[0]]
         if matching:
             out.append(f"- **{meaning}** ({len(matching)} of {len(rows)}): "
                        + "; ".join(matching) + ".")
@@ -223,23 +239,26 @@ SECTIONS = (
 )
 
 
-def render(study: dict) -> str:
+def render(study: dict, source: str = "study.json") -> str:
     config = study["config"]
     out = [
         f"# Reproduction study: {config['model']}",
         "",
         f"Produced by `{study['command']}` from {study['started']} to "
         f"{study.get('finished', '?')} ({fmt(study.get('minutes'))} minutes on "
-        f"{study.get('machine', '?')}). Every number below is read from the run's `study.json`; "
-        "do not edit by hand, rerun the command.",
+        f"{study.get('machine', '?')}). Every number below is read from the run's output, "
+        f"`{source}`"
+        + (f" (statistics recomputed from its raw measurements by `mkn reproduce --render` on "
+           f"{study['statistics_refreshed']})" if "statistics_refreshed" in study else "")
+        + "; do not edit by hand, rerun the command.",
         "",
         f"Setup: model {config['model']} ({study['model']['layers']} layers x "
         f"{study['model']['neurons']} FFN neurons, {config['dtype']}), methods "
         f"{', '.join(config['methods'])}, {config['steps']} integration steps (left rule), at "
         f"most {config['max_queries']} queries per fact and language attributed (all queries "
         f"measured), seed {config['seed']}, experiments 3-5 use `{config['experiment_method']}` "
-        "neurons; 95% intervals are percentile bootstraps (2000 resamples) over facts, or over "
-        "(fact, language) items for SR.",
+        "neurons; 95% intervals are percentile bootstraps (2000 resamples) that resample facts "
+        "(with all their languages, where n counts (fact, language) items).",
         "",
         "## Samples",
         "",
@@ -291,8 +310,17 @@ def section(study: dict, key: str, title: str, text: str) -> list[str]:
     return out
 
 
-def write_results(study_json: Path, out: Path) -> Path:
+def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
+    """Render ``study_json`` to ``out``; ``refresh``: first recompute the headline statistics
+    from the saved raw results and save them back into ``study_json``."""
     study = json.loads(Path(study_json).read_text(encoding="utf-8"))
+    if refresh:
+        from mkn.experiments.reproduce import refresh_headlines
+
+        refresh_headlines(study)
+        study["statistics_refreshed"] = datetime.now(UTC).isoformat(timespec="seconds")
+        Path(study_json).write_text(json.dumps(study, indent=1, ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(study), encoding="utf-8")
+    out.write_text(render(study, source=str(study_json)), encoding="utf-8")
     return out
