@@ -106,3 +106,12 @@ def test_fact_checking_split_and_neuron_filter():
     assert kept_neurons(pairs, 0.7) == [(1, 2)]
     assert kept_neurons(pairs, 0.6) == [(1, 2), (1, 3)]
     assert kept_neurons([[]], 0.7) == []
+
+
+def test_fact_checking_needs_two_facts_of_a_relation(lm):
+    from mkn.experiments import fact_checking
+
+    facts = tiny_facts()[:2]
+    facts[1] = facts[1].model_copy(update={"relation": "P1376"})
+    with pytest.raises(ValueError, match=r"2 facts in 2 relations.*--per-relation"):
+        fact_checking.run(lm, facts, ["en", "zh"], CONFIG)

@@ -71,7 +71,9 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
     train, test, skipped = split_by_relation(facts, seed)
     if not train or not test:
-        raise ValueError("fact-checking needs at least one relation with 2 or more facts")
+        raise ValueError(f"fact-checking needs at least one relation with 2 or more facts; got "
+                         f"{len(facts)} facts in {len({f.relation for f in facts})} relations "
+                         "(draw a balanced sample, e.g. --per-relation 4)")
     pairs: dict[tuple[str, str], list] = defaultdict(list)
     for fact in train:
         located = locate_fact(lm, fact, languages, config.model_copy(update={"degenerate": True}),
