@@ -62,9 +62,11 @@ def test_editing_headline_separates_own_and_other_languages():
                 "enhance": {k: -v for k, v in suppress.items()}}
 
     items = [item("en", {"en": -0.8, "zh": -0.2}), item("zh", {"en": -0.1, "zh": -0.6}),
-             item("agnostic", {"en": -0.5, "zh": -0.7})]
+             item("agnostic", {"en": -0.5, "zh": -0.7}),
+             item("agnostic-soft", {"en": -0.3, "zh": -0.5})]
     h = editing_headline({"items": items}, ["en", "zh"], seed=0)["suppress"]
     assert h["agnostic_all_languages"]["value"] == pytest.approx(-0.6)
+    assert h["soft_agnostic_all_languages"]["value"] == pytest.approx(-0.4)
     assert h["single_other_languages"]["value"] == pytest.approx(-0.15)
     assert h["single_own_language"]["value"] == pytest.approx(-0.7)
 

@@ -172,25 +172,31 @@ def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
 
 def editing_headline(result: dict, languages: Sequence[str], seed: int) -> dict:
     """Per fact, the mean relative change of p(gold) over target languages, for the
-    language-agnostic set (every language) and for single-language sets in *other* languages
-    (cross) and in their own language (self); medians with intervals over facts."""
+    language-agnostic sets (strict and soft, in every language) and for single-language sets in
+    *other* languages (cross) and in their own language (self); medians with intervals over
+    facts."""
+    agnostic_sets = (cross_lingual_editing.AGNOSTIC, cross_lingual_editing.SOFT_AGNOSTIC)
     by_fact: dict[str, dict[str, dict]] = {}
     for item in result["items"]:
         by_fact.setdefault(item["fact_id"], {})[item["source"]] = item
     out = {}
     for mode in ("suppress", "enhance"):
-        agnostic, cross, own = [], [], []
+        agnostic: dict[str, list[float]] = {name: [] for name in agnostic_sets}
+        cross, own = [], []
         for sources in by_fact.values():
-            item = sources.get(cross_lingual_editing.AGNOSTIC)
-            if item and mode in item:
-                agnostic.append(statistics.fmean(item[mode].values()))
+            for name in agnostic_sets:
+                item = sources.get(name)
+                if item and mode in item:
+                    agnostic[name].append(statistics.fmean(item[mode].values()))
             singles = [(s, i) for s, i in sources.items()
-                       if s != cross_lingual_editing.AGNOSTIC and mode in i]
+                       if s not in agnostic_sets and mode in i]
             if singles:
                 cross.append(statistics.fmean(i[mode][t] for s, i in singles
                                               for t in languages if t != s))
                 own.append(statistics.fmean(i[mode][s] for s, i in singles))
-        out[mode] = {"agnostic_all_languages": interval(agnostic, seed=seed),
+        out[mode] = {"agnostic_all_languages": interval(agnostic[agnostic_sets[0]], seed=seed),
+                     "soft_agnostic_all_languages": interval(agnostic[agnostic_sets[1]],
+                                                             seed=seed),
                      "single_other_languages": interval(cross, seed=seed),
                      "single_own_language": interval(own, seed=seed)}
     return out

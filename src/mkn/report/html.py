@@ -49,6 +49,7 @@ MAX_NEURONS = 12  # neurons listed per table cell
 MAX_PAIRS = 6  # degenerate pairs listed per table cell
 DPI = 100
 AGNOSTIC = "agnostic"
+SOFT_AGNOSTIC = "agnostic-soft"
 
 
 # ----------------------------------------------------------------------------- page model
@@ -719,8 +720,9 @@ def _cross_lingual_editing(result: dict) -> list:
     sources = [s for s, v in summary.items() if isinstance(v, dict)]
     targets = list(next((v.get("suppress") or {} for v in summary.values()
                          if isinstance(v, dict)), {}))
-    labels = {s: "language-agnostic" + (" (soft)" if result.get("soft") else "")
-              if s == AGNOSTIC else f"{s} neurons" for s in sources}
+    named = {AGNOSTIC: "language-agnostic" + (" (soft)" if result.get("soft") else ""),
+             SOFT_AGNOSTIC: "language-agnostic (soft)"}
+    labels = {s: named.get(s, f"{s} neurons") for s in sources}
     fig, axes = _figure(11, 4, ncols=2)
     for ax, mode, title in ((axes[0], "suppress", "Suppress (x0)"),
                             (axes[1], "enhance", "Enhance (x2)")):

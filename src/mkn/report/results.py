@@ -108,12 +108,15 @@ def claims(study: dict) -> list[list[str]]:
                                  if tied else verdict(entry, 0.5)])
         if "cross-lingual-editing" in experiments:
             h = experiments["cross-lingual-editing"]["headline"]["suppress"]
-            rows.append(["AMIG: suppressing language-agnostic neurons lowers p(gold) in every "
-                         "language, more than one language's neurons do in the others", name,
-                         f"median change, agnostic: {with_ci(h['agnostic_all_languages'])}; "
-                         f"single-language in other languages: "
-                         f"{with_ci(h['single_other_languages'])}",
-                         separated(h["agnostic_all_languages"], h["single_other_languages"])])
+            for key, which in (("agnostic_all_languages", "language-agnostic"),
+                               ("soft_agnostic_all_languages", "soft language-agnostic")):
+                if key not in h:
+                    continue
+                rows.append([f"AMIG: suppressing {which} neurons lowers p(gold) in every "
+                             "language, more than one language's neurons do in the others", name,
+                             f"median change, {which}: {with_ci(h[key])}; single-language in "
+                             f"other languages: {with_ci(h['single_other_languages'])}",
+                             separated(h[key], h["single_other_languages"])])
         if "fact-checking" in experiments:
             h = experiments["fact-checking"]["headline"]
             rows.append(["AMIG: degenerate neurons check facts better than the model's own "
@@ -223,7 +226,9 @@ SECTIONS = (
      "another's on the same item)."),
     ("cross-lingual-editing", "3. Cross-lingual editing",
      "Relative change of p(gold) in each language (columns) when the neurons of a language "
-     "(rows) or the language-agnostic neurons are suppressed or enhanced; medians over facts."),
+     "(rows), the language-agnostic neurons (in every language) or the soft language-agnostic "
+     "neurons (in at least half of the languages) are suppressed or enhanced; medians over "
+     "facts."),
     ("fact-checking", "4. Fact-checking with degenerate neurons",
      "Degenerate pairs found on half of each relation's facts; on the other half, (query, "
      "true object) and (query, wrong candidate) pairs judged true when the kept neurons' mean "
