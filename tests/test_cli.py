@@ -110,6 +110,15 @@ def test_experiment_command_names_setup(tiny_dir, tmp_path):
     assert (tmp_path / "cross-lingual-editing.md").read_text().startswith("cross-lingual")
     bad = runner.invoke(app, ["experiment", "nope"])
     assert bad.exit_code == 2 and "unknown experiment 'nope'" in bad.output
+    bad = runner.invoke(app, ["experiment", "injection", "--set", "lambda=8"])
+    assert bad.exit_code == 2 and "unknown option 'lambda'" in bad.output
+    result = runner.invoke(app, [
+        "experiment", "enhancement", "--model", str(tiny_dir / "model"), "--data",
+        f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en,zh", "--limit", "2",
+        "--steps", "2", "--set", "factor=3", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "enhancement.json").read_text())
+    assert saved["setup"]["options"] == {"factor": 3.0} and saved["result"]["factor"] == 3.0
 
 
 def test_locate_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, tmp_path):

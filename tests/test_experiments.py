@@ -115,3 +115,23 @@ def test_fact_checking_needs_two_facts_of_a_relation(lm):
     facts[1] = facts[1].model_copy(update={"relation": "P1376"})
     with pytest.raises(ValueError, match=r"2 facts in 2 relations.*--per-relation"):
         fact_checking.run(lm, facts, ["en", "zh"], CONFIG)
+
+
+def test_experiment_options_are_typed_and_checked():
+    from mkn.experiments import fact_checking, injection, localization_quality
+    from mkn.experiments.common import experiment_options
+
+    assert experiment_options(injection.run, ["lambda_new=8", "source=zh"]) == \
+        {"lambda_new": 8.0, "source": "zh"}
+    assert experiment_options(fact_checking.run, ["wrong=3", "lam=0.5"]) == \
+        {"wrong": 3, "lam": 0.5}
+    assert experiment_options(localization_quality.run, ["methods=ig,amig"]) == \
+        {"methods": ("ig", "amig")}
+    with pytest.raises(ValueError, match="unknown option 'lambda'.*lambda_old, lambda_new"):
+        experiment_options(injection.run, ["lambda=8"])
+    with pytest.raises(ValueError, match="wrong='many'"):
+        experiment_options(fact_checking.run, ["wrong=many"])
+    with pytest.raises(ValueError, match="not NAME=VALUE"):
+        experiment_options(fact_checking.run, ["wrong"])
+    with pytest.raises(ValueError, match="unknown option 'seed'"):
+        experiment_options(fact_checking.run, ["seed=3"])  # seed is --seed, not an option

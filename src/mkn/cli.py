@@ -259,29 +259,34 @@ def experiment(
     max_queries: MaxQueriesOpt = None,
     dtype: RunDtypeOpt = None,
     seed: SeedOpt = None,
+    option: Annotated[list[str] | None, typer.Option(
+        "--set", help="An experiment's own option, NAME=VALUE, repeatable (e.g. lambda_new=8 "
+                      "for injection, factor=3 for enhancement, wrong=3 for fact-checking).")]
+    = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run one of the papers' experiments; writes OUT/NAME.json and OUT/NAME.md."""
 
     from mkn.experiments import EXPERIMENTS
-    from mkn.experiments.common import Setup, write_result
+    from mkn.experiments.common import Setup, experiment_options, write_result
 
     if name not in EXPERIMENTS:
         raise _fail(ValueError(f"unknown experiment {name!r}; choose one of "
                                f"{', '.join(EXPERIMENTS)}"))
     module = EXPERIMENTS[name]
     try:
+        options = experiment_options(module.run, option or [])
         cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
                                                languages=languages, method=method, limit=limit,
                                                relations=relations, per_relation=per_relation,
                                                shuffle=shuffle, steps=steps,
                                                max_queries=max_queries, dtype=dtype, seed=seed)
-        setup = Setup.of(name, cfg, langs, facts)
+        setup = Setup.of(name, cfg, langs, facts, options)
         console.print(setup.describe())
         with progress_bar(len(facts) * module.PHASES, name, quiet) as tick:
             result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
-                                progress=tick)
+                                progress=tick, **options)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     result["config"] = {"locate": cfg.locate.model_dump(), **meta}

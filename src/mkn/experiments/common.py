@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -35,15 +36,18 @@ class Setup:
     dtype: str = "float32"
     sample: str = "first facts in source order"
     max_queries: int | None = None
+    options: dict = field(default_factory=dict)
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @classmethod
-    def of(cls, experiment: str, cfg, languages: list[str], facts: Sequence) -> Setup:
+    def of(cls, experiment: str, cfg, languages: list[str], facts: Sequence,
+           options: dict | None = None) -> Setup:
         """The setup of ``experiment`` run with a :class:`mkn.runs.config.RunConfig`."""
         return cls(experiment=experiment, model=cfg.model, data=cfg.data, languages=languages,
                    limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
                    steps=cfg.locate.steps, facts=[f.id for f in facts], dtype=cfg.dtype,
-                   sample=describe_sample(cfg), max_queries=cfg.locate.max_queries)
+                   sample=describe_sample(cfg), max_queries=cfg.locate.max_queries,
+                   options=dict(options or {}))
 
     def describe(self) -> str:
         queries_used = (f"at most {self.max_queries} queries per language attributed"
@@ -51,7 +55,8 @@ class Setup:
         return (f"{self.experiment}: model {self.model} ({self.dtype}), data {self.data}, "
                 f"languages {','.join(self.languages)}, {len(self.facts)} facts (limit "
                 f"{self.limit}; {self.sample}), seed {self.seed}, method {self.method}, "
-                f"{self.steps} steps, {queries_used}; {self.date}")
+                f"{self.steps} steps, {queries_used}"
+                + "".join(f", {k}={v}" for k, v in self.options.items()) + f"; {self.date}")
 
 
 def describe_sample(cfg) -> str:
@@ -109,6 +114,41 @@ def write_result(out: Path, setup: Setup, result: dict, table_markdown: str) -> 
     (out / f"{setup.experiment}.md").write_text(f"{setup.describe()}\n\n{table_markdown}\n",
                                                 encoding="utf-8")
     return path
+
+
+FIXED_ARGUMENTS = ("lm", "facts", "languages", "config", "seed", "progress", "cache")
+
+
+def experiment_options(run: Callable, pairs: Sequence[str]) -> dict:
+    """``["lambda_new=8", "source=zh"]`` -> keyword arguments of an experiment's ``run``, each
+    converted to the type of its default; unknown names and bad values are clear errors."""
+    parameters = {name: param for name, param in inspect.signature(run).parameters.items()
+                  if name not in FIXED_ARGUMENTS}
+    options = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise ValueError(f"option {pair!r} is not NAME=VALUE")
+        if name not in parameters:
+            raise ValueError(f"unknown option {name!r}; this experiment takes "
+                             f"{', '.join(parameters) or 'none'}")
+        default = parameters[name].default
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("expected true or false")
+                value = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, int | float):
+                value = type(default)(text)
+            elif isinstance(default, tuple):
+                value = tuple(x.strip() for x in text.split(",") if x.strip())
+            else:
+                value = text
+        except ValueError as error:
+            raise ValueError(f"option {name}={text!r}: {error}") from None
+        options[name] = value
+    return options
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
