@@ -102,6 +102,7 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
         assert heading in page
     assert "`mkn reproduce --test`" in page
     assert "Reading, generated from the verdicts above" in page
+    assert "not applicable (with 2 languages the soft set is the union" in page
     sr = study["parts"][0]["experiments"]["localization-quality"]["headline"]["median_sr"]
     assert with_ci(sr["amig"]) in page  # numbers come from the JSON
     cost = study["parts"][0]["localization"]["amig"]["cost"]
