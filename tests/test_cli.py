@@ -98,13 +98,18 @@ def test_locate_command_on_a_local_model_dir(tiny_dir, tmp_path):
     assert missing.exit_code == 2 and "nope" in missing.output
 
 
-def test_experiment_command_names_setup(tiny_dir, tmp_path):
+def _experiment(name: str, tiny_dir, out, *extra: str) -> dict:
+    """``mkn experiment NAME`` on the tiny model and facts; the saved ``NAME.json``."""
     result = runner.invoke(app, [
-        "experiment", "cross-lingual-editing", "--model", str(tiny_dir / "model"), "--data",
+        "experiment", name, "--model", str(tiny_dir / "model"), "--data",
         f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en,zh", "--limit", "2",
-        "--steps", "2", "--seed", "3", "--out", str(tmp_path), "--quiet"])
+        "--steps", "2", "--out", str(out), "--quiet", *extra])
     assert result.exit_code == 0, result.output
-    saved = json.loads((tmp_path / "cross-lingual-editing.json").read_text())
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_experiment_command_names_setup(tiny_dir, tmp_path):
+    saved = _experiment("cross-lingual-editing", tiny_dir, tmp_path, "--seed", "3")
     assert saved["setup"]["seed"] == 3 and saved["setup"]["model"] == str(tiny_dir / "model")
     assert saved["setup"]["facts"] == ["capital-france", "capital-germany"]
     assert (tmp_path / "cross-lingual-editing.md").read_text().startswith("cross-lingual")
@@ -112,12 +117,7 @@ def test_experiment_command_names_setup(tiny_dir, tmp_path):
     assert bad.exit_code == 2 and "unknown experiment 'nope'" in bad.output
     bad = runner.invoke(app, ["experiment", "injection", "--set", "lambda=8"])
     assert bad.exit_code == 2 and "unknown option 'lambda'" in bad.output
-    result = runner.invoke(app, [
-        "experiment", "enhancement", "--model", str(tiny_dir / "model"), "--data",
-        f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en,zh", "--limit", "2",
-        "--steps", "2", "--set", "factor=3", "--out", str(tmp_path), "--quiet"])
-    assert result.exit_code == 0, result.output
-    saved = json.loads((tmp_path / "enhancement.json").read_text())
+    saved = _experiment("enhancement", tiny_dir, tmp_path, "--set", "factor=3")
     assert saved["setup"]["options"] == {"factor": 3.0} and saved["result"]["factor"] == 3.0
 
 
