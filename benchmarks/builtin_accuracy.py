@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 import mkn
+from mkn.attribution.api import score_steps
 from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import PredictionStep, encode
 from mkn.data import load_facts
@@ -47,31 +48,6 @@ class Result:
     error: str = ""
 
 
-def score_steps(lm, steps: list[PredictionStep], batch_size: int) -> list[tuple[int, float]]:
-    """``(argmax id, p(target))`` at each step's prediction position (causal LMs)."""
-    order = sorted(range(len(steps)), key=lambda i: len(steps[i].input_ids))
-    out: list[tuple[int, float]] = [(0, 0.0)] * len(steps)
-    pad = lm.tokenizer.pad_token_id or 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        chunk = [steps[i] for i in idx]
-        width = max(len(s.input_ids) for s in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, step in enumerate(chunk):
-            ids[row, :len(step.input_ids)] = torch.tensor(step.input_ids)
-            mask[row, :len(step.input_ids)] = 1
-        keep = sorted({s.position for s in chunk})
-        with torch.no_grad():
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                              logits_to_keep=torch.tensor(keep, device=lm.device)).logits
-        for row, (i, step) in enumerate(zip(idx, chunk, strict=True)):
-            vec = logits[row, keep.index(step.position)].float()
-            probs = torch.softmax(vec, dim=-1)
-            out[i] = (int(vec.argmax()), float(probs[step.target_id]))
-    return out
-
-
 def measure(lm, facts, batch_size: int = 32) -> list[Result]:
     if not lm.causal:
         raise SystemExit("this benchmark scores causal LMs (one prediction position per query)")
@@ -88,7 +64,7 @@ def measure(lm, facts, batch_size: int = 32) -> list[Result]:
                     pending.append(res)
                 except ValueError as err:
                     res.error = str(err)
-    for res, step, (argmax, prob) in zip(pending, steps, score_steps(lm, steps, batch_size),
+    for res, step, (prob, argmax) in zip(pending, steps, score_steps(lm, steps, batch_size),
                                          strict=True):
         res.right = argmax == step.target_id
         res.p_gold = prob

@@ -149,3 +149,9 @@ def test_clustered_interval_resamples_facts():
     # resampling facts: a sample without "a" gives 0, one of only "a" gives 1
     assert low == 0.0 and high == 1.0
     assert clustered_interval([])["value"] is None
+
+
+def test_unknown_experiment_in_a_part_fails_before_any_work():
+    with pytest.raises(ValueError, match="unknown experiment.*fact-check.*choose from"):
+        DataPart(name="x", data="builtin", languages=["en"], relations=["P36"], per_relation=2,
+                 experiments=["fact-check"])

@@ -12,7 +12,7 @@ import torch
 
 from mkn.attribution.baselines import BASELINES
 from mkn.attribution.engine import clean_run, integrated_gradients
-from mkn.attribution.queries import encode
+from mkn.attribution.queries import PredictionStep, encode
 from mkn.attribution.rules import quadrature
 from mkn.models.loading import LanguageModel
 
@@ -99,41 +99,49 @@ def predict(lm: LanguageModel, prompt: str, target: str) -> Prediction:
                       first_predicted_id=runs[0].predicted_id)
 
 
-def predict_many(lm: LanguageModel, queries: Sequence[tuple[str, str]],
-                 batch_size: int = 16) -> list[Prediction]:
-    """:func:`predict` for many ``(prompt, target)`` queries in padded batches.
+def score_steps(lm: LanguageModel, steps: Sequence[PredictionStep],
+                batch_size: int = 16) -> list[tuple[float, int]]:
+    """``(p(target), greedy token id)`` at each step's prediction position, in padded batches.
 
-    Every teacher-forced step of every query is one row; rows are sorted by length and
-    right-padded (with an attention mask), and a causal LM computes logits only at the
-    prediction positions. Active interventions apply. Same results as :func:`predict` up to
-    floating-point noise from the batch shapes.
+    Steps are sorted by length and right-padded (with an attention mask); a causal LM computes
+    logits only at the prediction positions. Active interventions apply.
     """
-    encoded = [encode(lm, prompt, target) for prompt, target in queries]
-    steps = [(q, i, step) for q, query in enumerate(encoded) for i, step in enumerate(query.steps)]
-    order = sorted(range(len(steps)), key=lambda r: len(steps[r][2].input_ids))
+    order = sorted(range(len(steps)), key=lambda r: len(steps[r].input_ids))
     keeps = "logits_to_keep" in inspect.signature(lm.model.forward).parameters and lm.causal
     pad = lm.tokenizer.pad_token_id or 0
-    probs: dict[tuple[int, int], tuple[float, int]] = {}
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(steps)
     for start in range(0, len(order), batch_size):
-        chunk = [steps[r] for r in order[start:start + batch_size]]
-        width = max(len(step.input_ids) for _, _, step in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (_, _, step) in enumerate(chunk):
-            ids[row, :len(step.input_ids)] = torch.tensor(step.input_ids)
-            mask[row, :len(step.input_ids)] = 1
-        positions = sorted({step.position for _, _, step in chunk})
+        rows = order[start:start + batch_size]
+        width = max(len(steps[r].input_ids) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, r in enumerate(rows):
+            ids[row, :len(steps[r].input_ids)] = torch.tensor(steps[r].input_ids)
+            mask[row, :len(steps[r].input_ids)] = 1
+        positions = sorted({steps[r].position for r in rows})
         extra = {"logits_to_keep": torch.tensor(positions, device=lm.device)} if keeps else {}
         with torch.no_grad():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                               **extra).logits
-        for row, (q, i, step) in enumerate(chunk):
-            column = positions.index(step.position) if keeps else step.position
+        for row, r in enumerate(rows):
+            column = positions.index(steps[r].position) if keeps else steps[r].position
             vector = logits[row, column].float()
-            probs[(q, i)] = (float(vector.softmax(-1)[step.target_id]), int(vector.argmax()))
+            out[r] = (float(vector.softmax(-1)[steps[r].target_id]), int(vector.argmax()))
+    return out
+
+
+def predict_many(lm: LanguageModel, queries: Sequence[tuple[str, str]],
+                 batch_size: int = 16) -> list[Prediction]:
+    """:func:`predict` for many ``(prompt, target)`` queries, every teacher-forced step of every
+    query one row of :func:`score_steps`. Active interventions apply. Same results as
+    :func:`predict` up to floating-point noise from the batch shapes.
+    """
+    encoded = [encode(lm, prompt, target) for prompt, target in queries]
+    scored = iter(score_steps(lm, [step for query in encoded for step in query.steps],
+                              batch_size))
     out = []
-    for q, query in enumerate(encoded):
-        runs = [probs[(q, i)] for i in range(len(query.steps))]
+    for query in encoded:
+        runs = [next(scored) for _ in query.steps]
         out.append(Prediction(prob=math.prod(p for p, _ in runs),
                               correct=[a for _, a in runs] == list(query.target_ids),
                               first_predicted_id=runs[0][1]))

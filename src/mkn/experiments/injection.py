@@ -38,9 +38,9 @@ def counterfactual(fact, facts: list, rng: random.Random):
 def _success(lm: LanguageModel, qs, new_objects: list[str]) -> list[dict]:
     if not qs:
         return []
-    news = predict_many(lm, [(prompt, new) for (prompt, _), new in zip(qs, new_objects,
-                                                                        strict=True)])
-    olds = predict_many(lm, qs)
+    new_queries = [(prompt, new) for (prompt, _), new in zip(qs, new_objects, strict=True)]
+    scored = predict_many(lm, [*new_queries, *qs])  # new and old objects in one batched pass
+    news, olds = scored[:len(qs)], scored[len(qs):]
     return [{"prompt": prompt, "new_top1": p_new.correct, "efficacy": p_new.prob > p_old.prob,
              "p_new": p_new.prob} for (prompt, _), p_new, p_old in zip(qs, news, olds,
                                                                        strict=True)]

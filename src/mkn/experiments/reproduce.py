@@ -34,16 +34,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mkn.data import load_facts
-from mkn.experiments import (
-    cross_lingual_editing,
-    enhancement,
-    fact_checking,
-    injection,
-    localization_quality,
-)
+from mkn.experiments import EXPERIMENTS, cross_lingual_editing
 from mkn.experiments.metrics import bootstrap_ci, precision_recall_f1
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
@@ -51,14 +45,6 @@ from mkn.localization.stats import localization_stats
 from mkn.models.loading import LanguageModel
 
 TaskFactory = Callable[[str, int], Callable[[str], None]]  # (title, total) -> tick(item)
-
-EXPERIMENTS_BY_NAME = {
-    "localization-quality": localization_quality,
-    "cross-lingual-editing": cross_lingual_editing,
-    "fact-checking": fact_checking,
-    "enhancement": enhancement,
-    "injection": injection,
-}
 
 
 class DataPart(BaseModel):
@@ -72,6 +58,15 @@ class DataPart(BaseModel):
     relations: list[str]
     per_relation: int = Field(ge=1)
     experiments: list[str]
+
+    @field_validator("experiments")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in EXPERIMENTS]
+        if unknown:
+            raise ValueError(f"unknown experiment(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(EXPERIMENTS)}")
+        return value
 
 
 # Relations: those with paraphrases on which gemma-3-270m gets the most English queries right,
@@ -308,7 +303,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     for name in part.experiments:
-        module = EXPERIMENTS_BY_NAME[name]
+        module = EXPERIMENTS[name]
         tick = task(f"{part.name}: {name}", len(facts) * module.PHASES)
         started = time.perf_counter()
         options = {"methods": tuple(config.methods)} if name == "localization-quality" else {}

@@ -63,15 +63,13 @@ def with_ci(entry: dict | None) -> str:
     return f"{fmt(entry['value'])} [{fmt(low)}, {fmt(high)}] (n={entry['n']}{facts})"
 
 
-def verdict(entry: dict | None, threshold: float, higher_is_claim: bool = True) -> str:
+def verdict(entry: dict | None, threshold: float) -> str:
     """``agrees`` when the whole 95% interval is on the claimed side of ``threshold``,
     ``disagrees`` when none of it is, else ``inconclusive``."""
     if not entry or entry.get("value") is None:
         return "not measured"
     low, high = entry["ci95"]
     above, below = low > threshold, high <= threshold
-    if not higher_is_claim:
-        above, below = below, above
     return "agrees" if above else "disagrees" if below else "inconclusive"
 
 
@@ -212,7 +210,7 @@ def phase_table(study: dict) -> str:
     return markdown_table(["data", "phase", "minutes"], rows)
 
 
-def headline_lines(name: str, headline: dict) -> list[str]:
+def headline_lines(headline: dict) -> list[str]:
     """The headline intervals of one experiment as bullet lines."""
     lines = []
 
@@ -318,7 +316,7 @@ def section(study: dict, key: str, title: str, text: str) -> list[str]:
         if experiment is None:
             continue
         out += [f"### {part['part']['name']}", "", experiment["table"], ""]
-        lines = headline_lines(key, experiment["headline"])
+        lines = headline_lines(experiment["headline"])
         if lines:
             out += ["Bootstrap 95% intervals:", "", *lines, ""]
     return out
