@@ -298,10 +298,9 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
            "relations": sorted({f.relation for f in facts}),
            "known": {lang: sum(located[config.methods[0]][f.id].languages[lang].known
                                for f in facts) for lang in languages},
-           "localization": layer_and_cost(located, lm.n_layers,
-                                          LocateConfig().agnostic_fraction),
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
+    out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
     for name in part.experiments:
         module = EXPERIMENTS[name]
         tick = task(f"{part.name}: {name}", len(facts) * module.PHASES)
