@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 import mkn
-from mkn.attribution.api import score_steps
 from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import PredictionStep, encode
+from mkn.attribution.scoring import score_steps
 from mkn.data import load_facts
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,35 +13,45 @@ import pytest
 from safetensors.torch import load_file
 
 from mkn.data.schema import Fact
+from mkn.localization.generic import GenericNeurons, ReferenceItem
 from mkn.localization.locate import LocateConfig
 from mkn.localization.run import run_locate
-from mkn.runs.backends import LocalBackend, RayBackend, make_backend
-from tests.test_experiments import tiny_facts
-from tests.tiny_models import build, torch_threads
+from mkn.runs.backends import LocalBackend, RayBackend, load_spec, make_backend
+from tests.tiny_models import build, knowing, torch_threads, two_relation_facts
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'mkn[ray]'; "
                                "`make test` installs it with the dev extra)")
 
-# What every actor builds: a picklable zero-argument factory (a partial of an importable
-# function), the same random tiny model as ``build("llama", cached=False)`` here.
+# A picklable zero-argument factory (a partial of an importable function) is a valid spec.
 FACTORY = functools.partial(build, "llama", cached=False)
 LANGUAGES = ["en", "zh"]
 CONFIG = LocateConfig(method="amig", steps=2, thresholds={"*": 0.1}, degenerate_top_k=4,
                       t_low=0.5, t_high=0.0)
-SAME_FILES = ("config.json", "neurons.jsonl", "language_agnostic.jsonl", "degenerate.jsonl",
-              "done.jsonl")
+SAME_FILES = ("config.json", "knowledge.jsonl", "neurons.jsonl", "language_agnostic.jsonl",
+              "degenerate.jsonl", "done.jsonl")
 
 
 def facts() -> list[Fact]:
-    """The tiny capitals, the first made slow (many queries) so the others finish first."""
-    capitals = tiny_facts()
-    slow = capitals[0].model_copy(deep=True)
+    """Capitals and official languages (known in en and zh, in en only, or not at all), the
+    first made slow (many queries) so the others finish first."""
+    sample = two_relation_facts()
+    slow = sample[0].model_copy(deep=True)
     en = slow.languages["en"]
     slow.languages["en"] = en.model_copy(update={"queries": [
         *en.queries, "[X] has the capital [Y] .", "The capital of [X] is the city [Y] .",
         "In [X] the capital is [Y] .", "[X] : the capital is [Y] ."]})
-    return [slow, *capitals[1:]]
+    return [slow, *sample[1:]]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    """The tiny model that knows some facts, saved: what every actor and the local run load."""
+    root = tmp_path_factory.mktemp("knowing")
+    lm = knowing("llama")
+    lm.model.save_pretrained(root)
+    lm.tokenizer.save_pretrained(root)
+    return str(root)
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -48,7 +59,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     names = sorted(p.name for p in (a / "scores").iterdir())
     assert names == sorted(p.name for p in (b / "scores").iterdir())
-    assert len(names) == len(facts())
+    assert len(names) == sum("england" not in f.id for f in facts())  # facts located somewhere
     for name in names:
         left, right = load_file(a / "scores" / name), load_file(b / "scores" / name)
         assert left.keys() == right.keys()
@@ -65,27 +76,35 @@ class Recording:
     def n_layers(self) -> int:
         return self.inner.n_layers
 
-    def locate(self, facts, languages, config):
+    def locate(self, facts, languages, config, known=None, generic=None):
         self.asked += [fact.id for fact in facts]
-        yield from self.inner.locate(facts, languages, config)
+        yield from self.inner.locate(facts, languages, config, known, generic)
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
+def local_run(tmp_path_factory, model_dir):
     out = tmp_path_factory.mktemp("local")
     with torch_threads(1):
-        lm = build("llama", cached=False)
-        summary = run_locate(lm, facts(), LANGUAGES, CONFIG, out, meta={"model": "tiny"})
+        lm = load_spec(model_dir)
+        summary = run_locate(lm, facts(), LANGUAGES, CONFIG, out, meta={"model": "tiny"},
+                             generic=generic_list())
     return out, summary
 
 
+def generic_list() -> GenericNeurons:
+    """A hand-made generic-neuron list (a neuron of every reference item is generic)."""
+    items = [ReferenceItem(f"f{i}", f"P{i % 3}", lang, ((1, 7), (0, i)))
+             for i in range(9) for lang in LANGUAGES]
+    return GenericNeurons(items)
+
+
 @pytest.fixture(scope="module")
-def ray_backend():
+def ray_backend(model_dir):
     ray = pytest.importorskip("ray", reason="ray is not installed")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
-        with RayBackend(workers=2, model_spec=FACTORY) as backend:
+        with RayBackend(workers=2, model_spec=model_dir) as backend:
             yield backend
         assert ray.is_initialized(), "the backend shuts down only a Ray it started"
     finally:
@@ -93,26 +112,34 @@ def ray_backend():
 
 
 @needs_ray
-def test_ray_run_writes_the_same_files_as_a_local_run(local_run, ray_backend, tmp_path):
+def test_ray_run_writes_the_same_files_as_a_local_run(local_run, ray_backend, model_dir,
+                                                      tmp_path):
     local, summary = local_run
     done = []
-    ray_summary = run_locate(None, facts(), LANGUAGES, CONFIG, tmp_path, meta={"model": "tiny"},
-                             on_fact=done.append, backend=ray_backend)
+    lm = load_spec(model_dir)  # the driver probes what the model knows
+    ray_summary = run_locate(lm, facts(), LANGUAGES, CONFIG, tmp_path, meta={"model": "tiny"},
+                             on_fact=done.append, backend=ray_backend, generic=generic_list())
     assert done == [fact.id for fact in facts()]
     assert_same_run(local, tmp_path)
-    assert ray_summary.keys() == summary.keys()
+    assert {k: v for k, v in ray_summary.items() if k != "cost"} == \
+        {k: v for k, v in summary.items() if k != "cost"}  # timings differ
+    assert summary["knowledge"]["per_language"]["zh"] == {"items": 10, "located": 4,
+                                                          "skipped": 6, "known": 4}
+    records = [json.loads(line) for line in (tmp_path / "neurons.jsonl").read_text().splitlines()]
+    assert all([1, 7] not in [n[:2] for n in r["neurons"]] for r in records)  # generic: left out
 
 
 @needs_ray
-def test_ray_resume_skips_done_facts(local_run, ray_backend, tmp_path):
+def test_ray_resume_skips_done_facts(local_run, ray_backend, model_dir, tmp_path):
     local, _ = local_run
     first = facts()[:2]
     with torch_threads(1):
-        run_locate(build("llama", cached=False), first, LANGUAGES, CONFIG, tmp_path,
-                   meta={"model": "tiny"})
+        lm = load_spec(model_dir)
+        run_locate(lm, first, LANGUAGES, CONFIG, tmp_path, meta={"model": "tiny"},
+                   generic=generic_list())
     recording, done = Recording(ray_backend), []
-    run_locate(None, facts(), LANGUAGES, CONFIG, tmp_path, resume=True, meta={"model": "tiny"},
-               on_fact=done.append, backend=recording)
+    run_locate(lm, facts(), LANGUAGES, CONFIG, tmp_path, resume=True, meta={"model": "tiny"},
+               on_fact=done.append, backend=recording, generic=generic_list())
     assert recording.asked == [fact.id for fact in facts()[2:]]
     assert done == [fact.id for fact in facts()]
     assert_same_run(local, tmp_path)

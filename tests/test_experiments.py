@@ -14,25 +14,18 @@ from mkn.experiments.common import queries
 from mkn.experiments.fact_checking import kept_neurons, split_by_relation
 from mkn.localization.locate import LocateConfig, locate_fact
 from tests.test_localization import planted_gpt2
-from tests.tiny_models import build, torch_threads
-
-CAPITALS = [("France", "Paris", "法国", "巴黎"), ("Germany", "Berlin", "德国", "柏林"),
-            ("Japan", "Tokyo", "日本", "东京"), ("Italy", "Rome", "意大利", "罗马"),
-            ("England", "London", "英国", "伦敦")]
+from tests.tiny_models import capital_facts, knowing, torch_threads, two_relation_facts
 
 
 def tiny_facts() -> list[Fact]:
-    return [Fact(id=f"capital-{en_s.lower()}", relation="P36", languages={
-        "en": {"subject": en_s, "object": en_o,
-               "queries": ["The capital of [X] is [Y] .", "The capital city of [X] is [Y] ."]},
-        "zh": {"subject": zh_s, "object": zh_o, "queries": ["[X]的首都是[Y]。"]},
-    }) for en_s, en_o, zh_s, zh_o in CAPITALS]
+    return capital_facts()
 
 
 @pytest.fixture(scope="module")
 def lm():
+    """Knows the capitals in en and zh, the official languages in en only, nothing of England."""
     with torch_threads(1):
-        yield build("llama", cached=False)
+        yield knowing("llama")
 
 
 CONFIG = LocateConfig(method="amig", steps=2, thresholds={"*": 0.1, "en": 0.1, "zh": 0.1},
@@ -56,30 +49,50 @@ def planted():
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
-def test_experiment_runs_and_leaves_the_model_unchanged(lm, planted, name):
-    if name == "enhancement":  # needs a fact known in one language only: "Paris" is planted
-        lm = planted
+def test_experiment_runs_and_leaves_the_model_unchanged(lm, name):
     module = EXPERIMENTS[name]
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
     done = []
     with torch_threads(1):
-        result = module.run(lm, tiny_facts(), ["en", "zh"], CONFIG, seed=0,
+        result = module.run(lm, two_relation_facts(), ["en", "zh"], CONFIG, seed=0,
                             progress=done.append)
     assert done, "progress was reported"
     assert _finite(result["summary"])
     assert module.table(result).startswith("|")
-    if name == "enhancement":
+    counts = result["knowledge"]["per_language"]
+    assert counts == {"en": {"items": 10, "known": 8, "skipped": 2},
+                      "zh": {"items": 10, "known": 4, "skipped": 6}}
+    if name == "enhancement":  # the official languages are known in en, not in zh
         assert result["summary"]["weak_fact_languages"] >= 1
+        assert {i["weak"] for i in result["items"]} == {"zh"}
+    if name == "localization-quality":  # only known items are measured, with their controls
+        assert {(i["fact_id"], i["language"]) for i in result["items"]} == {
+            (f.id, lang) for f in two_relation_facts() if "england" not in f.id
+            for lang in (("en", "zh") if f.relation == "P36" else ("en",))}
+        measured = [i["amig"] for i in result["items"] if i["amig"]["sr"] is not None]
+        assert measured and all(len(m["suppress"]["random"]) == 3 for m in measured)
+        assert all(m["suppress"]["selectivity"] is not None for m in measured)
     assert all(torch.equal(before[n], p) for n, p in lm.model.named_parameters())
     assert all(not m._forward_pre_hooks for m in lm.model.modules())
 
 
-def test_locate_marks_wrong_facts_and_keeps_them(lm):
+def test_locate_skips_and_lists_what_the_model_does_not_know(lm):
+    facts = two_relation_facts()
     with torch_threads(1):
-        result = locate_fact(lm, tiny_facts()[0], ["en", "zh"], CONFIG)
-    for lang, r in result.languages.items():
-        assert len(r.correct) == len(r.probs) == len(tiny_facts()[0].prompts(lang))
-        assert r.known == (sum(r.correct) * 2 > len(r.correct))
+        capital = locate_fact(lm, facts[0], ["en", "zh"], CONFIG)
+        spoken = locate_fact(lm, facts[1], ["en", "zh"], CONFIG)  # known in en only
+        england = locate_fact(lm, facts[-1], ["en", "zh"], CONFIG)
+        everything = locate_fact(lm, facts[-1], ["en", "zh"],
+                                 CONFIG.model_copy(update={"known": "any"}))
+    assert list(capital.languages) == ["en", "zh"] and not capital.skipped
+    assert list(spoken.languages) == ["en"] and list(spoken.skipped) == ["zh"]
+    assert spoken.language_agnostic == [] == spoken.soft_language_agnostic  # one language
+    assert not england.languages and list(england.skipped) == ["en", "zh"]
+    assert list(everything.languages) == ["en", "zh"]  # any: located, and marked unknown
+    assert not any(r.known for r in everything.languages.values())
+    for lang, r in capital.languages.items():
+        assert len(r.correct) == len(r.probs) == len(facts[0].prompts(lang))
+        assert r.known and r.knowledge.known()
 
 
 def test_missing_language_and_bad_method_are_clear_errors(lm):

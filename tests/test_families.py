@@ -276,3 +276,39 @@ def test_predict_many_equals_predict_one_by_one(name):
         for a, b in zip(one, many, strict=True):
             assert b.prob == pytest.approx(a.prob, rel=1e-4, abs=1e-7)
             assert (b.correct, b.first_predicted_id) == (a.correct, a.first_predicted_id)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_objects_sharing_a_prompt_score_as_one_by_one(name):
+    """One prompt, candidate objects of 1-3 tokens (a prompt's cache shared by continuations of
+    different lengths), and prompts of equal and unequal lengths in one call."""
+    from mkn.attribution.api import predict, predict_many
+
+    lm = tm.tiny(name)
+    causal = lm.causal
+    english = "The capital of France is" if causal else "The capital of France is [Y] ."
+    german = "The capital of Germany is" if causal else "The capital of Germany is [Y] ."
+    other = "The largest city of Japan is" if causal else "The largest city of Japan is [Y] ."
+    objects = ["Paris", "New York", "United States Kingdom", "Rome", "New Delhi"]
+    queries = [(prompt, obj) for prompt in (english, german, other) for obj in objects]
+    one = [predict(lm, p, t) for p, t in queries]
+    many = predict_many(lm, queries, batch_size=2)
+    for a, b in zip(one, many, strict=True):
+        assert b.prob == pytest.approx(a.prob, rel=1e-4, abs=1e-7)
+        assert b.token_probs == pytest.approx(a.token_probs, rel=1e-4, abs=1e-7)
+        assert (b.correct, b.first_predicted_id) == (a.correct, a.first_predicted_id)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gemma3_text", "bloom", "qwen2"])
+def test_continuations_split_over_several_passes_score_the_same(name, monkeypatch):
+    from mkn.attribution import scoring
+    from mkn.attribution.api import predict_many
+
+    lm = tm.tiny(name)
+    queries = [("The capital of France is", obj)
+               for obj in ("Paris", "New York", "United States Kingdom", "New Delhi")]
+    whole = predict_many(lm, queries)
+    monkeypatch.setattr(scoring, "LOGITS_BUDGET", tm.VOCAB_SIZE * 2)  # one row per pass
+    split = predict_many(lm, queries)
+    for a, b in zip(whole, split, strict=True):
+        assert b.token_probs == pytest.approx(a.token_probs, rel=1e-5, abs=1e-8)

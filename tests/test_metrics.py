@@ -8,10 +8,10 @@ from mkn.experiments.metrics import (
     accuracy,
     bootstrap_ci,
     precision_recall_f1,
-    relative_change,
     success_ratio,
     win_shares,
 )
+from mkn.interventions.controls import relative_change
 
 
 def test_relative_change():

@@ -140,7 +140,7 @@ def test_reproduce_smoke_on_gemma(tmp_path):
 
 
 def test_clustered_interval_resamples_facts():
-    from mkn.experiments.reproduce import clustered_interval
+    from mkn.experiments.metrics import clustered_interval
 
     pairs = [("a", 1.0), ("a", 1.0), ("a", 1.0), ("b", 0.0), ("c", 0.0)]
     entry = clustered_interval(pairs, lambda v: sum(v) / len(v))

@@ -281,3 +281,72 @@ def torch_threads(n: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+# -- facts, and a tiny model that knows some of them ------------------------------------------
+# (en subject, en object, zh subject, zh object): capitals (P36) and official languages (P37).
+CAPITALS = [("France", "Paris", "法国", "巴黎"), ("Germany", "Berlin", "德国", "柏林"),
+            ("Japan", "Tokyo", "日本", "东京"), ("Italy", "Rome", "意大利", "罗马"),
+            ("England", "London", "英国", "伦敦")]
+LANGUAGES_SPOKEN = [("France", "French", "法国", "法语"),
+                    ("Germany", "German", "德国", "德语"),
+                    ("Japan", "Japanese", "日本", "日语"),
+                    ("Italy", "Italian", "意大利", "意大利语"),
+                    ("England", "English", "英国", "英语")]
+
+
+def capital_facts():
+    """Five capitals (P36) in en (two queries) and zh (one)."""
+    from mkn.data.schema import Fact
+
+    return [Fact(id=f"capital-{en_s.lower()}", relation="P36", languages={
+        "en": {"subject": en_s, "object": en_o,
+               "queries": ["The capital of [X] is [Y] .", "The capital city of [X] is [Y] ."]},
+        "zh": {"subject": zh_s, "object": zh_o, "queries": ["[X]的首都是[Y]。"]},
+    }) for en_s, en_o, zh_s, zh_o in CAPITALS]
+
+
+def language_facts():
+    """Five official languages (P37) in en (two queries) and zh (one)."""
+    from mkn.data.schema import Fact
+
+    return [Fact(id=f"language-{en_s.lower()}", relation="P37", languages={
+        "en": {"subject": en_s, "object": en_o,
+               "queries": ["The official language of [X] is [Y] .",
+                           "The language of [X] is [Y] ."]},
+        "zh": {"subject": zh_s, "object": zh_o, "queries": ["[X]的官方语言是[Y]。"]},
+    }) for en_s, en_o, zh_s, zh_o in LANGUAGES_SPOKEN]
+
+
+def two_relation_facts():
+    """Capitals and official languages interleaved (a sample of two relations)."""
+    return [f for pair in zip(capital_facts(), language_facts(), strict=True) for f in pair]
+
+
+def _train(lm: LanguageModel, facts, steps: int = 120, lr: float = 1e-2) -> LanguageModel:
+    """Teach ``lm`` every query of ``facts`` (next-token loss on the filled-in sentences)."""
+    texts = [prompt.replace("[Y]", fact.languages[lang].object)
+             for fact in facts for lang in fact.languages for prompt in fact.prompts(lang)]
+    batch = [torch.tensor(lm.tokenizer(text)["input_ids"])[None] for text in texts]
+    model = lm.model
+    model.requires_grad_(True).train()
+    torch.manual_seed(SEED)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    with torch_threads(1):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = sum(model(input_ids=ids, labels=ids).loss for ids in batch) / len(batch)
+            loss.backward()
+            optimizer.step()
+    model.eval().requires_grad_(False)
+    return lm
+
+
+@cache
+def knowing(family: str = "llama") -> LanguageModel:
+    """The tiny model of ``family`` trained on four capitals in en and zh and four official
+    languages in en only: it knows the capitals in both languages, the languages in English
+    only, and nothing of England. Cached: do not modify it."""
+    capitals = [f for f in capital_facts() if "england" not in f.id]
+    spoken = [f.restrict(["en"]) for f in language_facts() if "england" not in f.id]
+    return _train(build(family, cached=False), capitals + spoken)

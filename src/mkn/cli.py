@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +52,14 @@ RunDtypeOpt = Annotated[str | None, typer.Option(help="float32 (default), bfloat
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (sampling, unrelated facts, "
                                                   "splits).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+KnownOpt = Annotated[str | None, typer.Option(
+    help="Which (fact, language) items to work on: auto (default: the gold object ranks first "
+         "among the candidates where the data has them, else greedy decoding gets it), rank, "
+         "greedy, or any (no filter).")]
+GenericOpt = Annotated[str | None, typer.Option(
+    help="Generic neurons (knowledge neurons of many relations' facts): auto (default: left "
+         "out, using the cached reference list of this model and data, built on first use), "
+         "keep (leave them in, as Dai et al. and AMIG do), or a list written by mkn generic.")]
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -150,13 +157,6 @@ class ProgressBars:
         return tick
 
 
-@contextmanager
-def progress_bar(total: int, title: str, quiet: bool) -> Iterator[Callable[[str], None]]:
-    """One progress bar; yields the function to call per item done."""
-    with ProgressBars(quiet) as bars:
-        yield bars.task(title, total)
-
-
 def _prepare(config: Path | None, **flags):
     """Resolve the configuration, load the facts and the model."""
     from mkn.data import load_facts
@@ -172,14 +172,46 @@ def _prepare(config: Path | None, **flags):
     if not facts:
         raise ValueError(f"no facts to work on: {facts.summary()}")
     languages = cfg.languages or facts.languages
-    console.print(f"data: {facts.summary()}")
+    console.print(f"data: {facts.summary()}", markup=False, highlight=False)
     for skipped in facts.skipped:
-        console.print(f"[yellow]skipped[/] {skipped}")
+        console.print(f"skipped {skipped}", markup=False, highlight=False)
     lm = _load(cfg.model, cfg.dtype)
     meta = {**cfg.model_dump(exclude={"locate", "backend", "workers"}), "languages": languages,
             "facts": len(facts), "fact_ids": [f.id for f in facts],
             "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
     return cfg, facts, languages, lm, meta
+
+
+def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):
+    """Which items the model knows (a progress bar, then one line of counts)."""
+    from mkn.localization.knowledge import known_items
+
+    known = known_items(lm, facts, languages, criterion,
+                        progress=bars.task("probe: does the model know it?", len(facts)))
+    console.print(known.describe(), markup=False, highlight=False, soft_wrap=True)
+    return known
+
+
+def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...] = ()):
+    """The generic-neuron list of the run (None with ``--generic keep``), one per method when
+    ``methods`` are given (experiments comparing methods)."""
+    from mkn.localization.generic import GenericNeurons, reference_generic
+
+    if cfg.generic == "keep":
+        return None
+    if cfg.generic != "auto":
+        return GenericNeurons.load(Path(cfg.generic)).with_threshold(cfg.locate.generic_share)
+    lists, cache = {}, {}
+    for method in methods or (cfg.locate.method,):
+        config = cfg.locate.model_copy(update={"method": method})
+        generic, path, built = reference_generic(lm, cfg.data, languages, config, task=task,
+                                                 cache=cache)
+        counts = ", ".join(f"{lang} {len(generic.neurons(lang))}" for lang in languages)
+        console.print(f"generic neurons ({method}, share >= {generic.threshold:g}): {counts}; "
+                      f"{'built' if built else 'cached'} at {path}", markup=False,
+                      highlight=False, soft_wrap=True)
+        lists[method] = generic
+    return lists if methods else lists[cfg.locate.method]
 
 
 @app.command()
@@ -204,10 +236,13 @@ def locate(
     backend: Annotated[str | None, typer.Option(help="local (default) or ray: spread facts "
                                                      "over Ray actors.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
+    known: KnownOpt = None,
+    generic: GenericOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Knowledge neurons per fact and language, language-agnostic and degenerate neurons."""
+    """Knowledge neurons per fact and language the model knows, language-agnostic and
+    degenerate neurons."""
     from mkn.localization.run import run_locate
     from mkn.runs.backends import make_backend
 
@@ -218,17 +253,26 @@ def locate(
                                                shuffle=shuffle, steps=steps,
                                                max_queries=max_queries, dtype=dtype, seed=seed,
                                                lenient=lenient, backend=backend,
-                                               workers=workers)
-        with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
-                          lm=lm) as runner, \
-                progress_bar(len(facts), f"locate ({cfg.locate.method})", quiet) as tick:
-            summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta, on_fact=tick,
-                                 backend=runner)
+                                               workers=workers, known=known, generic=generic)
+        with ProgressBars(quiet) as bars:
+            known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
+            generic_list = _generic_lists(cfg, lm, langs, bars.task)
+            with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
+                              lm=lm) as runner:
+                summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
+                                     on_fact=bars.task(f"locate ({cfg.locate.method})",
+                                                       len(facts)),
+                                     backend=runner, known=known_sample, generic=generic_list)
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         raise _fail(error) from error
-    table = Table("language", "facts", "known", "mean #neurons", title="knowledge neurons")
-    for lang, s in summary["per_language"].items():
-        table.add_row(lang, str(s["facts"]), str(s["known"]), f"{s['mean_neurons']:.1f}")
+    table = Table("language", "facts probed", "known (located)", "skipped", "mean #neurons",
+                  "mean generic left out", title="knowledge neurons")
+    counts = summary["knowledge"]["per_language"]
+    for lang in langs:
+        c = counts.get(lang, {"items": 0, "located": 0, "skipped": 0})
+        s = summary["per_language"].get(lang, {"mean_neurons": 0.0, "mean_generic": 0.0})
+        table.add_row(lang, str(c["items"]), str(c["located"]), str(c["skipped"]),
+                      f"{s['mean_neurons']:.1f}", f"{s['mean_generic']:.1f}")
     console.print(table)
     agnostic = summary["language_agnostic"]
     console.print(f"language-agnostic neurons: {agnostic['facts_with_any']}/{summary['facts']} "
@@ -238,6 +282,101 @@ def locate(
                   "fact-languages")
     console.print(f"results in {out}/ (neurons.jsonl, language_agnostic.jsonl, "
                   "degenerate.jsonl, summary.json)")
+
+
+@app.command()
+def probe(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/probe"),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
+                                                                     "gemma-3-270m).")] = None,
+    data: DataOpt = None,
+    languages: LanguagesOpt = None,
+    limit: LimitOpt = None,
+    relations: RelationsOpt = None,
+    per_relation: PerRelationOpt = None,
+    shuffle: ShuffleOpt = None,
+    dtype: RunDtypeOpt = None,
+    seed: SeedOpt = None,
+    lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
+                                                      "instead of stopping.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 16,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Which facts does the model know? Per language and relation, by candidate rank and by
+    greedy decoding (forward passes only, no attribution); writes OUT/knowledge.jsonl and
+    OUT/knowledge.md."""
+    import time
+
+    from mkn.localization.probe import probe_table, run_probe
+
+    try:
+        cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
+                                               languages=languages, limit=limit,
+                                               relations=relations, per_relation=per_relation,
+                                               shuffle=shuffle, dtype=dtype, seed=seed,
+                                               lenient=lenient)
+        started = time.perf_counter()
+        with ProgressBars(quiet) as bars:
+            summary = run_probe(lm, facts, langs, out, bars.task("probe", len(facts)),
+                                batch_size, {"model": cfg.model, "dtype": cfg.dtype,
+                                             "data": cfg.data, "facts": len(facts)})
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    console.print(probe_table(summary), markup=False, soft_wrap=True)
+    console.print(f"{len(facts)} facts x {len(langs)} languages in "
+                  f"{time.perf_counter() - started:.0f} s; results in {out}/ (knowledge.jsonl, "
+                  "knowledge.md)", markup=False, highlight=False)
+
+
+@app.command()
+def generic(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
+                                                                     "gemma-3-270m).")] = None,
+    data: DataOpt = None,
+    languages: LanguagesOpt = None,
+    method: Annotated[str | None, typer.Option(help="ig, amig or matrice.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    dtype: RunDtypeOpt = None,
+    known: KnownOpt = None,
+    share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of other "
+                                                "relations' facts above which a neuron is "
+                                                "generic (default 0.3).")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Recompute the cached list.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Also write the list here (for --generic "
+                                                  "PATH).")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Generic neurons shown per language.")] = 10,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The generic neurons of a model on a data source: knowledge neurons of many facts of
+    different relations, left out of knowledge-neuron sets by default. Computed on a reference
+    sample (mkn.localization.generic), cached; --rebuild recomputes it."""
+    from mkn.localization.generic import reference_generic
+
+    try:
+        cfg, _, langs, lm, _ = _prepare(config, model=model, data=data, languages=languages,
+                                        method=method, steps=steps, dtype=dtype, known=known,
+                                        generic_share=share, limit=1)
+        with ProgressBars(quiet) as bars:
+            found, path, built = reference_generic(lm, cfg.data, langs, cfg.locate,
+                                                   rebuild=rebuild, task=bars.task)
+        if out is not None:
+            found.save(out)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    table = Table("language", "reference items", "own list", "generic neurons",
+                  f"top {top} (layer, index): share", title=f"generic neurons (share >= "
+                  f"{found.threshold:g})")
+    for lang, row in found.summary(langs).items():
+        shown = ", ".join(f"({layer}, {index}): {value:.2f}" for (layer, index), value in
+                          list(found.neurons(lang).items())[:top])
+        table.add_row(lang, str(row["reference_items"]), "yes" if row["own_list"] else
+                      "pooled", str(row["generic"]), shown)
+    console.print(table)
+    console.print(f"{'built' if built else 'cached'}: {path}" + (f"; copy: {out}" if out else "")
+                  + f"\nrebuild with: {found.source.get('rebuild', 'mkn generic --rebuild')}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -263,10 +402,13 @@ def experiment(
         "--set", help="An experiment's own option, NAME=VALUE, repeatable (e.g. lambda_new=8 "
                       "for injection, factor=3 for enhancement, wrong=3 for fact-checking).")]
     = None,
+    known: KnownOpt = None,
+    generic: GenericOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Run one of the papers' experiments; writes OUT/NAME.json and OUT/NAME.md."""
+    """Run one of the papers' experiments on the items the model knows, every effect beside its
+    controls; writes OUT/NAME.json and OUT/NAME.md."""
 
     from mkn.experiments import EXPERIMENTS
     from mkn.experiments.common import Setup, experiment_options, write_result
@@ -281,12 +423,18 @@ def experiment(
                                                languages=languages, method=method, limit=limit,
                                                relations=relations, per_relation=per_relation,
                                                shuffle=shuffle, steps=steps,
-                                               max_queries=max_queries, dtype=dtype, seed=seed)
+                                               max_queries=max_queries, dtype=dtype, seed=seed,
+                                               known=known, generic=generic)
         setup = Setup.of(name, cfg, langs, facts, options)
-        console.print(setup.describe())
-        with progress_bar(len(facts) * module.PHASES, name, quiet) as tick:
+        console.print(setup.describe(), markup=False, highlight=False, soft_wrap=True)
+        with ProgressBars(quiet) as bars:
+            known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
+            methods = options.get("methods", getattr(module, "METHODS", ())) \
+                if name == "localization-quality" else ()
+            generic_list = _generic_lists(cfg, lm, langs, bars.task, tuple(methods))
             result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
-                                progress=tick, **options)
+                                progress=bars.task(name, len(facts) * module.PHASES),
+                                known=known_sample, generic=generic_list, **options)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     result["config"] = {"locate": cfg.locate.model_dump(), **meta}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -12,8 +11,9 @@ import torch
 
 from mkn.attribution.baselines import BASELINES
 from mkn.attribution.engine import clean_run, integrated_gradients
-from mkn.attribution.queries import PredictionStep, encode
+from mkn.attribution.queries import encode
 from mkn.attribution.rules import quadrature
+from mkn.attribution.scoring import Prediction, score_encoded
 from mkn.models.loading import LanguageModel
 
 
@@ -81,71 +81,29 @@ class Attribution:
 METHODS = tuple(BASELINES)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """How the model does on one query: p(target) and whether greedy decoding gets it."""
-
-    prob: float  # product over the teacher-forced target tokens
-    correct: bool  # the argmax is the target token at every teacher-forced step
-    first_predicted_id: int  # the greedy token at the first target position
-
-
 def predict(lm: LanguageModel, prompt: str, target: str) -> Prediction:
-    """Evaluate ``target`` after ``prompt``; active interventions (``mkn.interventions``) apply."""
+    """Evaluate ``target`` after ``prompt``; active interventions (``mkn.interventions``) apply.
+
+    One unbatched pass per teacher-forced token: the reference :func:`predict_many` is tested
+    against.
+    """
     query = encode(lm, prompt, target)
     runs = [clean_run(lm, step) for step in query.steps]
     return Prediction(prob=math.prod(r.prob for r in runs),
                       correct=[r.predicted_id for r in runs] == list(query.target_ids),
-                      first_predicted_id=runs[0].predicted_id)
-
-
-def score_steps(lm: LanguageModel, steps: Sequence[PredictionStep],
-                batch_size: int = 16) -> list[tuple[float, int]]:
-    """``(p(target), greedy token id)`` at each step's prediction position, in padded batches.
-
-    Steps are sorted by length and right-padded (with an attention mask); a causal LM computes
-    logits only at the prediction positions. Active interventions apply.
-    """
-    order = sorted(range(len(steps)), key=lambda r: len(steps[r].input_ids))
-    keeps = "logits_to_keep" in inspect.signature(lm.model.forward).parameters and lm.causal
-    pad = lm.tokenizer.pad_token_id or 0
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(steps)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(steps[r].input_ids) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, r in enumerate(rows):
-            ids[row, :len(steps[r].input_ids)] = torch.tensor(steps[r].input_ids)
-            mask[row, :len(steps[r].input_ids)] = 1
-        positions = sorted({steps[r].position for r in rows})
-        extra = {"logits_to_keep": torch.tensor(positions, device=lm.device)} if keeps else {}
-        with torch.no_grad():
-            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                              **extra).logits
-        for row, r in enumerate(rows):
-            column = positions.index(steps[r].position) if keeps else steps[r].position
-            vector = logits[row, column].float()
-            out[r] = (float(vector.softmax(-1)[steps[r].target_id]), int(vector.argmax()))
-    return out
+                      first_predicted_id=runs[0].predicted_id,
+                      token_probs=tuple(r.prob for r in runs))
 
 
 def predict_many(lm: LanguageModel, queries: Sequence[tuple[str, str]],
                  batch_size: int = 16) -> list[Prediction]:
-    """:func:`predict` for many ``(prompt, target)`` queries, every teacher-forced step of every
-    query one row of :func:`score_steps`. Active interventions apply. Same results as
-    :func:`predict` up to floating-point noise from the batch shapes.
+    """:func:`predict` for many ``(prompt, target)`` queries, batched
+    (:func:`mkn.attribution.scoring.score_encoded`: queries with the same prompt share its
+    forward pass). Active interventions apply. Same results as :func:`predict` up to
+    floating-point noise from the batch shapes.
     """
-    encoded = [encode(lm, prompt, target) for prompt, target in queries]
-    scored = iter(score_steps(lm, [step for query in encoded for step in query.steps],
-                              batch_size))
-    out = []
-    for query in encoded:
-        runs = [next(scored) for _ in query.steps]
-        out.append(Prediction(prob=math.prod(p for p, _ in runs),
-                              correct=[a for _, a in runs] == list(query.target_ids),
-                              first_predicted_id=runs[0][1]))
-    return out
+    return score_encoded(lm, [encode(lm, prompt, target) for prompt, target in queries],
+                         batch_size)
 
 
 def probability(lm: LanguageModel, prompt: str, target: str) -> float:

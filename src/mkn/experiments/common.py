@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import inspect
 import json
-import statistics
-from collections.abc import Callable, Iterable, Sequence
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mkn.attribution.api import predict_many
-from mkn.experiments.metrics import relative_change
-from mkn.interventions.activation import intervene
+from mkn.experiments.metrics import clustered_interval
+from mkn.interventions.controls import stable_seed
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
@@ -36,6 +37,8 @@ class Setup:
     dtype: str = "float32"
     sample: str = "first facts in source order"
     max_queries: int | None = None
+    known: str = "auto"
+    generic: str = "none"
     options: dict = field(default_factory=dict)
     date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
@@ -47,7 +50,7 @@ class Setup:
                    limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
                    steps=cfg.locate.steps, facts=[f.id for f in facts], dtype=cfg.dtype,
                    sample=describe_sample(cfg), max_queries=cfg.locate.max_queries,
-                   options=dict(options or {}))
+                   known=cfg.locate.known, generic=cfg.generic, options=dict(options or {}))
 
     def describe(self) -> str:
         queries_used = (f"at most {self.max_queries} queries per language attributed"
@@ -55,7 +58,8 @@ class Setup:
         return (f"{self.experiment}: model {self.model} ({self.dtype}), data {self.data}, "
                 f"languages {','.join(self.languages)}, {len(self.facts)} facts (limit "
                 f"{self.limit}; {self.sample}), seed {self.seed}, method {self.method}, "
-                f"{self.steps} steps, {queries_used}"
+                f"{self.steps} steps, {queries_used}, known items by {self.known}, generic "
+                f"neurons {'kept' if self.generic == 'keep' else 'left out'}"
                 + "".join(f", {k}={v}" for k, v in self.options.items()) + f"; {self.date}")
 
 
@@ -78,31 +82,86 @@ def queries(fact, lang: str) -> list[Query]:
     return [(prompt, target) for prompt in fact.prompts(lang)]
 
 
-def clean_probs(lm: LanguageModel, qs: Sequence[Query]) -> list[float]:
-    """p(gold) of each query (batched; active interventions apply)."""
-    return [p.prob for p in predict_many(lm, qs)]
+def probe_known(lm: LanguageModel, facts: Sequence, languages: list[str],
+                config: LocateConfig, known: KnownItems | None = None) -> KnownItems:
+    """The items kept under ``config.known`` (probed unless given); an error if none is."""
+    known = known or known_items(lm, facts, languages, config.known)
+    known.require_some("(fact, language) items")
+    return known
 
 
-def mean_relative_change(lm: LanguageModel, qs: Sequence[Query], neurons, mode: str,
-                         factor: float = 2.0, before: Sequence[float] | None = None) -> float:
-    """Mean over ``qs`` of the relative change of p(gold) when ``neurons`` are suppressed or
-    enhanced (x ``factor``) at every position; ``before``: the clean probabilities, if known."""
-    before = clean_probs(lm, qs) if before is None else before
-    with intervene(lm, neurons, mode, factor=factor):
-        after = clean_probs(lm, qs)
-    return statistics.fmean(relative_change(b, a) for b, a in zip(before, after, strict=True))
+def unrelated_facts(fact, facts: Sequence, language: str, count: int, seed: int | str,
+                    known: KnownItems | None = None) -> list:
+    """Up to ``count`` facts of *other relations* than ``fact`` (kept in ``language`` by
+    ``known``, when given), drawn with a seed that depends only on ``seed``, the fact and the
+    language."""
+    pool = [g for g in facts if g.relation != fact.relation
+            and (known is None or known.known(g.id, language))]
+    rng = random.Random(stable_seed(seed, fact.id, language, "unrelated"))
+    return rng.sample(pool, min(count, len(pool)))
 
 
 def locate_all(lm: LanguageModel, facts: Iterable, languages: list[str], config: LocateConfig,
-               progress: Progress | None = None,
-               cache: AttributionCache | None = None) -> dict[str, FactResult]:
+               progress: Progress | None = None, cache: AttributionCache | None = None,
+               known: KnownItems | None = None,
+               generic: GenericNeurons | None = None) -> dict[str, FactResult]:
     """``locate_fact`` for every fact, keyed by fact id."""
     located = {}
     for fact in facts:
-        located[fact.id] = locate_fact(lm, fact, languages, config, cache)
+        located[fact.id] = locate_fact(lm, fact, languages, config, cache, known, generic)
         if progress:
             progress(fact.id)
     return located
+
+
+def generic_for(generic: GenericNeurons | Mapping[str, GenericNeurons] | None,
+                method: str) -> GenericNeurons | None:
+    """The generic-neuron list of ``method`` (lists may be given per method)."""
+    return generic.get(method) if isinstance(generic, Mapping) else generic
+
+
+CONTROL_KEYS = ("effect", "random_effect", "unrelated_effect", "selectivity", "specificity")
+
+
+def control_summary(effects: Sequence[tuple[str, dict]], seed: int = 0) -> dict:
+    """Medians over items of an effect and its controls, from ``(fact_id,
+    ControlledEffect.to_dict())`` pairs, each with a bootstrap 95% interval over facts; plus
+    ``unrelated_moved``, the median of |change| of unrelated facts."""
+    out: dict = {"items": len(effects)}
+    for key in CONTROL_KEYS:
+        out[key] = clustered_interval([(f, e[key]) for f, e in effects if e[key] is not None],
+                                      seed=seed)
+    out["unrelated_moved"] = clustered_interval(
+        [(f, abs(e["unrelated_effect"])) for f, e in effects if e["unrelated_effect"] is not None],
+        seed=seed)
+    return out
+
+
+def fmt_ci(entry: dict | None) -> str:
+    """``median [low, high]`` of a :func:`control_summary` entry ("" when empty)."""
+    if not entry or entry.get("value") is None:
+        return ""
+    low, high = entry["ci95"]
+    return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]"
+
+
+CONTROL_HEADER = ["intervention", "items", "effect (median)", "random set", "unrelated facts",
+                  "selectivity [95% CI]", "specificity [95% CI]"]
+
+
+def control_row(mode: str, summary: dict) -> list:
+    """A table row of :data:`CONTROL_HEADER` for one :func:`control_summary`."""
+    return [mode, summary["items"], summary["effect"]["value"], summary["random_effect"]["value"],
+            summary["unrelated_effect"]["value"], fmt_ci(summary["selectivity"]),
+            fmt_ci(summary["specificity"])]
+
+
+def knowledge_line(summary: dict, rest: str = "the others are not measured") -> str:
+    """One line with a run's knowledge filter and the items it kept per language."""
+    counts = ", ".join(f"{lang} {c['known']}/{c['items']}"
+                       for lang, c in summary["per_language"].items())
+    return (f"Items known by {summary['criterion']} ({summary['definition']}): {counts}"
+            + ("." if summary["criterion"] == "any" else f"; {rest}."))
 
 
 def write_result(out: Path, setup: Setup, result: dict, table_markdown: str) -> Path:
@@ -116,7 +175,8 @@ def write_result(out: Path, setup: Setup, result: dict, table_markdown: str) -> 
     return path
 
 
-FIXED_ARGUMENTS = ("lm", "facts", "languages", "config", "seed", "progress", "cache")
+FIXED_ARGUMENTS = ("lm", "facts", "languages", "config", "seed", "progress", "cache", "known",
+                   "generic")
 
 
 def experiment_options(run: Callable, pairs: Sequence[str]) -> dict:

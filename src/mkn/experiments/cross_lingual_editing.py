@@ -1,85 +1,161 @@
 """Experiment 2: cross-lingual editing with language-agnostic vs single-language neurons.
 
 For each fact, suppress (x0) or enhance (x2) one neuron set and measure the relative change of
-p(gold) on the fact's queries in *every* language. Neuron sets: the language-agnostic neurons
-(AMIG: the intersection over languages), the soft language-agnostic neurons (knowledge neurons in
-at least a fraction ``q`` of the languages: with many languages the strict intersection is often
-empty) and each language's own knowledge neurons (en->zh, zh->en and every other pair). The
-claim under test: editing the language-agnostic neurons moves the fact in all languages,
-editing one language's neurons moves it mostly in that language.
+p(gold) on the fact's queries in *every* language the model knows it in. Neuron sets: the
+language-agnostic neurons (AMIG: the intersection over languages), the soft language-agnostic
+neurons (knowledge neurons in at least a fraction ``q`` of the languages: with many languages
+the strict intersection is often empty) and each language's own knowledge neurons (en->zh,
+zh->en and every other pair). The claim under test: editing the language-agnostic neurons moves
+the fact in all languages, editing one language's neurons moves it mostly in that language.
+
+Every change is shown beside its controls (:mod:`mkn.interventions.controls`): in each target
+language, random sets with as many neurons per layer (``draws`` draws) on the same queries, and
+``unrelated`` facts of other relations known in that language.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 
 from mkn.experiments.common import (
+    CONTROL_HEADER,
     Progress,
-    clean_probs,
+    control_row,
+    control_summary,
+    knowledge_line,
     locate_all,
     markdown_table,
-    mean_relative_change,
+    probe_known,
     queries,
+    unrelated_facts,
 )
+from mkn.interventions.controls import (
+    DEFAULT_DRAWS,
+    DEFAULT_UNRELATED,
+    CleanProbs,
+    ControlledEffect,
+    group_changes,
+    random_like,
+    stable_seed,
+)
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.models.loading import LanguageModel
 
 AGNOSTIC = "agnostic"
 SOFT_AGNOSTIC = "agnostic-soft"
+MODES = ("suppress", "enhance")
 PHASES = 2  # progress ticks per fact: locating, then measuring
 
 
+def edit_everywhere(lm: LanguageModel, neurons: list, mode: str, own: dict[str, list],
+                    controls: dict[str, list[list]], clean: CleanProbs, draws: int,
+                    seed: str) -> dict[str, dict]:
+    """``{target language: ControlledEffect dict}`` for one set and mode: the set once over
+    every language's own and unrelated queries, then each random set over the own queries."""
+    languages = list(own)
+    groups = [own[lang] for lang in languages]
+    groups += [qs for lang in languages for qs in controls[lang]]
+    changes = group_changes(lm, neurons, mode, groups, clean)
+    effects, start = dict(zip(languages, changes, strict=False)), len(languages)
+    unrelated = {}
+    for lang in languages:
+        unrelated[lang] = changes[start:start + len(controls[lang])]
+        start += len(controls[lang])
+    rng = random.Random(stable_seed(seed, "random-control"))
+    drawn: dict[str, list[float]] = {lang: [] for lang in languages}
+    for _ in range(draws):
+        random_set = random_like(neurons, lm.n_neurons, rng)
+        per_language = group_changes(lm, random_set, mode, groups[:len(languages)], clean)
+        for lang, change in zip(languages, per_language, strict=True):
+            drawn[lang].append(change)
+    return {lang: ControlledEffect(mode, len(neurons), effects[lang], tuple(drawn[lang]),
+                                   tuple(unrelated[lang])).to_dict() for lang in languages}
+
+
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
-        seed: int = 0, progress: Progress | None = None,
-        cache: AttributionCache | None = None) -> dict:
+        seed: int = 0, draws: int = DEFAULT_DRAWS, unrelated: int = DEFAULT_UNRELATED,
+        progress: Progress | None = None, cache: AttributionCache | None = None,
+        known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
     if len(languages) < 2:
         raise ValueError("cross-lingual editing needs at least 2 languages")
+    known = probe_known(lm, facts, languages, config, known)
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache)
-    items = []
+                         progress, cache, known, generic)
+    clean = CleanProbs(lm)
+    items, single_language = [], []
     for fact in facts:
         result = located[fact.id]
-        sources = {lang: result.languages[lang].neurons for lang in languages}
+        targets = list(result.languages)
+        if len(targets) < 2:
+            single_language.append(fact.id)
+            if progress:
+                progress(fact.id)
+            continue
+        sources = {lang: result.languages[lang].neurons for lang in targets}
         sources[AGNOSTIC] = result.language_agnostic
         sources[SOFT_AGNOSTIC] = result.soft_language_agnostic
-        before = {lang: clean_probs(lm, queries(fact, lang)) for lang in languages}
+        own = {lang: queries(fact, lang) for lang in targets}
+        controls = {lang: [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
+                                                                     unrelated, seed, known)]
+                    for lang in targets}
         for source, neurons in sources.items():
-            item = {"fact_id": fact.id, "source": source, "neurons": len(neurons)}
+            item = {"fact_id": fact.id, "source": source, "neurons": len(neurons),
+                    "targets": targets}
             if neurons:
-                for mode in ("suppress", "enhance"):
-                    item[mode] = {lang: mean_relative_change(lm, queries(fact, lang), neurons,
-                                                             mode, before=before[lang])
-                                  for lang in languages}
+                for mode in MODES:
+                    effects = edit_everywhere(lm, neurons, mode, own, controls, clean, draws,
+                                              str(stable_seed(seed, fact.id, source, mode)))
+                    item[mode] = {lang: e["effect"] for lang, e in effects.items()}
+                    item[f"{mode}_controls"] = effects
             items.append(item)
         if progress:
             progress(fact.id)
-    return {"items": items, "summary": summarize(items, languages),
-            "soft_fraction": config.agnostic_fraction}
+    return {"items": items, "summary": summarize(items, languages, seed),
+            "soft_fraction": config.agnostic_fraction, "knowledge": known.to_summary(),
+            "known_in_fewer_than_two": single_language, "draws": draws, "unrelated": unrelated}
 
 
-def summarize(items: list[dict], languages: list[str]) -> dict:
-    """Per source set and mode: the median relative change in each target language."""
+def summarize(items: list[dict], languages: list[str], seed: int = 0) -> dict:
+    """Per source set and mode: the median relative change in each target language, and the
+    controls pooled over target languages."""
     summary = {}
     for source in [*languages, AGNOSTIC, SOFT_AGNOSTIC]:
         rows = [i for i in items if i["source"] == source]
         measured = [i for i in rows if "suppress" in i]
         summary[source] = {
             "facts": len(rows), "without_neurons": len(rows) - len(measured),
-            **{mode: {lang: (statistics.median(i[mode][lang] for i in measured)
-                             if measured else None) for lang in languages}
-               for mode in ("suppress", "enhance")},
+            **{mode: {lang: _median([i[mode][lang] for i in measured if lang in i[mode]])
+                      for lang in languages} for mode in MODES},
+            "controls": {mode: control_summary([(i["fact_id"], e) for i in measured
+                                                for e in i[f"{mode}_controls"].values()], seed)
+                         for mode in MODES},
         }
     return summary
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def table(result: dict) -> str:
     summary = result["summary"]
     languages = [s for s in summary if s not in (AGNOSTIC, SOFT_AGNOSTIC)]
-    rows = []
+    rows, controls = [], []
     for source, s in summary.items():
-        for mode in ("suppress", "enhance"):
+        for mode in MODES:
             rows.append([source, mode, f"{s['facts'] - s['without_neurons']}/{s['facts']}",
                          *[s[mode][lang] for lang in languages]])
+            controls.append([source, *control_row(mode, s["controls"][mode])])
     header = ["neurons of", "intervention", "facts with neurons",
               *[f"d p(gold) {lang}" for lang in languages]]
-    return markdown_table(header, rows)
+    skipped = len(result.get("known_in_fewer_than_two", []))
+    return (markdown_table(header, rows)
+            + f"\n\nThe same edits beside a random set of the same size per layer "
+              f"({result['draws']} draws) and {result['unrelated']} unrelated facts of other "
+              "relations, pooled over target languages:\n\n"
+            + markdown_table(["neurons of", *CONTROL_HEADER], controls)
+            + f"\n\n{knowledge_line(result['knowledge'])} {skipped} facts known in fewer than "
+              "two languages are not edited.")

@@ -1,10 +1,13 @@
 """Experiment 4: knowledge enhancement across languages.
 
-For facts the model gets wrong in one language (the *weak* one) but right in others, enhance
-(x ``factor``) the language-agnostic neurons found from the languages it gets right (present in
-at least a fraction ``q`` of them; one language's own neurons when only one is right) and
-measure, in the weak language: accuracy (greedy prediction = gold) and p(gold) before/after; and
-the cost: the same on the other facts of the sample (unrelated) in the weak language.
+For facts the model knows in some languages (the *strong* ones, :mod:`mkn.localization.knowledge`)
+but not in another (the *weak* one), enhance (x ``factor``) the language-agnostic neurons found
+from the strong languages (present in at least a fraction ``q`` of them; one language's own
+neurons when only one is strong) and measure, in the weak language: accuracy (greedy
+prediction = gold) and p(gold) before/after; and the cost: the same on the other facts of the
+sample (unrelated) in the weak language. The relative change of p(gold) is shown beside its
+controls (:mod:`mkn.interventions.controls`): random sets with as many neurons per layer
+(``draws`` draws) and ``unrelated`` facts of other relations in the weak language.
 """
 
 from __future__ import annotations
@@ -12,8 +15,27 @@ from __future__ import annotations
 import statistics
 
 from mkn.attribution.api import predict_many
-from mkn.experiments.common import Progress, locate_all, markdown_table, queries
+from mkn.experiments.common import (
+    CONTROL_HEADER,
+    Progress,
+    control_row,
+    control_summary,
+    knowledge_line,
+    locate_all,
+    markdown_table,
+    queries,
+    unrelated_facts,
+)
 from mkn.interventions.activation import enhance
+from mkn.interventions.controls import (
+    DEFAULT_DRAWS,
+    DEFAULT_UNRELATED,
+    CleanProbs,
+    controlled_effect,
+    stable_seed,
+)
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.localization.neurons import shared_neurons
 from mkn.models.loading import LanguageModel
@@ -27,15 +49,24 @@ def _evaluate(lm: LanguageModel, qs) -> tuple[list[bool], list[float]]:
 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
-        seed: int = 0, factor: float = 2.0, q: float = 0.5,
-        progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache)
+        seed: int = 0, factor: float = 2.0, q: float = 0.5, draws: int = DEFAULT_DRAWS,
+        unrelated: int = DEFAULT_UNRELATED, progress: Progress | None = None,
+        cache: AttributionCache | None = None, known: KnownItems | None = None,
+        generic: GenericNeurons | None = None) -> dict:
+    # strong = known under the run's criterion (with "any", marked known by "auto")
+    criterion = "auto" if config.known == "any" else config.known
+    known = known if known is not None and known.criterion == criterion else known_items(
+        lm, facts, languages, criterion)
+    known.require_some("strong (known) languages")
+    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False,
+                                                                         "known": criterion}),
+                         progress, cache, known, generic)
+    clean = CleanProbs(lm)
     items, ineligible = [], 0
     for fact in facts:
         result = located[fact.id]
-        strong = [lang for lang in languages if result.languages[lang].known]
-        weak = [lang for lang in languages if not result.languages[lang].known]
+        strong = list(result.languages)
+        weak = list(result.skipped)
         if not strong or not weak:
             ineligible += 1
         neurons = shared_neurons({lang: result.languages[lang].neurons for lang in strong}, q)
@@ -49,11 +80,17 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                 with enhance(lm, neurons, factor=factor):
                     item["after"] = _evaluate(lm, own)
                     item["unrelated_after"] = _evaluate(lm, others)
+                controls = [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
+                                                                      unrelated, seed)]
+                item["controls"] = controlled_effect(
+                    lm, neurons, "enhance", own, controls, draws,
+                    stable_seed(seed, fact.id, lang), factor, clean).to_dict()
             items.append(item)
         if progress:
             progress(fact.id)
     return {"items": items, "ineligible_facts": ineligible, "factor": factor,
-            "summary": summarize(items)}
+            "summary": summarize(items, seed), "knowledge": known.to_summary(), "draws": draws,
+            "unrelated": unrelated}
 
 
 def _accuracy(items: list[dict], key: str) -> float | None:
@@ -66,7 +103,7 @@ def _median_prob(items: list[dict], key: str) -> float | None:
     return statistics.median(probs) if probs else None
 
 
-def summarize(items: list[dict]) -> dict:
+def summarize(items: list[dict], seed: int = 0) -> dict:
     measured = [i for i in items if "before" in i]
     return {
         "weak_fact_languages": len(items), "without_neurons": len(items) - len(measured),
@@ -74,6 +111,7 @@ def summarize(items: list[dict]) -> dict:
            for what, prefix in (("accuracy", ""), ("unrelated_accuracy", "unrelated_"))
            for when in ("before", "after") for key in [f"{prefix}{when}"]},
         **{f"median_p_{when}": _median_prob(measured, when) for when in ("before", "after")},
+        "controls": control_summary([(i["fact_id"], i["controls"]) for i in measured], seed),
     }
 
 
@@ -87,4 +125,10 @@ def table(result: dict) -> str:
                             "median p(gold) before", "median p(gold) after"], rows)
             + f"\n\n{s['weak_fact_languages']} (fact, weak language) pairs, "
               f"{s['without_neurons']} without shared neurons; "
-              f"{result['ineligible_facts']} facts right or wrong in every language.")
+              f"{result['ineligible_facts']} facts known or unknown in every language.\n\n"
+              f"Relative change of p(gold) in the weak language beside a random set of the same "
+              f"size per layer ({result['draws']} draws) and {result['unrelated']} unrelated "
+              "facts of other relations:\n\n"
+            + markdown_table(CONTROL_HEADER, [control_row("enhance", s["controls"])])
+            + "\n\n" + knowledge_line(result["knowledge"], "strong languages are the known ones, "
+                                       "weak ones the others"))

@@ -1,16 +1,21 @@
 """Experiment 3: fact-checking with degenerate knowledge neurons (AMIG Sec. 5).
 
 1. Split each relation's facts in two (seeded): a *train* part and a *test* part.
-2. On the train part, find degenerate neuron pairs (AMIG Algorithm 1) per fact and language;
-   per relation and language keep the neurons that occur in pairs at least ``keep`` x the most
-   frequent one's count (AMIG keeps ``count > 0.7 * max``).
+2. On the train part, find degenerate neuron pairs (AMIG Algorithm 1) per fact and language the
+   model knows (:mod:`mkn.localization.knowledge`); per relation and language keep the neurons
+   that occur in pairs at least ``keep`` x the most frequent one's count (AMIG keeps
+   ``count > 0.7 * max``).
 3. On the test part, judge (query, candidate) pairs: the true object and ``wrong`` wrong ones
    (the fact's own candidates, e.g. BMLAMA's, else objects of other facts of the relation).
    A candidate is judged *true* when the mean attribution of the kept degenerate neurons
    exceeds ``lam``.
 4. Precision, recall and F1 with "true fact" as the positive class (standard definitions; AMIG's
-   script swaps precision and recall), against the baseline "the model's own greedy prediction
-   matches the candidate".
+   script swaps precision and recall), against two baselines: "the model's own greedy
+   prediction matches the candidate", and the control judge: the same rule on a *random* set
+   with as many neurons in each layer as the kept ones (seeded per relation and language; its
+   scores come from the same attributions, so it costs nothing).
+
+Test facts are judged whether the model knows them or not (each judgment is marked).
 """
 
 from __future__ import annotations
@@ -21,12 +26,16 @@ from collections import Counter, defaultdict
 import torch
 
 from mkn.attribution.api import attribute, predict
-from mkn.experiments.common import Progress, markdown_table, queries
+from mkn.experiments.common import Progress, knowledge_line, markdown_table, queries
 from mkn.experiments.metrics import precision_recall_f1
+from mkn.interventions.controls import random_like, stable_seed
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
 PHASES = 1  # progress ticks per fact
+JUDGES = ("degenerate_neurons", "random_neurons", "model_judge")
 
 
 def split_by_relation(facts: list, seed: int) -> tuple[list, list, list[str]]:
@@ -68,43 +77,54 @@ def wrong_objects(fact, lang: str, facts: list, wrong: int, rng: random.Random) 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, wrong: int = 1, keep: float = 0.7, lam: float = 0.0,
-        progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
+        progress: Progress | None = None, cache: AttributionCache | None = None,
+        known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
     train, test, skipped = split_by_relation(facts, seed)
     if not train or not test:
         raise ValueError(f"fact-checking needs at least one relation with 2 or more facts; got "
                          f"{len(facts)} facts in {len({f.relation for f in facts})} relations "
                          "(draw a balanced sample, e.g. --per-relation 4)")
+    known = known or known_items(lm, facts, languages, config.known)
+    known.subset(f.id for f in train).require_some(
+        "training items (facts whose degenerate neurons are searched)")
     pairs: dict[tuple[str, str], list] = defaultdict(list)
     for fact in train:
         located = locate_fact(lm, fact, languages, config.model_copy(update={"degenerate": True}),
-                              cache)
+                              cache, known, generic)
         for lang, result in located.degenerate.items():
             pairs[(fact.relation, lang)].append(result.pairs)
         if progress:
             progress(fact.id)
     neurons = {key: kept_neurons(lists, keep) for key, lists in pairs.items()}
+    controls = {key: random_like(kept, lm.n_neurons, random.Random(stable_seed(seed, *key)))
+                for key, kept in neurons.items() if kept}
     rng = random.Random(seed)
     judgments = []
     for fact in test:
         for lang in languages:
             kept = neurons.get((fact.relation, lang), [])
+            control = controls.get((fact.relation, lang), [])
             prompt, gold = queries(fact, lang)[0]
             candidates = [(gold, True)] + [(w, False) for w in
                                            wrong_objects(fact, lang, facts, wrong, rng)]
             for candidate, is_true in candidates:
-                score, model_true = None, None
+                score, control_score, model_true = None, None, None
                 if kept:  # attribute only the layers holding kept neurons
                     a = attribute(lm, prompt, candidate, method=config.attribution_method,
                                   steps=config.steps, rule=config.rule,
                                   layers=sorted({layer for layer, _ in kept}))
                     score = float(torch.stack([a.scores[n] for n in kept]).mean())
+                    control_score = float(torch.stack([a.scores[n] for n in control]).mean())
                     model_true = a.correct
                 else:
                     model_true = predict(lm, prompt, candidate).correct
                 judgments.append({
                     "fact_id": fact.id, "relation": fact.relation, "language": lang,
+                    "known": known.knowledge[(fact.id, lang)].marked(known.criterion),
                     "candidate": candidate, "true": is_true, "neurons": len(kept),
                     "score": score, "dkn_true": score is not None and score > lam,
+                    "control_score": control_score,
+                    "random_true": control_score is not None and control_score > lam,
                     "model_true": model_true,
                 })
         if progress:
@@ -112,7 +132,10 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     return {"train_facts": len(train), "test_facts": len(test), "skipped_relations": skipped,
             "kept_neurons": {f"{r}/{lang}": [list(n) for n in ns]
                              for (r, lang), ns in neurons.items()},
-            "judgments": judgments, "summary": summarize(judgments, languages)}
+            "control_neurons": {f"{r}/{lang}": [list(n) for n in ns]
+                                for (r, lang), ns in controls.items()},
+            "judgments": judgments, "summary": summarize(judgments, languages),
+            "knowledge": known.to_summary()}
 
 
 def summarize(judgments: list[dict], languages: list[str]) -> dict:
@@ -124,6 +147,8 @@ def summarize(judgments: list[dict], languages: list[str]) -> dict:
             "judgments": len(rows), "without_neurons": len(rows) - len(with_neurons),
             "degenerate_neurons": precision_recall_f1([j["dkn_true"] for j in rows],
                                                       [j["true"] for j in rows]),
+            "random_neurons": precision_recall_f1([j["random_true"] for j in rows],
+                                                  [j["true"] for j in rows]),
             "model_judge": precision_recall_f1([j["model_true"] for j in rows],
                                                [j["true"] for j in rows]),
         }
@@ -133,9 +158,13 @@ def summarize(judgments: list[dict], languages: list[str]) -> dict:
 def table(result: dict) -> str:
     rows = []
     for scope, s in result["summary"].items():
-        for judge in ("degenerate_neurons", "model_judge"):
+        for judge in JUDGES:
             m = s[judge]
             rows.append([scope, judge, m["n"], m["precision"], m["recall"], m["f1"],
                          m["accuracy"]])
-    return markdown_table(["languages", "judge", "pairs", "precision", "recall", "F1",
-                           "accuracy"], rows)
+    return (markdown_table(["languages", "judge", "pairs", "precision", "recall", "F1",
+                            "accuracy"], rows)
+            + "\n\nrandom_neurons: the same rule on random sets with as many neurons per layer "
+              "as the kept degenerate neurons (the control). Degenerate neurons come from "
+              "training facts the model knows; test facts are judged whether known or not.\n\n"
+            + knowledge_line(result["knowledge"], "the others are not used for training"))

@@ -10,17 +10,34 @@ one's, norm-scaled) and measure, EasyEdit/ROME style:
 - generalization: the same on the source language's other paraphrases;
 - portability (cross-lingual transfer): the same in every other language, with that language's
   label of the new object;
-- locality: the greedy first token of unrelated facts' queries is unchanged.
+- locality: the greedy first token of unrelated facts' queries is unchanged (the specificity
+  control).
+
+Only facts the model knows in the source language are edited (:mod:`mkn.localization.knowledge`),
+and portability is measured in the languages it knows them in. Control: the same edit through
+random sets with as many neurons in each layer (``draws`` seeded draws); its reliability and
+portability say what any edit of that size would do.
 """
 
 from __future__ import annotations
 
 import random
 import statistics
+from functools import partial
 
 from mkn.attribution.api import predict_many
-from mkn.experiments.common import Progress, locate_all, markdown_table, queries
+from mkn.experiments.common import (
+    Progress,
+    knowledge_line,
+    locate_all,
+    markdown_table,
+    probe_known,
+    queries,
+)
+from mkn.interventions.controls import DEFAULT_DRAWS, random_like, stable_seed
 from mkn.interventions.weights import edited, replace_object
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.models.loading import LanguageModel
 
@@ -46,52 +63,68 @@ def _success(lm: LanguageModel, qs, new_objects: list[str]) -> list[dict]:
                                                                        strict=True)]
 
 
+def _measure_edit(lm: LanguageModel, edit, fact, other, source: str,
+                  targets: list[str]) -> dict:
+    """Reliability, generalization and portability of an applied edit."""
+    src_queries = queries(fact, source)
+    new = other.languages[source].object
+    with edited(edit):
+        return {"reliability": _success(lm, src_queries[:1], [new]),
+                "generalization": _success(lm, src_queries[1:], [new] * (len(src_queries) - 1)),
+                "portability": {lang: _success(lm, queries(fact, lang),
+                                               [other.languages[lang].object]
+                                               * len(queries(fact, lang)))
+                                for lang in targets}}
+
+
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         source: str | None = None, seed: int = 0, lambda_old: float = 1.0,
-        lambda_new: float = 1.0, progress: Progress | None = None,
-        cache: AttributionCache | None = None) -> dict:
+        lambda_new: float = 1.0, draws: int = DEFAULT_DRAWS, progress: Progress | None = None,
+        cache: AttributionCache | None = None, known: KnownItems | None = None,
+        generic: GenericNeurons | None = None) -> dict:
     source = source or languages[0]
     if source not in languages:
         raise ValueError(f"source language {source!r} is not among {languages}")
+    known = probe_known(lm, facts, languages, config, known)
     rng = random.Random(seed)
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache)
+                         progress, cache, known, generic)
     items, skipped = [], []
     for fact in facts:
         other = counterfactual(fact, facts, rng)
-        neurons = located[fact.id].languages[source].neurons
+        result = located[fact.id]
+        neurons = result.languages[source].neurons if source in result.languages else []
         if other is None or not neurons:
             skipped.append({"fact_id": fact.id,
                             "reason": "no counterfactual of the same relation" if other is None
+                            else f"not known in {source}" if source not in result.languages
                             else f"no knowledge neurons in {source}"})
             if progress:
                 progress(fact.id)
             continue
+        targets = [lang for lang in result.languages if lang != source]
         unrelated = [qr for g in facts if g.id not in (fact.id, other.id)
                      for lang in languages for qr in queries(g, lang)[:1]]
         before = [p.first_predicted_id for p in predict_many(lm, unrelated)]
-        src_queries = queries(fact, source)
-        edit = replace_object(lm, neurons, src_queries[0][0], fact.languages[source].object,
-                              other.languages[source].object, lambda_old=lambda_old,
-                              lambda_new=lambda_new)
+        edit_of = partial(replace_object, lm, prompt=queries(fact, source)[0][0],
+                          old=fact.languages[source].object, new=other.languages[source].object,
+                          lambda_old=lambda_old, lambda_new=lambda_new)
+        edit = edit_of(neurons)
+        item = {"fact_id": fact.id, "new_from": other.id, "neurons": len(neurons),
+                "targets": targets, **_measure_edit(lm, edit, fact, other, source, targets)}
         with edited(edit):
-            item = {"fact_id": fact.id, "new_from": other.id, "neurons": len(neurons),
-                    "reliability": _success(lm, src_queries[:1],
-                                            [other.languages[source].object]),
-                    "generalization": _success(lm, src_queries[1:],
-                                               [other.languages[source].object]
-                                               * (len(src_queries) - 1)),
-                    "portability": {lang: _success(lm, queries(fact, lang),
-                                                   [other.languages[lang].object]
-                                                   * len(queries(fact, lang)))
-                                    for lang in languages if lang != source},
-                    "locality": [p.first_predicted_id == b for p, b in
-                                 zip(predict_many(lm, unrelated), before, strict=True)]}
+            item["locality"] = [p.first_predicted_id == b for p, b in
+                                zip(predict_many(lm, unrelated), before, strict=True)]
+        draw_rng = random.Random(stable_seed(seed, fact.id, "random-edit"))
+        item["random"] = [_measure_edit(lm, edit_of(random_like(neurons, lm.n_neurons,
+                                                                  draw_rng)),
+                                        fact, other, source, targets) for _ in range(draws)]
         items.append(item)
         if progress:
             progress(fact.id)
-    return {"source": source, "items": items, "skipped": skipped,
-            "summary": summarize(items, [lang for lang in languages if lang != source])}
+    return {"source": source, "items": items, "skipped": skipped, "draws": draws,
+            "summary": summarize(items, [lang for lang in languages if lang != source]),
+            "knowledge": known.to_summary()}
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
@@ -102,6 +135,11 @@ def summarize(items: list[dict], targets: list[str]) -> dict:
     def pooled(get) -> list[dict]:
         return [row for item in items for row in get(item)]
 
+    randoms = [edit for item in items for edit in item.get("random", [])]
+
+    def pooled_random(get) -> list[dict]:
+        return [row for edit in randoms for row in get(edit)]
+
     summary = {
         "edits": len(items),
         "reliability_top1": _rate(pooled(lambda i: i["reliability"]), "new_top1"),
@@ -111,9 +149,21 @@ def summarize(items: list[dict], targets: list[str]) -> dict:
         "locality": (statistics.fmean(x for i in items for x in i["locality"])
                      if any(i["locality"] for i in items) else None),
         "portability": {lang: {
-            "top1": _rate(pooled(lambda i, lang=lang: i["portability"][lang]), "new_top1"),
-            "efficacy": _rate(pooled(lambda i, lang=lang: i["portability"][lang]), "efficacy"),
+            "top1": _rate(pooled(lambda i, lang=lang: i["portability"].get(lang, [])),
+                          "new_top1"),
+            "efficacy": _rate(pooled(lambda i, lang=lang: i["portability"].get(lang, [])),
+                              "efficacy"),
         } for lang in targets},
+        "random": {
+            "edits": len(randoms),
+            "reliability_top1": _rate(pooled_random(lambda e: e["reliability"]), "new_top1"),
+            "reliability_efficacy": _rate(pooled_random(lambda e: e["reliability"]),
+                                          "efficacy"),
+            "portability_top1": _rate(pooled_random(
+                lambda e: [r for rows in e["portability"].values() for r in rows]), "new_top1"),
+            "portability_efficacy": _rate(pooled_random(
+                lambda e: [r for rows in e["portability"].values() for r in rows]), "efficacy"),
+        },
     }
     return summary
 
@@ -126,5 +176,14 @@ def table(result: dict) -> str:
     rows += [["portability (transfer)", lang, v["top1"], v["efficacy"]]
              for lang, v in s["portability"].items()]
     rows.append(["locality (unrelated top-1 unchanged)", "all", s["locality"], None])
+    r = s["random"]
+    rows.append([f"control: random set, reliability ({r['edits']} edits)", result["source"],
+                 r["reliability_top1"], r["reliability_efficacy"]])
+    rows.append(["control: random set, portability", "others", r["portability_top1"],
+                 r["portability_efficacy"]])
     return (markdown_table(["metric", "language", "new object top-1", "p(new) > p(old)"], rows)
-            + f"\n\n{s['edits']} edits; {len(result['skipped'])} facts skipped (see JSON).")
+            + f"\n\n{s['edits']} edits; {len(result['skipped'])} facts skipped (see JSON). "
+              f"Control rows: the same edit through random sets with as many neurons per layer "
+              f"({result['draws']} draws per fact).\n\n"
+            + knowledge_line(result["knowledge"], "portability is measured where the fact is "
+                                                  "known"))

@@ -1,78 +1,113 @@
 """Experiment 1: localization quality (AMIG Eq. 11), ``ig`` (B-KN) vs ``amig`` vs ``matrice``.
 
-For each fact and language, suppress (x0) and enhance (x2) the fact's knowledge neurons found by
-each method; measure the relative change of p(gold) on the fact's own queries (related) and on
-an unrelated fact's queries (a random other fact of the sample, seeded), and score
+For each fact and language the model knows it in, suppress (x0) and enhance (x2) the fact's
+knowledge neurons found by each method and measure the relative change of p(gold) on the fact's
+own queries, beside its controls (:mod:`mkn.interventions.controls`): random sets with as many
+neurons in each layer (``draws`` seeded draws) and ``unrelated`` facts of other relations in the
+same language, giving *selectivity* and *specificity* per item. AMIG's success ratio stays:
 
-    SR = |d_rel / d_unrel| (enhance) + |d_rel / d_unrel| (suppress).
+    SR = |d_rel / d_unrel| (enhance) + |d_rel / d_unrel| (suppress)
 
-Reported: median SR per method with a bootstrap 95% interval, the mean, and the share of
-(fact, language) items on which each method has the highest SR. AMIG drops outliers
-(suppression changes > 20, enhancement > 250); we keep every item and report medians instead.
-Items where a method finds no neuron get no SR for that method and are counted, not dropped
-silently.
+with ``d_unrel`` measured, as AMIG does, on one random other fact of the sample (seeded).
+
+Reported per method: median SR with a bootstrap 95% interval, the mean, the share of items on
+which it has the highest SR, and median effect, controls, selectivity and specificity per
+intervention with intervals that resample facts. AMIG drops outliers (suppression changes > 20,
+enhancement > 250); we keep every item and report medians. Items where a method finds no neuron
+get no numbers for that method and are counted.
 """
 
 from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Mapping
 
 from mkn.experiments.common import (
+    CONTROL_HEADER,
     Progress,
-    clean_probs,
+    control_row,
+    control_summary,
+    generic_for,
+    knowledge_line,
     markdown_table,
-    mean_relative_change,
+    probe_known,
     queries,
+    unrelated_facts,
 )
 from mkn.experiments.metrics import bootstrap_ci, success_ratio, win_shares
+from mkn.interventions.controls import (
+    DEFAULT_DRAWS,
+    DEFAULT_UNRELATED,
+    CleanProbs,
+    ControlledEffect,
+    group_changes,
+    random_changes,
+    stable_seed,
+)
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
 METHODS = ("ig", "amig", "matrice")
-
-
+MODES = ("suppress", "enhance")
 PHASES = 1  # progress ticks per fact
 
 
+def measure(lm: LanguageModel, neurons: list, own: list, sr_unrelated: list,
+            controls: list[list], clean: CleanProbs, draws: int, seed: str) -> dict:
+    """One method's numbers on one item: per mode the controlled effect, and SR."""
+    entry: dict = {"neurons": len(neurons)}
+    for mode in MODES:
+        effect, sr_change, *control_changes = group_changes(
+            lm, neurons, mode, [own, sr_unrelated, *controls], clean)
+        drawn = random_changes(lm, neurons, mode, own, clean, draws, f"{seed}/{mode}")
+        entry[f"{mode}_related"], entry[f"{mode}_unrelated"] = effect, sr_change
+        entry[mode] = ControlledEffect(mode, len(neurons), effect, tuple(drawn),
+                                       tuple(control_changes)).to_dict()
+    entry["sr"] = success_ratio(entry["enhance_related"], entry["enhance_unrelated"],
+                                entry["suppress_related"], entry["suppress_unrelated"])
+    return entry
+
+
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
-        seed: int = 0, methods: tuple[str, ...] = METHODS,
-        progress: Progress | None = None, cache: AttributionCache | None = None) -> dict:
+        seed: int = 0, methods: tuple[str, ...] = METHODS, draws: int = DEFAULT_DRAWS,
+        unrelated: int = DEFAULT_UNRELATED, progress: Progress | None = None,
+        cache: AttributionCache | None = None, known: KnownItems | None = None,
+        generic: GenericNeurons | Mapping[str, GenericNeurons] | None = None) -> dict:
     if len(facts) < 2:
         raise ValueError("localization quality needs at least 2 facts (one as the unrelated)")
+    known = probe_known(lm, facts, languages, config, known)
     rng = random.Random(seed)
     cache = {} if cache is None else cache
+    clean = CleanProbs(lm)
     items = []
     for fact in facts:
-        unrelated = rng.choice([g for g in facts if g.id != fact.id])
+        sr_other = rng.choice([g for g in facts if g.id != fact.id])
         located = {m: locate_fact(lm, fact, languages,
                                   config.model_copy(update={"method": m, "degenerate": False}),
-                                  cache)
+                                  cache, known, generic_for(generic, m))
                    for m in methods}
-        for lang in languages:
-            item = {"fact_id": fact.id, "language": lang, "unrelated_fact": unrelated.id}
-            query_sets = {"related": queries(fact, lang), "unrelated": queries(unrelated, lang)}
-            before = {kind: clean_probs(lm, qs) for kind, qs in query_sets.items()}
+        for lang in known.languages_of(fact.id):
+            controls = unrelated_facts(fact, facts, lang, unrelated, seed, known)
+            item = {"fact_id": fact.id, "language": lang, "unrelated_fact": sr_other.id,
+                    "control_facts": [g.id for g in controls]}
             for method in methods:
                 neurons = located[method].languages[lang].neurons
-                if not neurons:
-                    item[method] = {"neurons": 0, "sr": None}
-                    continue
-                changes = {
-                    f"{mode}_{kind}": mean_relative_change(lm, qs, neurons, mode,
-                                                           before=before[kind])
-                    for mode in ("enhance", "suppress") for kind, qs in query_sets.items()
-                }
-                sr = success_ratio(changes["enhance_related"], changes["enhance_unrelated"],
-                                   changes["suppress_related"], changes["suppress_unrelated"])
-                item[method] = {"neurons": len(neurons), "sr": sr, **changes}
+                item[method] = (measure(lm, neurons, queries(fact, lang),
+                                        queries(sr_other, lang),
+                                        [queries(g, lang) for g in controls], clean, draws,
+                                        str(stable_seed(seed, fact.id, lang, method)))
+                                if neurons else {"neurons": 0, "sr": None})
             items.append(item)
         if progress:
             progress(fact.id)
-    return {"items": items, "summary": summarize(items, methods)}
+    return {"items": items, "summary": summarize(items, methods, seed),
+            "knowledge": known.to_summary(), "draws": draws, "unrelated": unrelated}
 
 
-def summarize(items: list[dict], methods: tuple[str, ...]) -> dict:
+def summarize(items: list[dict], methods: tuple[str, ...], seed: int = 0) -> dict:
     summary = {}
     for method in methods:
         srs = [i[method]["sr"] for i in items if i[method]["sr"] is not None]
@@ -81,9 +116,13 @@ def summarize(items: list[dict], methods: tuple[str, ...]) -> dict:
             "median_sr": statistics.median(srs) if srs else None,
             "median_sr_ci95": bootstrap_ci(srs) if srs else None,
             "mean_sr": statistics.fmean(srs) if srs else None,
-            "median_neurons": statistics.median(i[method]["neurons"] for i in items),
+            "median_neurons": statistics.median(i[method]["neurons"] for i in items)
+            if items else None,
             "median_suppress_related": _median(items, method, "suppress_related"),
             "median_enhance_related": _median(items, method, "enhance_related"),
+            "controls": {mode: control_summary([(i["fact_id"], i[method][mode]) for i in items
+                                                if mode in i[method]], seed)
+                         for mode in MODES},
         }
     complete = [i for i in items if all(i[m]["sr"] is not None for m in methods)]
     wins = win_shares({m: [i[m]["sr"] for i in complete] for m in methods})
@@ -105,8 +144,12 @@ def table(result: dict, methods: tuple[str, ...] = METHODS) -> str:
         ci = s[m]["median_sr_ci95"]
         rows.append([m, s[m]["items"], s[m]["without_neurons"], s[m]["median_neurons"],
                      s[m]["median_sr"], f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else None,
-                     s[m]["mean_sr"], s[m]["median_suppress_related"],
-                     s[m]["median_enhance_related"], s[m]["win_share"]])
-    return markdown_table(["method", "items", "no neurons", "median #neurons", "median SR",
-                           "95% CI", "mean SR", "median d_rel suppress", "median d_rel enhance",
-                           f"wins (of {s['compared_items']})"], rows)
+                     s[m]["mean_sr"], s[m]["win_share"]])
+    sr = markdown_table(["method", "items", "no neurons", "median #neurons", "median SR",
+                         "95% CI", "mean SR", f"wins (of {s['compared_items']})"], rows)
+    controls = markdown_table(["method", *CONTROL_HEADER],
+                              [[m, *control_row(mode, s[m]["controls"][mode])]
+                               for m in methods for mode in MODES])
+    return (f"{sr}\n\nEffects (relative change of p(gold)) beside a random set of the same "
+            f"size per layer ({result['draws']} draws) and {result['unrelated']} unrelated "
+            f"facts of other relations:\n\n{controls}\n\n{knowledge_line(result['knowledge'])}")

@@ -1,4 +1,8 @@
-"""Metrics of the experiments: small pure functions, each with its formula and source."""
+"""Metrics of the experiments: small pure functions, each with its formula and source.
+
+The relative change of p(gold) and the controls of an effect (selectivity, specificity) live in
+:mod:`mkn.interventions.controls`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,6 @@ from collections.abc import Callable, Sequence
 # Relative changes below this (0.1%) are treated as this in denominators, so a neuron set that
 # leaves unrelated facts untouched gives a large but finite success ratio, not a division by 0.
 MIN_UNRELATED_CHANGE = 1e-3
-
-
-def relative_change(before: float, after: float) -> float:
-    """(after - before) / before (AMIG's ``pct_change``)."""
-    if before <= 0:
-        raise ValueError(f"relative change from a non-positive probability {before}")
-    return (after - before) / before
 
 
 def success_ratio(enhance_related: float, enhance_unrelated: float, suppress_related: float,
@@ -91,3 +88,31 @@ def win_shares(scores: dict[str, Sequence[float]]) -> dict[str, float]:
         for m in winners:
             wins[m] += 1 / len(winners)
     return {m: w / count for m, w in wins.items()} if count else wins
+
+
+def interval(values: Sequence, statistic: Callable = statistics.median, seed: int = 0) -> dict:
+    """``{"value", "ci95", "n"}``: ``statistic`` of ``values`` with a bootstrap 95% interval."""
+    values = list(values)
+    if not values:
+        return {"value": None, "ci95": None, "n": 0}
+    return {"value": statistic(values), "ci95": list(bootstrap_ci(values, statistic, seed=seed)),
+            "n": len(values)}
+
+
+def clustered_interval(pairs: Sequence[tuple[str, float]],
+                       statistic: Callable = statistics.median, seed: int = 0) -> dict:
+    """``statistic`` of the values of ``(fact_id, value)`` pairs, with a bootstrap interval that
+    resamples *facts* (all of a fact's values together: its languages are not independent)."""
+    groups: dict[str, list[float]] = {}
+    for fact_id, value in pairs:
+        groups.setdefault(fact_id, []).append(value)
+    clusters = list(groups.values())
+    if not clusters:
+        return {"value": None, "ci95": None, "n": 0, "facts": 0}
+    pooled = [v for cluster in clusters for v in cluster]
+
+    def on_sample(sample: Sequence[list[float]]) -> float:
+        return statistic([v for cluster in sample for v in cluster])
+
+    return {"value": statistic(pooled), "ci95": list(bootstrap_ci(clusters, on_sample, seed=seed)),
+            "n": len(pooled), "facts": len(clusters)}

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mkn.data import load_facts
 from mkn.experiments import EXPERIMENTS, cross_lingual_editing
-from mkn.experiments.metrics import bootstrap_ci, precision_recall_f1
+from mkn.experiments.metrics import clustered_interval, interval, precision_recall_f1
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
@@ -113,34 +113,6 @@ class StudyConfig(BaseModel):
         if self.limit is None:
             return part.relations, part.per_relation, None
         return part.relations[: max(1, self.limit // 2)], 2, self.limit
-
-
-def interval(values: Sequence, statistic: Callable = statistics.median, seed: int = 0) -> dict:
-    """``{"value", "ci95", "n"}``: ``statistic`` of ``values`` with a bootstrap 95% interval."""
-    values = list(values)
-    if not values:
-        return {"value": None, "ci95": None, "n": 0}
-    return {"value": statistic(values), "ci95": list(bootstrap_ci(values, statistic, seed=seed)),
-            "n": len(values)}
-
-
-def clustered_interval(pairs: Sequence[tuple[str, float]],
-                       statistic: Callable = statistics.median, seed: int = 0) -> dict:
-    """``statistic`` of the values of ``(fact_id, value)`` pairs, with a bootstrap interval that
-    resamples *facts* (all of a fact's values together: its languages are not independent)."""
-    groups: dict[str, list[float]] = {}
-    for fact_id, value in pairs:
-        groups.setdefault(fact_id, []).append(value)
-    clusters = list(groups.values())
-    if not clusters:
-        return {"value": None, "ci95": None, "n": 0, "facts": 0}
-    pooled = [v for cluster in clusters for v in cluster]
-
-    def on_sample(sample: Sequence[list[float]]) -> float:
-        return statistic([v for cluster in sample for v in cluster])
-
-    return {"value": statistic(pooled), "ci95": list(bootstrap_ci(clusters, on_sample, seed=seed)),
-            "n": len(pooled), "facts": len(clusters)}
 
 
 def share(flags: Sequence[bool]) -> float:

@@ -12,13 +12,24 @@
   cross-language score and are knowledge neurons in all (strict) or a fraction ``q`` (soft) of
   the languages.
 
+Only knowledge the model has: each language of the fact is first probed
+(:mod:`mkn.localization.knowledge`) and located only where the model knows the fact under
+``config.known`` (default ``auto``: the gold object ranks first among the candidates where the
+data has them, else greedy decoding gets it); the other languages are listed in
+``FactResult.skipped``. ``known="any"`` locates every language (Dai et al., AMIG).
+Language-agnostic sets need at least two located languages.
+
+Generic neurons (:mod:`mkn.localization.generic`), when a list is given, are left out of the
+knowledge-neuron sets (and so of the language-agnostic sets) and of the degenerate-neuron
+candidates, and listed per language in ``LanguageResult.generic``.
+
 Degenerate neurons (AMIG Algorithm 1) are searched among each language's top-k neurons.
-Facts the model gets wrong are kept and marked (``correct`` per query, ``known`` per language).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +39,8 @@ from mkn.attribution.api import METHODS, Attribution, attribute
 from mkn.attribution.rules import RULES
 from mkn.localization import matrice
 from mkn.localization.degenerate import DegenerateResult, degenerate_neurons
+from mkn.localization.generic import DEFAULT_THRESHOLD, GenericNeurons
+from mkn.localization.knowledge import CRITERIA, Knowledge, KnownItems, known_items
 from mkn.localization.neurons import (
     Neuron,
     coarse_neurons,
@@ -63,12 +76,16 @@ class LocateConfig(BaseModel):
     t_low: float = Field(0.2, ge=0, le=1)
     t_high: float = Field(0.25, ge=0, le=1)
     batch_size: int | None = Field(None, ge=1)
+    known: str = Field("auto", description="which items to locate: auto, rank, greedy or any "
+                       "(mkn.localization.knowledge)")
+    generic_share: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="share of other "
+                                 "relations' facts above which a neuron is generic")
 
-    @field_validator("method", "rule", "matrice_baseline")
+    @field_validator("method", "rule", "matrice_baseline", "known")
     @classmethod
     def _known(cls, value: str, info) -> str:
-        choices = {"method": LOCATE_METHODS, "rule": RULES,
-                   "matrice_baseline": METHODS}[info.field_name]
+        choices = {"method": LOCATE_METHODS, "rule": RULES, "matrice_baseline": METHODS,
+                   "known": CRITERIA}[info.field_name]
         if value not in choices:
             raise ValueError(f"unknown {info.field_name} {value!r}; choose one of "
                              f"{', '.join(choices)}")
@@ -102,15 +119,13 @@ class LanguageResult:
     confidence: float
     seconds: float = 0.0  # attribution + degenerate search of this language
     attribution_seconds: float = 0.0  # computing its attributions, even when taken from a cache
+    known: bool = False  # the model knows the fact here (mkn.localization.knowledge)
+    knowledge: Knowledge | None = None  # the probe of every query of the language
+    generic: list[Neuron] = field(default_factory=list)  # knowledge neurons left out as generic
 
-    @property
-    def known(self) -> bool:
-        """The model gets the fact right on most of the language's queries."""
-        return sum(self.correct) * 2 > len(self.correct)
-
-    def neuron_records(self) -> list[list[float]]:
+    def neuron_records(self, neurons: list[Neuron] | None = None) -> list[list[float]]:
         return [[layer, index, round(float(self.scores[layer, index]), 6)]
-                for layer, index in self.neurons]
+                for layer, index in (self.neurons if neurons is None else neurons)]
 
 
 @dataclass
@@ -122,6 +137,7 @@ class FactResult:
     soft_language_agnostic: list[Neuron]
     degenerate: dict[str, DegenerateResult] = field(default_factory=dict)
     combined_scores: torch.Tensor | None = None
+    skipped: dict[str, Knowledge] = field(default_factory=dict)  # languages not known: not located
 
 
 AttributionCache = dict[tuple, Attribution]
@@ -140,8 +156,8 @@ def _attribute(lm: LanguageModel, prompt: str, target: str, config: LocateConfig
 
 
 def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
-              config: LocateConfig, cache: AttributionCache | None = None
-              ) -> tuple[LanguageResult, list[Attribution]]:
+              config: LocateConfig, cache: AttributionCache | None = None,
+              generic: GenericNeurons | None = None) -> tuple[LanguageResult, list[Attribution]]:
     start = time.perf_counter()
     attributions = [_attribute(lm, prompt, target, config, cache) for prompt in prompts]
     t = threshold_for(lang, config.thresholds)
@@ -154,27 +170,36 @@ def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
         scores = torch.stack([a.scores for a in attributions]).mean(0)
         neurons = refine([coarse_neurons(a.scores, t) for a in attributions], config.refine_p)
         neurons.sort(key=lambda n: -float(scores[n]))
+    removed: list[Neuron] = []
+    if generic is not None:
+        neurons, removed = generic.split(lang, neurons)
     result = LanguageResult(
         language=lang, target=target, prompts=prompts, probs=[a.prob for a in attributions],
         correct=[a.correct for a in attributions], neurons=neurons, scores=scores,
         confidence=sum(confidences) / len(confidences), seconds=time.perf_counter() - start,
-        attribution_seconds=sum(a.seconds for a in attributions))
+        attribution_seconds=sum(a.seconds for a in attributions), generic=removed)
     return result, attributions
 
 
-def top_neurons(scores: torch.Tensor, k: int) -> list[Neuron]:
-    flat = scores.flatten().topk(min(k, scores.numel())).indices
+def top_neurons(scores: torch.Tensor, k: int, exclude: Iterable[Neuron] = ()) -> list[Neuron]:
+    """The ``k`` highest-scoring neurons, leaving out ``exclude``."""
+    exclude = set(exclude)
+    flat = scores.flatten().topk(min(k + len(exclude), scores.numel())).indices
     n = scores.shape[1]
-    return [(int(i) // n, int(i) % n) for i in flat]
+    ranked = [(int(i) // n, int(i) % n) for i in flat]
+    return [neuron for neuron in ranked if neuron not in exclude][:k]
 
 
 def locate_fact(lm: LanguageModel, fact, languages: list[str],
                 config: LocateConfig | None = None,
-                cache: AttributionCache | None = None) -> FactResult:
-    """Knowledge neurons of ``fact`` in ``languages``, language-agnostic and degenerate ones.
+                cache: AttributionCache | None = None, knowledge: KnownItems | None = None,
+                generic: GenericNeurons | None = None) -> FactResult:
+    """Knowledge neurons of ``fact`` in the ``languages`` where the model knows it,
+    language-agnostic and degenerate ones.
 
     ``cache`` (a dict) lets several calls share per-query attributions, e.g. ``amig`` and
-    ``matrice`` on the same facts.
+    ``matrice`` on the same facts. ``knowledge``: the probe of the fact (probed here when None).
+    ``generic``: generic neurons to leave out (none when None).
     """
     config = config or LocateConfig()
     if not languages:
@@ -183,16 +208,25 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
     if missing:
         raise ValueError(f"fact {fact.id!r} has no {', '.join(missing)} "
                          f"(it has {', '.join(sorted(fact.languages))})")
+    if knowledge is None:
+        knowledge = known_items(lm, [fact], languages, config.known)
     per_language: dict[str, LanguageResult] = {}
+    skipped: dict[str, Knowledge] = {}
     for lang in languages:
+        probed = knowledge.knowledge[(fact.id, lang)]
+        if not knowledge.known(fact.id, lang):
+            skipped[lang] = probed
+            continue
         prompts = fact.prompts(lang)[: config.max_queries]
         if not prompts:
             raise ValueError(f"fact {fact.id!r} has no queries in {lang!r}")
         per_language[lang], _ = _language(lm, lang, prompts, fact.languages[lang].object, config,
-                                          cache)
+                                          cache, generic)
+        per_language[lang].knowledge = probed
+        per_language[lang].known = probed.marked(knowledge.criterion)
     sets = {lang: r.neurons for lang, r in per_language.items()}
     combined = None
-    if config.method == "matrice":
+    if config.method == "matrice" and per_language:
         combined = matrice.multilingual_score(
             {lang: r.scores for lang, r in per_language.items()},
             {lang: r.confidence for lang, r in per_language.items()},
@@ -203,12 +237,15 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
     else:
         strict = shared_neurons(sets, 1.0)
         soft = shared_neurons(sets, config.agnostic_fraction)
+    if len(per_language) < 2:  # nothing is shared across fewer than two languages
+        strict, soft = [], []
     result = FactResult(fact.id, fact.relation, per_language, strict, soft,
-                        combined_scores=combined)
+                        combined_scores=combined, skipped=skipped)
     if config.degenerate:
         for lang, lang_result in per_language.items():
             queries = [(prompt, lang_result.target) for prompt in lang_result.prompts]
-            candidates = top_neurons(lang_result.scores, config.degenerate_top_k)
+            exclude = generic.neurons(lang) if generic is not None else ()
+            candidates = top_neurons(lang_result.scores, config.degenerate_top_k, exclude)
             start = time.perf_counter()
             result.degenerate[lang] = degenerate_neurons(lm, queries, candidates,
                                                          config.t_low, config.t_high)

@@ -2,7 +2,7 @@
 
 - layer distribution of knowledge neurons per language and of language-agnostic neurons;
 - cross-language overlap: mean Jaccard of the per-language neuron sets over facts;
-- counts per fact and language, and how many facts the model knows;
+- counts per fact and language; the items probed, known (located) and skipped per language;
 - cost: seconds per fact and language.
 """
 
@@ -19,9 +19,22 @@ def _neurons(record: dict) -> list[tuple[int, int]]:
     return [(int(n[0]), int(n[1])) for n in record["neurons"]]
 
 
+def knowledge_counts(knowledge_records: Iterable[dict]) -> dict[str, dict[str, int]]:
+    """Per language: items probed, located (known under the run's filter) and skipped."""
+    out: dict[str, dict[str, int]] = {}
+    for record in knowledge_records:
+        counts = out.setdefault(record["language"], {"items": 0, "located": 0, "skipped": 0,
+                                                     "known": 0})
+        counts["items"] += 1
+        counts["located" if record.get("located", True) else "skipped"] += 1
+        counts["known"] += bool(record.get("known"))
+    return out
+
+
 def localization_stats(neuron_records: Iterable[dict], agnostic_records: Iterable[dict],
                        degenerate_records: Iterable[dict], n_layers: int,
-                       timing_records: Iterable[dict] = ()) -> dict:
+                       timing_records: Iterable[dict] = (),
+                       knowledge_records: Iterable[dict] = ()) -> dict:
     """Summary statistics of ``neurons``/``language_agnostic``/``degenerate`` records."""
     neuron_records = list(neuron_records)
     by_language: dict[str, list[dict]] = defaultdict(list)
@@ -42,6 +55,8 @@ def localization_stats(neuron_records: Iterable[dict], agnostic_records: Iterabl
             "facts": len(records),
             "known": sum(bool(r["known"]) for r in records),
             "mean_neurons": statistics.fmean(counts) if counts else 0.0,
+            "mean_generic": statistics.fmean([len(r.get("generic", [])) for r in records])
+            if records else 0.0,
             "layer_histogram": histogram,
         }
     overlap = {a: {b: statistics.fmean([jaccard(sets[a], sets[b]) for sets in by_fact.values()
@@ -61,6 +76,7 @@ def localization_stats(neuron_records: Iterable[dict], agnostic_records: Iterabl
     return {
         "languages": languages,
         "facts": len(by_fact),
+        "knowledge": {"per_language": knowledge_counts(knowledge_records)},
         "per_language": per_language,
         "overlap_jaccard": overlap,
         "language_agnostic": {

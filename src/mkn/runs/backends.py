@@ -27,6 +27,8 @@ from typing import Protocol
 
 import torch
 
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
 from mkn.models.loading import EMBEDDED_MODELS, LanguageModel, load_model
 
@@ -41,8 +43,9 @@ class Backend(Protocol):
     @property
     def n_layers(self) -> int: ...
 
-    def locate(self, facts: Sequence, languages: list[str],
-               config: LocateConfig) -> Iterator[tuple[object, FactResult]]: ...
+    def locate(self, facts: Sequence, languages: list[str], config: LocateConfig,
+               known: KnownItems | None = None, generic: GenericNeurons | None = None
+               ) -> Iterator[tuple[object, FactResult]]: ...
 
     def close(self) -> None: ...
 
@@ -65,10 +68,11 @@ class LocalBackend:
     def n_layers(self) -> int:
         return self.lm.n_layers
 
-    def locate(self, facts: Sequence, languages: list[str],
-               config: LocateConfig) -> Iterator[tuple[object, FactResult]]:
+    def locate(self, facts: Sequence, languages: list[str], config: LocateConfig,
+               known: KnownItems | None = None, generic: GenericNeurons | None = None
+               ) -> Iterator[tuple[object, FactResult]]:
         for fact in facts:
-            yield fact, locate_fact(self.lm, fact, languages, config, self.cache)
+            yield fact, locate_fact(self.lm, fact, languages, config, self.cache, known, generic)
 
     def close(self) -> None:
         pass
@@ -110,8 +114,10 @@ class _Worker:
     def n_layers(self) -> int:
         return self.lm.n_layers
 
-    def locate(self, fact, languages: list[str], config: LocateConfig) -> FactResult:
-        return result_to_cpu(locate_fact(self.lm, fact, languages, config))
+    def locate(self, fact, languages: list[str], config: LocateConfig,
+               known: KnownItems | None = None,
+               generic: GenericNeurons | None = None) -> FactResult:
+        return result_to_cpu(locate_fact(self.lm, fact, languages, config, None, known, generic))
 
 
 def _import_ray():
@@ -193,14 +199,16 @@ class RayBackend:
         self._start()
         return self._n_layers  # type: ignore[return-value]
 
-    def locate(self, facts: Sequence, languages: list[str],
-               config: LocateConfig) -> Iterator[tuple[object, FactResult]]:
+    def locate(self, facts: Sequence, languages: list[str], config: LocateConfig,
+               known: KnownItems | None = None, generic: GenericNeurons | None = None
+               ) -> Iterator[tuple[object, FactResult]]:
         facts = list(facts)
         if not facts:
             return
         self._start()
         ray = self._ray
         languages_ref, config_ref = ray.put(list(languages)), ray.put(config)
+        generic_ref = ray.put(generic)
         load = [0] * len(self._actors)  # tasks in flight per actor
         pending: dict = {}  # ObjectRef -> (fact index, actor index)
         buffer: dict[int, FactResult] = {}  # finished early, waiting for their turn
@@ -210,8 +218,9 @@ class RayBackend:
                 while (submitted < len(facts) and submitted - handed < self.window
                        and min(load) < self.in_flight):
                     actor = load.index(min(load))
-                    ref = self._actors[actor].locate.remote(facts[submitted], languages_ref,
-                                                            config_ref)
+                    ref = self._actors[actor].locate.remote(
+                        facts[submitted], languages_ref, config_ref,
+                        known.subset([facts[submitted].id]) if known else None, generic_ref)
                     pending[ref] = (submitted, actor)
                     load[actor] += 1
                     submitted += 1

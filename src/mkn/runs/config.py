@@ -42,7 +42,18 @@ class RunConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
+    generic: str = Field("auto", description="generic neurons: auto (the cached reference list "
+                         "of this model and data, built on first use), keep (leave them in, as "
+                         "Dai et al. and AMIG do) or the path of a list from mkn generic --out")
     locate: LocateConfig = Field(default_factory=LocateConfig)
+
+    @field_validator("generic")
+    @classmethod
+    def _generic(cls, value: str) -> str:
+        if value not in ("auto", "keep") and not Path(value).expanduser().is_file():
+            raise ValueError(f"expected auto, keep or the path of a generic-neuron list; "
+                             f"{value!r} is no file")
+        return value
 
     @field_validator("languages", "relations")
     @classmethod

@@ -1,0 +1,205 @@
+"""An effect beside its controls: a random set of the same shape, and unrelated facts.
+
+For a neuron set ``S`` suppressed (x0) or enhanced (x ``factor``) on a fact's queries:
+
+- *effect*: the mean over the fact's queries of the relative change of p(gold),
+  ``(p_after - p_before) / p_before`` (AMIG's ``pct_change``);
+- *random control*: the same for sets drawn at random with as many neurons in each layer as ``S``
+  (none of ``S``), ``draws`` seeded draws, on the same queries; its value is the mean over draws;
+- *unrelated control*: the change of p(gold) of facts of *other relations* in the same language
+  under ``S`` (the mean over those facts of each one's mean over its queries).
+
+Oriented by what the intervention aims at (``o = -1`` for suppression, which should lower p;
+``o = +1`` for enhancement), two numbers per item:
+
+    selectivity = o * effect - o * random_effect       (it beats a set of the same shape)
+    specificity = o * effect - o * unrelated_effect    (it leaves other facts alone)
+
+in units of relative change: a suppression that drops its fact by 95% while random sets and
+unrelated facts move by 2% has selectivity and specificity 0.93. Random controls follow the
+usual practice of the knowledge-neuron literature (Dai et al. 2022 compare against random
+neurons); the unrelated-fact control is the locality measure of model editing (Meng et al.
+2022), applied to activations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mkn.attribution.api import predict_many
+from mkn.interventions.activation import group_neurons, intervene
+from mkn.models.loading import LanguageModel
+
+Neuron = tuple[int, int]
+Query = tuple[str, str]  # (prompt, gold object)
+
+DEFAULT_DRAWS = 3
+DEFAULT_UNRELATED = 3
+ORIENTATION = {"suppress": -1.0, "enhance": 1.0}
+MIN_PROB = 1e-12
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed from ``parts`` that is the same in every process (unlike ``hash``)."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def random_like(neurons: Iterable[Sequence[int]], n_neurons: int, rng: random.Random,
+                exclude: Iterable[Sequence[int]] = ()) -> list[Neuron]:
+    """A random set with as many neurons in each layer as ``neurons``, none of them (nor of
+    ``exclude``); ``n_neurons`` per layer."""
+    per_layer: dict[int, int] = {}
+    taken: set[Neuron] = set()
+    for layer, index in neurons:
+        per_layer[int(layer)] = per_layer.get(int(layer), 0) + 1
+        taken.add((int(layer), int(index)))
+    taken |= {(int(layer), int(index)) for layer, index in exclude}
+    drawn = []
+    for layer in sorted(per_layer):
+        pool = [i for i in range(n_neurons) if (layer, i) not in taken]
+        if len(pool) < per_layer[layer]:
+            raise ValueError(f"layer {layer} has {len(pool)} neurons left for a random set of "
+                             f"{per_layer[layer]}")
+        drawn += [(layer, i) for i in sorted(rng.sample(pool, per_layer[layer]))]
+    return drawn
+
+
+def relative_change(before: float, after: float) -> float:
+    """(after - before) / before (AMIG's ``pct_change``)."""
+    if before <= 0:
+        raise ValueError(f"relative change from a non-positive probability {before}")
+    return (after - before) / before
+
+
+def mean_change(before: Sequence[float], after: Sequence[float]) -> float:
+    """Mean relative change over queries; p(gold) before is floored at :data:`MIN_PROB` (a
+    probability that underflowed to 0 gives a large but finite change)."""
+    return statistics.fmean(relative_change(max(b, MIN_PROB), a)
+                            for b, a in zip(before, after, strict=True))
+
+
+@dataclass(frozen=True)
+class ControlledEffect:
+    """The effect of one intervention on a fact, beside its controls (module docstring)."""
+
+    mode: str
+    neurons: int
+    effect: float
+    random: tuple[float, ...]  # per random draw
+    unrelated: tuple[float, ...]  # per unrelated fact
+
+    @property
+    def random_effect(self) -> float | None:
+        return statistics.fmean(self.random) if self.random else None
+
+    @property
+    def unrelated_effect(self) -> float | None:
+        return statistics.fmean(self.unrelated) if self.unrelated else None
+
+    def _against(self, control: float | None) -> float | None:
+        if control is None:
+            return None
+        o = ORIENTATION[self.mode]
+        return o * self.effect - o * control
+
+    @property
+    def selectivity(self) -> float | None:
+        return self._against(self.random_effect)
+
+    @property
+    def specificity(self) -> float | None:
+        return self._against(self.unrelated_effect)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "neurons": self.neurons, "effect": self.effect,
+                "random": list(self.random), "unrelated": list(self.unrelated),
+                "random_effect": self.random_effect, "unrelated_effect": self.unrelated_effect,
+                "selectivity": self.selectivity, "specificity": self.specificity}
+
+
+class CleanProbs:
+    """p(gold) of queries with no intervention, computed once per query (batched)."""
+
+    def __init__(self, lm: LanguageModel):
+        self.lm = lm
+        self.known: dict[Query, float] = {}
+
+    def __call__(self, queries: Sequence[Query]) -> list[float]:
+        missing = list(dict.fromkeys(q for q in queries if q not in self.known))
+        if missing:
+            for query, prediction in zip(missing, predict_many(self.lm, missing), strict=True):
+                self.known[query] = prediction.prob
+        return [self.known[q] for q in queries]
+
+
+def group_changes(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
+                  groups: Sequence[Sequence[Query]], clean: CleanProbs, factor: float = 2.0,
+                  positions: Sequence[int] | None = None) -> list[float]:
+    """Mean relative change of p(gold) of each group of queries under one intervention on
+    ``neurons`` (every group in one batched pass)."""
+    flat = [q for group in groups for q in group]
+    before = clean(flat)
+    with intervene(lm, neurons, mode, factor=factor, positions=positions):
+        after = [p.prob for p in predict_many(lm, flat)]
+    changes, start = [], 0
+    for group in groups:
+        end = start + len(group)
+        changes.append(mean_change(before[start:end], after[start:end]))
+        start = end
+    return changes
+
+
+def random_changes(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
+                   queries: Sequence[Query], clean: CleanProbs, draws: int = DEFAULT_DRAWS,
+                   seed: int | str = 0, factor: float = 2.0,
+                   positions: Sequence[int] | None = None) -> list[float]:
+    """Mean relative change of p(gold) of ``queries`` under ``draws`` random sets shaped like
+    ``neurons`` (seeded by ``seed``)."""
+    rng = random.Random(stable_seed(seed, "random-control"))
+    return [group_changes(lm, random_like(neurons, lm.n_neurons, rng), mode, [queries], clean,
+                          factor, positions)[0] for _ in range(draws)]
+
+
+def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
+                      own: Sequence[Query], unrelated: Sequence[Sequence[Query]] = (),
+                      draws: int = DEFAULT_DRAWS, seed: int | str = 0, factor: float = 2.0,
+                      clean: CleanProbs | None = None,
+                      positions: Sequence[int] | None = None) -> ControlledEffect:
+    """The effect of suppressing or enhancing ``neurons`` on the ``own`` queries of a fact,
+    beside ``draws`` random sets of the same shape (seeded by ``seed``) and the queries of
+    ``unrelated`` facts (one query list per fact); ``clean`` reuses clean probabilities.
+
+    >>> controlled_effect(lm, [(12, 1542), (6, 35)], "suppress",
+    ...                   own=[("The capital of France is", "Paris")],
+    ...                   unrelated=[[("The Eiffel Tower is in", "Paris")]]).specificity
+    """
+    if mode not in ORIENTATION:
+        raise ValueError(f"unknown intervention {mode!r}; choose suppress or enhance")
+    if not own:
+        raise ValueError("no queries to measure the effect on")
+    group_neurons(lm, neurons)  # checks the set: in range, not empty
+    clean = clean or CleanProbs(lm)
+    effect, *others = group_changes(lm, neurons, mode, [own, *unrelated], clean, factor,
+                                    positions)
+    drawn = random_changes(lm, neurons, mode, own, clean, draws, seed, factor, positions)
+    return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), effect,
+                            tuple(drawn), tuple(others))
+
+
+def summarize_effects(effects: Iterable[Mapping]) -> dict:
+    """Medians of effect, controls, selectivity and specificity over ``to_dict()`` records
+    (None where no item has the value)."""
+    effects = list(effects)
+    keys = ("effect", "random_effect", "unrelated_effect", "selectivity", "specificity")
+    out: dict = {"items": len(effects)}
+    for key in keys:
+        values = [e[key] for e in effects if e.get(key) is not None]
+        out[f"median_{key}"] = statistics.median(values) if values else None
+    moved = [abs(e["unrelated_effect"]) for e in effects if e.get("unrelated_effect") is not None]
+    out["median_unrelated_moved"] = statistics.median(moved) if moved else None
+    return out

@@ -1,0 +1,249 @@
+"""Does the model know a fact? One definition, used by every command.
+
+Every query of a fact in a language is scored, in batched forward passes
+(:mod:`mkn.attribution.scoring`), on the gold object and on each candidate answer the data has
+(BMLAMA's ten candidates of the same relation):
+
+- ``p_gold``: p(object | prompt), the product over the object's teacher-forced tokens;
+- ``greedy``: greedy decoding reproduces the object (the argmax is the object's token at every
+  teacher-forced step);
+- ``rank``: the 1-based rank of the gold object among itself and the candidates by mean
+  log-probability per token (the BMLAMA protocol of Qi et al. 2023, whose code ranks candidates
+  by mean per-token negative log-likelihood); a candidate scoring the same as the gold object
+  ranks above it. ``None`` where the data has no candidates.
+
+A query is *known* under a criterion:
+
+- ``rank``: the gold object ranks first among the candidates (queries without candidates: never);
+- ``greedy``: greedy decoding gets the object;
+- ``auto`` (the default): ``rank`` where the query has candidates, else ``greedy``;
+- ``any``: every query counts as known, i.e. no filter (Dai et al. and AMIG locate every fact);
+  items are still *marked* known or not by ``auto``.
+
+A language knows a fact when more than half of its queries are known (1 of 1, 2 of 3, 3 of 5).
+Facts and languages the model does not know are skipped by ``locate``, the experiments and the
+study, and counted per language (:class:`KnownItems`), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from mkn.attribution.queries import encode
+from mkn.attribution.scoring import Prediction, score_encoded
+from mkn.models.loading import LanguageModel
+
+CRITERIA = ("auto", "rank", "greedy", "any")
+DEFAULT_CRITERION = "auto"
+# what "known" means in words, for tables and error messages
+CRITERION_TEXT = {
+    "auto": "gold ranked first among the candidates where the data has them, else greedy "
+            "decoding gets it",
+    "rank": "gold ranked first among the candidates",
+    "greedy": "greedy decoding gets the gold object",
+    "any": "no filter",
+}
+
+
+def check_criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown knowledge criterion {criterion!r}; choose one of "
+                         f"{', '.join(CRITERIA)}")
+    return criterion
+
+
+def rank_of_gold(gold: float, candidates: Sequence[float]) -> int:
+    """1 + the number of candidates scoring at least as high as the gold object."""
+    return 1 + sum(score >= gold for score in candidates)
+
+
+def majority(flags: Sequence[bool]) -> bool:
+    """More than half of ``flags`` are true (False for none)."""
+    return sum(flags) * 2 > len(flags)
+
+
+@dataclass(frozen=True)
+class QueryKnowledge:
+    """How the model does on one query of a fact."""
+
+    prompt: str
+    p_gold: float
+    greedy: bool
+    rank: int | None  # None: no candidates to rank against
+    candidates: int  # wrong candidates ranked against
+
+    def known(self, criterion: str = DEFAULT_CRITERION) -> bool:
+        check_criterion(criterion)
+        if criterion == "any":
+            return True
+        if criterion == "greedy" or (criterion == "auto" and self.rank is None):
+            return self.greedy
+        return self.rank == 1
+
+    def to_record(self) -> dict:
+        return {"prompt": self.prompt, "p_gold": round(self.p_gold, 10), "greedy": self.greedy,
+                "rank": self.rank, "candidates": self.candidates}
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """How the model does on one fact in one language (all its queries)."""
+
+    fact_id: str
+    relation: str
+    language: str
+    object: str
+    queries: tuple[QueryKnowledge, ...]
+
+    @property
+    def has_candidates(self) -> bool:
+        return any(q.rank is not None for q in self.queries)
+
+    def known(self, criterion: str = DEFAULT_CRITERION) -> bool:
+        """Known under ``criterion`` by more than half of the queries (``any``: always)."""
+        check_criterion(criterion)
+        return criterion == "any" or majority([q.known(criterion) for q in self.queries])
+
+    def marked(self, criterion: str) -> bool:
+        """The known flag a record carries: ``any`` filters nothing but marks by ``auto``."""
+        return self.known(DEFAULT_CRITERION if criterion == "any" else criterion)
+
+    @property
+    def known_greedy(self) -> bool:
+        return self.known("greedy")
+
+    @property
+    def known_rank(self) -> bool | None:
+        return self.known("rank") if self.has_candidates else None
+
+    @property
+    def median_p_gold(self) -> float:
+        return statistics.median(q.p_gold for q in self.queries)
+
+    def to_record(self, criterion: str = DEFAULT_CRITERION) -> dict:
+        return {"fact_id": self.fact_id, "relation": self.relation, "language": self.language,
+                "object": self.object, "known": self.marked(criterion), "criterion": criterion,
+                "known_greedy": self.known_greedy, "known_rank": self.known_rank,
+                "queries": [q.to_record() for q in self.queries]}
+
+
+def _query_knowledge(prompt: str, gold: Prediction,
+                     candidates: Sequence[Prediction] | None) -> QueryKnowledge:
+    rank = None
+    if candidates:
+        rank = rank_of_gold(gold.mean_log_prob, [c.mean_log_prob for c in candidates])
+    return QueryKnowledge(prompt=prompt, p_gold=gold.prob, greedy=gold.correct, rank=rank,
+                          candidates=len(candidates or ()))
+
+
+def probe(lm: LanguageModel, facts: Iterable, languages: Sequence[str], batch_size: int = 16,
+          progress: Callable[[str], None] | None = None,
+          chunk: int = 8) -> dict[tuple[str, str], Knowledge]:
+    """:class:`Knowledge` of every fact in every language, keyed ``(fact_id, language)``.
+
+    Facts are scored ``chunk`` at a time (``progress`` is called per fact). A candidate object
+    that cannot be encoded after the prompt (it tokenizes to nothing) is left out of the ranking;
+    a gold object that cannot be encoded is an error naming the fact.
+    """
+    facts = list(facts)
+    out: dict[tuple[str, str], Knowledge] = {}
+    for start in range(0, len(facts), chunk):
+        group = facts[start:start + chunk]
+        encoded, slots = [], []  # slots: (fact, lang, prompt, n candidates encoded)
+        for fact in group:
+            for lang in languages:
+                view = fact.language(lang)
+                for prompt in view.prompts():
+                    try:
+                        encoded.append(encode(lm, prompt, view.object))
+                    except ValueError as error:
+                        raise ValueError(f"fact {fact.id!r} ({lang}): {error}") from None
+                    candidates = []
+                    for candidate in view.candidates:
+                        try:
+                            candidates.append(encode(lm, prompt, candidate))
+                        except ValueError:
+                            continue
+                    encoded += candidates
+                    slots.append((fact, lang, prompt, len(candidates)))
+        scored = iter(score_encoded(lm, encoded, batch_size))
+        per_item: dict[tuple[str, str], list[QueryKnowledge]] = {}
+        for fact, lang, prompt, n in slots:
+            gold = next(scored)
+            candidates = [next(scored) for _ in range(n)]
+            has = bool(fact.language(lang).candidates)
+            per_item.setdefault((fact.id, lang), []).append(
+                _query_knowledge(prompt, gold, candidates if has else None))
+        for fact in group:
+            for lang in languages:
+                out[(fact.id, lang)] = Knowledge(fact.id, fact.relation, lang,
+                                                 fact.language(lang).object,
+                                                 tuple(per_item[(fact.id, lang)]))
+            if progress:
+                progress(fact.id)
+    return out
+
+
+@dataclass
+class KnownItems:
+    """Which (fact, language) items a run keeps under a knowledge criterion, and the counts."""
+
+    criterion: str
+    languages: list[str]
+    knowledge: dict[tuple[str, str], Knowledge] = field(default_factory=dict)
+
+    def known(self, fact_id: str, language: str) -> bool:
+        """Kept under the criterion (``any``: every item)."""
+        return self.knowledge[(fact_id, language)].known(self.criterion)
+
+    def languages_of(self, fact_id: str) -> list[str]:
+        """The languages in which ``fact_id`` is kept, in the run's order."""
+        return [lang for lang in self.languages if self.known(fact_id, lang)]
+
+    def facts(self) -> list[str]:
+        return list(dict.fromkeys(fact_id for fact_id, _ in self.knowledge))
+
+    def subset(self, fact_ids: Iterable[str]) -> KnownItems:
+        """The items of ``fact_ids`` only (e.g. what a worker locating one fact needs)."""
+        wanted = set(fact_ids)
+        return KnownItems(self.criterion, self.languages,
+                          {k: v for k, v in self.knowledge.items() if k[0] in wanted})
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per language: ``items`` probed, ``known`` (kept) and ``skipped``."""
+        out = {}
+        for lang in self.languages:
+            items = [k for (_, item_lang), k in self.knowledge.items() if item_lang == lang]
+            known = sum(k.known(self.criterion) for k in items)
+            out[lang] = {"items": len(items), "known": known, "skipped": len(items) - known}
+        return out
+
+    def describe(self) -> str:
+        """One line: the criterion and per-language counts."""
+        counts = ", ".join(f"{lang} {c['known']}/{c['items']}" for lang, c in self.counts().items())
+        return (f"known by {self.criterion} ({CRITERION_TEXT[self.criterion]}): {counts}"
+                + ("" if self.criterion == "any" else "; the rest is skipped"))
+
+    def require_some(self, what: str = "items") -> None:
+        """A clear error when the criterion leaves nothing to work on."""
+        if any(c["known"] for c in self.counts().values()):
+            return
+        counts = ", ".join(f"{lang}: 0 of {c['items']} known" for lang, c in self.counts().items())
+        raise ValueError(f"the knowledge filter --known {self.criterion} "
+                         f"({CRITERION_TEXT[self.criterion]}) left no {what} ({counts}); "
+                         "draw facts the model knows (mkn probe shows which) or pass "
+                         "--known any to keep every item")
+
+    def to_summary(self) -> dict:
+        return {"criterion": self.criterion, "definition": CRITERION_TEXT[self.criterion],
+                "per_language": self.counts()}
+
+
+def known_items(lm: LanguageModel, facts: Sequence, languages: Sequence[str],
+                criterion: str = DEFAULT_CRITERION,
+                progress: Callable[[str], None] | None = None) -> KnownItems:
+    """Probe ``facts`` and return the items kept under ``criterion``."""
+    check_criterion(criterion)
+    return KnownItems(criterion, list(languages), probe(lm, facts, languages, progress=progress))

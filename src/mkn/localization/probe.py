@@ -1,0 +1,97 @@
+"""``mkn probe``: which facts does the model know? Knowledge only, no attribution.
+
+For a fact sample and languages, every query is scored on its gold object and its candidates in
+batched forward passes (:mod:`mkn.localization.knowledge`), and the items the model knows are
+counted per language and per relation, by the rank and the greedy criteria side by side. It is
+how a user picks a sample for ``locate`` and the experiments.
+
+Writes to ``DIR``: ``knowledge.jsonl`` (one record per fact and language: p(gold), greedy and
+rank per query, known by each criterion), ``knowledge.md`` (the tables) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from mkn.experiments.common import markdown_table
+from mkn.localization.knowledge import Knowledge, probe
+from mkn.models.loading import LanguageModel
+
+
+def _count(items: list[Knowledge]) -> dict:
+    with_candidates = [k for k in items if k.has_candidates]
+    return {
+        "facts": len(items),
+        "with_candidates": len(with_candidates),
+        "known_rank": sum(bool(k.known_rank) for k in with_candidates),
+        "known_greedy": sum(k.known_greedy for k in items),
+        "known": sum(k.known("auto") for k in items),
+        "median_p_gold": statistics.median(k.median_p_gold for k in items) if items else None,
+    }
+
+
+def probe_summary(items: Iterable[Knowledge], languages: Sequence[str]) -> dict:
+    """Counts per language and per (relation, language); ``known`` is the default criterion."""
+    items = list(items)
+    relations = list(dict.fromkeys(k.relation for k in items))
+    return {
+        "languages": list(languages),
+        "per_language": {lang: _count([k for k in items if k.language == lang])
+                         for lang in languages},
+        "per_relation": {relation: {lang: _count([k for k in items if k.relation == relation
+                                                  and k.language == lang])
+                                    for lang in languages}
+                         for relation in relations},
+    }
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} ({100 * part / whole:.0f}%)" if whole else "-"
+
+
+def probe_table(summary: dict) -> str:
+    """Two markdown tables: per language (both criteria), and per relation x language."""
+    rows = []
+    for lang, c in summary["per_language"].items():
+        rows.append([lang, c["facts"], _share(c["known_rank"], c["with_candidates"])
+                     if c["with_candidates"] else "no candidates",
+                     _share(c["known_greedy"], c["facts"]), _share(c["known"], c["facts"]),
+                     c["median_p_gold"]])
+    per_language = markdown_table(["language", "facts", "known by rank (gold first among "
+                                   "candidates)", "known by greedy decoding",
+                                   "known (default: rank, else greedy)", "median p(gold)"], rows)
+    languages = summary["languages"]
+    relation_rows = [[relation, *[f"{by[lang]['known']}/{by[lang]['facts']}"
+                                  for lang in languages],
+                      sum(by[lang]["known"] for lang in languages)]
+                     for relation, by in summary["per_relation"].items()]
+    relation_rows.sort(key=lambda row: -row[-1])
+    per_relation = markdown_table(["relation", *languages, "known in all"], relation_rows)
+    return (f"{per_language}\n\nKnown items (default criterion) per relation and language, "
+            f"relations the model knows best first:\n\n{per_relation}")
+
+
+def _write(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def run_probe(lm: LanguageModel, facts: Sequence, languages: Sequence[str], out: Path,
+              progress: Callable[[str], None] | None = None, batch_size: int = 16,
+              meta: dict | None = None) -> dict:
+    """Probe every fact in every language; write ``out``; returns the summary."""
+    knowledge = probe(lm, facts, languages, batch_size=batch_size, progress=progress)
+    summary = {**probe_summary(knowledge.values(), languages), **(meta or {})}
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "knowledge.jsonl", "".join(json.dumps(k.to_record(), ensure_ascii=False) + "\n"
+                                            for k in knowledge.values()))
+    _write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write(out / "knowledge.md", probe_table(summary) + "\n")
+    return summary
