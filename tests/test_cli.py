@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mkn.cli import app
 from mkn.runs.config import load_run_config
 from tests.test_experiments import tiny_facts
-from tests.tiny_models import build
+from tests.tiny_models import knowing
 
 runner = CliRunner()
 
@@ -61,11 +61,12 @@ def test_errors_with_brackets_are_printed_verbatim(tiny_dir):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    """A tiny Llama saved as a local Hugging Face directory, and the tiny facts as JSONL."""
+    """The tiny Llama that knows some facts, saved as a local Hugging Face directory, and the
+    tiny capitals as JSONL."""
     from mkn.data import write_facts
 
     root = tmp_path_factory.mktemp("tiny")
-    lm = build("llama")
+    lm = knowing("llama")
     lm.model.save_pretrained(root / "model")
     lm.tokenizer.save_pretrained(root / "model")
     write_facts(tiny_facts(), root / "facts.jsonl")
@@ -161,7 +162,8 @@ def test_locate_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, 
     for name in ("neurons", "language_agnostic", "degenerate", "done"):
         assert (killed / f"{name}.jsonl").read_text() == (clean / f"{name}.jsonl").read_text()
     assert (killed / "config.json").read_text() == (clean / "config.json").read_text()
-    assert len(list((killed / "scores").glob("*.safetensors"))) == 24
+    located = sum("england" not in f.languages["en"].subject.lower() for f in facts)
+    assert len(list((killed / "scores").glob("*.safetensors"))) == located == 20
 
 
 def test_progress_prints_lines_when_not_a_terminal(capsys, monkeypatch):
@@ -178,3 +180,40 @@ def test_progress_prints_lines_when_not_a_terminal(capsys, monkeypatch):
     with cli.ProgressBars(quiet=True) as bars:
         bars.task("locate", 1)("fact-a")
     assert "locate" not in capsys.readouterr().out
+
+
+def test_a_knowledge_filter_that_leaves_nothing_is_a_clear_error(tiny_dir, tmp_path):
+    from mkn.data import write_facts
+
+    england = [f for f in tiny_facts() if "england" in f.id]  # the model was never taught it
+    write_facts(england, tmp_path / "england.jsonl")
+    for command in (["locate"], ["experiment", "cross-lingual-editing"]):
+        result = runner.invoke(app, [*command, "--model", str(tiny_dir / "model"), "--data",
+                                     f"jsonl:{tmp_path / 'england.jsonl'}", "--languages",
+                                     "en,zh", "--steps", "2", "--known", "greedy", "--out",
+                                     str(tmp_path / "out"), "--quiet"])
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.output.split())
+        assert "--known greedy" in message and "en: 0 of 1 known, zh: 0 of 1 known" in message
+    assert not (tmp_path / "out" / "neurons.jsonl").exists()
+
+
+def test_probe_command_counts_what_the_model_knows(tiny_dir, tmp_path):
+    result = runner.invoke(app, ["probe", "--model", str(tiny_dir / "model"), "--data",
+                                 f"jsonl:{tiny_dir / 'facts.jsonl'}", "--out",
+                                 str(tmp_path / "probe"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "| en | 5 | no candidates | 4 (80%) | 4 (80%) |" in result.output
+    assert len((tmp_path / "probe" / "knowledge.jsonl").read_text().splitlines()) == 10
+
+
+def test_generic_command_builds_then_reuses_the_cached_list(tiny_dir, tmp_path):
+    args = ["generic", "--model", str(tiny_dir / "model"), "--data",
+            f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en", "--steps", "2",
+            "--known", "any", "--out", str(tmp_path / "list.json"), "--quiet"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "built:" in first.output and "rebuild with: mkn generic" in first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "cached:" in again.output
+    assert json.loads((tmp_path / "list.json").read_text())["format"] == 1

@@ -21,11 +21,13 @@ from mkn.data.schema import Fact
 from mkn.experiments import cross_lingual_editing, enhancement, fact_checking, injection
 from mkn.experiments import localization_quality as lq
 from mkn.experiments.common import Setup, write_result
+from mkn.interventions.controls import ControlledEffect
+from mkn.localization.knowledge import CRITERION_TEXT
 from mkn.localization.locate import LocateConfig
 from mkn.localization.run import RECORD_FILES, run_locate
 from mkn.report import write_report
 from mkn.runs.store import RunStore
-from tests.tiny_models import build, torch_threads
+from tests.tiny_models import knowing, torch_threads
 
 EVIL = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -83,6 +85,17 @@ def _setup(name: str) -> Setup:
                  limit=3, seed=0, method="amig", steps=2, facts=[f[0] for f in FACTS])
 
 
+def _effect(mode: str, effect: float) -> dict:
+    """An effect beside made-up controls (three random draws, two unrelated facts)."""
+    return ControlledEffect(mode, 3, effect, (0.01, -0.02, 0.0), (-0.05, 0.03)).to_dict()
+
+
+KNOWLEDGE = {"criterion": "auto", "definition": CRITERION_TEXT["auto"],
+             "per_language": {"en": {"items": 3, "known": 2, "skipped": 1},
+                              "zh": {"items": 3, "known": 2, "skipped": 1}}}
+CONTROLS = {"draws": 3, "unrelated": 2, "knowledge": KNOWLEDGE}
+
+
 def fake_experiments(out: Path) -> None:
     """One result of every experiment, summarized by the experiments' own code."""
     items = []
@@ -92,39 +105,47 @@ def fake_experiments(out: Path) -> None:
             for k, method in enumerate(lq.METHODS):
                 changes = {"enhance_related": 0.5 + k, "enhance_unrelated": 0.05,
                            "suppress_related": -0.4 - 0.1 * k, "suppress_unrelated": -0.02}
-                item[method] = {"neurons": 3 + number, "sr": 15.0 + 5 * k + number, **changes}
+                item[method] = {"neurons": 3 + number, "sr": 15.0 + 5 * k + number, **changes,
+                                "suppress": _effect("suppress", -0.4 - 0.1 * k),
+                                "enhance": _effect("enhance", 0.5 + k)}
             items.append(item)
-    result = {"items": items, "summary": lq.summarize(items, lq.METHODS)}
+    result = {"items": items, "summary": lq.summarize(items, lq.METHODS), **CONTROLS}
     write_result(out, _setup("localization-quality"), result, lq.table(result))
 
     items = []
     for fact, *_rest in FACTS:
         for source in [*LANGS, cross_lingual_editing.AGNOSTIC]:
+            suppress = {lang: -0.6 if lang == source else -0.2 for lang in LANGS}
+            enhance = {lang: 1.2 if lang == source else 0.3 for lang in LANGS}
             items.append({"fact_id": fact, "source": source, "neurons": 4,
-                          "suppress": {lang: -0.6 if lang == source else -0.2 for lang in LANGS},
-                          "enhance": {lang: 1.2 if lang == source else 0.3 for lang in LANGS}})
+                          "suppress": suppress, "enhance": enhance,
+                          "suppress_controls": {k: _effect("suppress", v)
+                                                for k, v in suppress.items()},
+                          "enhance_controls": {k: _effect("enhance", v)
+                                               for k, v in enhance.items()}})
     result = {"items": items, "summary": cross_lingual_editing.summarize(items, LANGS),
-              "soft": False}
+              "soft": False, **CONTROLS}
     write_result(out, _setup("cross-lingual-editing"), result,
                  cross_lingual_editing.table(result))
 
     judgments = [{"fact_id": fact, "relation": "P36", "language": lang, "candidate": cand,
                   "true": truth, "neurons": 2, "score": 0.1 if dkn else -0.1, "dkn_true": dkn,
-                  "model_true": model}
+                  "model_true": model, "random_true": not dkn, "control_score": 0.0}
                  for fact, *_rest in FACTS for lang in LANGS
                  for cand, truth, dkn, model in (("Paris", True, True, lang == "en"),
                                                  ("Rome", False, lang == "zh", False))]
     result = {"train_facts": 2, "test_facts": 3, "skipped_relations": [EVIL],
               "kept_neurons": {}, "judgments": judgments,
-              "summary": fact_checking.summarize(judgments, LANGS)}
+              "summary": fact_checking.summarize(judgments, LANGS), **CONTROLS}
     write_result(out, _setup("fact-checking"), result, fact_checking.table(result))
 
     items = [{"fact_id": EVIL, "weak": "zh", "strong": ["en"], "neurons": 3,
               "before": [[False, False], [0.1, 0.2]], "after": [[True, False], [0.4, 0.3]],
               "unrelated_before": [[True, True], [0.5, 0.6]],
-              "unrelated_after": [[True, False], [0.5, 0.4]]}]
+              "unrelated_after": [[True, False], [0.5, 0.4]],
+              "controls": _effect("enhance", 2.5)}]
     result = {"items": items, "ineligible_facts": 2, "factor": 2.0,
-              "summary": enhancement.summarize(items)}
+              "summary": enhancement.summarize(items), **CONTROLS}
     write_result(out, _setup("enhancement"), result, enhancement.table(result))
 
     def rows(n: int, success: bool) -> list[dict]:
@@ -133,10 +154,12 @@ def fake_experiments(out: Path) -> None:
 
     items = [{"fact_id": fact, "new_from": "capital-france", "neurons": 3,
               "reliability": rows(1, True), "generalization": rows(1, number % 2 == 0),
-              "portability": {"zh": rows(1, False)}, "locality": [True, True, number == 0]}
+              "portability": {"zh": rows(1, False)}, "locality": [True, True, number == 0],
+              "random": [{"reliability": rows(1, False), "generalization": rows(1, False),
+                          "portability": {"zh": rows(1, False)}}]}
              for number, (fact, *_rest) in enumerate(FACTS)]
     result = {"source": "en", "items": items, "skipped": [],
-              "summary": injection.summarize(items, ["zh"])}
+              "summary": injection.summarize(items, ["zh"]), **CONTROLS}
     write_result(out, _setup("injection"), result, injection.table(result))
 
 
@@ -211,7 +234,7 @@ def test_report_of_a_tiny_locate_run(tmp_path):
                           t_low=0.5, t_high=0.0)
     run_dir = tmp_path / "locate"
     with torch_threads(1):
-        run_locate(build("llama"), facts, LANGS, config, run_dir,
+        run_locate(knowing("llama"), facts, LANGS, config, run_dir,
                    meta={"model": "tiny-llama", "data": "inline", "seed": 0, "limit": None})
         fake_experiments(run_dir)  # results next to the records work too
         out = write_report(run_dir, tmp_path / "elsewhere" / "r.html")

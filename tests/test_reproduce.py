@@ -19,8 +19,7 @@ from mkn.experiments.reproduce import (
     sr_headline,
 )
 from mkn.report.results import render, separated, upper_share, verdict, with_ci
-from tests.test_experiments import tiny_facts
-from tests.tiny_models import build, torch_threads
+from tests.tiny_models import knowing, torch_threads, two_relation_facts
 
 
 def test_interval_and_verdicts_on_hand_numbers():
@@ -74,9 +73,9 @@ def test_editing_headline_separates_own_and_other_languages():
 def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     facts = tmp_path / "facts.jsonl"
     facts.write_text("".join(json.dumps(f.model_dump(), ensure_ascii=False) + "\n"
-                             for f in tiny_facts()), encoding="utf-8")
+                             for f in two_relation_facts()), encoding="utf-8")
     part = DataPart(name="tiny", data=f"jsonl:{facts}", languages=["en", "zh"],
-                    relations=["P36"], per_relation=5,
+                    relations=["P36", "P37"], per_relation=5,
                     experiments=["localization-quality", "cross-lingual-editing",
                                  "fact-checking", "enhancement", "injection"])
     config = StudyConfig(model="tiny-llama", dtype="float32", steps=2, max_queries=1,
@@ -87,10 +86,13 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
         return lambda item: ticks.append((title, item))
 
     with torch_threads(1):
-        lm = build("llama", cached=False)
+        lm = knowing("llama")
         study = run_study(lm, config, tmp_path / "out", task, "mkn reproduce --test")
     saved = json.loads((tmp_path / "out" / "study.json").read_text(encoding="utf-8"))
-    assert sorted(saved["parts"][0]["facts"]) == sorted(f.id for f in tiny_facts())  # seeded
+    assert sorted(saved["parts"][0]["facts"]) == sorted(f.id for f in two_relation_facts())
+    assert saved["parts"][0]["knowledge"]["per_language"] == {
+        "en": {"items": 10, "known": 8, "skipped": 2}, "zh": {"items": 10, "known": 4,
+                                                              "skipped": 6}}
     assert set(saved["parts"][0]["experiments"]) == set(part.experiments)
     assert {t for t, _ in ticks} >= {"tiny: locate (ig, amig, matrice)",
                                      "tiny: localization-quality"}
@@ -101,12 +103,14 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                     "## 5b. New knowledge injection", "## 6. Cost", "## Caveats"):
         assert heading in page
     assert "`mkn reproduce --test`" in page
+    assert "en 8/10, zh 4/10" in page and "the other 8 items are skipped" in page
+    assert "selectivity" in page and "specificity" in page
     assert "Reading, generated from the verdicts above" in page
     assert "not applicable (with 2 languages the soft set is the union" in page
     sr = study["parts"][0]["experiments"]["localization-quality"]["headline"]["median_sr"]
     assert with_ci(sr["amig"]) in page  # numbers come from the JSON
     cost = study["parts"][0]["localization"]["amig"]["cost"]
-    assert cost["fact_language_pairs"] == 10 and cost["mean_attribution_seconds"] > 0
+    assert cost["fact_language_pairs"] == 12 and cost["mean_attribution_seconds"] > 0
 
 
 def test_limit_samples_two_per_relation():
@@ -134,9 +138,12 @@ def test_reproduce_smoke_on_gemma(tmp_path):
                                          "enhancement", "injection"}
     assert "fact-checking" in bmlama["experiments"]
     items = mlama["experiments"]["localization-quality"]["result"]["items"]
-    assert len(items) == 4 * 6
+    counts = mlama["knowledge"]["per_language"]
+    assert sum(c["items"] for c in counts.values()) == 4 * 6
+    assert len(items) == sum(c["known"] for c in counts.values())  # only known items measured
     page = results.read_text(encoding="utf-8")
     assert "mkn reproduce --limit 4" in page and "## 6. Cost" in page
+    assert "Only knowledge the model has" in page and "selectivity" in page
 
 
 def test_clustered_interval_resamples_facts():

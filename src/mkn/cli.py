@@ -90,24 +90,46 @@ def attribute(
     """Attribute p(target | prompt) to FFN neurons and show the top ones."""
     import mkn
 
+    if method not in mkn.METHODS:  # checked before the model loads
+        raise _fail(ValueError(f"unknown method {method!r}; choose one of "
+                               f"{', '.join(mkn.METHODS)}"))
+    from mkn.attribution.rules import RULES
+    from mkn.localization.generic import cached_lists
+
+    if rule not in RULES:
+        raise _fail(ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}"))
     try:
         lm = _load(model, dtype)
         result = mkn.attribute(lm, prompt=prompt, target=target, method=method, steps=steps,
                                rule=rule)
     except (ValueError, IndexError, TypeError) as error:
         raise _fail(error) from error
+    lists = cached_lists(lm)
+    generic = {n for lang in {i.language for i in lists[0][0].items}
+               for n in lists[0][0].neurons(lang)} if lists else set()
+    top_neurons = result.top(top)
     if as_json:
-        payload = {"model": model, **result.to_dict(top=top)}
+        payload = {"model": model, **result.to_dict(top=top),
+                   "generic": [[layer, index] for layer, index, _ in top_neurons
+                               if (layer, index) in generic],
+                   "generic_list": str(lists[0][1]) if lists else None}
         typer.echo(json.dumps(payload, ensure_ascii=False))
         return
-    console.print(f"[bold]{model}[/] {prompt!r} -> {target!r} (tokens {result.target_tokens})")
+    console.print(f"[bold]{escape(model)}[/] {escape(repr(prompt))} -> {escape(repr(target))} "
+                  f"(tokens {escape(str(result.target_tokens))})")
     console.print(f"p(target) = {result.prob:.4g}   method {method}, {steps} steps, rule {rule}")
-    table = Table("rank", "layer", "neuron", "score", title=f"top {top} neurons")
-    for rank, (layer, index, score) in enumerate(result.top(top), 1):
-        table.add_row(str(rank), str(layer), str(index), f"{score:.4g}")
+    table = Table("rank", "layer", "neuron", "score", "generic", title=f"top {top} neurons")
+    for rank, (layer, index, score) in enumerate(top_neurons, 1):
+        table.add_row(str(rank), str(layer), str(index), f"{score:.4g}",
+                      "generic" if (layer, index) in generic else "")
     console.print(table)
     console.print(f"completeness gap: max relative {result.relative_completeness_gap:.3g} "
                   "(|sum of a layer's scores - (p(x) - p(baseline))| / |p(x) - p(baseline)|)")
+    if lists:
+        _say(f"generic neurons (knowledge neurons of many relations' facts) from {lists[0][1]}")
+    else:
+        _say(f"no generic-neuron list is cached for this model: `mkn generic --model {model} "
+             f"--dtype {dtype}` builds one (then this command flags them)")
 
 
 class ProgressBars:
@@ -189,6 +211,7 @@ def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):
     known = known_items(lm, facts, languages, criterion,
                         progress=bars.task("probe: does the model know it?", len(facts)))
     console.print(known.describe(), markup=False, highlight=False, soft_wrap=True)
+    known.require_some("(fact, language) items")  # before any other work
     return known
 
 
@@ -342,6 +365,8 @@ def generic(
     share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of other "
                                                 "relations' facts above which a neuron is "
                                                 "generic (default 0.3).")] = None,
+    reference_facts: Annotated[int, typer.Option(min=2, help="Facts in the reference sample "
+                                                          "(at most 4 per relation).")] = 32,
     rebuild: Annotated[bool, typer.Option(help="Recompute the cached list.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the list here (for --generic "
                                                   "PATH).")] = None,
@@ -360,7 +385,8 @@ def generic(
                                         generic_share=share, limit=1)
         with ProgressBars(quiet) as bars:
             found, path, built = reference_generic(lm, cfg.data, langs, cfg.locate,
-                                                   rebuild=rebuild, task=bars.task)
+                                                   rebuild=rebuild, task=bars.task,
+                                                   facts=reference_facts)
         if out is not None:
             found.save(out)
     except (ValueError, FileNotFoundError) as error:
@@ -521,19 +547,32 @@ def demo(
 
     try:
         with ProgressBars() as bars:
-            example, summary, editing, report = demo_job.run(lm, out, model, bars.task,
-                                                             console.print)
+            example, summary, editing, report, generic = demo_job.run(lm, out, model, bars.task,
+                                                                      _say)
     except ValueError as error:
         raise _fail(error) from error
-    console.print(f"\n[bold]1. one fact[/]: {example.prompt!r} -> {example.target!r}, "
-                  f"p = {example.prob:.3f}; top neurons (layer, index): "
-                  + ", ".join(f"({layer}, {index})" for layer, index, _ in example.top(5)))
+    flagged = set(generic.neurons("en"))
+    top = ", ".join(f"({layer}, {index})" + (" generic" if (layer, index) in flagged else "")
+                    for layer, index, _ in example.top(5))
+    console.print(f"\n[bold]1. one fact[/]: {escape(repr(example.prompt))} -> "
+                  f"{escape(repr(example.target))}, p = {example.prob:.3f}; top neurons "
+                  f"(layer, index): {top}")
+    counts = summary["knowledge"]["per_language"]
+    console.print("[bold]2. known items[/] (located; the rest skipped): " + ", ".join(
+        f"{lang} {c['located']}/{c['items']}" for lang, c in counts.items()))
     agnostic = summary["language_agnostic"]
-    console.print(f"[bold]2. language-agnostic neurons[/]: {agnostic['facts_with_any']}/"
-                  f"{summary['facts']} facts, mean {agnostic['mean_neurons']:.1f} per fact")
-    console.print("[bold]3. cross-lingual editing[/] (median relative change of p(gold)):")
+    console.print(f"[bold]3. language-agnostic neurons[/]: {agnostic['facts_with_any']}/"
+                  f"{summary['facts']} located facts, mean {agnostic['mean_neurons']:.1f} per "
+                  "fact")
+    console.print("[bold]4. cross-lingual editing[/] (median relative change of p(gold), "
+                  "beside its controls):")
     console.print(demo_job.cross_lingual_editing.table(editing), markup=False, soft_wrap=True)
-    console.print(f"\n[bold green]report:[/] {report.resolve()}")
+    console.print(f"\n[bold green]report:[/] {escape(str(report.resolve()))}")
+
+
+def _say(text: str) -> None:
+    """Print text as it is (never as console markup)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -134,12 +135,13 @@ def _score_causal(lm: LanguageModel, encoded: Sequence[EncodedQuery],
             ids = torch.tensor(chunk, dtype=torch.long, device=lm.device)
             out = _forward(lm, torch.tensor([length - 1]), input_ids=ids, use_cache=True)
             first = out.logits[:, -1].float().log_softmax(-1)  # [prompts, vocab]
+            best = first.argmax(-1).tolist()
             rows = []  # (prompt row, query index) of objects with more than one token
             for row, prompt in enumerate(chunk):
                 for index in by_prompt[prompt]:
                     target = encoded[index].target_ids
                     token_probs[index].append(float(first[row, target[0]].exp()))
-                    predicted[index].append(int(first[row].argmax()))
+                    predicted[index].append(best[row])
                     if len(target) > 1:
                         rows.append((row, index))
             if rows:
@@ -149,41 +151,64 @@ def _score_causal(lm: LanguageModel, encoded: Sequence[EncodedQuery],
             for i, query in enumerate(encoded)]
 
 
+@contextmanager
+def _head_at(lm: LanguageModel, rows: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
+    """Run the LM head only on the hidden states at ``(rows[i], positions[i])``: the model's
+    logits become ``[1, len(rows), vocab]`` (whatever the model applies after its head, such as
+    Gemma's soft-capping, still applies)."""
+    def gather(module, args):
+        return (args[0][rows, positions][None], *args[1:])
+
+    handle = lm.model.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _continue(lm: LanguageModel, encoded: Sequence[EncodedQuery], rows: list[tuple[int, int]],
               cache, length: int, vocab: int, token_probs: list[list[float]],
               predicted: list[list[int]]) -> None:
-    """Score tokens 2.. of multi-token objects as continuations of their cached prompt."""
+    """Score tokens 2.. of multi-token objects as continuations of their cached prompt; the LM
+    head runs only where a token is predicted (no padding)."""
     rows = sorted(rows, key=lambda r: len(encoded[r[1]].target_ids))
     pad = lm.tokenizer.pad_token_id or 0
     start = 0
     while start < len(rows):
-        width = len(encoded[rows[start][1]].target_ids) - 1
-        end = start + 1
+        end, needed = start, 0
         while end < len(rows):
-            longest = len(encoded[rows[end][1]].target_ids) - 1
-            if (end - start + 1) * longest * vocab > LOGITS_BUDGET:
+            more = len(encoded[rows[end][1]].target_ids) - 1
+            if end > start and (needed + more) * vocab > LOGITS_BUDGET:
                 break
-            width, end = longest, end + 1
+            needed, end = needed + more, end + 1
         chunk = rows[start:end]
+        width = max(len(encoded[index].target_ids) - 1 for _, index in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), length + width), dtype=torch.long)
         mask[:, :length] = 1
+        where_rows, where_positions, targets, owners = [], [], [], []
         for r, (_, index) in enumerate(chunk):
-            continuation = encoded[index].target_ids[:-1]
-            ids[r, :len(continuation)] = torch.tensor(continuation)
-            mask[r, length:length + len(continuation)] = 1
+            target = encoded[index].target_ids
+            ids[r, :len(target) - 1] = torch.tensor(target[:-1])
+            mask[r, length:length + len(target) - 1] = 1
+            for k, token in enumerate(target[1:]):
+                where_rows.append(r)
+                where_positions.append(k)
+                targets.append(token)
+                owners.append(index)
         selected = copy.deepcopy(cache) if end < len(rows) or start else cache
         selected.batch_select_indices(torch.tensor([row for row, _ in chunk],
                                                    device=lm.device))
-        logits = _forward(lm, torch.arange(width), input_ids=ids.to(lm.device),
-                          attention_mask=mask.to(lm.device), past_key_values=selected,
-                          use_cache=True).logits
-        for r, (_, index) in enumerate(chunk):
-            target = encoded[index].target_ids
-            for k, token in enumerate(target[1:]):
-                vector = logits[r, k].float()
-                token_probs[index].append(float(vector.softmax(-1)[token]))
-                predicted[index].append(int(vector.argmax()))
+        with _head_at(lm, torch.tensor(where_rows, device=lm.device),
+                      torch.tensor(where_positions, device=lm.device)), torch.no_grad():
+            logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                              past_key_values=selected, use_cache=True).logits[0]
+        log_probs = logits.float().log_softmax(-1)
+        chosen = log_probs[torch.arange(len(targets)), torch.tensor(targets)].exp().tolist()
+        best = log_probs.argmax(-1).tolist()
+        for index, prob, argmax in zip(owners, chosen, best, strict=True):
+            token_probs[index].append(prob)
+            predicted[index].append(argmax)
         start = end
 
 

@@ -1,10 +1,13 @@
 """The main job (``make demo``): the whole toolkit once, on the real default model.
 
 1. attribute one fact and show its top neurons;
-2. locate knowledge neurons of a few built-in facts in several languages (language-agnostic
-   and degenerate neurons included);
-3. cross-lingual editing: suppress/enhance language-agnostic vs single-language neurons;
-4. write the HTML report.
+2. probe which of a few built-in facts the model knows, in several languages;
+3. find the model's generic neurons on a reference sample of the built-in facts (cached);
+4. locate the knowledge neurons of the known items (language-agnostic and degenerate neurons
+   included, generic ones left out);
+5. cross-lingual editing: suppress/enhance language-agnostic vs single-language neurons, every
+   effect beside a random set of the same size and unrelated facts of other relations;
+6. write the HTML report.
 
 Sized to finish within 10 minutes on 2 CPU cores.
 """
@@ -18,6 +21,8 @@ from mkn.attribution.api import Attribution, attribute
 from mkn.data import load_facts
 from mkn.experiments import cross_lingual_editing
 from mkn.experiments.common import Setup, write_result
+from mkn.localization.generic import GenericNeurons, reference_generic
+from mkn.localization.knowledge import known_items
 from mkn.localization.locate import LocateConfig
 from mkn.localization.run import run_locate
 from mkn.models.loading import LanguageModel
@@ -26,29 +31,39 @@ from mkn.report import write_report
 LANGUAGES = ["en", "zh", "fr", "es"]
 FACTS = 4
 STEPS = 12
+REFERENCE_FACTS = 16  # the generic-neuron reference sample (built once, then cached)
+
+TaskFactory = Callable[[str, int], Callable[[str], None]]
 
 
-def run(lm: LanguageModel, out: Path, model_name: str,
-        progress: Callable[[str, int], Callable[[str], None]],
-        say: Callable[[str], None]) -> tuple[Attribution, dict, dict, Path]:
+def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
+        say: Callable[[str], None]) -> tuple[Attribution, dict, dict, Path, GenericNeurons]:
     """Run the demo into ``out``; ``progress(title, total)`` returns a per-fact callback."""
     example = attribute(lm, "The capital of France is", "Paris", method="amig", steps=STEPS)
-    facts = load_facts("builtin", LANGUAGES, limit=FACTS)
+    facts = load_facts("builtin", LANGUAGES, limit=FACTS, per_relation=1)  # 4 relations
     config = LocateConfig(method="amig", steps=STEPS)
     cache: dict = {}
+    known = known_items(lm, facts, LANGUAGES, config.known, progress("probe", len(facts)))
+    say(known.describe())
+    generic, path, built = reference_generic(lm, "builtin", LANGUAGES, config, task=progress,
+                                             cache=cache, facts=REFERENCE_FACTS)
+    counts = ", ".join(f"{lang} {len(generic.neurons(lang))}" for lang in LANGUAGES)
+    say(f"generic neurons (left out of every set): {counts} ({'built' if built else 'cached'} "
+        f"at {path})")
     meta = {"job": "demo", "model": model_name, "data": "builtin", "limit": FACTS, "seed": 0,
-            "fact_ids": [f.id for f in facts]}
+            "fact_ids": [f.id for f in facts], "generic": "auto"}
     say(f"locating {len(facts)} built-in facts in {', '.join(LANGUAGES)} ({STEPS} steps)")
     summary = run_locate(lm, facts, LANGUAGES, config, out, meta=meta,
-                         on_fact=progress("locate", len(facts)), cache=cache)
+                         on_fact=progress("locate", len(facts)), cache=cache, known=known,
+                         generic=generic)
     setup = Setup(experiment="cross-lingual-editing", model=model_name, data="builtin",
                   languages=LANGUAGES, limit=FACTS, seed=0, method="amig", steps=STEPS,
-                  facts=[f.id for f in facts])
-    say("cross-lingual editing with the same neurons")
+                  facts=[f.id for f in facts], generic="auto")
+    say("cross-lingual editing with the same neurons, beside random sets and unrelated facts")
     editing = cross_lingual_editing.run(
         lm, list(facts), LANGUAGES, config,
         progress=progress("cross-lingual editing", len(facts) * cross_lingual_editing.PHASES),
-        cache=cache)
+        cache=cache, known=known, generic=generic)
     write_result(out / "experiments", setup, editing, cross_lingual_editing.table(editing))
     report = write_report(out)
-    return example, summary, editing, report
+    return example, summary, editing, report, generic

@@ -4,7 +4,11 @@
     mkn reproduce --limit 4 --steps 2 --max-queries 1 --out /tmp/smoke --results /tmp/R.md
 
 For each data part (default: paraphrased-mlama-6 in all 6 languages; bmlama17 en+zh) the facts
-are sampled by relation (seeded) and located once with every method (``ig`` = B-KN, ``amig``,
+are sampled by relation (seeded) and probed (:mod:`mkn.localization.knowledge`): only the
+(fact, language) items the model knows (``known``) are located and measured, and the others are
+counted per language. Generic neurons (:mod:`mkn.localization.generic`) are left out unless
+``generic="keep"``, from one cached reference list per method. The known items are located once
+with every method (``ig`` = B-KN, ``amig``,
 ``matrice``), sharing one attribution cache, so each query is attributed once per IG baseline
 (MATRICE reuses AMIG's per-query attributions and adds its uncertainty aggregation). Then, on
 those same neurons:
@@ -39,6 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mkn.data import load_facts
 from mkn.experiments import EXPERIMENTS, cross_lingual_editing
 from mkn.experiments.metrics import clustered_interval, interval, precision_recall_f1
+from mkn.localization.generic import REFERENCE_FACTS, GenericNeurons, reference_generic
+from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
@@ -100,12 +106,22 @@ class StudyConfig(BaseModel):
                                                       "relation")
     methods: list[str] = ["ig", "amig", "matrice"]
     experiment_method: str = Field("amig", description="neurons used by experiments 3-5")
+    known: str = Field("auto", description="knowledge filter (mkn.localization.knowledge)")
+    generic: str = Field("auto", description="auto: leave generic neurons out (cached "
+                         "reference list per method); keep: leave them in")
     parts: list[DataPart] = Field(default_factory=lambda: [p.model_copy() for p in
                                                            DEFAULT_PARTS])
 
+    @field_validator("generic")
+    @classmethod
+    def _generic(cls, value: str) -> str:
+        if value not in ("auto", "keep"):
+            raise ValueError(f"generic must be auto or keep, got {value!r}")
+        return value
+
     def locate_config(self, method: str) -> LocateConfig:
         return LocateConfig(method=method, steps=self.steps, max_queries=self.max_queries,
-                            degenerate=False)
+                            degenerate=False, known=self.known)
 
     def sample(self, part: DataPart) -> tuple[list[str], int, int | None]:
         """(relations, per relation, limit) of ``part``; a ``limit`` shrinks it to 2 per
@@ -123,11 +139,15 @@ def share(flags: Sequence[bool]) -> float:
 
 def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
     """Median SR per method and paired shares (a beats b; a tie counts half) over (fact,
-    language) items, with intervals that resample facts."""
+    language) items, and per method and intervention the selectivity and specificity, with
+    intervals that resample facts."""
     items = result["items"]
     out = {"median_sr": {m: clustered_interval([(i["fact_id"], i[m]["sr"]) for i in items
                                                 if i[m]["sr"] is not None], seed=seed)
-                         for m in methods}, "paired": {}}
+                         for m in methods}, "paired": {},
+           "controls": {m: {mode: {key: control_interval(items, m, mode, key, seed)
+                                   for key in ("selectivity", "specificity")}
+                            for mode in ("suppress", "enhance")} for m in methods}}
     for a, b in (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig")):
         if a in methods and b in methods:
             wins = [(i["fact_id"], 1.0 if i[a]["sr"] > i[b]["sr"] else
@@ -135,6 +155,13 @@ def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
                     if i[a]["sr"] is not None and i[b]["sr"] is not None]
             out["paired"][f"{a} > {b}"] = clustered_interval(wins, statistics.fmean, seed)
     return out
+
+
+def control_interval(items: list[dict], method: str, mode: str, key: str, seed: int) -> dict:
+    """Median of one control number (selectivity, specificity) of ``method`` over items."""
+    return clustered_interval([(i["fact_id"], i[method][mode][key]) for i in items
+                               if mode in i[method] and i[method][mode][key] is not None],
+                              seed=seed)
 
 
 def editing_headline(result: dict, languages: Sequence[str], seed: int) -> dict:
@@ -158,14 +185,23 @@ def editing_headline(result: dict, languages: Sequence[str], seed: int) -> dict:
             singles = [(s, i) for s, i in sources.items()
                        if s not in agnostic_sets and mode in i]
             if singles:
-                cross.append(statistics.fmean(i[mode][t] for s, i in singles
-                                              for t in languages if t != s))
+                others = [i[mode][t] for s, i in singles for t in languages
+                          if t != s and t in i[mode]]  # known target languages only
+                if others:
+                    cross.append(statistics.fmean(others))
                 own.append(statistics.fmean(i[mode][s] for s, i in singles))
         out[mode] = {"agnostic_all_languages": interval(agnostic[agnostic_sets[0]], seed=seed),
                      "soft_agnostic_all_languages": interval(agnostic[agnostic_sets[1]],
                                                              seed=seed),
                      "single_other_languages": interval(cross, seed=seed),
                      "single_own_language": interval(own, seed=seed)}
+        controls = {name: [(i["fact_id"], e) for i in result["items"] if i["source"] == name
+                           and f"{mode}_controls" in i for e in i[f"{mode}_controls"].values()]
+                    for name in agnostic_sets}
+        out[mode]["controls"] = {
+            name: {key: clustered_interval([(f, e[key]) for f, e in rows if e[key] is not None],
+                                           seed=seed) for key in ("selectivity", "specificity")}
+            for name, rows in controls.items()}
     return out
 
 
@@ -224,15 +260,32 @@ def injection_headline(result: dict, seed: int) -> dict:
 # --- the study ----------------------------------------------------------------------------------
 
 def locate_every_method(lm: LanguageModel, facts: list, languages: list[str],
-                        config: StudyConfig, cache: dict, tick: Callable[[str], None]) -> dict:
+                        config: StudyConfig, cache: dict, tick: Callable[[str], None],
+                        known: KnownItems | None = None, generic: dict | None = None) -> dict:
     """``{method: {fact_id: FactResult}}`` with one shared attribution cache."""
     located: dict[str, dict] = {m: {} for m in config.methods}
     for fact in facts:
         for method in config.methods:
             located[method][fact.id] = locate_fact(lm, fact, languages,
-                                                   config.locate_config(method), cache)
+                                                   config.locate_config(method), cache, known,
+                                                   (generic or {}).get(method))
         tick(fact.id)
     return located
+
+
+def generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache: dict,
+                  task: TaskFactory) -> dict[str, GenericNeurons] | None:
+    """One cached reference list of generic neurons per method (None: keep them)."""
+    if config.generic == "keep":
+        return None
+    lists = {}
+    # a smoke run (limit) draws a reference sample as small as its own sample
+    size = REFERENCE_FACTS if config.limit is None else min(REFERENCE_FACTS, 2 * config.limit)
+    for method in config.methods:
+        lists[method], _, _ = reference_generic(lm, part.data, part.languages,
+                                                config.locate_config(method), task=task,
+                                                cache=cache, facts=size)
+    return lists
 
 
 def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
@@ -263,13 +316,17 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
     languages = part.languages
     cache: dict = {}
     started = time.perf_counter()
+    known = known_items(lm, facts, languages, config.known,
+                        progress=task(f"{part.name}: probe", len(facts)))
+    known.require_some(f"(fact, language) items in {part.name}")
+    generic = generic_lists(lm, part, config, cache, task)
     located = locate_every_method(lm, facts, languages, config, cache,
                                   task(f"{part.name}: locate ({', '.join(config.methods)})",
-                                       len(facts)))
+                                       len(facts)), known, generic)
     out = {"part": part.model_dump(), "facts": [f.id for f in facts],
            "relations": sorted({f.relation for f in facts}),
-           "known": {lang: sum(located[config.methods[0]][f.id].languages[lang].known
-                               for f in facts) for lang in languages},
+           "knowledge": known.to_summary(),
+           "generic": {m: g.summary(languages) for m, g in (generic or {}).items()},
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
@@ -279,7 +336,9 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
         started = time.perf_counter()
         options = {"methods": tuple(config.methods)} if name == "localization-quality" else {}
         result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
-                            cache=cache, **options)
+                            cache=cache, known=known,
+                            generic=generic if name == "localization-quality" or generic is None
+                            else generic[config.experiment_method], **options)
         out["seconds"][name] = time.perf_counter() - started
         out["experiments"][name] = {"result": result, "table": module.table(result),
                                     "headline": headline(name, result, languages, config)}

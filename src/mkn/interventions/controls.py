@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import random
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mkn.attribution.api import predict_many
@@ -189,17 +189,3 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
     drawn = random_changes(lm, neurons, mode, own, clean, draws, seed, factor, positions)
     return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), effect,
                             tuple(drawn), tuple(others))
-
-
-def summarize_effects(effects: Iterable[Mapping]) -> dict:
-    """Medians of effect, controls, selectivity and specificity over ``to_dict()`` records
-    (None where no item has the value)."""
-    effects = list(effects)
-    keys = ("effect", "random_effect", "unrelated_effect", "selectivity", "specificity")
-    out: dict = {"items": len(effects)}
-    for key in keys:
-        values = [e[key] for e in effects if e.get(key) is not None]
-        out[f"median_{key}"] = statistics.median(values) if values else None
-    moved = [abs(e["unrelated_effect"]) for e in effects if e.get("unrelated_effect") is not None]
-    out["median_unrelated_moved"] = statistics.median(moved) if moved else None
-    return out

@@ -24,8 +24,8 @@ pooled (a language the model knows little of borrows the others' list).
 The reference sample (:func:`reference_generic`): up to 32 facts of the run's data source, at
 most 4 per relation (seeded), the items the model knows (:mod:`mkn.localization.knowledge`), one
 query each, located with the run's method and settings. It is computed once per model, dtype,
-data, languages and settings and cached under ``$MKN_CACHE/generic/``; ``mkn generic`` shows
-or rebuilds it.
+data, languages and settings and cached under ``$MKN_CACHE/generic/`` (or
+``$MKN_GENERIC_CACHE``); ``mkn generic`` shows or rebuilds it.
 """
 
 from __future__ import annotations
@@ -172,12 +172,13 @@ class GenericNeurons:
 
 # --- the reference sample ---------------------------------------------------------------------
 
-def reference_facts(data: str, languages: Sequence[str], seed: int = 0):
-    """The reference sample of ``data``: up to :data:`REFERENCE_FACTS` facts, at most
+def reference_facts(data: str, languages: Sequence[str], facts: int = REFERENCE_FACTS,
+                    seed: int = 0):
+    """The reference sample of ``data``: up to ``facts`` facts, at most
     :data:`REFERENCE_PER_RELATION` per relation, interleaved by relation (seeded)."""
     from mkn.data import load_facts
 
-    return load_facts(data, list(languages), limit=REFERENCE_FACTS, seed=seed,
+    return load_facts(data, list(languages), limit=facts, seed=seed,
                       per_relation=REFERENCE_PER_RELATION)
 
 
@@ -195,10 +196,30 @@ def _reference_key(lm: LanguageModel, data: str, languages: Sequence[str], confi
 
 
 def reference_path(key: dict) -> Path:
+    """Where the list of ``key`` is cached: ``$MKN_GENERIC_CACHE`` or ``$MKN_CACHE/generic``."""
+    folder = Path(os.environ.get("MKN_GENERIC_CACHE") or cache_dir() / "generic")
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in
                    f"{Path(key['model']).name}-{key['data']}")[:60]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return cache_dir() / "generic" / f"{slug}-{digest}.json"
+    return folder / f"{slug}-{digest}.json"
+
+
+def cached_lists(lm: LanguageModel) -> list[tuple[GenericNeurons, Path]]:
+    """Every cached list built for ``lm`` (same name, dtype and shape), newest first: what a
+    single ``mkn attribute`` uses to flag generic neurons."""
+    folder = reference_path({"model": lm.name, "data": ""}).parent
+    found = []
+    for path in sorted(folder.glob("*.json"), key=lambda p: -p.stat().st_mtime) \
+            if folder.is_dir() else []:
+        try:
+            generic = GenericNeurons.load(path)
+        except ValueError:
+            continue
+        key = generic.source.get("key", {})
+        if (key.get("model"), key.get("dtype"), key.get("shape")) == (
+                lm.name, str(lm.dtype).removeprefix("torch."), [lm.n_layers, lm.n_neurons]):
+            found.append((generic, path))
+    return found
 
 
 def build_reference(lm: LanguageModel, facts: Sequence, languages: Sequence[str], config,
@@ -225,13 +246,15 @@ def build_reference(lm: LanguageModel, facts: Sequence, languages: Sequence[str]
 def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], config,
                       rebuild: bool = False,
                       task: Callable[[str, int], Callable[[str], None]] | None = None,
-                      cache: dict | None = None) -> tuple[GenericNeurons, Path, bool]:
-    """The cached generic-neuron list of ``lm`` on ``data`` (built on first use).
+                      cache: dict | None = None,
+                      facts: int = REFERENCE_FACTS) -> tuple[GenericNeurons, Path, bool]:
+    """The cached generic-neuron list of ``lm`` on ``data`` (built on first use from a
+    reference sample of up to ``facts`` facts).
 
     Returns ``(list, path, built)``; ``task(title, total)`` makes a progress callback.
     ``config.generic_share`` sets the threshold (the cached items do not depend on it).
     """
-    facts = reference_facts(data, languages)
+    facts = reference_facts(data, languages, facts)
     key = _reference_key(lm, data, languages, config, facts)
     path = reference_path(key)
     if path.exists() and not rebuild:
@@ -252,4 +275,5 @@ def rebuild_command(key: dict) -> str:
     s = key["settings"]
     return (f"mkn generic --model {key['model']} --dtype {key['dtype']} --data {key['data']} "
             f"--languages {','.join(key['languages'])} --method {s['method']} "
-            f"--steps {s['steps']} --known {s['known']} --rebuild")
+            f"--steps {s['steps']} --known {s['known']} --reference-facts "
+            f"{key['sample']['facts']} --rebuild")

@@ -71,7 +71,8 @@ def probe_table(summary: dict) -> str:
                       sum(by[lang]["known"] for lang in languages)]
                      for relation, by in summary["per_relation"].items()]
     relation_rows.sort(key=lambda row: -row[-1])
-    per_relation = markdown_table(["relation", *languages, "known in all"], relation_rows)
+    per_relation = markdown_table(["relation", *languages, "known items, all languages"],
+                                  relation_rows)
     return (f"{per_language}\n\nKnown items (default criterion) per relation and language, "
             f"relations the model knows best first:\n\n{per_relation}")
 

@@ -9,8 +9,11 @@
   language x language overlap (mean Jaccard), the layer histogram of language-agnostic (and soft)
   neurons, a table of facts (the ones the model gets wrong are marked), of language-agnostic
   neurons per fact and of degenerate neuron pairs per fact and language;
+- what the model knows (``knowledge.jsonl``): items probed, located and skipped per language;
 - from ``mkn experiment`` results (``*.json`` in the directory or in ``experiments/``): one
-  section per experiment with before/after bar charts and the numbers.
+  section per experiment with before/after bar charts and the numbers, every effect beside its
+  controls (a random set of the same size per layer, unrelated facts of other relations:
+  selectivity and specificity with 95% intervals).
 
 Whatever is missing is left out with a short note; a file that cannot be read is named in a note
 and never stops the report. Plots are PNG from matplotlib (``Figure`` objects, Agg, no pyplot
@@ -37,7 +40,8 @@ import jinja2
 import matplotlib
 from matplotlib.figure import Figure
 
-from mkn.localization.stats import localization_stats
+from mkn.experiments.common import CONTROL_HEADER, control_row, knowledge_line
+from mkn.localization.stats import knowledge_counts, localization_stats
 from mkn.runs.store import read_jsonl
 
 REPORT_NAME = "report.html"
@@ -325,6 +329,7 @@ class RunData:
     agnostic: list[dict] = field(default_factory=list)
     degenerate: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
+    knowledge: list[dict] = field(default_factory=list)
     summary: dict | None = None
     summary_note: str = ""
     experiments: list[Experiment] = field(default_factory=list)
@@ -389,6 +394,7 @@ def load_run(run_dir: Path) -> RunData:
     data.agnostic = _read_records(directory, "language_agnostic", done, problems)
     data.degenerate = _read_records(directory, "degenerate", done, problems)
     data.timings = _read_records(directory, "timings", done, problems)
+    data.knowledge = _read_records(directory, "knowledge", done, problems)
     summary_path = directory / "summary.json"
     if summary_path.exists():
         summary = _read_json(summary_path, problems)
@@ -404,7 +410,7 @@ def load_run(run_dir: Path) -> RunData:
     if data.summary is None and data.neurons:
         try:
             data.summary = localization_stats(data.neurons, data.agnostic, data.degenerate,
-                                              _n_layers(data), data.timings)
+                                              _n_layers(data), data.timings, data.knowledge)
         except (KeyError, TypeError, ValueError, IndexError) as error:
             problems.append(f"statistics could not be computed from the records ({error!r})")
     data.experiments = _load_experiments(directory, problems)
@@ -509,6 +515,7 @@ def _overview_section(data: RunData) -> Section:
         section.blocks.append(Table(["language", "facts", "known by the model",
                                      "mean knowledge neurons", "mean seconds / fact"], rows,
                                     caption="Per language"))
+        section.blocks += _knowledge_blocks(data)
     all_seconds = [float(t["seconds"]) for t in data.timings
                    if isinstance(t.get("seconds"), int | float)]
     if all_seconds:
@@ -522,6 +529,35 @@ def _overview_section(data: RunData) -> Section:
     elif data.has_locate:
         section.blocks.append(Text("No timings.jsonl: cost unknown.", "note"))
     return section
+
+
+def _knowledge_blocks(data: RunData) -> list:
+    """What the model knows: items probed, located and skipped per language."""
+    counts = knowledge_counts(data.knowledge)
+    if not counts:
+        return [Text("No knowledge.jsonl: this run does not say which items the model knows.",
+                     "note")]
+    criterion = ((data.config or {}).get("locate") or {}).get("known", "auto")
+    rows = [_cells([lang, c["items"], c["located"], c["skipped"]])
+            for lang, c in counts.items()]
+    return [Table(["language", "items probed", "located (known)", "skipped (not known)"], rows,
+                  caption=f"Only knowledge the model has: items known by {criterion} are "
+                          "located, the others are skipped and counted here")]
+
+
+def _controls_table(rows: Iterable[tuple[str, str, dict]], first: str) -> Table:
+    """Effects beside their controls: (label, intervention, control summary) rows."""
+    return Table([first, *CONTROL_HEADER],
+                 [_cells([label, *control_row(mode, summary)]) for label, mode, summary in rows],
+                 caption="Effect beside its controls: a random set of the same size per layer, "
+                         "unrelated facts of other relations (relative change of p(gold); "
+                         "selectivity = effect - random, specificity = effect - unrelated, "
+                         "oriented so that higher is better)")
+
+
+def _knowledge_text(result: dict, rest: str = "the others are not measured") -> list:
+    knowledge = result.get("knowledge")
+    return [Text(knowledge_line(knowledge, rest))] if isinstance(knowledge, dict) else []
 
 
 def _duration(seconds: float) -> str:
@@ -706,12 +742,16 @@ def _localization_quality(result: dict) -> list:
                             f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else None, s.get("mean_sr"),
                             s.get("median_suppress_related"), s.get("median_enhance_related"),
                             s.get("win_share")]))
+    controls = [(m, mode, summary[m]["controls"][mode]) for m in methods
+                if "controls" in summary[m] for mode in ("suppress", "enhance")]
     return [Plot("Localization quality", _png(fig),
                  "SR = |d_rel/d_unrel| (enhance) + |d_rel/d_unrel| (suppress): higher means the "
                  "neurons move their fact more than an unrelated one."),
             Table(["method", "items", "no neurons", "median #neurons", "median SR", "95% CI",
                    "mean SR", "median d_rel suppress", "median d_rel enhance",
-                   f"win share (of {_fmt(summary.get('compared_items'))})"], rows)]
+                   f"win share (of {_fmt(summary.get('compared_items'))})"], rows),
+            *([_controls_table(controls, "method")] if controls else []),
+            *_knowledge_text(result)]
 
 
 @_with_rc
@@ -745,14 +785,22 @@ def _cross_lingual_editing(result: dict) -> list:
                  "suppressed or enhanced: language-agnostic neurons should move every language, "
                  "one language's neurons mostly that language."),
             Table(["neurons of", "intervention", "facts with neurons",
-                   *[f"d p(gold) {t}" for t in targets]], rows)]
+                   *[f"d p(gold) {t}" for t in targets]], rows),
+            *([_controls_table([(labels[s], mode, summary[s]["controls"][mode])
+                                for s in sources for mode in ("suppress", "enhance")],
+                               "neurons of")]
+              if all("controls" in summary[s] for s in sources) else []),
+            *_knowledge_text(result)]
 
 
 @_with_rc
 def _fact_checking(result: dict) -> list:
     summary = result["summary"]
     scopes = [s for s, v in summary.items() if isinstance(v, dict)]
-    judges = {"degenerate_neurons": "degenerate-neuron judge", "model_judge": "model judge"}
+    judges = {"degenerate_neurons": "degenerate-neuron judge",
+              "random_neurons": "random-neuron judge (control)", "model_judge": "model judge"}
+    judges = {j: label for j, label in judges.items()
+              if any(j in summary[s] for s in summary if isinstance(summary[s], dict))}
     fig, axes = _figure(12, 3.8, ncols=3)
     for ax, metric in zip(axes, ("precision", "recall", "f1"), strict=True):
         _grouped_bars(ax, scopes, {label: [(summary[s].get(j) or {}).get(metric)
@@ -774,7 +822,7 @@ def _fact_checking(result: dict) -> list:
                          "Precision, recall and F1 of judging (query, candidate) pairs true: "
                          "degenerate knowledge neurons vs the model's own greedy prediction."),
             Table(["languages", "judge", "pairs", "precision", "recall", "F1", "accuracy"],
-                  rows)]
+                  rows), *_knowledge_text(result, "the others are not used for training")]
 
 
 @_with_rc
@@ -802,7 +850,11 @@ def _enhancement(result: dict) -> list:
                              "Enhancing the neurons shared by the languages where the model "
                              "knows the fact, measured in the language where it does not."),
             Table(["queries", "accuracy before", "accuracy after", "median p(gold) before",
-                   "median p(gold) after"], rows)]
+                   "median p(gold) after"], rows),
+            *([_controls_table([("shared neurons", "enhance", s["controls"])], "neurons of")]
+              if "controls" in s else []),
+            *_knowledge_text(result, "strong languages are the known ones, weak ones the "
+                                     "others")]
 
 
 @_with_rc
@@ -828,6 +880,13 @@ def _injection(result: dict) -> list:
             *[_cells(["portability (transfer)", lang, (v or {}).get("top1"),
                       (v or {}).get("efficacy")]) for lang, v in portability.items()],
             _cells(["locality (unrelated top-1 unchanged)", "all", s.get("locality"), None])]
+    control = s.get("random") or {}
+    if control:
+        rows += [_cells([f"control: random set, reliability ({_fmt(control.get('edits'))} "
+                         "edits)", source, control.get("reliability_top1"),
+                         control.get("reliability_efficacy")]),
+                 _cells(["control: random set, portability", "others",
+                         control.get("portability_top1"), control.get("portability_efficacy")])]
     skipped = result.get("skipped") or []
     return [Text(f"{_fmt(s.get('edits'))} edits through the knowledge neurons of {source}; "
                  f"{len(skipped)} facts skipped."),
@@ -835,7 +894,8 @@ def _injection(result: dict) -> list:
                  "Counterfactual edits of the source language's knowledge neurons: reliability "
                  "on the edit query, generalization to paraphrases, portability to other "
                  "languages, locality on unrelated facts."),
-            Table(["metric", "language", "new object top-1", "p(new) > p(old)"], rows)]
+            Table(["metric", "language", "new object top-1", "p(new) > p(old)"], rows),
+            *_knowledge_text(result, "portability is measured where the fact is known")]
 
 
 EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {

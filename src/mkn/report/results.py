@@ -15,8 +15,8 @@ from mkn.experiments.common import markdown_table
 
 CAVEATS = """\
 - **Model.** gemma-3-270m is far smaller than the papers' m-BERT / mGPT / LLaMA-2 and knows few
-  mLAMA facts outside English (see "facts the model knows" per part). Facts it gets wrong are
-  kept and marked, as in the papers, so many measurements are about weak knowledge.
+  mLAMA facts outside English (see "facts the model knows" per part), so some languages have few
+  items.
 - **`ig` on Gemma.** Gemma 3 normalises the FFN output (post-FFN RMSNorm), so scaling one layer's
   activations from the zero baseline leaves the output almost unchanged until alpha is near 0:
   the zero-baseline integral is degenerate (README). B-KN's weakness here is partly this
@@ -251,6 +251,32 @@ SECTIONS = (
 )
 
 
+def known_counts(part: dict) -> str:
+    """``en 30/36, fr 12/36`` (known of probed, per language) for one part."""
+    if "knowledge" in part:  # the knowledge filter: items known / probed
+        return ", ".join(f"{lang} {c['known']}/{c['items']}"
+                         for lang, c in part["knowledge"]["per_language"].items())
+    return ", ".join(f"{lang} {n}" for lang, n in part["known"].items())  # older studies
+
+
+def knowledge_notes(study: dict) -> list[str]:
+    """How knowledge was decided and what was left out, in words."""
+    filtered = [part for part in study["parts"] if "knowledge" in part]
+    if not filtered:
+        return ["Facts the model does not know were located and measured like the others (this "
+                "study predates the knowledge filter)."]
+    knowledge = filtered[0]["knowledge"]
+    skipped = sum(c["skipped"] for part in filtered
+                  for c in part["knowledge"]["per_language"].values())
+    if knowledge["criterion"] == "any":
+        return ["Every (fact, language) item was located and measured, known or not "
+                "(`known = any`)."]
+    return [f"Only knowledge the model has: a (fact, language) item is known by "
+            f"`{knowledge['criterion']}` ({knowledge['definition']}) on most of its queries; "
+            f"only known items are located and measured, the other {skipped} items are "
+            "skipped and counted above (mkn.localization.knowledge)."]
+
+
 def render(study: dict, source: str = "study.json") -> str:
     config = study["config"]
     out = [
@@ -278,11 +304,11 @@ def render(study: dict, source: str = "study.json") -> str:
     rows = []
     for part in study["parts"]:
         p = part["part"]
-        known = ", ".join(f"{lang} {n}" for lang, n in part["known"].items())
         rows.append([p["name"], f"`{p['data']}`", ",".join(p["languages"]), len(part["facts"]),
-                     ", ".join(part["relations"]), known])
+                     ", ".join(part["relations"]), known_counts(part)])
     out += [markdown_table(["part", "data", "languages", "facts", "relations",
-                            "facts the model knows, per language"], rows), ""]
+                            "facts the model knows, per language"], rows), "",
+            *knowledge_notes(study), ""]
     out += ["## The papers' claims, as measured here", "",
             "Verdict: *agrees* when the whole 95% interval is on the claimed side (share > 0.5, "
             "difference > 0, or the two intervals apart), *disagrees* when none of it is, "

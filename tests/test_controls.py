@@ -1,0 +1,174 @@
+"""Controls and generic neurons: hand-made numbers, and a tiny GPT-2 with two planted neurons.
+
+- ``FACT_NEURON`` fires only at the token "France" (its input reads that token's direction) and
+  writes "Paris": the knowledge neuron of one fact.
+- ``GENERIC_NEURON`` fires whatever the input and writes every gold object of the sample: a
+  knowledge neuron of every fact, of every relation.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mkn.data.schema import Fact
+from mkn.experiments.common import control_summary
+from mkn.interventions.controls import (
+    CleanProbs,
+    ControlledEffect,
+    controlled_effect,
+    random_like,
+    stable_seed,
+)
+from mkn.localization.generic import GenericNeurons, ReferenceItem, relation_shares
+from mkn.localization.locate import LocateConfig, locate_fact
+from tests.tiny_models import build, torch_threads
+
+FACT_NEURON, GENERIC_NEURON = (1, 5), (1, 9)
+QUERIES = [("P36", "The capital of France [Y] .", "Paris"),
+           ("P36", "The capital of Germany [Y] .", "Berlin"),
+           ("P36", "The capital of Japan [Y] .", "Tokyo"),
+           ("P37", "The official language of Germany [Y] .", "German"),
+           ("P37", "The official language of Japan [Y] .", "Japanese"),
+           ("P37", "The official language of Italy [Y] .", "Italian")]
+
+
+def _unit(vector: torch.Tensor) -> torch.Tensor:
+    centered = vector - vector.mean()
+    return centered / centered.norm()
+
+
+def planted_facts_gpt2():
+    lm = build("gpt2", cached=False)
+    token = lm.tokenizer.convert_tokens_to_ids
+    wte = lm.model.transformer.wte.weight
+    mlp = lm.blocks[1].mlp
+    with torch.no_grad():
+        wte[token("France")] *= 8  # dominates the residual stream where it is the token
+        mlp.c_fc.weight[:, FACT_NEURON[1]] = 2 * _unit(wte[token("France")])
+        mlp.c_fc.bias[FACT_NEURON[1]] = -6.0  # off for every other token
+        mlp.c_proj.weight[FACT_NEURON[1]] = 40 * _unit(wte[token("Paris")])
+        mlp.c_fc.weight[:, GENERIC_NEURON[1]] = 0
+        mlp.c_fc.bias[GENERIC_NEURON[1]] = 5.0  # always on
+        golds = sum(_unit(wte[token(gold)]) for _, _, gold in QUERIES)
+        mlp.c_proj.weight[GENERIC_NEURON[1]] = 12 * golds / golds.norm()
+    return lm
+
+
+@pytest.fixture(scope="module")
+def planted():
+    with torch_threads(1):
+        yield planted_facts_gpt2()
+
+
+def facts() -> list[Fact]:
+    return [Fact(id=f"fact-{i}", relation=relation, languages={
+        "en": {"subject": "x", "object": gold, "queries": [query]}})
+        for i, (relation, query, gold) in enumerate(QUERIES)]
+
+
+# ------------------------------------------------------------------------- hand-made numbers
+
+
+def test_selectivity_and_specificity_are_oriented_differences():
+    drop = ControlledEffect("suppress", 4, -0.9, (-0.1, 0.0, 0.1), (-0.2, 0.0))
+    assert drop.random_effect == pytest.approx(0.0)
+    assert drop.selectivity == pytest.approx(0.9) and drop.specificity == pytest.approx(0.8)
+    gain = ControlledEffect("enhance", 4, 2.0, (0.5,), (1.5,))
+    assert gain.selectivity == pytest.approx(1.5) and gain.specificity == pytest.approx(0.5)
+    lonely = ControlledEffect("suppress", 1, -0.5, (0.0,), ())
+    assert lonely.specificity is None and lonely.to_dict()["specificity"] is None
+    summary = control_summary([("a", drop.to_dict()), ("b", gain.to_dict()),
+                               ("c", lonely.to_dict())])
+    assert summary["items"] == 3 and summary["selectivity"]["n"] == 3
+    assert summary["selectivity"]["value"] == pytest.approx(0.9)
+    assert summary["specificity"]["value"] == pytest.approx(0.65)  # lonely has none
+    assert summary["unrelated_moved"]["value"] == pytest.approx(0.8)  # |-0.1| and |1.5|
+    low, high = summary["specificity"]["ci95"]
+    assert low == pytest.approx(0.5) and high == pytest.approx(0.8)  # resampling two facts
+
+
+def test_random_sets_keep_the_shape_and_avoid_the_set():
+    neurons = [(0, 1), (0, 2), (3, 7)]
+    rng = random.Random(0)
+    for _ in range(20):
+        drawn = random_like(neurons, 8, rng, exclude=[(0, 3)])
+        assert sorted(layer for layer, _ in drawn) == [0, 0, 3]
+        assert not set(drawn) & {(0, 1), (0, 2), (3, 7), (0, 3)}
+    with pytest.raises(ValueError, match="layer 0 has 1 neurons left"):
+        random_like([(0, 0), (0, 1), (0, 2)], 4, rng)
+    assert stable_seed(0, "fact", "en") == stable_seed(0, "fact", "en")
+    assert stable_seed(0, "fact", "en") != stable_seed(1, "fact", "en")
+
+
+def test_relation_shares_by_hand():
+    items = [("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1)]),
+             ("P37", [(0, 1)]), ("P37", [(0, 3)]), ("P19", [(0, 1)])]
+    shares, support = relation_shares(items)
+    # (0, 1): in 5 of 6 items; outside P36 in 2 of 3, outside P37 in 3 of 4 -> 2/3
+    assert shares[(0, 1)] == pytest.approx(2 / 3)
+    assert shares[(0, 2)] == 0.0  # only in P36: a relation neuron, not generic
+    assert shares[(0, 3)] == 0.0  # min over relations: outside P37 it is never there
+    assert support == 3
+    assert relation_shares([("P36", [(0, 1)]), ("P36", [(0, 1)])]) == ({}, 0)
+
+
+def test_generic_lists_per_language_fall_back_to_the_pool_and_round_trip(tmp_path):
+    items = [ReferenceItem(f"f{i}", f"P{i % 3}", "en", ((1, 1), (2, i))) for i in range(9)]
+    items += [ReferenceItem("g", "P0", "ja", ((1, 1), (4, 4))),
+              ReferenceItem("h", "P1", "ja", ((4, 4),))]
+    generic = GenericNeurons(items, threshold=0.3)
+    assert generic.own_list("en") and not generic.own_list("ja")
+    assert generic.neurons("en") == {(1, 1): 1.0}
+    assert (1, 1) in generic.neurons("ja") and (4, 4) not in generic.neurons("ja")  # pooled
+    assert generic.split("en", [(2, 0), (1, 1), (3, 3)]) == ([(2, 0), (3, 3)], [(1, 1)])
+    assert generic.summary(["en", "ja"])["ja"] == {"reference_items": 2, "own_list": False,
+                                                   "generic": 1}
+    path = generic.save(tmp_path / "g.json")
+    again = GenericNeurons.load(path)
+    assert again.items == generic.items and again.neurons("en") == generic.neurons("en")
+    assert again.with_threshold(1.1).neurons("en") == {}
+    (tmp_path / "bad.json").write_text('{"format": 1, "items": [{"fact_id": 1}]}')
+    with pytest.raises(ValueError, match="bad.json: not a generic-neuron list"):
+        GenericNeurons.load(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------------- planted neurons
+
+
+def test_a_planted_fact_neuron_is_selective_and_specific(planted):
+    own = [QUERIES[0][1:]]
+    unrelated = [[q[1:]] for q in QUERIES[3:]]  # other relation
+    with torch_threads(1):
+        effect = controlled_effect(planted, [FACT_NEURON], "suppress", own, unrelated, draws=3,
+                                   seed=0)
+    assert effect.effect < -0.8  # suppressing it removes "Paris"
+    assert len(effect.random) == 3 and max(abs(r) for r in effect.random) < 0.05
+    assert max(abs(u) for u in effect.unrelated) < 0.05
+    assert effect.selectivity > 0.8 and effect.specificity > 0.8
+
+
+def test_a_planted_neuron_of_every_fact_is_generic_and_not_specific(planted):
+    config = LocateConfig(method="ig", steps=8, rule="gauss-legendre", known="any",
+                          degenerate=False)
+    with torch_threads(1):
+        located = [locate_fact(planted, fact, ["en"], config) for fact in facts()]
+    items = [ReferenceItem(r.fact_id, r.relation, "en", tuple(r.languages["en"].neurons))
+             for r in located]
+    assert all(GENERIC_NEURON in item.neurons for item in items)
+    assert FACT_NEURON in items[0].neurons
+    generic = GenericNeurons(items)
+    assert GENERIC_NEURON in generic.neurons("en") and FACT_NEURON not in generic.neurons("en")
+
+    # left out of the fact's set when the list is given, and listed as generic
+    with torch_threads(1):
+        filtered = locate_fact(planted, facts()[0], ["en"], config, generic=generic)
+        effect = controlled_effect(planted, [GENERIC_NEURON], "suppress", [QUERIES[3][1:]],
+                                   [[QUERIES[0][1:]], [QUERIES[1][1:]]], draws=2, seed=1,
+                                   clean=CleanProbs(planted))
+    assert filtered.languages["en"].neurons == [FACT_NEURON]
+    assert filtered.languages["en"].generic == [GENERIC_NEURON]
+    assert effect.effect < -0.5 and effect.selectivity > 0.5  # it beats a random neuron...
+    assert effect.specificity < 0.3  # ...but moves the other relation's facts as well

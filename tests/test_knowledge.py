@@ -1,0 +1,144 @@
+"""Does the model know it? The rank and greedy criteria on hand-made numbers, the probe on a tiny
+model that knows some facts, and the counts of what a filter skips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mkn.attribution.scoring import Prediction
+from mkn.data.schema import Fact
+from mkn.localization.knowledge import (
+    Knowledge,
+    KnownItems,
+    QueryKnowledge,
+    _query_knowledge,
+    known_items,
+    majority,
+    probe,
+    rank_of_gold,
+)
+from mkn.localization.probe import probe_summary, probe_table, run_probe
+from tests.tiny_models import knowing, torch_threads, two_relation_facts
+
+
+def prediction(*token_probs: float, correct: bool = False) -> Prediction:
+    prob = 1.0
+    for p in token_probs:
+        prob *= p
+    return Prediction(prob, correct, 0, tuple(token_probs))
+
+
+def test_rank_uses_mean_log_probability_per_token():
+    # gold: 2 tokens of p 0.5 each (p = 0.25, mean log p = log 0.5); a one-token candidate of
+    # p 0.3 has a higher p but a lower mean log p (log 0.3 < log 0.5): gold ranks first
+    gold = prediction(0.5, 0.5, correct=True)
+    query = _query_knowledge("q", gold, [prediction(0.3), prediction(0.1, 0.9)])
+    assert query.rank == 1 and query.p_gold == pytest.approx(0.25)
+    assert query.known("rank") and query.known("greedy") and query.known("auto")
+    # a candidate above the gold object, and one tied with it, both rank above
+    assert rank_of_gold(-0.7, [-0.2, -0.7, -3.0]) == 3
+    assert rank_of_gold(-0.7, []) == 1
+    below = _query_knowledge("q", prediction(0.2, correct=True), [prediction(0.6)])
+    assert below.rank == 2 and not below.known("rank") and not below.known("auto")
+    assert below.known("greedy") and below.known("any")
+
+
+def test_without_candidates_auto_means_greedy_and_rank_means_unknown():
+    wrong = _query_knowledge("q", prediction(0.4, correct=False), None)
+    right = _query_knowledge("q", prediction(0.4, correct=True), None)
+    assert wrong.rank is None and right.rank is None
+    assert right.known("auto") and not wrong.known("auto")
+    assert not right.known("rank")  # no candidates: the rank criterion cannot say yes
+    with pytest.raises(ValueError, match="unknown knowledge criterion 'sure'"):
+        right.known("sure")
+
+
+def test_a_language_knows_a_fact_when_most_queries_do():
+    assert majority([True, True, False]) and majority([True])
+    assert not majority([True, False]) and not majority([])
+
+    def item(*known: bool) -> Knowledge:
+        return Knowledge("f", "P36", "en", "Paris", tuple(
+            QueryKnowledge("q", 0.5, k, 1 if k else 3, 2) for k in known))
+
+    assert item(True, True, False).known("rank") and item(True, True, False).known()
+    assert not item(True, False).known("auto") and item(True, False).known("any")
+    assert item(True, False).marked("any") is False  # any filters nothing, marks by auto
+    record = item(True, False, True).to_record("rank")
+    assert record["known"] and record["known_rank"] and record["known_greedy"]
+    assert [q["rank"] for q in record["queries"]] == [1, 3, 1]
+
+
+def test_skipped_items_are_counted_per_language_and_an_empty_filter_is_a_clear_error():
+    def item(fact: str, lang: str, greedy: bool) -> Knowledge:
+        return Knowledge(fact, "P36", lang, "x", (QueryKnowledge("q", 0.1, greedy, None, 0),))
+
+    known = KnownItems("greedy", ["en", "zh"], {
+        ("a", "en"): item("a", "en", True), ("a", "zh"): item("a", "zh", False),
+        ("b", "en"): item("b", "en", True), ("b", "zh"): item("b", "zh", False)})
+    assert known.counts() == {"en": {"items": 2, "known": 2, "skipped": 0},
+                              "zh": {"items": 2, "known": 0, "skipped": 2}}
+    assert known.languages_of("a") == ["en"]
+    assert "en 2/2, zh 0/2" in known.describe()
+    known.require_some()
+    nothing = known.subset(["a"])
+    nothing.knowledge = {k: v for k, v in nothing.knowledge.items() if k[1] == "zh"}
+    nothing.languages = ["zh"]
+    with pytest.raises(ValueError) as error:
+        nothing.require_some("items to locate")
+    message = str(error.value)
+    assert "--known greedy" in message and "zh: 0 of 1 known" in message
+    assert "--known any" in message and "\n" not in message
+
+
+def test_probe_on_a_tiny_model_that_knows_some_facts():
+    lm = knowing("llama")
+    facts = two_relation_facts()
+    # candidates: other capitals / languages (the gold object is the model's answer)
+    with_candidates = [f.model_copy(update={"languages": {
+        lang: view.model_copy(update={"candidates": [g.languages[lang].object for g in facts
+                                                     if g.relation == f.relation
+                                                     and g.id != f.id][:3]})
+        for lang, view in f.languages.items()}}) for f in facts]
+    with torch_threads(1):
+        plain = probe(lm, facts, ["en", "zh"])
+        ranked = probe(lm, with_candidates, ["en", "zh"], chunk=3)
+    assert plain[("capital-france", "zh")].known() and not plain[("language-france", "zh")].known()
+    assert not plain[("capital-england", "en")].known()
+    for key, item in ranked.items():
+        assert item.has_candidates and all(q.candidates == 3 for q in item.queries)
+        assert item.known("greedy") == plain[key].known(), key  # same scores, other batches
+        if item.known("greedy"):  # what the model was taught ranks first among the candidates
+            assert item.known("rank") and item.known("auto"), key
+        assert [q.p_gold for q in item.queries] == pytest.approx(
+            [q.p_gold for q in plain[key].queries], rel=1e-5)
+    summary = probe_summary(plain.values(), ["en", "zh"])
+    assert summary["per_language"]["en"]["known_greedy"] == 8
+    assert summary["per_language"]["zh"]["known_greedy"] == 4
+    assert summary["per_relation"]["P37"]["zh"]["known"] == 0
+    assert "| en | 10 | no candidates | 8 (80%) | 8 (80%) |" in probe_table(summary)
+    summary = probe_summary(ranked.values(), ["en", "zh"])
+    assert summary["per_language"]["en"]["known_rank"] >= 8
+
+
+def test_probe_run_writes_records_and_tables(tmp_path):
+    with torch_threads(1):
+        summary = run_probe(knowing("llama"), two_relation_facts(), ["en", "zh"], tmp_path,
+                            meta={"model": "tiny"})
+    records = [json.loads(line) for line in
+               (tmp_path / "knowledge.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(records) == 20 and summary["model"] == "tiny"
+    assert sum(r["known"] for r in records) == 12
+    assert (tmp_path / "knowledge.md").read_text(encoding="utf-8").startswith("| language")
+
+
+def test_a_gold_object_that_cannot_be_encoded_names_the_fact():
+    fact = Fact(id="blank", relation="P1", languages={
+        "en": {"subject": "France", "object": "Paris", "queries": ["[X] is [Y] ."]}})
+    lm = knowing("llama")
+    broken = fact.model_copy(update={"languages": {"en": fact.languages["en"].model_copy(
+        update={"object": " "})}})
+    with pytest.raises(ValueError, match="fact 'blank' \\(en\\)"):
+        known_items(lm, [broken], ["en"])
