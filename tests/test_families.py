@@ -312,3 +312,31 @@ def test_continuations_split_over_several_passes_score_the_same(name, monkeypatc
     split = predict_many(lm, queries)
     for a, b in zip(whole, split, strict=True):
         assert b.token_probs == pytest.approx(a.token_probs, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_rows_with_their_own_interventions_score_as_one_by_one(name):
+    """Each row suppresses or enhances its own neurons at every position (one batched pass)."""
+    from mkn.attribution.api import predict
+    from mkn.attribution.queries import encode
+    from mkn.attribution.scoring import score_rows
+    from mkn.interventions.activation import intervene
+
+    lm = tm.tiny(name)
+    sets = [None, ([(0, 1), (1, 2)], "suppress"), ([(1, 3)], "enhance"), ([(0, 5)], "suppress")]
+    queries = [query(lm, kind) for kind in ("single", "multi", "zh")]
+    rows = [(q, s) for q in queries for s in sets]
+    encoded = [encode(lm, *q) for q, _ in rows]
+    interventions = [None if s is None else {
+        layer: ([i for l_, i in s[0] if l_ == layer], 0.0 if s[1] == "suppress" else 3.0)
+        for layer in {l_ for l_, _ in s[0]}} for _, s in rows]
+    batched = score_rows(lm, encoded, interventions, batch_size=5)
+    for (q, s), got in zip(rows, batched, strict=True):
+        if s is None:
+            expected = predict(lm, *q)
+        else:
+            with intervene(lm, s[0], s[1], factor=3.0):
+                expected = predict(lm, *q)
+        assert got.token_probs == pytest.approx(expected.token_probs, rel=1e-4, abs=1e-7)
+        assert (got.correct, got.first_predicted_id) == (expected.correct,
+                                                         expected.first_predicted_id)

@@ -12,6 +12,10 @@ short continuations on a copy of the prompt's KV cache. Prompts of equal length 
 right-padded. Masked LMs run one row per teacher-forced step (the masks differ per step).
 
 Active interventions (:mod:`mkn.interventions`) apply to every forward pass.
+
+:func:`score_rows` gives each row its own intervention (neurons multiplied at every position:
+x0 suppresses, x2 enhances), so many neuron sets are measured in one batched pass: the
+controls of an effect, or the top-k sets of a size curve.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import groupby
@@ -27,6 +31,7 @@ from itertools import groupby
 import torch
 
 from mkn.attribution.queries import EncodedQuery, PredictionStep
+from mkn.models.hooks import neuron_hooks
 from mkn.models.loading import LanguageModel
 
 # Floats of logits one pass may hold (rows x kept positions x vocab).
@@ -210,6 +215,79 @@ def _continue(lm: LanguageModel, encoded: Sequence[EncodedQuery], rows: list[tup
             token_probs[index].append(prob)
             predicted[index].append(argmax)
         start = end
+
+
+RowIntervention = Mapping[int, tuple[Sequence[int], float]]  # layer -> (neurons, multiplier)
+
+
+def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention | None]):
+    """Per layer, a hook multiplying row ``r``'s neurons by its own factors, every position."""
+    tables: dict[int, torch.Tensor] = {}
+    for r, intervention in enumerate(interventions):
+        for layer, (indices, factor) in (intervention or {}).items():
+            table = tables.setdefault(layer, torch.ones(len(interventions), lm.n_neurons,
+                                                        device=lm.device))
+            table[r, list(indices)] = factor
+
+    def make(table: torch.Tensor):
+        return lambda x: x * table[:, None, :].to(x.dtype)
+
+    return {layer: make(table) for layer, table in tables.items()}
+
+
+def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
+               interventions: Sequence[RowIntervention | None],
+               batch_size: int = 32) -> list[Prediction]:
+    """One :class:`Prediction` per row: ``encoded[i]`` scored with ``interventions[i]``
+    (``{layer: (neuron indices, multiplier)}`` applied at every position; None: clean).
+
+    A causal row is the prompt and the object's tokens but the last (teacher forcing in one
+    sequence); a masked LM runs one row per teacher-forced step. Rows are sorted by length,
+    right-padded, and the LM head runs only at the positions that predict an object token.
+    Interventions already active (:mod:`mkn.interventions`) apply too.
+    """
+    if len(encoded) != len(interventions):
+        raise ValueError(f"{len(encoded)} queries but {len(interventions)} interventions")
+    jobs = []  # (owner, input ids, [(position, target id)])
+    for owner, query in enumerate(encoded):
+        if lm.causal:
+            jobs.append((owner, query.steps[-1].input_ids,
+                         [(s.position, s.target_id) for s in query.steps]))
+        else:
+            jobs += [(owner, s.input_ids, [(s.position, s.target_id)]) for s in query.steps]
+    jobs.sort(key=lambda job: len(job[1]))
+    token_probs: list[list[float]] = [[] for _ in encoded]
+    predicted: list[list[int]] = [[] for _ in encoded]
+    pad = lm.tokenizer.pad_token_id or 0
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        width = max(len(ids) for _, ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        where_rows, where_positions, targets, owners = [], [], [], []
+        for r, (owner, row_ids, scored) in enumerate(chunk):
+            ids[r, :len(row_ids)] = torch.tensor(row_ids)
+            mask[r, :len(row_ids)] = 1
+            for position, target in scored:
+                where_rows.append(r)
+                where_positions.append(position)
+                targets.append(target)
+                owners.append(owner)
+        hooks = _multiplier_hooks(lm, [interventions[owner] for owner, _, _ in chunk])
+        with neuron_hooks(lm, hooks), _head_at(lm, torch.tensor(where_rows, device=lm.device),
+                                                torch.tensor(where_positions,
+                                                             device=lm.device)), \
+                torch.no_grad():
+            logits = lm.model(input_ids=ids.to(lm.device),
+                              attention_mask=mask.to(lm.device)).logits[0]
+        log_probs = logits.float().log_softmax(-1)
+        chosen = log_probs[torch.arange(len(targets)), torch.tensor(targets)].exp().tolist()
+        best = log_probs.argmax(-1).tolist()
+        for owner, prob, argmax in zip(owners, chosen, best, strict=True):
+            token_probs[owner].append(prob)
+            predicted[owner].append(argmax)
+    return [_prediction(token_probs[i], predicted[i], query.target_ids)
+            for i, query in enumerate(encoded)]
 
 
 def score_encoded(lm: LanguageModel, encoded: Sequence[EncodedQuery],

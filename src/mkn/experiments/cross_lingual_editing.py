@@ -15,7 +15,6 @@ language, random sets with as many neurons per layer (``draws`` draws) on the sa
 
 from __future__ import annotations
 
-import random
 import statistics
 
 from mkn.experiments.common import (
@@ -35,8 +34,8 @@ from mkn.interventions.controls import (
     DEFAULT_UNRELATED,
     CleanProbs,
     ControlledEffect,
-    group_changes,
-    random_like,
+    measure_sets,
+    random_sets,
     stable_seed,
 )
 from mkn.localization.generic import GenericNeurons
@@ -53,25 +52,22 @@ PHASES = 2  # progress ticks per fact: locating, then measuring
 def edit_everywhere(lm: LanguageModel, neurons: list, mode: str, own: dict[str, list],
                     controls: dict[str, list[list]], clean: CleanProbs, draws: int,
                     seed: str) -> dict[str, dict]:
-    """``{target language: ControlledEffect dict}`` for one set and mode: the set once over
-    every language's own and unrelated queries, then each random set over the own queries."""
+    """``{target language: ControlledEffect dict}`` for one set and mode: the set over every
+    language's own and unrelated queries, and each random set over the own queries, in one
+    batched pass."""
     languages = list(own)
-    groups = [own[lang] for lang in languages]
-    groups += [qs for lang in languages for qs in controls[lang]]
-    changes = group_changes(lm, neurons, mode, groups, clean)
-    effects, start = dict(zip(languages, changes, strict=False)), len(languages)
-    unrelated = {}
-    for lang in languages:
-        unrelated[lang] = changes[start:start + len(controls[lang])]
-        start += len(controls[lang])
-    rng = random.Random(stable_seed(seed, "random-control"))
-    drawn: dict[str, list[float]] = {lang: [] for lang in languages}
-    for _ in range(draws):
-        random_set = random_like(neurons, lm.n_neurons, rng)
-        per_language = group_changes(lm, random_set, mode, groups[:len(languages)], clean)
-        for lang, change in zip(languages, per_language, strict=True):
-            drawn[lang].append(change)
-    return {lang: ControlledEffect(mode, len(neurons), effects[lang], tuple(drawn[lang]),
+    drawn = random_sets(neurons, lm.n_neurons, draws, seed)
+    jobs = [(neurons, mode, own[lang]) for lang in languages]
+    jobs += [(neurons, mode, qs) for lang in languages for qs in controls[lang]]
+    jobs += [(random_set, mode, own[lang]) for random_set in drawn for lang in languages]
+    changes = iter(measure_sets(lm, jobs, clean))
+    effects = {lang: next(changes) for lang in languages}
+    unrelated = {lang: [next(changes) for _ in controls[lang]] for lang in languages}
+    random_effects: dict[str, list[float]] = {lang: [] for lang in languages}
+    for _ in drawn:
+        for lang in languages:
+            random_effects[lang].append(next(changes))
+    return {lang: ControlledEffect(mode, len(neurons), effects[lang], tuple(random_effects[lang]),
                                    tuple(unrelated[lang])).to_dict() for lang in languages}
 
 

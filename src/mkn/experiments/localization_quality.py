@@ -41,8 +41,8 @@ from mkn.interventions.controls import (
     DEFAULT_UNRELATED,
     CleanProbs,
     ControlledEffect,
-    group_changes,
-    random_changes,
+    measure_sets,
+    random_sets,
     stable_seed,
 )
 from mkn.localization.generic import GenericNeurons
@@ -57,14 +57,22 @@ PHASES = 1  # progress ticks per fact
 
 def measure(lm: LanguageModel, neurons: list, own: list, sr_unrelated: list,
             controls: list[list], clean: CleanProbs, draws: int, seed: str) -> dict:
-    """One method's numbers on one item: per mode the controlled effect, and SR."""
-    entry: dict = {"neurons": len(neurons)}
+    """One method's numbers on one item: per mode the controlled effect, and SR (every set,
+    unrelated fact and random draw of both modes in one batched pass)."""
+    jobs, layout = [], {}
     for mode in MODES:
-        effect, sr_change, *control_changes = group_changes(
-            lm, neurons, mode, [own, sr_unrelated, *controls], clean)
-        drawn = random_changes(lm, neurons, mode, own, clean, draws, f"{seed}/{mode}")
+        drawn = random_sets(neurons, lm.n_neurons, draws, f"{seed}/{mode}")
+        layout[mode] = len(jobs)
+        jobs += [(neurons, mode, own), (neurons, mode, sr_unrelated),
+                 *[(neurons, mode, c) for c in controls], *[(r, mode, own) for r in drawn]]
+    changes = measure_sets(lm, jobs, clean)
+    entry: dict = {"neurons": len(neurons)}
+    for mode, at in layout.items():
+        effect, sr_change = changes[at], changes[at + 1]
+        control_changes = changes[at + 2:at + 2 + len(controls)]
+        random_effects = changes[at + 2 + len(controls):at + 2 + len(controls) + draws]
         entry[f"{mode}_related"], entry[f"{mode}_unrelated"] = effect, sr_change
-        entry[mode] = ControlledEffect(mode, len(neurons), effect, tuple(drawn),
+        entry[mode] = ControlledEffect(mode, len(neurons), effect, tuple(random_effects),
                                        tuple(control_changes)).to_dict()
     entry["sr"] = success_ratio(entry["enhance_related"], entry["enhance_unrelated"],
                                 entry["suppress_related"], entry["suppress_unrelated"])

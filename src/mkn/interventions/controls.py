@@ -30,8 +30,9 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from mkn.attribution.api import predict_many
-from mkn.interventions.activation import group_neurons, intervene
+from mkn.attribution.queries import EncodedQuery, encode
+from mkn.attribution.scoring import score_rows
+from mkn.interventions.activation import group_neurons
 from mkn.models.loading import LanguageModel
 
 Neuron = tuple[int, int]
@@ -123,53 +124,71 @@ class ControlledEffect:
 
 
 class CleanProbs:
-    """p(gold) of queries with no intervention, computed once per query (batched)."""
+    """Encoded queries and their p(gold) with no intervention, computed once per query."""
 
     def __init__(self, lm: LanguageModel):
         self.lm = lm
         self.known: dict[Query, float] = {}
+        self._encoded: dict[Query, EncodedQuery] = {}
+
+    def encode(self, query: Query) -> EncodedQuery:
+        if query not in self._encoded:
+            self._encoded[query] = encode(self.lm, *query)
+        return self._encoded[query]
 
     def __call__(self, queries: Sequence[Query]) -> list[float]:
         missing = list(dict.fromkeys(q for q in queries if q not in self.known))
         if missing:
-            for query, prediction in zip(missing, predict_many(self.lm, missing), strict=True):
+            scored = score_rows(self.lm, [self.encode(q) for q in missing], [None] * len(missing))
+            for query, prediction in zip(missing, scored, strict=True):
                 self.known[query] = prediction.prob
         return [self.known[q] for q in queries]
 
 
-def group_changes(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
-                  groups: Sequence[Sequence[Query]], clean: CleanProbs, factor: float = 2.0,
-                  positions: Sequence[int] | None = None) -> list[float]:
-    """Mean relative change of p(gold) of each group of queries under one intervention on
-    ``neurons`` (every group in one batched pass)."""
-    flat = [q for group in groups for q in group]
-    before = clean(flat)
-    with intervene(lm, neurons, mode, factor=factor, positions=positions):
-        after = [p.prob for p in predict_many(lm, flat)]
-    changes, start = [], 0
-    for group in groups:
-        end = start + len(group)
-        changes.append(mean_change(before[start:end], after[start:end]))
-        start = end
-    return changes
+def row_intervention(neurons: Sequence[Sequence[int]], mode: str,
+                     factor: float = 2.0) -> dict[int, tuple[list[int], float]]:
+    """``{layer: (indices, multiplier)}`` of suppressing (x0) or enhancing (x factor)."""
+    if mode not in ORIENTATION:
+        raise ValueError(f"unknown intervention {mode!r}; choose suppress or enhance")
+    by_layer: dict[int, list[int]] = {}
+    for layer, index in neurons:
+        by_layer.setdefault(int(layer), []).append(int(index))
+    multiplier = 0.0 if mode == "suppress" else factor
+    return {layer: (indices, multiplier) for layer, indices in by_layer.items()}
 
 
-def random_changes(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
-                   queries: Sequence[Query], clean: CleanProbs, draws: int = DEFAULT_DRAWS,
-                   seed: int | str = 0, factor: float = 2.0,
-                   positions: Sequence[int] | None = None) -> list[float]:
-    """Mean relative change of p(gold) of ``queries`` under ``draws`` random sets shaped like
-    ``neurons`` (seeded by ``seed``)."""
+def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]], str,
+                                                         Sequence[Query]]],
+                 clean: CleanProbs, factor: float = 2.0) -> list[float]:
+    """For each job ``(neurons, mode, queries)``: the mean relative change of p(gold) of the
+    queries when ``neurons`` are suppressed or enhanced, every job in one batched pass
+    (:func:`mkn.attribution.scoring.score_rows`)."""
+    encoded, interventions, owners = [], [], []
+    for number, (neurons, mode, queries) in enumerate(jobs):
+        intervention = row_intervention(neurons, mode, factor)
+        for query in queries:
+            encoded.append(clean.encode(query))
+            interventions.append(intervention)
+            owners.append(number)
+    before = clean([q for _, _, queries in jobs for q in queries])
+    after = [p.prob for p in score_rows(lm, encoded, interventions)]
+    changes: list[list[float]] = [[] for _ in jobs]
+    for owner, b, a in zip(owners, before, after, strict=True):
+        changes[owner].append(relative_change(max(b, MIN_PROB), a))
+    return [statistics.fmean(c) for c in changes]
+
+
+def random_sets(neurons: Sequence[Sequence[int]], n_neurons: int, draws: int,
+                seed: int | str) -> list[list[Neuron]]:
+    """``draws`` random sets shaped like ``neurons`` (seeded by ``seed``)."""
     rng = random.Random(stable_seed(seed, "random-control"))
-    return [group_changes(lm, random_like(neurons, lm.n_neurons, rng), mode, [queries], clean,
-                          factor, positions)[0] for _ in range(draws)]
+    return [random_like(neurons, n_neurons, rng) for _ in range(draws)]
 
 
 def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
                       own: Sequence[Query], unrelated: Sequence[Sequence[Query]] = (),
                       draws: int = DEFAULT_DRAWS, seed: int | str = 0, factor: float = 2.0,
-                      clean: CleanProbs | None = None,
-                      positions: Sequence[int] | None = None) -> ControlledEffect:
+                      clean: CleanProbs | None = None) -> ControlledEffect:
     """The effect of suppressing or enhancing ``neurons`` on the ``own`` queries of a fact,
     beside ``draws`` random sets of the same shape (seeded by ``seed``) and the queries of
     ``unrelated`` facts (one query list per fact); ``clean`` reuses clean probabilities.
@@ -184,8 +203,9 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
         raise ValueError("no queries to measure the effect on")
     group_neurons(lm, neurons)  # checks the set: in range, not empty
     clean = clean or CleanProbs(lm)
-    effect, *others = group_changes(lm, neurons, mode, [own, *unrelated], clean, factor,
-                                    positions)
-    drawn = random_changes(lm, neurons, mode, own, clean, draws, seed, factor, positions)
+    drawn = random_sets(neurons, lm.n_neurons, draws, seed)
+    changes = measure_sets(lm, [(neurons, mode, own), *[(neurons, mode, u) for u in unrelated],
+                                *[(r, mode, own) for r in drawn]], clean, factor)
+    effect, others = changes[0], changes[1:1 + len(unrelated)]
     return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), effect,
-                            tuple(drawn), tuple(others))
+                            tuple(changes[1 + len(unrelated):]), tuple(others))
