@@ -10,6 +10,7 @@ from mkn.experiments import (
     fact_checking,
     injection,
     localization_quality,
+    size_curves,
 )
 
 EXPERIMENTS = {
@@ -18,4 +19,5 @@ EXPERIMENTS = {
     "fact-checking": fact_checking,
     "enhancement": enhancement,
     "injection": injection,
+    "size-curves": size_curves,
 }

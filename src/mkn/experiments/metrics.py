@@ -90,6 +90,18 @@ def win_shares(scores: dict[str, Sequence[float]]) -> dict[str, float]:
     return {m: w / count for m, w in wins.items()} if count else wins
 
 
+def curve_area(values: Sequence[float]) -> float:
+    """The normalized area under a curve sampled on a grid of sizes: trapezoids between
+    neighbouring grid points, divided by the number of intervals (the mean height of the curve
+    with the grid points equally spaced, as k = 1, 2, 5, 10, ... are on a log axis); one point:
+    its value. (AOPC of Samek et al. 2017 averages the curve the same way.)"""
+    if not values:
+        raise ValueError("area of an empty curve")
+    if len(values) == 1:
+        return float(values[0])
+    return sum((a + b) / 2 for a, b in zip(values, values[1:], strict=False)) / (len(values) - 1)
+
+
 def interval(values: Sequence, statistic: Callable = statistics.median, seed: int = 0) -> dict:
     """``{"value", "ci95", "n"}``: ``statistic`` of ``values`` with a bootstrap 95% interval."""
     values = list(values)

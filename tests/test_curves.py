@@ -1,0 +1,71 @@
+"""Methods at equal size: curve areas and the size-curves summary on hand-made numbers, and the
+curves of a tiny model with a planted fact neuron."""
+
+from __future__ import annotations
+
+import pytest
+
+from mkn.experiments import size_curves
+from mkn.experiments.metrics import curve_area
+from mkn.interventions.controls import ControlledEffect
+from mkn.localization.generic import GenericNeurons, ReferenceItem
+from mkn.localization.locate import LocateConfig
+from tests.test_controls import FACT_NEURON, GENERIC_NEURON, facts, planted_facts_gpt2
+from tests.tiny_models import torch_threads
+
+
+def test_curve_area_is_the_mean_height_over_the_grid():
+    assert curve_area([0.0, 1.0]) == pytest.approx(0.5)
+    assert curve_area([1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert curve_area([0.0, 0.5, 1.0, 1.0]) == pytest.approx((0.25 + 0.75 + 1.0) / 3)
+    assert curve_area([0.7]) == 0.7
+    with pytest.raises(ValueError, match="empty"):
+        curve_area([])
+
+
+def _item(fact: str, lang: str, heights: dict[str, list[float]]) -> dict:
+    """An item whose suppression effect at the k-th size is -height (random sets: 0, unrelated
+    facts: -0.1), so selectivity = height and specificity = height - 0.1."""
+    return {"fact_id": fact, "language": lang, "control_facts": 1, "curves": {
+        method: {str(k): {mode: ControlledEffect(mode, k, -h if mode == "suppress" else h,
+                                                 (0.0,), (-0.1 if mode == "suppress" else 0.1,)
+                                                 ).to_dict() for mode in size_curves.MODES}
+                 for k, h in zip((1, 2, 5), values, strict=True)}
+        for method, values in heights.items()}}
+
+
+def test_summary_compares_methods_at_each_size_pooled_and_per_language():
+    items = [_item("a", "en", {"amig": [0.2, 0.6, 1.0], "random": [0.0, 0.0, 0.0]}),
+             _item("a", "zh", {"amig": [0.0, 0.2, 0.4], "random": [0.0, 0.0, 0.0]}),
+             _item("b", "en", {"amig": [0.4, 0.8, 1.0], "random": [0.0, 0.1, 0.0]})]
+    summary = size_curves.summarize(items, ("amig", "random"), (1, 2, 5), ["en", "zh"])
+    amig = summary["amig"]
+    assert amig["per_k"]["2"]["suppress"]["selectivity"]["value"] == pytest.approx(0.6)
+    assert amig["per_k"]["2"]["suppress"]["specificity"]["value"] == pytest.approx(0.5)
+    areas = amig["area"]["suppress_selectivity"]
+    en = [curve_area([0.2, 0.6, 1.0]), curve_area([0.4, 0.8, 1.0])]
+    assert areas["en"]["value"] == pytest.approx(sum(en) / 2)
+    assert areas["zh"]["value"] == pytest.approx(curve_area([0.0, 0.2, 0.4]))
+    assert areas["all"]["n"] == 3 and areas["all"]["facts"] == 2
+    assert summary["random"]["area"]["suppress_selectivity"]["all"]["value"] == pytest.approx(
+        0.0)
+    assert amig["area"]["suppress_specificity"]["all"]["value"] == pytest.approx(
+        areas["all"]["value"] - 0.1)
+
+
+def test_a_planted_fact_neuron_tops_the_curve():
+    """With the generic neuron left out, the France fact's top-1 neuron is the planted one."""
+    lm = planted_facts_gpt2()
+    config = LocateConfig(method="ig", steps=8, rule="gauss-legendre", known="any")
+    generic = GenericNeurons([ReferenceItem(f"r{i}", f"P{i % 3}", "en", (GENERIC_NEURON,))
+                              for i in range(9)])
+    with torch_threads(1):
+        result = size_curves.run(lm, facts(), ["en"], config, methods=("ig",), sizes=(1, 2),
+                                 draws=2, unrelated=2, generic=generic)
+    first = next(i for i in result["items"] if i["fact_id"] == "fact-0")
+    assert first["ranked"]["ig"][0] == list(FACT_NEURON)
+    assert list(GENERIC_NEURON) not in first["ranked"]["ig"]
+    top1 = first["curves"]["ig"]["1"]["suppress"]
+    assert top1["effect"] < -0.8 and top1["selectivity"] > 0.8 and top1["specificity"] > 0.8
+    assert first["curves"]["random"]["1"]["suppress"]["selectivity"] < 0.2
+    assert result["skipped_sizes"] == [] and result["sizes"] == [1, 2]
