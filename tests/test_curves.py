@@ -1,17 +1,21 @@
-"""Methods at equal size: curve areas and the size-curves summary on hand-made numbers, and the
-curves of a tiny model with a planted fact neuron."""
+"""Methods at equal size: curve areas and the size-curves summary on hand-made numbers, the
+curves of a tiny model with a planted fact neuron, and the cross-language rankings of the
+shared-set test on a neuron planted in two languages."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
-from mkn.experiments import size_curves
+from mkn.data.schema import Fact
+from mkn.experiments import shared_sets, size_curves
 from mkn.experiments.metrics import curve_area
 from mkn.interventions.controls import ControlledEffect
 from mkn.localization.generic import GenericNeurons, ReferenceItem
-from mkn.localization.locate import LocateConfig
-from tests.test_controls import FACT_NEURON, GENERIC_NEURON, facts, planted_facts_gpt2
-from tests.tiny_models import torch_threads
+from mkn.localization.knowledge import known_items
+from mkn.localization.locate import LocateConfig, top_neurons
+from tests.test_controls import FACT_NEURON, GENERIC_NEURON, _unit, facts, planted_facts_gpt2
+from tests.tiny_models import build, torch_threads
 
 
 def test_curve_area_is_the_mean_height_over_the_grid():
@@ -69,3 +73,49 @@ def test_a_planted_fact_neuron_tops_the_curve():
     assert top1["effect"] < -0.8 and top1["selectivity"] > 0.8 and top1["specificity"] > 0.8
     assert first["curves"]["random"]["1"]["suppress"]["selectivity"] < 0.2
     assert result["skipped_sizes"] == [] and result["sizes"] == [1, 2]
+
+
+BILINGUAL = (1, 7)
+
+
+def planted_bilingual_gpt2():
+    """Tiny GPT-2 with one neuron that fires at "France" and at "国" (the last token of the
+    Chinese queries) and writes "Paris" and "巴": the same fact's neuron in both languages."""
+    lm = build("gpt2", cached=False)
+    token = lm.tokenizer.convert_tokens_to_ids
+    wte = lm.model.transformer.wte.weight
+    mlp = lm.blocks[1].mlp
+    with torch.no_grad():
+        for word in ("France", "国"):
+            wte[token(word)] *= 8
+        mlp.c_fc.weight[:, BILINGUAL[1]] = 2 * _unit(_unit(wte[token("France")])
+                                                     + _unit(wte[token("国")]))
+        mlp.c_fc.bias[BILINGUAL[1]] = -4.0
+        mlp.c_proj.weight[BILINGUAL[1]] = 40 * _unit(_unit(wte[token("Paris")])
+                                                     + _unit(wte[token("巴")]))
+    return lm
+
+
+BILINGUAL_FACT = Fact(id="capital-france", relation="P36", languages={
+    "en": {"subject": "France", "object": "Paris",
+           "queries": ["The capital of [X] [Y] .", "The capital city of [X] [Y] ."]},
+    "zh": {"subject": "法国", "object": "巴黎", "queries": ["首都是[X][Y]。", "的首都是[X][Y]。"]}})
+
+
+def test_a_neuron_planted_in_every_language_ranks_first_for_every_method():
+    lm = planted_bilingual_gpt2()
+    config = LocateConfig(method="amig", steps=8, rule="gauss-legendre", known="any")
+    with torch_threads(1):
+        known = known_items(lm, [BILINGUAL_FACT], ["en", "zh"], "any")
+        scores = shared_sets.cross_language_scores(lm, BILINGUAL_FACT, ["en", "zh"], config,
+                                                   shared_sets.RANKINGS, {}, known, None)
+    assert set(scores) == set(shared_sets.RANKINGS)
+    for name, score in scores.items():
+        assert top_neurons(score, 1) == [BILINGUAL], name
+
+
+def test_min_normalized_needs_every_language():
+    en = torch.tensor([[4.0, 2.0, 0.0]])
+    zh = torch.tensor([[1.0, 2.0, 2.0]])
+    both = shared_sets.min_normalized({"en": en, "zh": zh})
+    assert both.tolist() == [[0.5, 0.5, 0.0]]  # high in en only or in zh only is not shared

@@ -10,6 +10,7 @@ from mkn.experiments import (
     fact_checking,
     injection,
     localization_quality,
+    shared_sets,
     size_curves,
 )
 
@@ -20,4 +21,5 @@ EXPERIMENTS = {
     "enhancement": enhancement,
     "injection": injection,
     "size-curves": size_curves,
+    "shared-sets": shared_sets,
 }

@@ -16,6 +16,8 @@ language, random sets with as many neurons per layer (``draws`` draws) on the sa
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from mkn.experiments.common import (
     CONTROL_HEADER,
@@ -49,26 +51,45 @@ MODES = ("suppress", "enhance")
 PHASES = 2  # progress ticks per fact: locating, then measuring
 
 
-def edit_everywhere(lm: LanguageModel, neurons: list, mode: str, own: dict[str, list],
-                    controls: dict[str, list[list]], clean: CleanProbs, draws: int,
-                    seed: str) -> dict[str, dict]:
-    """``{target language: ControlledEffect dict}`` for one set and mode: the set over every
-    language's own and unrelated queries, and each random set over the own queries, in one
-    batched pass."""
-    languages = list(own)
-    drawn = random_sets(neurons, lm.n_neurons, draws, seed)
-    jobs = [(neurons, mode, own[lang]) for lang in languages]
-    jobs += [(neurons, mode, qs) for lang in languages for qs in controls[lang]]
-    jobs += [(random_set, mode, own[lang]) for random_set in drawn for lang in languages]
-    changes = iter(measure_sets(lm, jobs, clean))
-    effects = {lang: next(changes) for lang in languages}
-    unrelated = {lang: [next(changes) for _ in controls[lang]] for lang in languages}
-    random_effects: dict[str, list[float]] = {lang: [] for lang in languages}
-    for _ in drawn:
-        for lang in languages:
-            random_effects[lang].append(next(changes))
-    return {lang: ControlledEffect(mode, len(neurons), effects[lang], tuple(random_effects[lang]),
-                                   tuple(unrelated[lang])).to_dict() for lang in languages}
+@dataclass
+class EditEverywhere:
+    """One neuron set suppressed or enhanced, measured in every language beside its controls:
+    the set over each language's own and unrelated queries, and each random set shaped like
+    it over the own queries."""
+
+    neurons: list
+    mode: str
+    own: dict[str, list]
+    controls: dict[str, list[list]]
+    drawn: list[list]
+
+    def jobs(self) -> list:
+        """The jobs ``(neurons, mode, queries)`` to measure (``measure_sets``)."""
+        languages = list(self.own)
+        jobs = [(self.neurons, self.mode, self.own[lang]) for lang in languages]
+        jobs += [(self.neurons, self.mode, qs) for lang in languages for qs in self.controls[lang]]
+        jobs += [(r, self.mode, self.own[lang]) for r in self.drawn for lang in languages]
+        return jobs
+
+    def read(self, changes: Iterator[float]) -> dict[str, dict]:
+        """``{language: ControlledEffect dict}`` from the changes of :meth:`jobs`, in order."""
+        languages = list(self.own)
+        effects = {lang: next(changes) for lang in languages}
+        unrelated = {lang: [next(changes) for _ in self.controls[lang]] for lang in languages}
+        drawn: dict[str, list[float]] = {lang: [] for lang in languages}
+        for _ in self.drawn:
+            for lang in languages:
+                drawn[lang].append(next(changes))
+        return {lang: ControlledEffect(self.mode, len(self.neurons), effects[lang],
+                                       tuple(drawn[lang]), tuple(unrelated[lang])).to_dict()
+                for lang in languages}
+
+
+def measure_everywhere(lm: LanguageModel, edits: list[EditEverywhere],
+                       clean: CleanProbs) -> list[dict[str, dict]]:
+    """Every edit of ``edits`` in one batched pass; per edit ``{language: effect dict}``."""
+    changes = iter(measure_sets(lm, [job for edit in edits for job in edit.jobs()], clean))
+    return [edit.read(changes) for edit in edits]
 
 
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
@@ -97,15 +118,19 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         controls = {lang: [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
                                                                      unrelated, seed, known)]
                     for lang in targets}
+        edits = {(source, mode): EditEverywhere(
+            neurons, mode, own, controls,
+            random_sets(neurons, lm.n_neurons, draws, stable_seed(seed, fact.id, source, mode)))
+            for source, neurons in sources.items() if neurons for mode in MODES}
+        measured = dict(zip(edits, measure_everywhere(lm, list(edits.values()), clean),
+                            strict=True))
         for source, neurons in sources.items():
             item = {"fact_id": fact.id, "source": source, "neurons": len(neurons),
                     "targets": targets}
-            if neurons:
-                for mode in MODES:
-                    effects = edit_everywhere(lm, neurons, mode, own, controls, clean, draws,
-                                              str(stable_seed(seed, fact.id, source, mode)))
-                    item[mode] = {lang: e["effect"] for lang, e in effects.items()}
-                    item[f"{mode}_controls"] = effects
+            for mode in MODES if neurons else ():
+                effects = measured[(source, mode)]
+                item[mode] = {lang: e["effect"] for lang, e in effects.items()}
+                item[f"{mode}_controls"] = effects
             items.append(item)
         if progress:
             progress(fact.id)
