@@ -5,6 +5,7 @@
 """
 
 from mkn.experiments import (
+    audits,
     cross_lingual_editing,
     enhancement,
     fact_checking,
@@ -22,4 +23,5 @@ EXPERIMENTS = {
     "injection": injection,
     "size-curves": size_curves,
     "shared-sets": shared_sets,
+    "audits": audits,
 }

@@ -122,6 +122,7 @@ class LanguageResult:
     known: bool = False  # the model knows the fact here (mkn.localization.knowledge)
     knowledge: Knowledge | None = None  # the probe of every query of the language
     generic: list[Neuron] = field(default_factory=list)  # knowledge neurons left out as generic
+    query_neurons: list[list[Neuron]] = field(default_factory=list)  # coarse set of each query
 
     def neuron_records(self, neurons: list[Neuron] | None = None) -> list[list[float]]:
         return [[layer, index, round(float(self.scores[layer, index]), 6)]
@@ -162,22 +163,25 @@ def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
     attributions = [_attribute(lm, prompt, target, config, cache) for prompt in prompts]
     t = threshold_for(lang, config.thresholds)
     confidences = [a.confidence for a in attributions]
+    per_query = [coarse_neurons(a.scores, t) for a in attributions]
     if config.method == "matrice":
         scores = matrice.language_score([a.scores for a in attributions], confidences,
                                         config.matrice_lambda, config.matrice_uniform)
         neurons = coarse_neurons(scores, t)
     else:
         scores = torch.stack([a.scores for a in attributions]).mean(0)
-        neurons = refine([coarse_neurons(a.scores, t) for a in attributions], config.refine_p)
+        neurons = refine(per_query, config.refine_p)
         neurons.sort(key=lambda n: -float(scores[n]))
     removed: list[Neuron] = []
     if generic is not None:
         neurons, removed = generic.split(lang, neurons)
+        per_query = [generic.split(lang, query)[0] for query in per_query]
     result = LanguageResult(
         language=lang, target=target, prompts=prompts, probs=[a.prob for a in attributions],
         correct=[a.correct for a in attributions], neurons=neurons, scores=scores,
         confidence=sum(confidences) / len(confidences), seconds=time.perf_counter() - start,
-        attribution_seconds=sum(a.seconds for a in attributions), generic=removed)
+        attribution_seconds=sum(a.seconds for a in attributions), generic=removed,
+        query_neurons=per_query)
     return result, attributions
 
 
