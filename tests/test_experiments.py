@@ -59,6 +59,7 @@ def test_experiment_runs_and_leaves_the_model_unchanged(lm, name):
     assert done, "progress was reported"
     assert _finite(result["summary"])
     assert "\n|---|" in module.table(result)
+    assert isinstance(module.headline(result, ["en", "zh"], 0), dict)  # the study's summary
     counts = result["knowledge"]["per_language"]
     assert counts == {"en": {"items": 10, "known": 8, "skipped": 2},
                       "zh": {"items": 10, "known": 4, "skipped": 6}}

@@ -9,15 +9,10 @@ import sys
 
 import pytest
 
-from mkn.experiments.reproduce import (
-    DataPart,
-    StudyConfig,
-    editing_headline,
-    interval,
-    run_study,
-    share,
-    sr_headline,
-)
+from mkn.experiments.cross_lingual_editing import headline as editing_headline
+from mkn.experiments.localization_quality import headline as sr_headline
+from mkn.experiments.metrics import accuracy, interval
+from mkn.experiments.reproduce import DataPart, StudyConfig, run_study
 from mkn.report.results import render, separated, upper_share, verdict, with_ci
 from tests.tiny_models import knowing, torch_threads, two_relation_facts
 
@@ -28,7 +23,7 @@ def test_interval_and_verdicts_on_hand_numbers():
     low, high = entry["ci95"]
     assert 1.0 <= low <= 3.0 <= high <= 100.0
     assert interval([]) == {"value": None, "ci95": None, "n": 0}
-    assert share([True, False, True, True]) == 0.75
+    assert accuracy([True, False, True, True]) == 0.75
     assert verdict({"value": 0.8, "ci95": [0.6, 0.9], "n": 10}, 0.5) == "agrees"
     assert verdict({"value": 0.3, "ci95": [0.1, 0.45], "n": 10}, 0.5) == "disagrees"
     assert verdict({"value": 0.0, "ci95": [0.0, 0.0], "n": 10}, 0.0) == "disagrees"
@@ -46,12 +41,12 @@ def test_sr_headline_pairs_items():
     items = [{"fact_id": "a", "ig": {"sr": 1.0}, "amig": {"sr": 2.0}, "matrice": {"sr": 3.0}},
              {"fact_id": "a", "ig": {"sr": 5.0}, "amig": {"sr": 4.0}, "matrice": {"sr": None}},
              {"fact_id": "b", "ig": {"sr": 1.0}, "amig": {"sr": 3.0}, "matrice": {"sr": 0.5}}]
-    h = sr_headline({"items": items}, ["ig", "amig", "matrice"], seed=0)
+    h = sr_headline({"items": items}, ["en"], seed=0)
     assert h["paired"]["amig > ig"]["value"] == pytest.approx(2 / 3)
     assert h["paired"]["amig > ig"]["n"] == 3 and h["paired"]["amig > ig"]["facts"] == 2
     assert h["paired"]["matrice > amig"]["value"] == 0.5  # the None item is left out
     tie = [{"fact_id": "a", "ig": {"sr": 1.0}, "amig": {"sr": 1.0}}]
-    assert sr_headline({"items": tie}, ["ig", "amig"], 0)["paired"]["amig > ig"]["value"] == 0.5
+    assert sr_headline({"items": tie}, ["en"], 0)["paired"]["amig > ig"]["value"] == 0.5
     assert h["median_sr"]["matrice"]["n"] == 2
 
 

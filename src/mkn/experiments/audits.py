@@ -196,3 +196,8 @@ def table(result: dict) -> str:
               "items known in both directions):\n\n"
             + markdown_table(["measure", "median [95% CI]"], symmetry_rows)
             + "\n\n" + knowledge_line(result["knowledge"]))
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """The audit's intervals (its summary)."""
+    return result["summary"]

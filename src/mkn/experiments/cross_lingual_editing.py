@@ -31,6 +31,7 @@ from mkn.experiments.common import (
     queries,
     unrelated_facts,
 )
+from mkn.experiments.metrics import clustered_interval, interval
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -180,3 +181,44 @@ def table(result: dict) -> str:
             + markdown_table(["neurons of", *CONTROL_HEADER], controls)
             + f"\n\n{knowledge_line(result['knowledge'])} {skipped} facts known in fewer than "
               "two languages are not edited.")
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """Per fact, the mean relative change of p(gold) over target languages, for the
+    language-agnostic sets (strict and soft, in every language) and for single-language sets in
+    *other* languages (cross) and in their own language (self); medians with intervals over
+    facts."""
+    agnostic_sets = (AGNOSTIC, SOFT_AGNOSTIC)
+    by_fact: dict[str, dict[str, dict]] = {}
+    for item in result["items"]:
+        by_fact.setdefault(item["fact_id"], {})[item["source"]] = item
+    out = {}
+    for mode in ("suppress", "enhance"):
+        agnostic: dict[str, list[float]] = {name: [] for name in agnostic_sets}
+        cross, own = [], []
+        for sources in by_fact.values():
+            for name in agnostic_sets:
+                item = sources.get(name)
+                if item and mode in item:
+                    agnostic[name].append(statistics.fmean(item[mode].values()))
+            singles = [(s, i) for s, i in sources.items()
+                       if s not in agnostic_sets and mode in i]
+            if singles:
+                others = [i[mode][t] for s, i in singles for t in languages
+                          if t != s and t in i[mode]]  # known target languages only
+                if others:
+                    cross.append(statistics.fmean(others))
+                own.append(statistics.fmean(i[mode][s] for s, i in singles))
+        out[mode] = {"agnostic_all_languages": interval(agnostic[agnostic_sets[0]], seed=seed),
+                     "soft_agnostic_all_languages": interval(agnostic[agnostic_sets[1]],
+                                                             seed=seed),
+                     "single_other_languages": interval(cross, seed=seed),
+                     "single_own_language": interval(own, seed=seed)}
+        controls = {name: [(i["fact_id"], e) for i in result["items"] if i["source"] == name
+                           and f"{mode}_controls" in i for e in i[f"{mode}_controls"].values()]
+                    for name in agnostic_sets}
+        out[mode]["controls"] = {
+            name: {key: clustered_interval([(f, e[key]) for f, e in rows if e[key] is not None],
+                                           seed=seed) for key in ("selectivity", "specificity")}
+            for name, rows in controls.items()}
+    return out

@@ -26,6 +26,7 @@ from mkn.experiments.common import (
     queries,
     unrelated_facts,
 )
+from mkn.experiments.metrics import accuracy, clustered_interval
 from mkn.interventions.activation import enhance
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
@@ -132,3 +133,15 @@ def table(result: dict) -> str:
             + markdown_table(CONTROL_HEADER, [control_row("enhance", s["controls"])])
             + "\n\n" + knowledge_line(result["knowledge"], "strong languages are the known ones, "
                                        "weak ones the others"))
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    measured = [i for i in result["items"] if "before" in i]
+
+    def gain(key: str) -> list[tuple[str, float]]:
+        return [(i["fact_id"], accuracy(i[f"{key}after"][0]) - accuracy(i[f"{key}before"][0]))
+                for i in measured if i[f"{key}before"][0]]
+
+    return {"accuracy_gain_weak_language": clustered_interval(gain(""), statistics.fmean, seed),
+            "accuracy_change_unrelated": clustered_interval(gain("unrelated_"), statistics.fmean,
+                                                            seed)}

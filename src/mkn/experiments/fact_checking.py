@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 
 import torch
 
 from mkn.attribution.api import attribute, predict
 from mkn.experiments.common import Progress, knowledge_line, markdown_table, queries
-from mkn.experiments.metrics import precision_recall_f1
+from mkn.experiments.metrics import interval, precision_recall_f1
 from mkn.interventions.controls import random_like, stable_seed
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
@@ -168,3 +169,24 @@ def table(result: dict) -> str:
               "as the kept degenerate neurons (the control). Degenerate neurons come from "
               "training facts the model knows; test facts are judged whether known or not.\n\n"
             + knowledge_line(result["knowledge"], "the others are not used for training"))
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """F1 of both judges with intervals over test facts (judgments resampled by fact)."""
+    by_fact: dict[str, list[dict]] = {}
+    for judgment in result["judgments"]:
+        by_fact.setdefault(judgment["fact_id"], []).append(judgment)
+    groups = list(by_fact.values())
+
+    def f1(judge: str) -> Callable[[Sequence[list[dict]]], float]:
+        def statistic(sample: Sequence[list[dict]]) -> float:
+            rows = [j for group in sample for j in group]
+            return precision_recall_f1([bool(j[judge]) for j in rows],
+                                       [j["true"] for j in rows])["f1"]
+        return statistic
+
+    out = {judge: interval(groups, f1(key), seed)
+           for judge, key in (("degenerate_neurons", "dkn_true"), ("model_judge", "model_true"))}
+    out["f1_difference"] = interval(
+        groups, lambda s: f1("dkn_true")(s) - f1("model_true")(s), seed)
+    return out

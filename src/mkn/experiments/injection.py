@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections.abc import Callable
 from functools import partial
 
 from mkn.attribution.api import predict_many
@@ -34,6 +35,7 @@ from mkn.experiments.common import (
     probe_known,
     queries,
 )
+from mkn.experiments.metrics import accuracy, interval
 from mkn.interventions.controls import DEFAULT_DRAWS, random_like, stable_seed
 from mkn.interventions.weights import edited, replace_object
 from mkn.localization.generic import GenericNeurons
@@ -187,3 +189,22 @@ def table(result: dict) -> str:
               f"({result['draws']} draws per fact).\n\n"
             + knowledge_line(result["knowledge"], "portability is measured where the fact is "
                                                   "known"))
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    items = result["items"]
+
+    def rate(rows_of: Callable[[dict], list], key: str) -> dict:
+        per_edit = [accuracy([r[key] for r in rows_of(i)]) for i in items if rows_of(i)]
+        return interval(per_edit, statistics.fmean, seed)
+
+    return {
+        "reliability": rate(lambda i: i["reliability"], "new_top1"),
+        "generalization": rate(lambda i: i["generalization"], "new_top1"),
+        "portability": rate(lambda i: [r for rows in i["portability"].values() for r in rows],
+                            "new_top1"),
+        "portability_efficacy": rate(
+            lambda i: [r for rows in i["portability"].values() for r in rows], "efficacy"),
+        "locality": interval([accuracy(i["locality"]) for i in items if i["locality"]],
+                             statistics.fmean, seed),
+    }

@@ -35,7 +35,7 @@ from mkn.experiments.common import (
     queries,
     unrelated_facts,
 )
-from mkn.experiments.metrics import bootstrap_ci, success_ratio, win_shares
+from mkn.experiments.metrics import bootstrap_ci, clustered_interval, success_ratio, win_shares
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -111,7 +111,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             items.append(item)
         if progress:
             progress(fact.id)
-    return {"items": items, "summary": summarize(items, methods, seed),
+    return {"items": items, "methods": list(methods), "summary": summarize(items, methods, seed),
             "knowledge": known.to_summary(), "draws": draws, "unrelated": unrelated}
 
 
@@ -161,3 +161,35 @@ def table(result: dict, methods: tuple[str, ...] = METHODS) -> str:
     return (f"{sr}\n\nEffects (relative change of p(gold)) beside a random set of the same "
             f"size per layer ({result['draws']} draws) and {result['unrelated']} unrelated "
             f"facts of other relations:\n\n{controls}\n\n{knowledge_line(result['knowledge'])}")
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """Median SR per method and paired shares (a beats b; a tie counts half) over (fact,
+    language) items, and per method and intervention the selectivity and specificity, with
+    intervals that resample facts."""
+    items = result["items"]
+    methods = result.get("methods") or list(dict.fromkeys(
+        key for item in items for key, value in item.items()
+        if isinstance(value, dict) and "sr" in value))
+    out = {"median_sr": {m: clustered_interval([(i["fact_id"], i[m]["sr"]) for i in items
+                                                if i[m]["sr"] is not None], seed=seed)
+                         for m in methods}, "paired": {},
+           "controls": {m: {mode: {key: control_interval(items, m, mode, key, seed)
+                                   for key in ("selectivity", "specificity")}
+                            for mode in ("suppress", "enhance")} for m in methods}}
+    for a, b in (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig")):
+        if a in methods and b in methods:
+            wins = [(i["fact_id"], 1.0 if i[a]["sr"] > i[b]["sr"] else
+                     0.5 if i[a]["sr"] == i[b]["sr"] else 0.0) for i in items
+                    if i[a]["sr"] is not None and i[b]["sr"] is not None]
+            out["paired"][f"{a} > {b}"] = clustered_interval(wins, statistics.fmean, seed)
+    return out
+
+
+
+
+def control_interval(items: list[dict], method: str, mode: str, key: str, seed: int) -> dict:
+    """Median of one control number (selectivity, specificity) of ``method`` over items."""
+    return clustered_interval([(i["fact_id"], i[method][mode][key]) for i in items
+                               if mode in i[method] and i[method][mode][key] is not None],
+                              seed=seed)

@@ -33,7 +33,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,8 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mkn.data import load_facts
-from mkn.experiments import EXPERIMENTS, cross_lingual_editing
-from mkn.experiments.metrics import clustered_interval, interval, precision_recall_f1
+from mkn.experiments import EXPERIMENTS
 from mkn.localization.generic import REFERENCE_FACTS, GenericNeurons, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
@@ -129,132 +128,6 @@ class StudyConfig(BaseModel):
         if self.limit is None:
             return part.relations, part.per_relation, None
         return part.relations[: max(1, self.limit // 2)], 2, self.limit
-
-
-def share(flags: Sequence[bool]) -> float:
-    return sum(flags) / len(flags)
-
-
-# --- headline comparisons, from the experiments' results ----------------------------------------
-
-def sr_headline(result: dict, methods: Sequence[str], seed: int) -> dict:
-    """Median SR per method and paired shares (a beats b; a tie counts half) over (fact,
-    language) items, and per method and intervention the selectivity and specificity, with
-    intervals that resample facts."""
-    items = result["items"]
-    out = {"median_sr": {m: clustered_interval([(i["fact_id"], i[m]["sr"]) for i in items
-                                                if i[m]["sr"] is not None], seed=seed)
-                         for m in methods}, "paired": {},
-           "controls": {m: {mode: {key: control_interval(items, m, mode, key, seed)
-                                   for key in ("selectivity", "specificity")}
-                            for mode in ("suppress", "enhance")} for m in methods}}
-    for a, b in (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig")):
-        if a in methods and b in methods:
-            wins = [(i["fact_id"], 1.0 if i[a]["sr"] > i[b]["sr"] else
-                     0.5 if i[a]["sr"] == i[b]["sr"] else 0.0) for i in items
-                    if i[a]["sr"] is not None and i[b]["sr"] is not None]
-            out["paired"][f"{a} > {b}"] = clustered_interval(wins, statistics.fmean, seed)
-    return out
-
-
-def control_interval(items: list[dict], method: str, mode: str, key: str, seed: int) -> dict:
-    """Median of one control number (selectivity, specificity) of ``method`` over items."""
-    return clustered_interval([(i["fact_id"], i[method][mode][key]) for i in items
-                               if mode in i[method] and i[method][mode][key] is not None],
-                              seed=seed)
-
-
-def editing_headline(result: dict, languages: Sequence[str], seed: int) -> dict:
-    """Per fact, the mean relative change of p(gold) over target languages, for the
-    language-agnostic sets (strict and soft, in every language) and for single-language sets in
-    *other* languages (cross) and in their own language (self); medians with intervals over
-    facts."""
-    agnostic_sets = (cross_lingual_editing.AGNOSTIC, cross_lingual_editing.SOFT_AGNOSTIC)
-    by_fact: dict[str, dict[str, dict]] = {}
-    for item in result["items"]:
-        by_fact.setdefault(item["fact_id"], {})[item["source"]] = item
-    out = {}
-    for mode in ("suppress", "enhance"):
-        agnostic: dict[str, list[float]] = {name: [] for name in agnostic_sets}
-        cross, own = [], []
-        for sources in by_fact.values():
-            for name in agnostic_sets:
-                item = sources.get(name)
-                if item and mode in item:
-                    agnostic[name].append(statistics.fmean(item[mode].values()))
-            singles = [(s, i) for s, i in sources.items()
-                       if s not in agnostic_sets and mode in i]
-            if singles:
-                others = [i[mode][t] for s, i in singles for t in languages
-                          if t != s and t in i[mode]]  # known target languages only
-                if others:
-                    cross.append(statistics.fmean(others))
-                own.append(statistics.fmean(i[mode][s] for s, i in singles))
-        out[mode] = {"agnostic_all_languages": interval(agnostic[agnostic_sets[0]], seed=seed),
-                     "soft_agnostic_all_languages": interval(agnostic[agnostic_sets[1]],
-                                                             seed=seed),
-                     "single_other_languages": interval(cross, seed=seed),
-                     "single_own_language": interval(own, seed=seed)}
-        controls = {name: [(i["fact_id"], e) for i in result["items"] if i["source"] == name
-                           and f"{mode}_controls" in i for e in i[f"{mode}_controls"].values()]
-                    for name in agnostic_sets}
-        out[mode]["controls"] = {
-            name: {key: clustered_interval([(f, e[key]) for f, e in rows if e[key] is not None],
-                                           seed=seed) for key in ("selectivity", "specificity")}
-            for name, rows in controls.items()}
-    return out
-
-
-def fact_checking_headline(result: dict, seed: int) -> dict:
-    """F1 of both judges with intervals over test facts (judgments resampled by fact)."""
-    by_fact: dict[str, list[dict]] = {}
-    for judgment in result["judgments"]:
-        by_fact.setdefault(judgment["fact_id"], []).append(judgment)
-    groups = list(by_fact.values())
-
-    def f1(judge: str) -> Callable[[Sequence[list[dict]]], float]:
-        def statistic(sample: Sequence[list[dict]]) -> float:
-            rows = [j for group in sample for j in group]
-            return precision_recall_f1([bool(j[judge]) for j in rows],
-                                       [j["true"] for j in rows])["f1"]
-        return statistic
-
-    out = {judge: interval(groups, f1(key), seed)
-           for judge, key in (("degenerate_neurons", "dkn_true"), ("model_judge", "model_true"))}
-    out["f1_difference"] = interval(
-        groups, lambda s: f1("dkn_true")(s) - f1("model_true")(s), seed)
-    return out
-
-
-def enhancement_headline(result: dict, seed: int) -> dict:
-    measured = [i for i in result["items"] if "before" in i]
-
-    def gain(key: str) -> list[tuple[str, float]]:
-        return [(i["fact_id"], share(i[f"{key}after"][0]) - share(i[f"{key}before"][0]))
-                for i in measured if i[f"{key}before"][0]]
-
-    return {"accuracy_gain_weak_language": clustered_interval(gain(""), statistics.fmean, seed),
-            "accuracy_change_unrelated": clustered_interval(gain("unrelated_"), statistics.fmean,
-                                                            seed)}
-
-
-def injection_headline(result: dict, seed: int) -> dict:
-    items = result["items"]
-
-    def rate(rows_of: Callable[[dict], list], key: str) -> dict:
-        per_edit = [share([r[key] for r in rows_of(i)]) for i in items if rows_of(i)]
-        return interval(per_edit, statistics.fmean, seed)
-
-    return {
-        "reliability": rate(lambda i: i["reliability"], "new_top1"),
-        "generalization": rate(lambda i: i["generalization"], "new_top1"),
-        "portability": rate(lambda i: [r for rows in i["portability"].values() for r in rows],
-                            "new_top1"),
-        "portability_efficacy": rate(
-            lambda i: [r for rows in i["portability"].values() for r in rows], "efficacy"),
-        "locality": interval([share(i["locality"]) for i in items if i["locality"]],
-                             statistics.fmean, seed),
-    }
 
 
 # --- the study ----------------------------------------------------------------------------------
@@ -346,15 +219,8 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
 
 
 def headline(name: str, result: dict, languages: list[str], config: StudyConfig) -> dict:
-    if name == "localization-quality":
-        return sr_headline(result, config.methods, config.seed)
-    if name == "cross-lingual-editing":
-        return editing_headline(result, languages, config.seed)
-    if name == "fact-checking":
-        return fact_checking_headline(result, config.seed)
-    if name == "enhancement":
-        return enhancement_headline(result, config.seed)
-    return injection_headline(result, config.seed)
+    """The headline intervals of one experiment (each module's ``headline``)."""
+    return EXPERIMENTS[name].headline(result, languages, config.seed)
 
 
 def refresh_headlines(study: dict) -> dict:

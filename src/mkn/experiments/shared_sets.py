@@ -14,7 +14,10 @@ relations, per language). Rankings:
 - the ablations that come free from the same attributions: ``matrice-lambda0`` (no uncertainty
   penalty) and ``matrice-uniform`` (uniform query and language weights); and one documented
   variant, ``matrice-min``: the minimum over languages of ``s^l`` (the per-language uncertainty
-  bound kept, the cross-language weighting replaced by AMIG's "high in every language").
+  bound kept, the cross-language weighting replaced by AMIG's "high in every language");
+- ``amig-source``: the top of *one* language's AMIG ranking (the fact's first known language,
+  the source), the single-language set AMIG's cross-lingual claim compares against: shared
+  sets should move the *other* languages more than the source language's own set does.
 
 Generic neurons of any of the fact's languages are left out of every ranking. The claim under
 test: at equal ``k``, MATRICE's shared set moves the fact in more languages, more selectively,
@@ -42,7 +45,7 @@ from mkn.experiments.common import (
     unrelated_facts,
 )
 from mkn.experiments.cross_lingual_editing import EditEverywhere, measure_everywhere
-from mkn.experiments.metrics import interval
+from mkn.experiments.metrics import curve_area, interval
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -56,7 +59,8 @@ from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact, top_neurons
 from mkn.models.loading import LanguageModel
 
-RANKINGS = ("matrice", "amig", "ig", "matrice-lambda0", "matrice-uniform", "matrice-min")
+RANKINGS = ("matrice", "amig", "ig", "matrice-lambda0", "matrice-uniform", "matrice-min",
+            "amig-source")
 SIZES = (1, 2, 5, 10, 20)
 MODES = ("suppress", "enhance")
 MOVED = -0.5  # a language is moved when suppression lowers p(gold) by more than half
@@ -81,6 +85,11 @@ def cross_language_scores(lm: LanguageModel, fact, languages: list[str], config:
     scores: dict[str, torch.Tensor] = {}
     for name in rankings:
         base, _, ablation = name.partition("-")
+        if ablation == "source":
+            result = _located(lm, fact, languages, config, cache, known,
+                              generic_for(generic, base), method=base)
+            scores[name] = next(iter(result.languages.values())).scores
+            continue
         update = {"method": base}
         if ablation == "lambda0":
             update["matrice_lambda"] = 0.0
@@ -141,7 +150,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                         random_sets(neurons, lm.n_neurons, draws,
                                     stable_seed(seed, fact.id, name, k, mode)))
         measured = measure_everywhere(lm, list(edits.values()), clean)
-        item: dict = {"fact_id": fact.id, "languages": targets, "sets": {}}
+        item: dict = {"fact_id": fact.id, "languages": targets, "source": targets[0],
+                      "sets": {}}
         for (name, k, mode), effects in zip(edits, measured, strict=True):
             item["sets"].setdefault(name, {}).setdefault(str(k), {})[mode] = effects
         items.append(item)
@@ -153,9 +163,10 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             "knowledge": known.to_summary()}
 
 
-def fact_numbers(effects: Mapping[str, dict]) -> dict:
-    """Over a fact's languages: mean selectivity and specificity, and the share moved."""
-    values = list(effects.values())
+def fact_numbers(effects: Mapping[str, dict], leave_out: str | None = None) -> dict:
+    """Over a fact's languages (but ``leave_out``): mean selectivity and specificity, and the
+    share of languages moved."""
+    values = [e for lang, e in effects.items() if lang != leave_out]
     specific = [e["specificity"] for e in values if e["specificity"] is not None]
     moved = [e["effect"] < MOVED and e["effect"] < (e["random_effect"] or 0.0) for e in values]
     return {"selectivity": statistics.fmean(e["selectivity"] for e in values),
@@ -178,19 +189,51 @@ def summarize(items: list[dict], rankings: Sequence[str], sizes: Sequence[int],
                                   statistics.median if key != "moved" else statistics.fmean,
                                   seed)
                     for key in ("selectivity", "specificity", "moved")}
-    comparisons = {}
-    for a, b in (("matrice", "amig"), ("matrice-min", "amig"), ("matrice", "ig")):
-        if a in rankings and b in rankings:
-            comparisons[f"{a} > {b}"] = {str(k): interval(
-                [_win(fact_numbers(i["sets"][a][str(k)]["suppress"])["selectivity"],
-                      fact_numbers(i["sets"][b][str(k)]["suppress"])["selectivity"])
-                 for i in items], statistics.fmean, seed) for k in sizes}
-    summary["paired"] = comparisons
+    summary["paired"] = {f"{a} > {b}": {str(k): interval(
+        [_win(_selectivity(i, a, k, a == "amig-source" or b == "amig-source"),
+              _selectivity(i, b, k, a == "amig-source" or b == "amig-source"))
+         for i in items], statistics.fmean, seed) for k in sizes}
+        for a, b in PAIRS if a in rankings and b in rankings}
     return summary
+
+
+PAIRS = (("matrice", "amig"), ("matrice-min", "amig"), ("matrice", "ig"),
+         ("matrice", "matrice-lambda0"), ("matrice", "matrice-uniform"),
+         ("amig", "amig-source"), ("matrice", "amig-source"))
+
+
+def _selectivity(item: dict, name: str, k: int, other_languages: bool) -> float:
+    """A fact's mean suppression selectivity over its languages (over the languages other than
+    the source one when ``other_languages``)."""
+    return fact_numbers(item["sets"][name][str(k)]["suppress"],
+                        item["source"] if other_languages else None)["selectivity"]
 
 
 def _win(a: float, b: float) -> float:
     return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """Per ranking, the area over k of the per-fact mean suppression selectivity (and the share
+    of languages moved); paired per fact on those areas (ties half); intervals over facts."""
+    items, sizes, rankings = result["items"], result["sizes"], result["rankings"]
+
+    def area(item: dict, name: str, key: str = "selectivity", others: bool = False) -> float:
+        return curve_area([fact_numbers(item["sets"][name][str(k)]["suppress"],
+                                        item["source"] if others else None)[key]
+                           for k in sizes])
+
+    out: dict = {"area": {name: {key: interval([area(i, name, key) for i in items],
+                                               statistics.median, seed)
+                                 for key in ("selectivity", "moved")} for name in rankings},
+                 "paired": {}}
+    for a, b in PAIRS:
+        if a in rankings and b in rankings:
+            others = "amig-source" in (a, b)
+            out["paired"][f"{a} > {b}"] = interval(
+                [_win(area(i, a, others=others), area(i, b, others=others)) for i in items],
+                statistics.fmean, seed)
+    return out
 
 
 def table(result: dict) -> str:

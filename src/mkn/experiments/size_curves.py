@@ -193,3 +193,30 @@ def table(result: dict) -> str:
             + f"\n\n{len(result['items'])} items; {result['draws']} random draws and "
               f"{result['unrelated']} unrelated facts per set. "
             + knowledge_line(result["knowledge"]))
+
+
+PAIRS = (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig"), ("amig", RANDOM))
+
+
+def _win(a: float, b: float) -> float:
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """Pooled curve areas per method, and paired shares per item (the share of items where one
+    method's curve area beats another's; ties count half), intervals over facts."""
+    sizes, methods = result["sizes"], result["methods"]
+    out: dict = {"area": {m: {curve: result["summary"][m]["area"][curve]["all"]
+                              for curve in ("suppress_selectivity", "suppress_specificity")}
+                          for m in methods}, "paired": {}}
+    for a, b in PAIRS:
+        if a not in methods or b not in methods:
+            continue
+        out["paired"][f"{a} > {b}"] = {}
+        for key in ("selectivity", "specificity"):
+            wins = [(i["fact_id"], _win(curve_area(ca), curve_area(cb))) for i in result["items"]
+                    if (ca := _curve(i, a, sizes, "suppress", key)) is not None
+                    and (cb := _curve(i, b, sizes, "suppress", key)) is not None]
+            out["paired"][f"{a} > {b}"][f"suppress_{key}"] = clustered_interval(
+                wins, lambda v: sum(v) / len(v), seed)
+    return out
