@@ -358,3 +358,28 @@ def test_chromium_renders_the_report(chromium, fake_report, tmp_path):
     total = LOCATE_PLOTS + EXPERIMENT_PLOTS
     assert f'data-probe="images {total}/{total}"' in run.stdout
     assert ESCAPED in run.stdout and "alert(1)" not in run.stdout.replace(ESCAPED, "")
+
+
+def test_report_draws_the_equal_size_experiments_and_audits(tmp_path):
+    from mkn.experiments import audits, shared_sets, size_curves
+    from tests.tiny_models import two_relation_facts
+
+    config = LocateConfig(method="amig", steps=2, thresholds={"*": 0.1})
+    with torch_threads(1):
+        lm = knowing("llama")
+        for name, module, options in (
+                ("size-curves", size_curves, {"sizes": (1, 2, 5), "draws": 1}),
+                ("shared-sets", shared_sets, {"sizes": (1, 2), "draws": 1}),
+                ("audits", audits, {"draws": 1})):
+            result = module.run(lm, two_relation_facts(), LANGS, config, **options)
+            write_result(tmp_path, _setup(name), result, module.table(result))
+        page = write_report(tmp_path).read_text(encoding="utf-8")
+    for title in ("Methods at equal size", "Language-agnostic sets at equal size",
+                  "Audits of the knowledge-neuron thesis", "Paraphrase invariance"):
+        assert title in page
+    plots = images(page)
+    assert len(plots) == 3  # selectivity and specificity curves, shared sets
+    for plot in plots:
+        assert np.asarray(plot.convert("L")).std() > 10, "a plot is blank"
+    assert "could not be drawn" not in page
+    assert_self_contained(page)

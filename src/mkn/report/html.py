@@ -40,13 +40,13 @@ import jinja2
 import matplotlib
 from matplotlib.figure import Figure
 
-from mkn.experiments.common import CONTROL_HEADER, control_row, knowledge_line
+from mkn.experiments.common import CONTROL_HEADER, control_row, fmt_ci, knowledge_line
 from mkn.localization.stats import knowledge_counts, localization_stats
 from mkn.runs.store import read_jsonl
 
 REPORT_NAME = "report.html"
-EXPERIMENTS = ("localization-quality", "cross-lingual-editing", "fact-checking", "enhancement",
-               "injection")
+EXPERIMENTS = ("localization-quality", "size-curves", "shared-sets", "cross-lingual-editing",
+               "fact-checking", "enhancement", "injection", "audits")
 RUN_FILES = ("config.json", "summary.json")
 MAX_ROWS = 300  # rows per table; the rest is counted in a note
 MAX_NEURONS = 12  # neurons listed per table cell
@@ -898,6 +898,104 @@ def _injection(result: dict) -> list:
             *_knowledge_text(result, "portability is measured where the fact is known")]
 
 
+def curve_medians(items: list[dict], method: str, sizes: Sequence[int], mode: str, key: str,
+                  language: str | None = None) -> list[float | None]:
+    """Median of ``key`` (selectivity, specificity) over items at each size."""
+    out = []
+    for k in sizes:
+        values = [i["curves"][method][str(k)][mode][key] for i in items
+                  if (language is None or i["language"] == language)
+                  and str(k) in i["curves"].get(method, {})
+                  and i["curves"][method][str(k)][mode][key] is not None]
+        out.append(statistics.median(values) if values else None)
+    return out
+
+
+def _log_sizes(ax, sizes: Sequence[int]) -> None:
+    """A log x axis labelled with the sizes themselves (no minor tick labels)."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(list(sizes), [str(k) for k in sizes])
+
+
+@_with_rc
+def plot_size_curves(result: dict, key: str = "selectivity", mode: str = "suppress") -> Plot:
+    """Median ``key`` of the top-k sets against k (log axis), one line per method, one panel
+    for all languages and one per language."""
+    items, sizes, methods = result["items"], result["sizes"], result["methods"]
+    languages = sorted({i["language"] for i in items})
+    panels = [None, *languages]
+    fig, axes = _figure(3.2 * len(panels) + 1, 3.4, ncols=len(panels))
+    for ax, language in zip(axes, panels, strict=True):
+        for color, method in zip(_colors(len(methods)), methods, strict=True):
+            ys = curve_medians(items, method, sizes, mode, key, language)
+            xs = [k for k, y in zip(sizes, ys, strict=True) if y is not None]
+            ax.plot(xs, [y for y in ys if y is not None], marker="o", label=method,
+                    color="0.5" if method == "random" else color,
+                    linestyle="--" if method == "random" else "-")
+        _log_sizes(ax, sizes)
+        ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.set_xlabel("k (top-k neurons)")
+        ax.set_title("all languages" if language is None else language)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"median {key} ({mode})")
+    _legend(fig, axes[0])
+    return Plot(f"Methods at equal size: {key} ({mode})", _png(fig),
+                f"Median {key} of the top-k neurons of each method when they are {mode}ed "
+                "(x0/x2), against k; 'random' is a random ranking. Higher is better; methods "
+                "are compared at the same k.")
+
+
+def _size_curves(result: dict) -> list:
+    s, methods = result["summary"], result["methods"]
+    curves = ("suppress_selectivity", "suppress_specificity")
+    rows = [_cells([m, *[fmt_ci(s[m]["area"][c]["all"]) for c in curves]]) for m in methods]
+    return [plot_size_curves(result, "selectivity"), plot_size_curves(result, "specificity"),
+            Table(["method", "area: suppression selectivity", "area: suppression specificity"],
+                  rows, caption="Areas under the curves (mean height over the k grid), "
+                                "median [95% CI] over items"),
+            *_knowledge_text(result)]
+
+
+@_with_rc
+def _shared_sets(result: dict) -> list:
+    s, sizes, rankings = result["summary"], result["sizes"], result["rankings"]
+    fig, axes = _figure(11, 3.6, ncols=2)
+    for ax, key, label in ((axes[0], "selectivity", "mean selectivity over languages"),
+                           (axes[1], "moved", "share of languages moved")):
+        for color, name in zip(_colors(len(rankings)), rankings, strict=True):
+            ys = [s[name][str(k)]["suppress"][key]["value"] for k in sizes]
+            ax.plot(sizes, [_number(y) for y in ys], marker="o", label=name, color=color)
+        _log_sizes(ax, sizes)
+        ax.set_xlabel("k (top-k shared neurons)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    _legend(fig, axes[0])
+    rows = [_cells([pair, *[fmt_ci(entry[str(k)]) for k in sizes]])
+            for pair, entry in s["paired"].items()]
+    return [Plot("Language-agnostic sets at equal size", _png(fig),
+                 "Suppressing the top-k neurons of each cross-language ranking in every "
+                 "language the model knows the fact in: selectivity averaged over languages, and "
+                 "the share of languages whose p(gold) halves (and beats random sets)."),
+            Table(["pair (suppression selectivity)", *[f"k={k}" for k in sizes]], rows,
+                  caption="Share of facts where the first ranking beats the second (ties half)"),
+            *_knowledge_text(result)]
+
+
+def _audits(result: dict) -> list:
+    s = result["summary"]
+    rows = [_cells([kind.replace("_", " "), s["jaccard"][kind]["n"], fmt_ci(s["jaccard"][kind])])
+            for kind in s["jaccard"]]
+    sym = s["symmetry"]
+    symmetry = [_cells([key.replace("_", " "), fmt_ci(value)]) for key, value in sym.items()
+                if isinstance(value, dict)]
+    return [Table(["pairs of knowledge-neuron sets", "pairs", "Jaccard, median [95% CI]"], rows,
+                  caption="Paraphrase invariance (Niu et al. 2024)"),
+            Table(["measure", "median [95% CI]"], symmetry,
+                  caption=f"Bijective symmetry: {sym['pairs']} items known in both directions"),
+            *_knowledge_text(result)]
+
+
 EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "localization-quality": ("Localization quality (ig vs amig vs matrice)",
                              _localization_quality),
@@ -905,6 +1003,9 @@ EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "fact-checking": ("Fact-checking with degenerate neurons", _fact_checking),
     "enhancement": ("Enhancement of weak languages", _enhancement),
     "injection": ("Knowledge injection", _injection),
+    "size-curves": ("Methods at equal size (deletion / insertion curves)", _size_curves),
+    "shared-sets": ("Language-agnostic sets at equal size (MATRICE's claim)", _shared_sets),
+    "audits": ("Audits of the knowledge-neuron thesis", _audits),
 }
 
 
