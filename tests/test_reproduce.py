@@ -71,8 +71,12 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                              for f in two_relation_facts()), encoding="utf-8")
     part = DataPart(name="tiny", data=f"jsonl:{facts}", languages=["en", "zh"],
                     relations=["P36", "P37"], per_relation=5,
-                    experiments=["localization-quality", "cross-lingual-editing",
-                                 "fact-checking", "enhancement", "injection"])
+                    experiments=["localization-quality", "size-curves", "shared-sets",
+                                 "cross-lingual-editing", "fact-checking", "enhancement",
+                                 "injection", "audits"],
+                    options={"size-curves": {"sizes": [1, 2, 5], "draws": 1},
+                             "shared-sets": {"sizes": [1, 2], "draws": 1}},
+                    chosen="the tiny model's two relations")
     config = StudyConfig(model="tiny-llama", dtype="float32", steps=2, max_queries=1,
                          parts=[part])
     ticks = []
@@ -93,17 +97,20 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                                      "tiny: localization-quality"}
     page = render(saved)
     for heading in ("## Samples", "## The papers' claims", "## 1. Localization quality",
+                    "## 1b. Methods at equal size", "## 1c. Language-agnostic sets at equal size",
                     "## 2. Layer distribution", "## 3. Cross-lingual editing",
                     "## 4. Fact-checking", "## 5a. Knowledge enhancement",
-                    "## 5b. New knowledge injection", "## 6. Cost", "## Caveats"):
-        assert heading in page
+                    "## 5b. New knowledge injection", "## 6. Cost", "## 7. Audits",
+                    "## Caveats"):
+        assert heading in page, heading
+    assert "- tiny: the tiny model's two relations." in page
     assert "`mkn reproduce --test`" in page
     assert "en 8/10, zh 4/10" in page and "the other 8 items are skipped" in page
     assert "selectivity" in page and "specificity" in page
     assert "Reading, generated from the verdicts above" in page
-    assert "not applicable (with 2 languages the soft set is the union" in page
-    sr = study["parts"][0]["experiments"]["localization-quality"]["headline"]["median_sr"]
-    assert with_ci(sr["amig"]) in page  # numbers come from the JSON
+    paired = study["parts"][0]["experiments"]["size-curves"]["headline"]["paired"]
+    assert with_ci(paired["amig > ig"]["suppress_selectivity"]) in page  # numbers from the JSON
+    assert "AMIG: language-agnostic neurons move the other languages" in page
     cost = study["parts"][0]["localization"]["amig"]["cost"]
     assert cost["fact_language_pairs"] == 12 and cost["mean_attribution_seconds"] > 0
 

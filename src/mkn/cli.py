@@ -437,7 +437,7 @@ def experiment(
     controls; writes OUT/NAME.json and OUT/NAME.md."""
 
     from mkn.experiments import EXPERIMENTS
-    from mkn.experiments.common import Setup, experiment_options, write_result
+    from mkn.experiments.common import Setup, experiment_options, methods_of, write_result
 
     if name not in EXPERIMENTS:
         raise _fail(ValueError(f"unknown experiment {name!r}; choose one of "
@@ -455,9 +455,8 @@ def experiment(
         console.print(setup.describe(), markup=False, highlight=False, soft_wrap=True)
         with ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-            methods = options.get("methods", getattr(module, "METHODS", ())) \
-                if name == "localization-quality" else ()
-            generic_list = _generic_lists(cfg, lm, langs, bars.task, tuple(methods))
+            generic_list = _generic_lists(cfg, lm, langs, bars.task,
+                                          methods_of(module.run, options))
             result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
                                 progress=bars.task(name, len(facts) * module.PHASES),
                                 known=known_sample, generic=generic_list, **options)
@@ -483,6 +482,10 @@ def reproduce(
     limit: Annotated[int | None, typer.Option(min=2, help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
+    known: Annotated[str, typer.Option(help="Knowledge filter: auto, rank, greedy or any.")]
+    = "auto",
+    generic: Annotated[str, typer.Option(help="auto (leave generic neurons out) or keep.")]
+    = "auto",
     render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this study.json "
                                                      "(headline statistics recomputed from its "
                                                      "raw results).")] = None,
@@ -498,7 +501,7 @@ def reproduce(
     try:
         if render is None:
             config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
-                                 limit=limit, seed=seed)
+                                 limit=limit, seed=seed, known=known, generic=generic)
             lm = _load(config.model, config.dtype)
             command = "mkn reproduce " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"

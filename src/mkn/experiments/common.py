@@ -104,11 +104,14 @@ def unrelated_facts(fact, facts: Sequence, language: str, count: int, seed: int 
 def locate_all(lm: LanguageModel, facts: Iterable, languages: list[str], config: LocateConfig,
                progress: Progress | None = None, cache: AttributionCache | None = None,
                known: KnownItems | None = None,
-               generic: GenericNeurons | None = None) -> dict[str, FactResult]:
-    """``locate_fact`` for every fact, keyed by fact id."""
+               generic: GenericNeurons | Mapping[str, GenericNeurons] | None = None
+               ) -> dict[str, FactResult]:
+    """``locate_fact`` for every fact, keyed by fact id (``generic``: a list, or one per
+    method)."""
     located = {}
     for fact in facts:
-        located[fact.id] = locate_fact(lm, fact, languages, config, cache, known, generic)
+        located[fact.id] = locate_fact(lm, fact, languages, config, cache, known,
+                                       generic_for(generic, config.method))
         if progress:
             progress(fact.id)
     return located
@@ -118,6 +121,18 @@ def generic_for(generic: GenericNeurons | Mapping[str, GenericNeurons] | None,
                 method: str) -> GenericNeurons | None:
     """The generic-neuron list of ``method`` (lists may be given per method)."""
     return generic.get(method) if isinstance(generic, Mapping) else generic
+
+
+def methods_of(run: Callable, options: Mapping) -> tuple[str, ...]:
+    """The localization methods an experiment's ``run`` compares (each needs its own generic
+    neuron list): its ``methods`` option, or the bases of its ``rankings``; () for one method."""
+    defaults = {name: p.default for name, p in inspect.signature(run).parameters.items()}
+    if "methods" in defaults:
+        return tuple(options.get("methods", defaults["methods"]))
+    if "rankings" in defaults:
+        rankings = options.get("rankings", defaults["rankings"])
+        return tuple(dict.fromkeys(name.partition("-")[0] for name in rankings))
+    return ()
 
 
 CONTROL_KEYS = ("effect", "random_effect", "unrelated_effect", "selectivity", "specificity")

@@ -144,4 +144,7 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
 
     return {"accuracy_gain_weak_language": clustered_interval(gain(""), statistics.fmean, seed),
             "accuracy_change_unrelated": clustered_interval(gain("unrelated_"), statistics.fmean,
-                                                            seed)}
+                                                            seed),
+            **{key: clustered_interval([(i["fact_id"], i["controls"][key]) for i in measured
+                                        if i.get("controls", {}).get(key) is not None],
+                                       seed=seed) for key in ("selectivity", "specificity")}}

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mkn.attribution.api import attribute, predict
-from mkn.experiments.common import Progress, knowledge_line, markdown_table, queries
+from mkn.experiments.common import Progress, generic_for, knowledge_line, markdown_table, queries
 from mkn.experiments.metrics import interval, precision_recall_f1
 from mkn.interventions.controls import random_like, stable_seed
 from mkn.localization.generic import GenericNeurons
@@ -91,7 +91,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     pairs: dict[tuple[str, str], list] = defaultdict(list)
     for fact in train:
         located = locate_fact(lm, fact, languages, config.model_copy(update={"degenerate": True}),
-                              cache, known, generic)
+                              cache, known, generic_for(generic, config.method))
         for lang, result in located.degenerate.items():
             pairs[(fact.relation, lang)].append(result.pairs)
         if progress:
@@ -185,8 +185,14 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
                                        [j["true"] for j in rows])["f1"]
         return statistic
 
-    out = {judge: interval(groups, f1(key), seed)
-           for judge, key in (("degenerate_neurons", "dkn_true"), ("model_judge", "model_true"))}
+    judges = [("degenerate_neurons", "dkn_true"), ("model_judge", "model_true")]
+    with_control = all("random_true" in j for j in result["judgments"])
+    if with_control:
+        judges.append(("random_neurons", "random_true"))
+    out = {judge: interval(groups, f1(key), seed) for judge, key in judges}
     out["f1_difference"] = interval(
         groups, lambda s: f1("dkn_true")(s) - f1("model_true")(s), seed)
+    if with_control:  # degenerate neurons against random neurons of the same shape
+        out["f1_difference_random"] = interval(
+            groups, lambda s: f1("dkn_true")(s) - f1("random_true")(s), seed)
     return out

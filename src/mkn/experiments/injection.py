@@ -207,4 +207,15 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
             lambda i: [r for rows in i["portability"].values() for r in rows], "efficacy"),
         "locality": interval([accuracy(i["locality"]) for i in items if i["locality"]],
                              statistics.fmean, seed),
+        # per edit: portability of the knowledge-neuron edit minus that of random-set edits
+        "portability_over_random": interval(
+            [_portability(i) - statistics.fmean(_portability(r) for r in i["random"])
+             for i in items if i.get("random") and _portability(i) is not None
+             and all(_portability(r) is not None for r in i["random"])], statistics.fmean, seed),
     }
+
+
+def _portability(edit: dict) -> float | None:
+    """Share of the other languages' queries whose top-1 became the new object."""
+    rows = [r for rows in edit["portability"].values() for r in rows]
+    return accuracy([r["new_top1"] for r in rows]) if rows else None
