@@ -134,11 +134,13 @@ def test_reproduce_smoke_on_gemma(tmp_path):
          "--quiet"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     study = json.loads((tmp_path / "study" / "study.json").read_text(encoding="utf-8"))
-    assert [len(p["facts"]) for p in study["parts"]] == [4, 4]
-    mlama, bmlama = study["parts"]
-    assert set(mlama["experiments"]) == {"localization-quality", "cross-lingual-editing",
-                                         "enhancement", "injection"}
-    assert "fact-checking" in bmlama["experiments"]
+    assert [len(p["facts"]) for p in study["parts"]] == [4, 4, 4]
+    bmlama, mlama, symmetric = study["parts"]
+    core = {"localization-quality", "cross-lingual-editing", "enhancement", "injection",
+            "size-curves", "shared-sets"}
+    assert core | {"fact-checking"} == set(bmlama["experiments"])
+    assert core | {"audits"} == set(mlama["experiments"])
+    assert set(symmetric["experiments"]) == {"audits"}
     items = mlama["experiments"]["localization-quality"]["result"]["items"]
     counts = mlama["knowledge"]["per_language"]
     assert sum(c["items"] for c in counts.values()) == 4 * 6

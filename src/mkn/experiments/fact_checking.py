@@ -99,7 +99,6 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     neurons = {key: kept_neurons(lists, keep) for key, lists in pairs.items()}
     controls = {key: random_like(kept, lm.n_neurons, random.Random(stable_seed(seed, *key)))
                 for key, kept in neurons.items() if kept}
-    rng = random.Random(seed)
     judgments = []
     for fact in test:
         for lang in languages:
@@ -107,7 +106,9 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             control = controls.get((fact.relation, lang), [])
             prompt, gold = queries(fact, lang)[0]
             candidates = [(gold, True)] + [(w, False) for w in
-                                           wrong_objects(fact, lang, facts, wrong, rng)]
+                                           wrong_objects(fact, lang, facts, wrong,
+                                                         random.Random(stable_seed(
+                                                             seed, fact.id, lang, "wrong")))]
             for candidate, is_true in candidates:
                 score, control_score, model_true = None, None, None
                 if kept:  # attribute only the layers holding kept neurons

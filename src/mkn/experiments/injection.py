@@ -88,12 +88,11 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     if source not in languages:
         raise ValueError(f"source language {source!r} is not among {languages}")
     known = probe_known(lm, facts, languages, config, known)
-    rng = random.Random(seed)
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
                          progress, cache, known, generic)
     items, skipped = [], []
     for fact in facts:
-        other = counterfactual(fact, facts, rng)
+        other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
         result = located[fact.id]
         neurons = result.languages[source].neurons if source in result.languages else []
         if other is None or not neurons:

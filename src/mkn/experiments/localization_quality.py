@@ -87,12 +87,12 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     if len(facts) < 2:
         raise ValueError("localization quality needs at least 2 facts (one as the unrelated)")
     known = probe_known(lm, facts, languages, config, known)
-    rng = random.Random(seed)
     cache = {} if cache is None else cache
     clean = CleanProbs(lm)
     items = []
     for fact in facts:
-        sr_other = rng.choice([g for g in facts if g.id != fact.id])
+        sr_rng = random.Random(stable_seed(seed, fact.id, "sr-unrelated"))
+        sr_other = sr_rng.choice([g for g in facts if g.id != fact.id])
         located = {m: locate_fact(lm, fact, languages,
                                   config.model_copy(update={"method": m, "degenerate": False}),
                                   cache, known, generic_for(generic, m))
