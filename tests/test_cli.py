@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from mkn.cli import app
 from mkn.runs.config import load_run_config
 from tests.test_experiments import tiny_facts
-from tests.tiny_models import knowing
 
 runner = CliRunner()
 
@@ -59,20 +58,6 @@ def test_errors_with_brackets_are_printed_verbatim(tiny_dir):
     assert result.exit_code == 2 and "still contains [X]" in result.output
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """The tiny Llama that knows some facts, saved as a local Hugging Face directory, and the
-    tiny capitals as JSONL."""
-    from mkn.data import write_facts
-
-    root = tmp_path_factory.mktemp("tiny")
-    lm = knowing("llama")
-    lm.model.save_pretrained(root / "model")
-    lm.tokenizer.save_pretrained(root / "model")
-    write_facts(tiny_facts(), root / "facts.jsonl")
-    return root
-
-
 def test_locate_command_on_a_local_model_dir(tiny_dir, tmp_path):
     out = tmp_path / "run"
     args = ["locate", "--model", str(tiny_dir / "model"), "--data",
@@ -118,8 +103,16 @@ def test_experiment_command_names_setup(tiny_dir, tmp_path):
     assert bad.exit_code == 2 and "unknown experiment 'nope'" in bad.output
     bad = runner.invoke(app, ["experiment", "injection", "--set", "lambda=8"])
     assert bad.exit_code == 2 and "unknown option 'lambda'" in bad.output
-    saved = _experiment("enhancement", tiny_dir, tmp_path, "--set", "factor=3")
+    saved = _experiment("enhancement", tiny_dir, tmp_path / "enh", "--set", "factor=3")
     assert saved["setup"]["options"] == {"factor": 3.0} and saved["result"]["factor"] == 3.0
+    # the same directory with other settings: refused unless resumed with the same ones
+    again = runner.invoke(app, ["experiment", "enhancement", "--model", str(tiny_dir / "model"),
+                                "--data", f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages",
+                                "en,zh", "--limit", "2", "--steps", "3", "--out",
+                                str(tmp_path / "enh"), "--quiet", "--resume", "--set",
+                                "factor=3"])
+    assert again.exit_code == 2 and "other settings" in again.output
+    assert "locate.steps: 2 -> 3" in " ".join(again.output.split())
 
 
 def test_locate_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, tmp_path):
@@ -191,11 +184,11 @@ def test_a_knowledge_filter_that_leaves_nothing_is_a_clear_error(tiny_dir, tmp_p
         result = runner.invoke(app, [*command, "--model", str(tiny_dir / "model"), "--data",
                                      f"jsonl:{tmp_path / 'england.jsonl'}", "--languages",
                                      "en,zh", "--steps", "2", "--known", "greedy", "--out",
-                                     str(tmp_path / "out"), "--quiet"])
+                                     str(tmp_path / command[-1]), "--quiet"])
         assert result.exit_code == 2, result.output
         message = " ".join(result.output.split())
         assert "--known greedy" in message and "en: 0 of 1 known, zh: 0 of 1 known" in message
-    assert not (tmp_path / "out" / "neurons.jsonl").exists()
+    assert not (tmp_path / "locate" / "neurons.jsonl").exists()
 
 
 def test_probe_command_counts_what_the_model_knows(tiny_dir, tmp_path):

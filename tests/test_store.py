@@ -33,17 +33,21 @@ def test_write_read_and_refuse_overwrite(tmp_path):
     _write_units(store, range(3))
     assert [r["i"] for r in store.records("pairs")] == [0, 1, 2]
     assert torch.equal(store.tensors("fact/2")["scores"], torch.full((2, 3), 2.0))
-    with pytest.raises(FileExistsError, match="--resume"):
-        RunStore(tmp_path, {"a": 1}, record_files=FILES)
-    with pytest.raises(ValueError, match="differs in a"):
-        RunStore(tmp_path, {"a": 2}, resume=True, record_files=FILES)
     with pytest.raises(ValueError, match="already stored"):
         store.write("fact/1", {})
+    with pytest.raises(ValueError, match=f"written by another mkn process .PID {os.getpid()}"):
+        RunStore(tmp_path, {"a": 1}, resume=True, record_files=FILES)
+    store.close()
+    with pytest.raises(ValueError, match="already holds an mkn locate run.*--resume"):
+        RunStore(tmp_path, {"a": 1}, record_files=FILES)
+    with pytest.raises(ValueError, match="cannot resume .*other settings .a: 1 -> 2"):
+        RunStore(tmp_path, {"a": 2}, resume=True, record_files=FILES)
 
 
 def test_resume_drops_partial_units_and_half_lines(tmp_path):
     store = RunStore(tmp_path, {}, record_files=FILES)
     _write_units(store, range(2))
+    store.close()
     # a kill after some records of unit 2 and in the middle of a line
     with (tmp_path / "items.jsonl").open("a") as handle:
         handle.write(json.dumps({"unit": "fact/2", "i": 2, "j": 0}) + "\n{\"unit\": \"fa")

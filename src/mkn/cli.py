@@ -21,8 +21,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-app = typer.Typer(help="mkn: multilingual knowledge neurons.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_show_locals=False)
+app = typer.Typer(help="mkn: multilingual knowledge neurons (--debug: tracebacks on errors).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m",
@@ -179,10 +179,14 @@ class ProgressBars:
         return tick
 
 
-def _prepare(config: Path | None, **flags):
-    """Resolve the configuration, load the facts and the model."""
+def _prepare(config: Path | None, claim: dict | None = None, **flags):
+    """Resolve the configuration, load the facts, claim the run directory (before any compute;
+    ``claim``: keyword arguments of :func:`mkn.runs.directory.claim`, its ``identity`` extended
+    with the configuration and sample), load the model."""
     from mkn.data import load_facts
     from mkn.runs.config import load_run_config
+    from mkn.runs.directory import claim as claim_directory
+    from mkn.runs.directory import data_fingerprint
 
     for key in ("languages", "relations"):
         if flags.get(key) is not None:
@@ -194,14 +198,24 @@ def _prepare(config: Path | None, **flags):
     if not facts:
         raise ValueError(f"no facts to work on: {facts.summary()}")
     languages = cfg.languages or facts.languages
-    console.print(f"data: {facts.summary()}", markup=False, highlight=False)
+    _say(f"data: {facts.summary()}")
     for skipped in facts.skipped:
-        console.print(f"skipped {skipped}", markup=False, highlight=False)
-    lm = _load(cfg.model, cfg.dtype)
+        _say(f"skipped {skipped}")
     meta = {**cfg.model_dump(exclude={"locate", "backend", "workers"}), "languages": languages,
             "facts": len(facts), "fact_ids": [f.id for f in facts],
+            "data_fingerprint": data_fingerprint(facts),
             "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
-    return cfg, facts, languages, lm, meta
+    run = None
+    if claim is not None:
+        identity = {**claim.pop("identity", {}), "locate": cfg.locate.model_dump(), **meta}
+        run = claim_directory(identity=identity, **claim)
+    try:
+        lm = _load(cfg.model, cfg.dtype)
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
+    return cfg, facts, languages, lm, meta, run
 
 
 def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):
@@ -270,14 +284,13 @@ def locate(
     from mkn.runs.backends import make_backend
 
     try:
-        cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
-                                               languages=languages, method=method, limit=limit,
-                                               relations=relations, per_relation=per_relation,
-                                               shuffle=shuffle, steps=steps,
-                                               max_queries=max_queries, dtype=dtype, seed=seed,
-                                               lenient=lenient, backend=backend,
-                                               workers=workers, known=known, generic=generic)
-        with ProgressBars(quiet) as bars:
+        cfg, facts, langs, lm, meta, run = _prepare(
+            config, dict(directory=out, kind="locate", resume=resume), model=model, data=data,
+            languages=languages, method=method, limit=limit, relations=relations,
+            per_relation=per_relation, shuffle=shuffle, steps=steps, max_queries=max_queries,
+            dtype=dtype, seed=seed, lenient=lenient, backend=backend, workers=workers,
+            known=known, generic=generic)
+        with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
             generic_list = _generic_lists(cfg, lm, langs, bars.task)
             with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
@@ -285,7 +298,8 @@ def locate(
                 summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
                                      on_fact=bars.task(f"locate ({cfg.locate.method})",
                                                        len(facts)),
-                                     backend=runner, known=known_sample, generic=generic_list)
+                                     backend=runner, known=known_sample, generic=generic_list,
+                                     run=run)
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         raise _fail(error) from error
     table = Table("language", "facts probed", "known (located)", "skipped", "mean #neurons",
@@ -334,13 +348,12 @@ def probe(
     from mkn.localization.probe import probe_table, run_probe
 
     try:
-        cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
-                                               languages=languages, limit=limit,
-                                               relations=relations, per_relation=per_relation,
-                                               shuffle=shuffle, dtype=dtype, seed=seed,
-                                               lenient=lenient)
+        cfg, facts, langs, lm, meta, run = _prepare(
+            config, dict(directory=out, kind="probe", reuse=True), model=model, data=data,
+            languages=languages, limit=limit, relations=relations, per_relation=per_relation,
+            shuffle=shuffle, dtype=dtype, seed=seed, lenient=lenient)
         started = time.perf_counter()
-        with ProgressBars(quiet) as bars:
+        with run, ProgressBars(quiet) as bars:
             summary = run_probe(lm, facts, langs, out, bars.task("probe", len(facts)),
                                 batch_size, {"model": cfg.model, "dtype": cfg.dtype,
                                              "data": cfg.data, "facts": len(facts)})
@@ -380,7 +393,7 @@ def generic(
     from mkn.localization.generic import reference_generic
 
     try:
-        cfg, _, langs, lm, _ = _prepare(config, model=model, data=data, languages=languages,
+        cfg, _, langs, lm, _, _ = _prepare(config, model=model, data=data, languages=languages,
                                         method=method, steps=steps, dtype=dtype, known=known,
                                         generic_share=share, limit=1)
         with ProgressBars(quiet) as bars:
@@ -409,7 +422,8 @@ def generic(
 def experiment(
     name: Annotated[str, typer.Argument(help="localization-quality, cross-lingual-editing, "
                                              "fact-checking, enhancement or injection.")],
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/experiments"),
+    out: Annotated[Path | None, typer.Option(help="Output directory (default runs/NAME).")]
+    = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
                                                                      "gemma-3-270m).")] = None,
     data: DataOpt = None,
@@ -430,42 +444,51 @@ def experiment(
     = None,
     known: KnownOpt = None,
     generic: GenericOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run in OUT (attributions "
+                                              "already stored are not computed again).")]
+    = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Run one of the papers' experiments on the items the model knows, every effect beside its
-    controls; writes OUT/NAME.json and OUT/NAME.md."""
+    controls; writes OUT/NAME.json and OUT/NAME.md (OUT: runs/NAME by default)."""
 
     from mkn.experiments import EXPERIMENTS
     from mkn.experiments.common import Setup, experiment_options, methods_of, write_result
+    from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
     if name not in EXPERIMENTS:
         raise _fail(ValueError(f"unknown experiment {name!r}; choose one of "
                                f"{', '.join(EXPERIMENTS)}"))
     module = EXPERIMENTS[name]
+    out = Path("runs") / name if out is None else out
     try:
         options = experiment_options(module.run, option or [])
-        cfg, facts, langs, lm, meta = _prepare(config, model=model, data=data,
-                                               languages=languages, method=method, limit=limit,
-                                               relations=relations, per_relation=per_relation,
-                                               shuffle=shuffle, steps=steps,
-                                               max_queries=max_queries, dtype=dtype, seed=seed,
-                                               known=known, generic=generic)
-        setup = Setup.of(name, cfg, langs, facts, options)
-        console.print(setup.describe(), markup=False, highlight=False, soft_wrap=True)
-        with ProgressBars(quiet) as bars:
-            known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-            generic_list = _generic_lists(cfg, lm, langs, bars.task,
-                                          methods_of(module.run, options))
-            result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
-                                progress=bars.task(name, len(facts) * module.PHASES),
-                                known=known_sample, generic=generic_list, **options)
-    except (ValueError, FileNotFoundError) as error:
+        cfg, facts, langs, lm, meta, run = _prepare(
+            config, dict(directory=out, kind="experiment", resume=resume,
+                         identity={"experiment": name, "options": options}),
+            model=model, data=data, languages=languages, method=method, limit=limit,
+            relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps,
+            max_queries=max_queries, dtype=dtype, seed=seed, known=known, generic=generic)
+        with run, RunStore(out, {"experiment": name, "options": options, **meta}, resume,
+                           (ATTRIBUTIONS,), run=run) as store:
+            setup = Setup.of(name, cfg, langs, facts, options)
+            setup.date = run.created
+            _say(setup.describe())
+            with ProgressBars(quiet) as bars:
+                known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
+                generic_list = _generic_lists(cfg, lm, langs, bars.task,
+                                              methods_of(module.run, options))
+                result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
+                                    progress=bars.task(name, len(facts) * module.PHASES),
+                                    cache=StoredAttributions(store), known=known_sample,
+                                    generic=generic_list, **options)
+            result["config"] = {"locate": cfg.locate.model_dump(), **meta}
+            path = write_result(out, setup, result, module.table(result))
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         raise _fail(error) from error
-    result["config"] = {"locate": cfg.locate.model_dump(), **meta}
-    path = write_result(out, setup, result, module.table(result))
-    console.print(module.table(result), markup=False, soft_wrap=True)
-    console.print(f"results in {path} ({setup.experiment}.md has the table)")
+    _say(module.table(result))
+    _say(f"results in {path} ({setup.experiment}.md has the table)")
 
 
 @app.command()
@@ -489,6 +512,9 @@ def reproduce(
     render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this study.json "
                                                      "(headline statistics recomputed from its "
                                                      "raw results).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed study in OUT (stored "
+                                              "attributions and experiments are kept).")]
+    = False,
     quiet: QuietOpt = False,
 ) -> None:
     """The reproduction study: the papers' tables on a real model (docs/RESULTS.md)."""
@@ -497,16 +523,19 @@ def reproduce(
 
     from mkn.experiments.reproduce import StudyConfig, run_study
     from mkn.report.results import write_results
+    from mkn.runs.directory import check_writable
 
     try:
         if render is None:
             config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
                                  limit=limit, seed=seed, known=known, generic=generic)
+            check_writable(results.parent)
             lm = _load(config.model, config.dtype)
-            command = "mkn reproduce " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == [
+            command = "mkn reproduce " + shlex.join(
+                a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"
             with ProgressBars(quiet) as bars:
-                run_study(lm, config, out, bars.task, command.strip())
+                run_study(lm, config, out, bars.task, command.strip(), resume)
             path = write_results(out / "study.json", results)
         else:
             path = write_results(render, results, refresh=True)
@@ -537,22 +566,16 @@ def demo(
     model: ModelOpt = "gemma-3-270m",
 ) -> None:
     """The main job: attribute, locate across languages, edit, report (about 5-10 min)."""
-    import shutil
-
     from mkn.experiments import demo as demo_job
-
-    if out.exists() and any(out.iterdir()):
-        config_path = out / "config.json"
-        if not (config_path.exists() and json.loads(config_path.read_text()).get("job") == "demo"):
-            raise _fail(ValueError(f"{out} exists and is not a demo run; choose another --out"))
-        shutil.rmtree(out)  # an earlier demo's results: start afresh
-    lm = _load(model, "float32")
+    from mkn.runs.directory import claim
 
     try:
-        with ProgressBars() as bars:
+        lm = _load(model, "float32")  # everything is checked before the disk is touched
+        with claim(out, "demo", demo_job.identity(model), resume=True) as directory, \
+                ProgressBars() as bars:
             example, summary, editing, report, generic = demo_job.run(lm, out, model, bars.task,
-                                                                      _say)
-    except ValueError as error:
+                                                                      _say, directory)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         raise _fail(error) from error
     flagged = set(generic.neurons("en"))
     top = ", ".join(f"({layer}, {index})" + (" generic" if (layer, index) in flagged else "")
@@ -578,9 +601,37 @@ def _say(text: str) -> None:
     console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def describe_error(error: BaseException) -> str:
+    """One line for an error nobody caught: what went wrong and, where known, where."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    if isinstance(error, RecursionError):
+        return "input nested too deeply to read (recursion limit)"
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    text = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {text}"
+
+
 def main() -> None:
+    """``mkn``: every error ends in one line and exit code 2 (a traceback with ``--debug``)."""
+    import sys
+
     logging.basicConfig(level=logging.WARNING)
-    app()
+    debug = "--debug" in sys.argv[1:]
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except KeyboardInterrupt:
+        _say("interrupted")
+        raise SystemExit(130) from None
+    except Exception as error:
+        if debug:
+            raise
+        console.print(f"[bold red]error:[/] {escape(describe_error(error))} (mkn --debug ... "
+                      "shows the traceback)", soft_wrap=True, highlight=False)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from mkn.experiments.metrics import clustered_interval
@@ -16,6 +15,7 @@ from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
+from mkn.runs.directory import run_date, write_atomic
 
 Query = tuple[str, str]  # (prompt, target)
 Progress = Callable[[str], None]
@@ -40,7 +40,7 @@ class Setup:
     known: str = "auto"
     generic: str = "none"
     options: dict = field(default_factory=dict)
-    date: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    date: str = field(default_factory=run_date)
 
     @classmethod
     def of(cls, experiment: str, cfg, languages: list[str], facts: Sequence,
@@ -180,13 +180,13 @@ def knowledge_line(summary: dict, rest: str = "the others are not measured") -> 
 
 
 def write_result(out: Path, setup: Setup, result: dict, table_markdown: str) -> Path:
-    """``out/<experiment>.json`` (setup + result) and ``out/<experiment>.md`` (the table)."""
+    """``out/<experiment>.json`` (setup + result) and ``out/<experiment>.md`` (the table), each
+    written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{setup.experiment}.json"
-    path.write_text(json.dumps({"setup": asdict(setup), "result": result}, indent=2,
-                               ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / f"{setup.experiment}.md").write_text(f"{setup.describe()}\n\n{table_markdown}\n",
-                                                encoding="utf-8")
+    path = write_atomic(out / f"{setup.experiment}.json",
+                        json.dumps({"setup": asdict(setup), "result": result}, indent=2,
+                                   ensure_ascii=False) + "\n")
+    write_atomic(out / f"{setup.experiment}.md", f"{setup.describe()}\n\n{table_markdown}\n")
     return path
 
 

@@ -27,6 +27,7 @@ from mkn.localization.locate import LocateConfig
 from mkn.localization.run import run_locate
 from mkn.models.loading import LanguageModel
 from mkn.report import write_report
+from mkn.runs.directory import RunDirectory
 
 LANGUAGES = ["en", "zh", "fr", "es"]
 FACTS = 4
@@ -36,12 +37,24 @@ REFERENCE_FACTS = 16  # the generic-neuron reference sample (built once, then ca
 TaskFactory = Callable[[str, int], Callable[[str], None]]
 
 
+CONFIG = LocateConfig(method="amig", steps=STEPS)
+
+
+def identity(model_name: str) -> dict:
+    """What a demo run directory holds: a later demo into it continues it (same identity)."""
+    return {"job": "demo", "model": model_name, "languages": LANGUAGES, "facts": FACTS,
+            "reference_facts": REFERENCE_FACTS, "locate": CONFIG.model_dump()}
+
+
 def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
-        say: Callable[[str], None]) -> tuple[Attribution, dict, dict, Path, GenericNeurons]:
-    """Run the demo into ``out``; ``progress(title, total)`` returns a per-fact callback."""
+        say: Callable[[str], None],
+        directory: RunDirectory) -> tuple[Attribution, dict, dict, Path, GenericNeurons]:
+    """Run the demo into ``out``, claimed by the caller (``directory``: an earlier demo of the
+    same identity is continued, its finished facts kept); ``progress(title, total)`` returns a
+    per-fact callback."""
     example = attribute(lm, "The capital of France is", "Paris", method="amig", steps=STEPS)
     facts = load_facts("builtin", LANGUAGES, limit=FACTS, per_relation=1)  # 4 relations
-    config = LocateConfig(method="amig", steps=STEPS)
+    config = CONFIG
     cache: dict = {}
     known = known_items(lm, facts, LANGUAGES, config.known, progress("probe", len(facts)))
     say(known.describe())
@@ -53,9 +66,9 @@ def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
     meta = {"job": "demo", "model": model_name, "data": "builtin", "limit": FACTS, "seed": 0,
             "fact_ids": [f.id for f in facts], "generic": "auto"}
     say(f"locating {len(facts)} built-in facts in {', '.join(LANGUAGES)} ({STEPS} steps)")
-    summary = run_locate(lm, facts, LANGUAGES, config, out, meta=meta,
+    summary = run_locate(lm, facts, LANGUAGES, config, out, resume=True, meta=meta,
                          on_fact=progress("locate", len(facts)), cache=cache, known=known,
-                         generic=generic)
+                         generic=generic, run=directory)
     setup = Setup(experiment="cross-lingual-editing", model=model_name, data="builtin",
                   languages=LANGUAGES, limit=FACTS, seed=0, method="amig", steps=STEPS,
                   facts=[f.id for f in facts], generic="auto")

@@ -145,8 +145,9 @@ def _median(items: list[dict], method: str, key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def table(result: dict, methods: tuple[str, ...] = METHODS) -> str:
+def table(result: dict, methods: tuple[str, ...] | None = None) -> str:
     s = result["summary"]
+    methods = methods or tuple(result.get("methods") or METHODS)
     rows = []
     for m in methods:
         ci = s[m]["median_sr_ci95"]

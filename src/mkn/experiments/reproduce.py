@@ -34,7 +34,6 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -48,6 +47,10 @@ from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.loading import LanguageModel
+from mkn.runs.directory import data_fingerprint, run_date, write_atomic
+from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
+
+RESULTS = "results"  # one record per finished (part, experiment)
 
 TaskFactory = Callable[[str, int], Callable[[str], None]]  # (title, total) -> tick(item)
 
@@ -200,13 +203,22 @@ def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
     return out
 
 
-def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
-             task: TaskFactory) -> dict:
+def part_facts(part: DataPart, config: StudyConfig) -> list:
+    """The sample of ``part`` (seeded)."""
     relations, per_relation, limit = config.sample(part)
-    facts = list(load_facts(part.data, part.languages, limit, seed=config.seed,
-                            relations=relations, per_relation=per_relation))
+    return list(load_facts(part.data, part.languages, limit, seed=config.seed,
+                           relations=relations, per_relation=per_relation))
+
+
+def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskFactory,
+             store: RunStore | None = None, on_experiment: Callable[[dict], None] | None = None
+             ) -> dict:
+    """One part of the study. With a ``store`` (a resumable run), attributions are stored as
+    they are computed and each experiment's result once it is finished; a resumed part takes
+    them from there. ``on_experiment(out)`` is called after each experiment (partial saves)."""
+    facts = part_facts(part, config)
     languages = part.languages
-    cache: dict = {}
+    cache = {} if store is None else StoredAttributions(store)
     started = time.perf_counter()
     known = known_items(lm, facts, languages, config.known,
                         progress=task(f"{part.name}: probe", len(facts)))
@@ -222,18 +234,30 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
+    stored = {} if store is None else {r["unit"]: r for r in store.records(RESULTS)}
     for name in part.experiments:
         module = EXPERIMENTS[name]
-        tick = task(f"{part.name}: {name}", len(facts) * module.PHASES)
-        started = time.perf_counter()
-        options = {"methods": tuple(config.methods)} if name in ("localization-quality",
-                                                                 "size-curves") else {}
-        options.update(part.options.get(name, {}))
-        result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
-                            cache=cache, known=known, generic=generic, **options)
-        out["seconds"][name] = time.perf_counter() - started
-        out["experiments"][name] = {"result": result, "table": module.table(result),
-                                    "headline": headline(name, result, languages, config)}
+        unit = f"{part.name}/{name}"
+        if unit in stored:
+            record = stored[unit]
+        else:
+            tick = task(f"{part.name}: {name}", len(facts) * module.PHASES)
+            started = time.perf_counter()
+            options = {"methods": tuple(config.methods)} if name in ("localization-quality",
+                                                                     "size-curves") else {}
+            options.update(part.options.get(name, {}))
+            result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
+                                cache=cache, known=known, generic=generic, **options)
+            record = json.loads(json.dumps({
+                "seconds": time.perf_counter() - started, "result": result,
+                "table": module.table(result),
+                "headline": headline(name, result, languages, config)}))
+            if store is not None:
+                store.write(unit, {RESULTS: [record]})
+        out["seconds"][name] = record["seconds"]
+        out["experiments"][name] = {k: record[k] for k in ("result", "table", "headline")}
+        if on_experiment is not None:
+            on_experiment(out)
     return out
 
 
@@ -253,22 +277,46 @@ def refresh_headlines(study: dict) -> dict:
     return study
 
 
+def study_identity(lm: LanguageModel, config: StudyConfig) -> dict:
+    """What a study run directory holds (a resume must match): the configuration, the model
+    and the fingerprint of every part's sample."""
+    return {"config": config.model_dump(), "model": {"name": lm.name, "dtype": str(lm.dtype),
+                                                     "layers": lm.n_layers,
+                                                     "neurons": lm.n_neurons},
+            "data": {part.name: data_fingerprint(part_facts(part, config))
+                     for part in config.parts}}
+
+
 def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFactory,
-              command: str) -> dict:
-    """Run every part; ``OUT/study.json`` is rewritten after each part (a killed run keeps the
-    finished parts)."""
-    out.mkdir(parents=True, exist_ok=True)
-    study = {"command": command, "config": config.model_dump(),
-             "started": datetime.now(UTC).isoformat(timespec="seconds"),
-             "model": {"name": lm.name, "layers": lm.n_layers, "neurons": lm.n_neurons},
-             "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch "
-                        f"{torch.__version__} with {torch.get_num_threads()} threads",
-             "parts": []}
-    started = time.perf_counter()
-    for part in config.parts:
-        study["parts"].append(run_part(lm, part, config, task))
-        study["minutes"] = (time.perf_counter() - started) / 60
-        study["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-        (out / "study.json").write_text(json.dumps(study, indent=1, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
-    return study
+              command: str, resume: bool = False) -> dict:
+    """Run every part into the run directory ``out`` (claimed: :mod:`mkn.runs.directory`).
+
+    Attributions and each finished experiment are stored as they come (``--resume`` after a
+    kill continues where it stopped, with the same numbers); ``OUT/study.json`` is rewritten
+    atomically after each experiment, with ``complete`` false until the end. Wall-clock fields
+    (``started``, ``finished``, ``minutes``, ``seconds``, ``cost``) are the only ones that differ
+    between a resumed and an uninterrupted run.
+    """
+    identity = study_identity(lm, config)
+    with RunStore(out, identity, resume, (ATTRIBUTIONS, RESULTS), kind="reproduce",
+                  command=command) as store:
+        study = {"command": command, "config": config.model_dump(),
+                 "started": store.run.created,
+                 "model": {"name": lm.name, "layers": lm.n_layers, "neurons": lm.n_neurons},
+                 "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch "
+                            f"{torch.__version__} with {torch.get_num_threads()} threads",
+                 "complete": False, "parts": []}
+        started = time.perf_counter()
+
+        def save(part_out: dict | None = None) -> None:
+            parts = study["parts"] + ([part_out] if part_out is not None else [])
+            study["minutes"] = (time.perf_counter() - started) / 60
+            study["finished"] = run_date()
+            write_atomic(out / "study.json", json.dumps({**study, "parts": parts}, indent=1,
+                                                        ensure_ascii=False) + "\n")
+
+        for part in config.parts:
+            study["parts"].append(run_part(lm, part, config, task, store, save))
+        study["complete"] = True
+        save()
+        return study

@@ -19,6 +19,7 @@ from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig
 from mkn.localization.stats import localization_stats
 from mkn.runs.backends import Backend, LocalBackend
+from mkn.runs.directory import RunDirectory, write_atomic
 from mkn.runs.store import RunStore
 
 RECORD_FILES = ("knowledge", "neurons", "language_agnostic", "degenerate", "timings")
@@ -68,7 +69,8 @@ def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, 
                resume: bool = False, meta: dict | None = None,
                on_fact: Callable[[str], None] | None = None,
                cache: AttributionCache | None = None, backend: Backend | None = None,
-               known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
+               known: KnownItems | None = None, generic: GenericNeurons | None = None,
+               run: RunDirectory | None = None) -> dict:
     """Locate every fact in the languages the model knows it in, store results in ``out``;
     returns the summary statistics.
 
@@ -79,9 +81,20 @@ def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, 
     back in fact order and are stored here, so every backend writes the same files.
     ``known``: the probe of ``facts`` under ``config.known`` (probed here with ``lm`` when None);
     ``generic``: generic neurons to leave out (none when None).
+    ``out`` is claimed as an mkn ``locate`` run (:mod:`mkn.runs.directory`) unless the caller
+    passes the directory it claimed (``run``, e.g. the demo's).
     """
     store = RunStore(out, {"locate": config.model_dump(), "languages": languages, **(meta or {})},
-                     resume=resume, record_files=RECORD_FILES)
+                     resume=resume, record_files=RECORD_FILES, run=run,
+                     volatile=("timings",))
+    with store:
+        return _locate_into(store, lm, facts, languages, config, out, on_fact, cache, backend,
+                            known, generic)
+
+
+def _locate_into(store: RunStore, lm, facts: Sequence, languages: list[str],
+                 config: LocateConfig, out: Path, on_fact, cache, backend, known,
+                 generic) -> dict:
     if backend is None:
         if lm is None:
             raise ValueError("run_locate needs a model (lm) or a backend")
@@ -111,6 +124,7 @@ def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, 
                 on_fact(fact.id)
     finally:
         results.close()  # stops a remote backend's outstanding work on an error
+    store.finalize(fact.id for fact in facts)
     summary = localization_stats(store.records("neurons"), store.records("language_agnostic"),
                                  store.records("degenerate"), backend.n_layers,
                                  store.records("timings"), store.records("knowledge"))
@@ -118,6 +132,6 @@ def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, 
     if generic is not None:
         summary["generic"] = {"threshold": generic.threshold, "source": generic.source,
                               "per_language": generic.summary(languages)}
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False)
-                                            + "\n", encoding="utf-8")
+    write_atomic(Path(out) / "summary.json",
+                 json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

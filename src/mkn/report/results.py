@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mkn.experiments.common import markdown_table
+from mkn.runs.directory import write_atomic
 
 CAVEATS = """\
 - **Model.** gemma-3-270m is far smaller than the papers' m-BERT / mGPT / LLaMA-2. It knows few
@@ -402,14 +403,24 @@ def section(study: dict, key: str, title: str, text: str) -> list[str]:
 def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
     """Render ``study_json`` to ``out``; ``refresh``: first recompute the headline statistics
     from the saved raw results and save them back into ``study_json``."""
-    study = json.loads(Path(study_json).read_text(encoding="utf-8"))
+    try:
+        study = json.loads(Path(study_json).read_text(encoding="utf-8"))
+        if not isinstance(study, dict) or not isinstance(study.get("parts"), list):
+            raise ValueError("no parts")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{study_json}: not a study written by mkn reproduce ({error})"
+                         ) from None
+    if not study.get("complete", True):
+        finished = sum(len(p.get("experiments", {})) for p in study["parts"])
+        planned = sum(len(p["experiments"]) for p in study["config"]["parts"])
+        raise ValueError(f"{study_json}: the study is partial ({finished} of {planned} "
+                         "experiments finished); continue it with mkn reproduce --resume and the "
+                         "same options")
     if refresh:
         from mkn.experiments.reproduce import refresh_headlines
 
         refresh_headlines(study)
         study["statistics_refreshed"] = datetime.now(UTC).isoformat(timespec="seconds")
-        Path(study_json).write_text(json.dumps(study, indent=1, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
+        write_atomic(Path(study_json), json.dumps(study, indent=1, ensure_ascii=False) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(study, source=str(study_json)), encoding="utf-8")
-    return out
+    return write_atomic(out, render(study, source=str(study_json)))

@@ -1,14 +1,18 @@
 """A run directory that loses nothing and can be resumed after any kill (even ``kill -9``).
 
-Layout of ``DIR``:
-- ``config.json``: the resolved configuration (a resumed run must use the same one);
+Layout of ``DIR`` (claimed first, :mod:`mkn.runs.directory`: manifest and lock):
+- ``config.json``: the resolved configuration;
 - ``<name>.jsonl``: records, appended per unit of work (a fact), flushed and fsynced;
 - ``scores/<unit>.safetensors``: dense score tensors, written atomically (tmp + rename);
-- ``done.jsonl``: one line per finished unit, written *last*.
+- ``done.jsonl``: one line per finished unit, written *last*, with the number and digest of the
+  unit's records in each file and the size of its tensor file.
 
-A unit counts as done only once its line is in ``done.jsonl``. On resume, records of units that
-are not done (a kill between two appends) and a half-written last line are dropped, so the
-resumed run ends with exactly the records of an uninterrupted one, without duplicates.
+A unit counts as done only when its line is in ``done.jsonl`` *and* its records are present and
+whole (same count, same digest) and its tensor file has the recorded size. On resume everything
+else is dropped: records of unfinished units (a kill between two appends), a half-written last
+line, records deleted, truncated, edited or duplicated by hand, duplicate done lines. The
+dropped units are computed again, so a resumed run ends with exactly the records of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, MutableMapping
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from mkn.runs.directory import RunDirectory, canonical, claim, digest, write_atomic
 
 DONE = "done.jsonl"
 CONFIG = "config.json"
@@ -35,20 +43,29 @@ def _fsync_append(path: Path, lines: Iterable[str]) -> None:
         os.fsync(handle.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Complete records of ``path``; a half-written last line (no newline) is ignored."""
+def read_jsonl(path: Path, skip_broken: bool = False) -> list[dict]:
+    """Complete records of ``path``; a half-written last line (no newline) is ignored.
+
+    A line that is not a JSON object is an error naming file and line, or skipped with
+    ``skip_broken`` (repairing a run: its unit is then recomputed).
+    """
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    text = path.read_bytes().decode("utf-8", errors="replace" if skip_broken else "strict")
     lines = text.split("\n")
     complete = lines[:-1]  # the part after the last newline is empty or half-written
     records = []
     for number, line in enumerate(complete, 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                records.append(record)
+            except (ValueError, RecursionError) as error:
+                if not skip_broken:
+                    reason = getattr(error, "msg", None) or str(error) or type(error).__name__
+                    raise ValueError(f"{path}:{number}: not valid JSON ({reason})") from None
     return records
 
 
@@ -58,49 +75,122 @@ def unit_file_name(unit: str) -> str:
     return f"{safe}-{hashlib.sha1(unit.encode()).hexdigest()[:8]}"
 
 
+def _rows_digest(rows: list[dict]) -> str:
+    return digest(rows)
+
+
 class RunStore:
-    """Append-only, resumable storage of a run's records, keyed by unit (fact) id."""
+    """Append-only, resumable storage of a run's records, keyed by unit (fact) id.
+
+    The directory is claimed for ``kind`` with ``config`` as the run's identity (refused when
+    foreign, locked by another writer, or, on resume, run with another identity), unless the
+    caller passes a directory it has already claimed (``run``).
+    """
 
     def __init__(self, directory: str | os.PathLike, config: Mapping, resume: bool = False,
-                 record_files: Iterable[str] = ()):
+                 record_files: Iterable[str] = (), kind: str = "locate",
+                 run: RunDirectory | None = None, command: str = "",
+                 volatile: Iterable[str] = ()):
         self.dir = Path(directory)
         self.record_files = tuple(record_files)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.dir / CONFIG
+        self.volatile = frozenset(volatile)  # record files checked by count only (timings)
         config = json.loads(json.dumps(config))  # normalized (tuples -> lists)
-        has_results = (self.dir / DONE).exists() or any(
-            (self.dir / f"{name}.jsonl").exists() for name in self.record_files)
-        if has_results and not resume:
-            raise FileExistsError(f"{self.dir} already holds results: resume them (--resume) or "
-                                  "choose another output directory")
-        if resume and config_path.exists():
-            saved = json.loads(config_path.read_text(encoding="utf-8"))
-            if saved != config:
-                changed = sorted(k for k in set(saved) | set(config)
-                                 if saved.get(k) != config.get(k))
-                raise ValueError(f"cannot resume {self.dir}: its config differs in "
-                                 f"{', '.join(changed)}")
-        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                               encoding="utf-8")
-        self.done: list[str] = [r["unit"] for r in read_jsonl(self.dir / DONE)]
-        self._done_set = set(self.done)
-        self._repair()
+        self._owned = run is None
+        self.run = run or claim(self.dir, kind, config, resume=resume, command=command)
+        try:
+            has_results = (self.dir / DONE).exists() or any(
+                (self.dir / f"{name}.jsonl").exists() for name in self.record_files)
+            if has_results and not resume:
+                raise FileExistsError(f"{self.dir} already holds results: resume them "
+                                      "(--resume) or choose another output directory")
+            write_atomic(self.dir / CONFIG, json.dumps(config, indent=2, ensure_ascii=False)
+                         + "\n")
+            self.done: list[str] = []
+            self._done_set: set[str] = set()
+            self.repaired: dict[str, int] = {}
+            self._repair()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the directory (when this store claimed it)."""
+        if self._owned:
+            self.run.release()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tensor_path(self, unit: str) -> Path:
+        return self.dir / "scores" / f"{unit_file_name(unit)}.safetensors"
+
+    def _whole(self, line: dict, rows: Mapping[str, list[dict]]) -> bool:
+        """Whether a done line's unit has all its records and its tensor file, unchanged."""
+        expected = line.get("records")
+        if not isinstance(expected, dict):
+            return False
+        for name in self.record_files:
+            count, want = expected.get(name, [0, None])
+            got = rows.get(name, [])
+            if len(got) != count or (want is not None and _rows_digest(got) != want):
+                return False
+        size = line.get("tensor_bytes")
+        if size is not None:
+            path = self._tensor_path(line["unit"])
+            if not path.exists() or path.stat().st_size != size:
+                return False
+        return True
 
     def _repair(self) -> None:
-        """Drop records of unfinished units and half-written lines (after a kill)."""
-        done = self._done_set
+        """Keep the units that are done and whole; drop every other record (module docstring)."""
+        by_unit: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+        for name in self.record_files:
+            for record in read_jsonl(self.dir / f"{name}.jsonl", skip_broken=True):
+                unit = record.get("unit")
+                if isinstance(unit, str):
+                    by_unit[unit][name].append(
+                        {k: v for k, v in record.items() if k != "unit"})
+        done_lines, seen = [], set()
+        for line in read_jsonl(self.dir / DONE, skip_broken=True):
+            unit = line.get("unit")
+            if isinstance(unit, str) and unit not in seen and self._whole(line,
+                                                                       by_unit.get(unit, {})):
+                seen.add(unit)
+                done_lines.append(line)
+        self.done = [line["unit"] for line in done_lines]
+        self._done_set = set(self.done)
+        dropped = {u for u in by_unit if u not in self._done_set}
+        self.repaired = {"units_dropped": len(dropped)}
+        for name in (*self.record_files, DONE[: -len(".jsonl")]):
+            path = self.dir / f"{name}.jsonl"
+            if not path.exists():
+                continue
+            if name == DONE[: -len(".jsonl")]:
+                kept = done_lines
+            else:
+                kept = [{"unit": u, **row} for u in self.done for row in by_unit[u].get(name, [])]
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+            if path.read_bytes() != text.encode():
+                write_atomic(path, text)
+
+    def finalize(self, order: Iterable[str]) -> None:
+        """Rewrite the record files with units in ``order`` (units recomputed after a repair
+        were appended at the end), so that a repaired run ends byte-identical to an
+        uninterrupted one. Each file is replaced atomically; a kill in between leaves a valid
+        run that the next resume finalizes."""
+        rank = {unit: i for i, unit in enumerate(order)}
         for name in (*self.record_files, DONE[: -len(".jsonl")]):
             path = self.dir / f"{name}.jsonl"
             if not path.exists():
                 continue
             records = read_jsonl(path)
-            kept = [r for r in records if r.get("unit") in done]
-            text = path.read_text(encoding="utf-8")
-            if len(kept) != len(records) or (text and not text.endswith("\n")):
-                tmp = path.with_suffix(".jsonl.tmp")
-                tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept),
-                               encoding="utf-8")
-                os.replace(tmp, path)
+            ordered = sorted(records, key=lambda r: rank.get(r.get("unit"), len(rank)))
+            if ordered != records:
+                write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                           for r in ordered))
 
     def is_done(self, unit: str) -> bool:
         return unit in self._done_set
@@ -113,18 +203,22 @@ class RunStore:
         unknown = set(records) - set(self.record_files)
         if unknown:
             raise ValueError(f"unknown record files {sorted(unknown)}")
+        line: dict = {"unit": unit}
         if tensors:
-            folder = self.dir / "scores"
-            folder.mkdir(exist_ok=True)
-            path = folder / f"{unit_file_name(unit)}.safetensors"
+            path = self._tensor_path(unit)
+            path.parent.mkdir(exist_ok=True)
             tmp = path.with_suffix(".tmp")
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                       metadata={"unit": unit})
             os.replace(tmp, path)
-        for name, rows in records.items():
+            line["tensor_bytes"] = path.stat().st_size
+        normalized = {name: json.loads(json.dumps(rows)) for name, rows in records.items()}
+        for name, rows in normalized.items():
             _fsync_append(self.dir / f"{name}.jsonl",
                           (json.dumps({"unit": unit, **row}, ensure_ascii=False) for row in rows))
-        _fsync_append(self.dir / DONE, [json.dumps({"unit": unit}, ensure_ascii=False)])
+        line["records"] = {name: [len(rows), None if name in self.volatile
+                                  else _rows_digest(rows)] for name, rows in normalized.items()}
+        _fsync_append(self.dir / DONE, [json.dumps(line, ensure_ascii=False)])
         self.done.append(unit)
         self._done_set.add(unit)
 
@@ -132,4 +226,61 @@ class RunStore:
         return read_jsonl(self.dir / f"{name}.jsonl")
 
     def tensors(self, unit: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.dir / "scores" / f"{unit_file_name(unit)}.safetensors"))
+        return load_file(str(self._tensor_path(unit)))
+
+
+ATTRIBUTIONS = "attributions"
+_TENSOR_FIELDS = ("scores", "baseline_prob", "completeness_gap")
+
+
+class StoredAttributions(MutableMapping):
+    """An attribution cache (``locate_fact``'s ``cache``) kept in a :class:`RunStore`: every
+    attribution is stored the moment it is computed, so a killed experiment or study, resumed,
+    computes only what is missing, and gets the very same numbers (tensors in safetensors,
+    floats through JSON, both exact)."""
+
+    def __init__(self, store: RunStore, prefix: str = ""):
+        if ATTRIBUTIONS not in store.record_files:
+            raise ValueError(f"the store of {store.dir} has no {ATTRIBUTIONS!r} records")
+        self.store, self.prefix = store, prefix
+        self._records = {r["unit"]: r for r in store.records(ATTRIBUTIONS)}
+        self._memory: dict = {}
+
+    def _unit(self, key) -> str:
+        return f"{self.prefix}attribution:{canonical(list(key))}"
+
+    def __contains__(self, key) -> bool:
+        return key in self._memory or self.store.is_done(self._unit(key))
+
+    def __getitem__(self, key):
+        from mkn.attribution.api import Attribution
+
+        if key in self._memory:
+            return self._memory[key]
+        unit = self._unit(key)
+        if not self.store.is_done(unit):
+            raise KeyError(key)
+        record = {k: v for k, v in self._records[unit].items() if k != "unit"}
+        value = Attribution(**record, **self.store.tensors(unit))
+        self._memory[key] = value
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        self._memory[key] = value
+        unit = self._unit(key)
+        if self.store.is_done(unit):
+            return
+        record = {f.name: getattr(value, f.name) for f in fields(value)
+                  if f.name not in _TENSOR_FIELDS}
+        self.store.write(unit, {ATTRIBUTIONS: [record]},
+                         {name: getattr(value, name) for name in _TENSOR_FIELDS})
+        self._records[unit] = json.loads(json.dumps({"unit": unit, **record}))
+
+    def __delitem__(self, key) -> None:
+        raise TypeError("stored attributions are not deleted")
+
+    def __iter__(self):
+        return iter(self._memory)
+
+    def __len__(self) -> int:
+        return len(self._memory)

@@ -1,0 +1,217 @@
+"""Run directories that mkn owns: a manifest, one writer at a time, nothing foreign touched.
+
+Every command that writes a run directory first *claims* it (:func:`claim`):
+
+- a new or empty directory becomes an mkn run: ``mkn-run.json`` (the manifest) records the
+  kind of run, the command, the package version, the run's *identity* (model, method and
+  settings, languages, sample, the data's fingerprint) and its hash;
+- a non-empty directory without a manifest is not ours: refused, nothing written;
+- a directory of another kind of run (a ``locate`` run given to ``experiment``) is refused;
+- ``--resume`` continues only when the identity matches, else it names what differs;
+- one writer at a time: an exclusive lock (``filelock``) on ``.mkn.lock``; a second writer fails
+  at once, naming the holder's PID (from ``.mkn.lock.holder``).
+
+mkn deletes nothing it did not write; within its own run it rewrites only its own record files
+(:mod:`mkn.runs.store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+MANIFEST = "mkn-run.json"
+LOCK = ".mkn.lock"
+HOLDER = ".mkn.lock.holder"
+OWN_FILES = {MANIFEST, LOCK, HOLDER}
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used as asked (one line, says why and where)."""
+
+
+def canonical(value) -> str:
+    """Canonical JSON (sorted keys, no spaces): the bytes a hash is taken of."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def digest(value, length: int = 16) -> str:
+    """Hex SHA-256 of :func:`canonical` ``value``."""
+    return hashlib.sha256(canonical(value).encode()).hexdigest()[:length]
+
+
+def data_fingerprint(facts: Iterable) -> str:
+    """Fingerprint of the facts actually read (ids, subjects, objects, queries): edited data with
+    the same fact ids gets another fingerprint."""
+    return digest([fact.to_dict() for fact in facts])
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename:
+    readers see the old file or the new one, never a half-written one."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_date() -> str:
+    """Now, in UTC ISO format; ``$SOURCE_DATE_EPOCH`` (the reproducible-builds convention) fixes
+    it, so that two runs can be compared byte for byte."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    return moment.isoformat(timespec="seconds")
+
+
+def _differences(saved: Mapping, current: Mapping, prefix: str = "") -> list[str]:
+    """``key: saved -> current`` for every (nested) key whose value differs."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if old == new:
+            continue
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            lines += _differences(old, new, f"{prefix}{key}.")
+            continue
+        shown = [json.dumps(v, ensure_ascii=False) for v in (old, new)]
+        shown = [s if len(s) <= 60 else s[:57] + "..." for s in shown]
+        lines.append(f"{prefix}{key}: {shown[0]} -> {shown[1]}")
+    return lines
+
+
+def check_writable(directory: Path) -> None:
+    """Fail now, before any compute, when ``directory`` cannot be created or written."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".mkn-write-test.", dir=directory)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise RunDirectoryError(f"{directory}: cannot write there ({error.strerror or error})"
+                                ) from None
+
+
+@dataclass
+class RunDirectory:
+    """A claimed run directory; holds its lock until :meth:`release` (or the ``with`` ends)."""
+
+    path: Path
+    kind: str
+    identity: dict
+    resumed: bool = False
+    created: str = ""  # when the run was first started (kept by a resume)
+    lock: FileLock | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self.lock is not None and self.lock.is_locked:
+            (self.path / HOLDER).unlink(missing_ok=True)
+            self.lock.release()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _foreign(directory: Path) -> list[str]:
+    """Entries of ``directory`` that are not mkn's own bookkeeping files."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in OWN_FILES)
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or "kind" not in manifest:
+            raise ValueError("no 'kind'")
+        return manifest
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunDirectoryError(f"{path}: not a readable mkn manifest ({error})") from None
+
+
+def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume: bool = False,
+          command: str = "", reuse: bool = False) -> RunDirectory:
+    """Claim ``directory`` for a run of ``kind`` with ``identity`` (see the module docstring).
+
+    ``resume``: continue a run of the same kind and identity (refused if they differ).
+    ``reuse``: a run of the same kind may be written again with any identity (the demo, which
+    rewrites its own files); foreign files are still never touched.
+    Raises :class:`RunDirectoryError` with one line saying what is wrong.
+    """
+    from mkn import __version__
+
+    directory = Path(directory)
+    identity = json.loads(json.dumps(identity))  # normalized: tuples -> lists
+    if directory.exists() and not directory.is_dir():
+        raise RunDirectoryError(f"{directory} is a file, not a directory; choose another --out")
+    if directory.exists() and read_manifest(directory) is None and _foreign(directory):
+        shown = ", ".join(_foreign(directory)[:3])
+        raise RunDirectoryError(
+            f"{directory} is not empty and is not an mkn run (no {MANIFEST}; it holds {shown}"
+            f"{', ...' if len(_foreign(directory)) > 3 else ''}): mkn writes only into a new or "
+            "empty directory or one of its own runs; choose another --out")
+    check_writable(directory)
+    lock = FileLock(str(directory / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = directory / HOLDER
+        pid = holder.read_text(encoding="utf-8").strip() if holder.exists() else "unknown"
+        raise RunDirectoryError(f"{directory} is being written by another mkn process (PID "
+                                f"{pid}); wait for it to end or choose another --out") from None
+    (directory / HOLDER).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    run = RunDirectory(directory, kind, identity, lock=lock)
+    try:
+        manifest = read_manifest(directory)
+        if manifest is None and _foreign(directory):  # appeared while we took the lock
+            raise RunDirectoryError(f"{directory} is not empty and is not an mkn run; choose "
+                                    "another --out")
+        if manifest is not None:
+            if manifest["kind"] != kind:
+                raise RunDirectoryError(f"{directory} is an mkn {manifest['kind']} run, not "
+                                        f"an mkn {kind} run; choose another --out")
+            differs = _differences(manifest.get("identity", {}), identity)
+            if differs and resume:
+                raise RunDirectoryError(f"cannot resume {directory}: it was run with other "
+                                        f"settings ({'; '.join(differs[:4])}"
+                                        f"{'; ...' if len(differs) > 4 else ''})")
+            if not resume and not reuse and _foreign(directory):
+                raise RunDirectoryError(f"{directory} already holds an mkn {kind} run: resume "
+                                        "it (--resume) or choose another --out")
+            run.resumed = resume and not differs
+            if run.resumed:
+                run.created = str(manifest.get("created", ""))
+                return run
+        run.created = run_date()
+        write_atomic(directory / MANIFEST, json.dumps({
+            "kind": kind, "mkn": __version__,
+            "command": command or shlex.join(["mkn", *sys.argv[1:]]),
+            "created": run.created,
+            "identity_hash": digest(identity), "identity": identity,
+        }, indent=1, ensure_ascii=False) + "\n")
+        return run
+    except BaseException:
+        run.release()
+        raise

@@ -1,0 +1,302 @@
+"""A run directory is sacred: owned, locked, verified on resume, repaired, never foreign files
+touched; every long command resumes after ``kill -9`` to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mkn.cli import app
+from mkn.data import write_facts
+from mkn.data.schema import Fact
+from mkn.runs.directory import MANIFEST, RunDirectoryError, claim
+from tests.test_experiments import tiny_facts
+
+runner = CliRunner()
+MKN = [sys.executable, "-c", "from mkn.cli import main; main()"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SOURCE_DATE_EPOCH": "1795000000"}
+RECORDS = ("knowledge", "neurons", "language_agnostic", "degenerate")
+
+
+def many_facts(path: Path, n: int) -> Path:
+    """``n`` facts (copies of the tiny capitals under new ids) as JSONL."""
+    base = tiny_facts()
+    write_facts([Fact(id=f"fact-{i:02d}", relation="P36", languages=base[i % 5].languages)
+                 for i in range(n)], path)
+    return path
+
+
+def locate_args(tiny_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["locate", "--model", str(tiny_dir / "model"), "--data", f"jsonl:{data}",
+            "--languages", "en,zh", "--steps", "2", "--out", str(out), "--quiet", *extra]
+
+
+def same_records(a: Path, b: Path, names=RECORDS) -> None:
+    for name in names:
+        assert (a / f"{name}.jsonl").read_text() == (b / f"{name}.jsonl").read_text(), name
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line(output: str) -> str:
+    return " ".join(output.split())
+
+
+# --- ownership ----------------------------------------------------------------------------------
+
+def test_claim_rules(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    with pytest.raises(RunDirectoryError, match="not empty and is not an mkn run.*config.json"):
+        claim(foreign, "locate", {})
+    assert sorted(os.listdir(foreign)) == ["config.json"]  # nothing written
+    with claim(tmp_path / "run", "locate", {"model": "a"}) as run:
+        assert run.created and (tmp_path / "run" / MANIFEST).exists()
+        with pytest.raises(RunDirectoryError, match=f"another mkn process .PID {os.getpid()}"):
+            claim(tmp_path / "run", "locate", {"model": "a"}, resume=True)
+    (tmp_path / "run" / "neurons.jsonl").write_text("")
+    with pytest.raises(RunDirectoryError, match="an mkn locate run, not an mkn experiment run"):
+        claim(tmp_path / "run", "experiment", {"model": "a"})
+    with pytest.raises(RunDirectoryError, match="already holds an mkn locate run.*--resume"):
+        claim(tmp_path / "run", "locate", {"model": "a"})
+    with pytest.raises(RunDirectoryError, match='other settings .model: "a" -> "b"'):
+        claim(tmp_path / "run", "locate", {"model": "b"}, resume=True)
+    with claim(tmp_path / "run", "locate", {"model": "a"}, resume=True) as run:
+        assert run.resumed
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="is a file"):
+        claim(tmp_path / "file", "locate", {})
+
+
+def test_demo_on_a_directory_with_foreign_files_leaves_them_untouched(tiny_dir, tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    done = subprocess.run([*MKN, "demo", "--out", str(out), "-m", str(tiny_dir / "model")],
+                          capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "not an mkn run" in one_line(done.stdout) and "Traceback" not in done.stderr
+    assert sorted(os.listdir(out)) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+    typo = subprocess.run([*MKN, "demo", "--out", str(tmp_path / "new"), "-m",
+                           str(tmp_path / "typo")], capture_output=True, text=True, env=ENV)
+    assert typo.returncode == 2 and len(typo.stdout.strip().splitlines()) == 1
+    assert "unknown model" in typo.stdout and not (tmp_path / "new").exists()
+
+
+def test_locate_into_a_model_folder_is_refused_and_the_folder_still_loads(tiny_dir, tmp_path):
+    import mkn
+
+    folder = tmp_path / "hf"
+    shutil.copytree(tiny_dir / "model", folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = invoke(*locate_args(tiny_dir, tiny_dir / "facts.jsonl", folder))
+    assert result.exit_code == 2 and "not an mkn run" in one_line(result.output)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    mkn.load_model(str(folder))
+
+
+def test_two_concurrent_locates_one_fails_at_once_the_other_is_exact(tiny_dir, tmp_path):
+    data = many_facts(tmp_path / "facts.jsonl", 30)
+    out = tmp_path / "shared"
+    first = subprocess.Popen([*MKN, *locate_args(tiny_dir, data, out)], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / ".mkn.lock.holder").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    started = time.time()
+    second = subprocess.run([*MKN, *locate_args(tiny_dir, data, out, "--resume")], env=ENV,
+                            capture_output=True, text=True)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"PID {first.pid}" in one_line(second.stdout)
+    assert time.time() - started < 60  # at once: before any compute (only imports and data)
+    assert first.wait() == 0, first.stderr.read()
+    clean = tmp_path / "clean"
+    assert invoke(*locate_args(tiny_dir, data, clean)).exit_code == 0
+    same_records(out, clean)
+    summary, reference = (json.loads((d / "summary.json").read_text()) for d in (out, clean))
+    assert summary["facts"] == reference["facts"] <= 30
+
+
+# --- resume verifies, then repairs ------------------------------------------------------------
+
+def test_resume_repairs_deleted_truncated_and_duplicated_records(tiny_dir, tmp_path):
+    data = many_facts(tmp_path / "facts.jsonl", 6)
+    clean = tmp_path / "clean"
+    assert invoke(*locate_args(tiny_dir, data, clean)).exit_code == 0
+    damaged = tmp_path / "damaged"
+    shutil.copytree(clean, damaged)
+    neurons = (damaged / "neurons.jsonl").read_text().splitlines(keepends=True)
+    neurons[1] = neurons[1][: len(neurons[1]) // 2] + "\n"  # truncated
+    del neurons[4]  # deleted
+    (damaged / "neurons.jsonl").write_text("".join(neurons))
+    agnostic = (damaged / "language_agnostic.jsonl").read_text().splitlines(keepends=True)
+    (damaged / "language_agnostic.jsonl").write_text("".join(agnostic + agnostic[2:3]))
+    done = (damaged / "done.jsonl").read_text()
+    (damaged / "done.jsonl").write_text(done + done.splitlines(keepends=True)[0])  # duplicated
+    result = invoke(*locate_args(tiny_dir, data, damaged, "--resume"))
+    assert result.exit_code == 0, result.output
+    same_records(damaged, clean, (*RECORDS, "done"))
+    assert json.loads((damaged / "summary.json").read_text())["facts"] == json.loads(
+        (clean / "summary.json").read_text())["facts"]
+
+
+def test_resume_with_another_model_or_edited_data_refuses(tiny_dir, tmp_path):
+    data = many_facts(tmp_path / "facts.jsonl", 3)
+    out = tmp_path / "run"
+    assert invoke(*locate_args(tiny_dir, data, out)).exit_code == 0
+    other_model = tmp_path / "other"
+    shutil.copytree(tiny_dir / "model", other_model)
+    args = locate_args(tiny_dir, data, out, "--resume")
+    args[args.index("--model") + 1] = str(other_model)
+    result = invoke(*args)
+    assert result.exit_code == 2 and "cannot resume" in result.output
+    assert "model:" in one_line(result.output)
+    lines = data.read_text(encoding="utf-8").splitlines()
+    edited = json.loads(lines[0])
+    edited["languages"]["en"]["object"] = "Lyon"  # same ids, another object
+    data.write_text("\n".join([json.dumps(edited, ensure_ascii=False), *lines[1:]]) + "\n",
+                    encoding="utf-8")
+    result = invoke(*locate_args(tiny_dir, data, out, "--resume"))
+    assert result.exit_code == 2 and "data_fingerprint" in one_line(result.output)
+
+
+# --- every long command resumes -----------------------------------------------------------------
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def count_lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_experiment_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, tmp_path):
+    data = many_facts(tmp_path / "facts.jsonl", 8)
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [*MKN, "experiment", "cross-lingual-editing", "--model", str(tiny_dir / "model"),
+                "--data", f"jsonl:{data}", "--languages", "en,zh", "--steps", "2",
+                "--generic", "keep", "--out", str(out), "--quiet", *extra]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: count_lines(killed / "done.jsonl") >= 3)
+    stored = count_lines(killed / "done.jsonl")
+    assert stored >= 3 and not (killed / "cross-lingual-editing.json").exists()
+    subprocess.run(command(killed, "--resume"), env=ENV, check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run(command(clean), env=ENV, check=True, capture_output=True)
+    for name in ("cross-lingual-editing.json", "cross-lingual-editing.md"):
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), name
+
+
+STUDY = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import mkn
+    from mkn.experiments.reproduce import DataPart, StudyConfig, run_study
+    model, data, out, resume = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
+    part = DataPart(name="tiny", data="jsonl:" + data, languages=["en", "zh"],
+                    relations=["P36"], per_relation=6,
+                    experiments=["localization-quality", "cross-lingual-editing"])
+    config = StudyConfig(model=model, dtype="float32", steps=2, max_queries=1, generic="keep",
+                         methods=["ig", "amig"], parts=[part])
+    lm = mkn.load_model(model)
+    run_study(lm, config, out, lambda title, total: (lambda item: None), "test", resume)
+""")
+VOLATILE = ("started", "finished", "minutes")
+
+
+def _without_wall_clock(study: dict) -> dict:
+    for key in VOLATILE:
+        study.pop(key, None)
+    for part in study["parts"]:
+        part.pop("seconds")
+        for stats in part["localization"].values():
+            stats.pop("cost")
+    return study
+
+
+def test_study_killed_with_sigkill_then_resumed_equals_uninterrupted(tiny_dir, tmp_path):
+    data = many_facts(tmp_path / "facts.jsonl", 6)
+    script = tmp_path / "study.py"
+    script.write_text(STUDY)
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def command(out: Path, resume: bool) -> list[str]:
+        return [sys.executable, str(script), str(tiny_dir / "model"), str(data), str(out),
+                "1" if resume else "0"]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(killed, False), env=env, stderr=subprocess.DEVNULL)
+    kill_when(proc, lambda: (killed / "study.json").exists())  # after the first experiment
+    partial = json.loads((killed / "study.json").read_text())
+    assert partial["complete"] is False
+    render = subprocess.run([*MKN, "reproduce", "--render", str(killed / "study.json"),
+                             "--results", str(tmp_path / "R.md")], capture_output=True,
+                            text=True, env=ENV)
+    assert render.returncode == 2 and "partial" in render.stdout and "--resume" in render.stdout
+    subprocess.run(command(killed, True), env=env, check=True, capture_output=True)
+    clean = tmp_path / "clean"
+    subprocess.run(command(clean, False), env=env, check=True, capture_output=True)
+    resumed, uninterrupted = (json.loads((d / "study.json").read_text()) for d in (killed, clean))
+    assert resumed["complete"] and uninterrupted["complete"]
+    assert _without_wall_clock(resumed) == _without_wall_clock(uninterrupted)
+
+
+def test_locate_survives_twenty_random_kills(tiny_dir, tmp_path):
+    """Fault injection: ``mkn locate`` killed at 20 seeded random moments (resuming each time),
+    then finished: the records equal an uninterrupted run's, none lost, none duplicated."""
+    data = many_facts(tmp_path / "facts.jsonl", 40)
+    out = tmp_path / "faulty"
+    rng = random.Random(20261122)
+    kills = 0
+    while kills < 20:
+        extra = ("--resume",) if out.exists() else ()
+        proc = subprocess.Popen([*MKN, *locate_args(tiny_dir, data, out, *extra)], env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 4.0))
+        if proc.poll() is not None:
+            break  # finished before this kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    stored = count_lines(out / "done.jsonl")
+    assert kills >= 12 and stored < 40, (kills, stored)
+    result = invoke(*locate_args(tiny_dir, data, out, "--resume"))
+    assert result.exit_code == 0, result.output
+    clean = tmp_path / "clean"
+    assert invoke(*locate_args(tiny_dir, data, clean)).exit_code == 0
+    same_records(out, clean, (*RECORDS, "done"))
+    units = [json.loads(line)["unit"] for line in (out / "done.jsonl").read_text().splitlines()]
+    assert len(units) == len(set(units)) == 40
+    assert not list(out.rglob("*.tmp"))
+
+
+# --- one-line errors, markup ---------------------------------------------------------------
+
+def test_a_prompt_with_console_markup_prints_as_typed(tiny_dir):
+    prompt = "The capital [/] of [bold]France[/bold] is"
+    result = invoke("attribute", "--model", tiny_dir / "model", "--prompt", prompt, "--target",
+                    "Paris", "--steps", "2")
+    assert result.exit_code == 0, result.output
+    assert repr(prompt) in one_line(result.output)
