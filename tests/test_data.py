@@ -22,6 +22,7 @@ from mkn.data import (
     write_facts,
 )
 from mkn.data.loader import resolve_data_path
+from mkn.data.schema import dumps_fact
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MLAMA = SHARED / "paraphrased-mlama-6"
@@ -254,7 +255,11 @@ def test_bmlama_crlf_and_zh_header(tiny_bmlama):
     raw = (tiny_bmlama / "zh.tsv").read_bytes()
     assert b"\r\n" in raw and raw.splitlines()[0].count(b"\t") == 4
     facts = read_bmlama(tiny_bmlama)
-    assert [f.id for f in facts] == ["bmlama17-0", "bmlama17-1", "bmlama17-2"]
+    # ids name the source actually read (the directory), not a fixed "bmlama17"
+    assert [f.id for f in facts] == ["bmlama-0", "bmlama-1", "bmlama-2"]
+    copy = tiny_bmlama.rename(tiny_bmlama.parent / "bmlama53")
+    assert [f.id for f in read_bmlama(copy)][:1] == ["bmlama53-0"]
+    tiny_bmlama = copy.rename(tiny_bmlama)
     first = facts[0]
     assert first.relation == "P36"  # derived from the English template
     assert facts[1].relation == "P1376" and facts[2].relation == "unknown"
@@ -278,7 +283,7 @@ def test_bmlama_bad_rows(tiny_bmlama):
     with pytest.raises(DataError, match=rf"^{zh}:3: expected 4 tab-separated fields .* got 3$"):
         read_bmlama(tiny_bmlama)
     facts = read_bmlama(tiny_bmlama, lenient=True)
-    assert [f.id for f in facts] == ["bmlama17-0"]
+    assert [f.id for f in facts] == ["bmlama-0"]
     assert [(s.file, s.line) for s in facts.skipped] == [(str(zh), 3), (str(zh), 4)]
     assert "<mask> exactly once" in facts.skipped[1].reason
     # with one language only, the en rows are all fine
@@ -392,3 +397,21 @@ def test_mlama_real_relations_filter():
     facts = load_facts("mlama:paraphrased-mlama-6", ["en", "fr"], relations=["P36", "P37"],
                        per_relation=3, seed=0)
     assert sorted(f.relation for f in facts) == ["P36"] * 3 + ["P37"] * 3
+
+
+def test_undecodable_bytes_and_deep_nesting_name_file_and_line(tmp_path, tiny_bmlama):
+    good = dumps_fact(Fact(id="a", relation="P36", languages={
+        "en": FactLanguage(subject="France", object="Paris", queries=["[X] capital [Y]."])}))
+    path = tmp_path / "facts.jsonl"
+    path.write_bytes(good.encode() + b"\n" + b'{"id": "b\xff"}\n' + b"[" * 100_000 + b"\n")
+    with pytest.raises(DataError, match=r"facts.jsonl:2: not valid UTF-8 \(byte 0xff"):
+        read_facts(path)
+    facts = read_facts(path, lenient=True)
+    assert [f.id for f in facts] == ["a"]
+    assert [(s.line, s.reason.split(" (")[0]) for s in facts.skipped] == [
+        (2, "not valid UTF-8"), (3, "invalid JSON: nested too deeply")]
+    en = tiny_bmlama / "en.tsv"
+    en.write_bytes(en.read_bytes().replace(b"Tokyo is", b"Tokyo\xfe is"))
+    with pytest.raises(DataError, match=r"en.tsv:3: not valid UTF-8 \(byte 0xfe"):
+        read_bmlama(tiny_bmlama)
+    assert [f.id for f in read_bmlama(tiny_bmlama, lenient=True)] == ["bmlama-0", "bmlama-2"]

@@ -300,3 +300,71 @@ def test_a_prompt_with_console_markup_prints_as_typed(tiny_dir):
                     "Paris", "--steps", "2")
     assert result.exit_code == 0, result.output
     assert repr(prompt) in one_line(result.output)
+
+
+def test_broken_checkpoints_are_one_line_errors_never_random_weights(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    import mkn
+    from mkn.models.loading import ModelError
+
+    def copy(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(tiny_dir / "model", folder)
+        return folder
+
+    missing = copy("missing")
+    weights = load_file(missing / "model.safetensors")
+    dropped = sorted(k for k in weights if "mlp.down_proj" in k)[0]
+    del weights[dropped]
+    save_file(weights, missing / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=f"lacks weights .*{dropped}"):
+        mkn.load_model(str(missing))
+    bad_config = copy("config")
+    (bad_config / "config.json").write_text("{not json")
+    truncated = copy("truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"GGUF" + bytes(range(256)) * 4)
+    for path in (bad_config, truncated, garbage):
+        with pytest.raises(ModelError, match="cannot load model"):
+            mkn.load_model(str(path))
+    done = subprocess.run([*MKN, "attribute", "-m", str(truncated), "--prompt", "a [Y]",
+                           "--target", "b"], capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2 and "cannot load model" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_experiment_options_are_range_checked_before_the_model_loads():
+    for option, message in (("factor=nan", "must be a finite number"),
+                            ("factor=-5", "must be greater than 0"),
+                            ("q=2", "must be in (0, 1]")):
+        result = invoke("experiment", "enhancement", "--model", "/no/such/model", "--set",
+                        option)
+        assert result.exit_code == 2 and message in one_line(result.output), result.output
+    for name, option in (("injection", "lambda_new=inf"), ("fact-checking", "wrong=-1")):
+        result = invoke("experiment", name, "--set", option, "--model", "/no/such/model")
+        assert result.exit_code == 2 and f"option {option.split('=')[0]}=" in result.output
+
+
+def test_lenient_skips_a_fact_the_model_cannot_score_and_names_it(tiny_dir, tmp_path):
+    base = tiny_facts()[:3]
+    data = base[0].to_dict()
+    data["id"] = "object-first"
+    data["languages"]["en"]["queries"] = ["[Y] is the capital of [X]."]  # nothing before [Y]
+    path = tmp_path / "facts.jsonl"
+    write_facts([*base, Fact(**data)], path)
+    strict = invoke(*locate_args(tiny_dir, path, tmp_path / "strict"))
+    assert strict.exit_code == 2
+    assert "fact object-first: en: prompt '[Y] is the capital of [X].'" not in strict.output
+    assert "fact object-first: en:" in one_line(strict.output)
+    assert "leaves nothing before the object" in one_line(strict.output)
+    lenient = invoke(*locate_args(tiny_dir, path, tmp_path / "lenient", "--lenient"))
+    assert lenient.exit_code == 0, lenient.output
+    assert "skipped fact object-first" in one_line(lenient.output)
+    located = {json.loads(line)["fact_id"] for line in
+               (tmp_path / "lenient" / "knowledge.jsonl").read_text().splitlines()}
+    assert located == {f.id for f in base}
+    config = json.loads((tmp_path / "lenient" / "config.json").read_text())
+    assert any("object-first" in s for s in config["skipped"])

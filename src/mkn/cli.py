@@ -211,11 +211,35 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
         run = claim_directory(identity=identity, **claim)
     try:
         lm = _load(cfg.model, cfg.dtype)
+        facts = _encodable(lm, facts, languages, cfg.lenient, meta)
     except BaseException:
         if run is not None:
             run.release()
         raise
     return cfg, facts, languages, lm, meta, run
+
+
+def _encodable(lm, facts, languages: list[str], lenient: bool, meta: dict):
+    """The facts whose every query the model can score: a fact that cannot be (its target
+    tokenizes to nothing...) is an error naming it, or, ``lenient``, skipped, named and counted
+    (in ``meta`` too)."""
+    from mkn.attribution.queries import encoding_problems
+
+    problems = encoding_problems(lm, facts, languages)
+    if not problems:
+        return facts
+    if not lenient:
+        fact_id, reason = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more facts)" if len(problems) > 1 else ""
+        raise ValueError(f"fact {fact_id}: {reason}{more}; --lenient skips such facts")
+    kept = facts.without(problems)
+    for fact_id, reason in problems.items():
+        _say(f"skipped fact {fact_id}: {reason}")
+    if not kept:
+        raise ValueError(f"no facts left: all {len(facts)} have queries the model cannot score")
+    meta.update({"facts": len(kept), "fact_ids": [f.id for f in kept],
+                 "skipped": [str(s) for s in kept.skipped]})
+    return kept
 
 
 def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):

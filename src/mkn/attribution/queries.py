@@ -104,6 +104,10 @@ def encode(lm: LanguageModel, prompt: str, target: str) -> EncodedQuery:
     if not target or not target.strip():
         raise ValueError(f"target {target!r} is empty")
     before, after = split_prompt(prompt, target)
+    if lm.causal and not before.strip():
+        raise ValueError(f"prompt {prompt!r} leaves nothing before the object: a causal LM "
+                         "would score it from the start token alone; put some context before "
+                         f"{OBJECT}")
     if lm.causal:
         prompt_ids, target_ids = continuation(tokenizer, before, target, special=True)
         # a bare space token before the object (" 켄트주" -> "▁", "켄", ...) is no knowledge:
@@ -150,3 +154,26 @@ def encode(lm: LanguageModel, prompt: str, target: str) -> EncodedQuery:
                          f"{lm.name} ({lm.max_length} tokens)")
     tokens = tuple(tokenizer.convert_ids_to_tokens(list(target_ids)))
     return EncodedQuery(prompt, target, tuple(target_ids), tokens, tuple(steps))
+
+
+def encoding_problems(lm: LanguageModel, facts, languages: list[str]) -> dict[str, str]:
+    """``fact id -> why one of its queries cannot be scored by lm`` (the first problem: language,
+    prompt and reason), for facts with a query :func:`encode` refuses (a target that tokenizes to
+    nothing, a prompt longer than the context, an object first for a causal LM...). Tokenizer
+    work only: run it before any compute so that a bad fact fails (or, lenient, is skipped) at
+    once and by name."""
+    problems = {}
+    for fact in facts:
+        for lang in languages:
+            target = fact.language(lang).object
+            problem = None
+            for prompt in fact.prompts(lang):
+                try:
+                    encode(lm, prompt, target)
+                except ValueError as error:
+                    problem = f"{lang}: {error}"
+                    break
+            if problem:
+                problems[fact.id] = problem
+                break
+    return problems

@@ -15,7 +15,8 @@ Quirks of the real files handled here (the files are never modified):
 
 Mapping to :class:`~mkn.data.schema.Fact`:
 
-- ``id`` = ``f"{id_prefix}-{row}"`` (default prefix ``bmlama17``), ``row`` = 0-based data row
+- ``id`` = ``f"{id_prefix}-{row}"`` (default prefix: the name of the directory read, e.g.
+  ``bmlama17``, so ids say which source they come from), ``row`` = 0-based data row
   (file line ``row + 2``); ``meta = {"row": row}``.
 - ``queries`` = ``[prompt]`` with ``<mask>`` -> ``[Y]`` and the first occurrence of the subject
   text -> ``[X]`` (searched before the mask, then after it), so ``prompts(lang)`` gives back the
@@ -36,6 +37,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -130,12 +132,16 @@ def split_candidates(text: str, gold: str) -> list[str]:
     return out
 
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
 class _TsvReader:
     """Rows of one BMLAMA file: ``(line, fields)``; checks the header."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._file = path.open(encoding="utf-8", newline="")
+        # undecodable bytes become surrogates, reported per row (file and line)
+        self._file = path.open(encoding="utf-8", errors="surrogateescape", newline="")
         self._reader = csv.reader(self._file, delimiter="\t", quotechar='"', doublequote=True,
                                   strict=True)
         self.rows = 0
@@ -166,6 +172,12 @@ class _TsvReader:
                 yield start, f"unreadable row: {err}"
                 continue
             self.rows += 1
+            bad = next((f for f in fields if _SURROGATE.search(f)), None)
+            if bad is not None:
+                column = _SURROGATE.search(bad).start() + 1
+                byte = ord(bad[column - 1]) - 0xDC00
+                yield start, f"not valid UTF-8 (byte 0x{byte:02x} in a field, column {column})"
+                continue
             yield start, fields
 
     @property
@@ -213,7 +225,7 @@ def relation_of(en_fields: list[str] | str | None) -> str:
 
 def read_bmlama(path: str | os.PathLike, languages: Sequence[str] | None = None,
                 limit: int | None = None, lenient: bool = False, seed: int | None = None,
-                id_prefix: str = "bmlama17") -> FactSet:
+                id_prefix: str | None = None) -> FactSet:
     """Read BMLAMA TSV facts aligned by row across ``languages`` (default: all files).
 
     Rows bad in some language raise :class:`DataError` (``FILE:LINE: reason``) or, with
@@ -221,6 +233,8 @@ def read_bmlama(path: str | os.PathLike, languages: Sequence[str] | None = None,
     Files with different numbers of rows are an error (rows would not be aligned).
     """
     root = Path(path)
+    if id_prefix is None:
+        id_prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-") or "bmlama"
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     available = bmlama_languages(root)

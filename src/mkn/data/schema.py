@@ -238,6 +238,14 @@ class FactSet(list):
         self.skipped: list[Skipped] = list(skipped)
         self.unaligned = unaligned
 
+    def without(self, dropped: dict[str, str]) -> FactSet:
+        """The set without the facts ``dropped`` (id -> reason), each listed in ``skipped``."""
+        kept = [f for f in self if f.id not in dropped]
+        return FactSet(kept, languages=self.languages, source=self.source,
+                       skipped=[*self.skipped, *(Skipped(self.source or "?", 0, f"fact {i}: {r}")
+                                                 for i, r in dropped.items())],
+                       unaligned=self.unaligned)
+
     def summary(self) -> str:
         """One line for a run's report, e.g. ``20 facts x 6 languages from ...; 0 skipped``."""
         text = (f"{len(self)} facts x {len(self.languages)} languages "
@@ -282,16 +290,29 @@ def write_facts(facts: Iterable[Fact], path: str | os.PathLike) -> Path:
     return path
 
 
+def not_utf8(err: UnicodeDecodeError) -> str:
+    return f"not valid UTF-8 (byte 0x{err.object[err.start]:02x} at column {err.start + 1})"
+
+
 def jsonl_objects(path: Path, issues: Issues) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line number, object)``; bad JSON lines are reported."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """Yield ``(line number, object)``; lines that are not UTF-8, not JSON, nested too deeply
+    or not an object are reported (file and line)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                issues.report(path, lineno, not_utf8(err))
+                continue
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as err:
                 issues.report(path, lineno, f"invalid JSON: {err.msg} (column {err.colno})")
+                continue
+            except RecursionError:
+                issues.report(path, lineno, "invalid JSON: nested too deeply")
                 continue
             if not isinstance(data, dict):
                 issues.report(path, lineno, f"expected a JSON object, got {type(data).__name__}")

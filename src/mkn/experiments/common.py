@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mkn.experiments.metrics import clustered_interval
 from mkn.interventions.controls import stable_seed
@@ -194,9 +196,26 @@ FIXED_ARGUMENTS = ("lm", "facts", "languages", "config", "seed", "progress", "ca
                    "generic")
 
 
+OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "draws": (lambda v: v >= 1, "at least 1"),
+    "unrelated": (lambda v: v >= 1, "at least 1"),
+    "wrong": (lambda v: v >= 1, "at least 1"),
+    "measure_queries": (lambda v: v >= 0, "0 (all) or more"),
+    "keep": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "q": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "factor": (lambda v: v > 0, "greater than 0"),
+    "lambda_old": (lambda v: v >= 0, "0 or more"),
+    "lambda_new": (lambda v: v >= 0, "0 or more"),
+    "sizes": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "positive integers"),
+    "methods": (lambda v: len(v) > 0, "at least one method"),
+    "rankings": (lambda v: len(v) > 0, "at least one ranking"),
+}
+
+
 def experiment_options(run: Callable, pairs: Sequence[str]) -> dict:
     """``["lambda_new=8", "source=zh"]`` -> keyword arguments of an experiment's ``run``, each
-    converted to the type of its default; unknown names and bad values are clear errors."""
+    converted to the type of its default and range-checked (:data:`OPTION_RANGES`; every number
+    finite) before any compute; unknown names and bad values are clear errors."""
     parameters = {name: param for name, param in inspect.signature(run).parameters.items()
                   if name not in FIXED_ARGUMENTS}
     options = {}
@@ -217,9 +236,16 @@ def experiment_options(run: Callable, pairs: Sequence[str]) -> dict:
             elif isinstance(default, int | float):
                 value = type(default)(text)
             elif isinstance(default, tuple):
-                value = tuple(x.strip() for x in text.split(",") if x.strip())
+                kind = type(default[0]) if default else str
+                value = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
             else:
                 value = text
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ValueError("must be a finite number")
+            check = OPTION_RANGES.get(name)
+            if check is not None and not check[0](value):
+                raise ValueError(f"must be {check[1]}")
         except ValueError as error:
             raise ValueError(f"option {name}={text!r}: {error}") from None
         options[name] = value

@@ -90,7 +90,7 @@ ALL_EXPERIMENTS = ["localization-quality", "size-curves", "shared-sets", "cross-
 DEFAULT_PARTS = [
     DataPart(name="bmlama17", data="bmlama:bmlama17", languages=["en", "es", "nl", "ko", "zh"],
              relations=["P178", "P176", "P1001", "P1376", "P279", "P159", "P361", "P37"],
-             per_relation=6, experiments=[*ALL_EXPERIMENTS, "fact-checking"],
+             per_relation=4, experiments=[*ALL_EXPERIMENTS, "fact-checking"],
              options=EQUAL_SIZE,
              chosen="languages: four of the five with the most items known by candidate rank in "
                     "the 455-fact probe of bmlama17 (en, nl, ko, es) and zh (the Han script; "
@@ -107,7 +107,7 @@ DEFAULT_PARTS = [
                     "fr, so most items of fi, hu, ja and ko are skipped)"),
     DataPart(name="bmlama17 symmetric", data="bmlama:bmlama17",
              languages=["en", "es", "nl", "ko", "zh"], relations=["P47", "P530"],
-             per_relation=12, experiments=["audits"],
+             per_relation=8, experiments=["audits"],
              chosen="the two symmetric relations of bmlama17 (shares border with, maintains "
                     "diplomatic relations with) in the languages of the bmlama17 part"),
 ]

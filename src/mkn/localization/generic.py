@@ -23,7 +23,8 @@ pooled (a language the model knows little of borrows the others' list).
 
 The reference sample (:func:`reference_generic`): up to 32 facts of the run's data source, at
 most 4 per relation (seeded), the items the model knows (:mod:`mkn.localization.knowledge`), one
-query each, located with the run's method and settings. It is computed once per model, dtype,
+query each, located with the run's method and settings (bad records and facts the model cannot
+score are left out of it and listed in the list's ``source``). It is computed once per model, dtype,
 data, languages and settings and cached under ``$MKN_CACHE/generic/`` (or
 ``$MKN_GENERIC_CACHE``); ``mkn generic`` shows or rebuilds it.
 """
@@ -179,7 +180,7 @@ def reference_facts(data: str, languages: Sequence[str], facts: int = REFERENCE_
     from mkn.data import load_facts
 
     return load_facts(data, list(languages), limit=facts, seed=seed,
-                      per_relation=REFERENCE_PER_RELATION)
+                      per_relation=REFERENCE_PER_RELATION, lenient=True)
 
 
 def _reference_key(lm: LanguageModel, data: str, languages: Sequence[str], config,
@@ -254,7 +255,12 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
     Returns ``(list, path, built)``; ``task(title, total)`` makes a progress callback.
     ``config.generic_share`` sets the threshold (the cached items do not depend on it).
     """
-    facts = reference_facts(data, languages, facts)
+    from mkn.attribution.queries import encoding_problems
+
+    sample = reference_facts(data, languages, facts)
+    problems = encoding_problems(lm, sample, list(languages))  # facts the model cannot score
+    facts = [f for f in sample if f.id not in problems]
+    skipped = [str(s) for s in sample.skipped] + [f"fact {i}: {r}" for i, r in problems.items()]
     key = _reference_key(lm, data, languages, config, facts)
     path = reference_path(key)
     if path.exists() and not rebuild:
@@ -264,7 +270,7 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
     tick = task("generic neurons: reference sample", len(facts)) if task else None
     items = build_reference(lm, facts, languages, config, tick, cache)
     generic = GenericNeurons(items, config.generic_share,
-                             {"key": key, "facts": [f.id for f in facts],
+                             {"key": key, "facts": [f.id for f in facts], "skipped": skipped,
                               "rebuild": rebuild_command(key)})
     generic.save(path)
     return generic, path, True

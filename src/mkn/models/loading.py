@@ -127,6 +127,10 @@ def cache_dir() -> Path:
     return Path(base) / "mkn"
 
 
+class ModelError(ValueError):
+    """A model that cannot be loaded (one line: which and why)."""
+
+
 def _auto_class(model_type: str):
     import transformers
 
@@ -143,8 +147,17 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str) -> Lang
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
                                                      trust_remote_code=False)
     auto = _auto_class(config.model_type)
-    model = auto.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
-                                 trust_remote_code=False).to(device)
+    model, info = auto.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                       use_safetensors=True, trust_remote_code=False,
+                                       output_loading_info=True)
+    for kind in ("missing_keys", "mismatched_keys"):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(kind) or ())
+        if names:  # transformers would fill them with random values
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3
+                                            else "")
+            raise ModelError(f"{path}: the checkpoint lacks weights the model needs "
+                             f"({kind.split('_')[0]}: {shown}); refusing random values")
+    model = model.to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
                                                            trust_remote_code=False)
     return wrap(model, tokenizer, name=name)
@@ -209,10 +222,10 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if path.is_dir() and (path / "config.json").exists():
         return path
     if path.exists():
-        raise ValueError(f"{path} is neither a Hugging Face model directory (with config.json) "
+        raise ModelError(f"{path} is neither a Hugging Face model directory (with config.json) "
                          "nor a .gguf file")
     known = ", ".join(EMBEDDED_MODELS)
-    raise ValueError(f"unknown model {text!r}: not an embedded model ({known}) and no such "
+    raise ModelError(f"unknown model {text!r}: not an embedded model ({known}) and no such "
                      "local path (models cannot be downloaded here; pass a local directory or "
                      ".gguf file)")
 
@@ -231,5 +244,11 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
-    path = resolve(name_or_path)
-    return _load_hf_dir(path, dtype, device, name=str(name_or_path))
+    try:
+        path = resolve(name_or_path)
+        return _load_hf_dir(path, dtype, device, name=str(name_or_path))
+    except ModelError:
+        raise
+    except Exception as error:  # corrupt GGUF / safetensors / config.json, unreadable files...
+        message = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ModelError(f"cannot load model {str(name_or_path)!r}: {message}") from error
