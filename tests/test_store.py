@@ -98,3 +98,12 @@ def test_resume_after_kill_9_equals_uninterrupted(tmp_path):
         assert (killed / f"{name}.jsonl").read_text() == (clean / f"{name}.jsonl").read_text()
     assert len(list((killed / "scores").glob("*.safetensors"))) == 40
     assert not list(Path(killed).rglob("*.tmp"))
+
+
+def test_a_full_disk_names_the_file():
+    from mkn.cli import describe_error
+    from mkn.runs.store import _fsync_append
+
+    with pytest.raises(OSError) as caught:
+        _fsync_append(Path("/dev/full"), ["x" * 100_000])
+    assert describe_error(caught.value) == "/dev/full: No space left on device"

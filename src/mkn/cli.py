@@ -48,7 +48,12 @@ ShuffleOpt = Annotated[bool | None, typer.Option(help="Sample facts at random (w
                                                       "instead of taking the first ones.")]
 MaxQueriesOpt = Annotated[int | None, typer.Option(min=1, help="Attribute at most N queries per "
                                                               "fact and language.")]
-RunDtypeOpt = Annotated[str | None, typer.Option(help="float32 (default), bfloat16 or float16.")]
+RunDtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: "
+                                                      "bfloat16 on CUDA, float32 on the CPU).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto (default: CUDA when present), cpu, "
+                                                    "cuda or cuda:N.")]
+DeviceMapOpt = Annotated[str | None, typer.Option(help="Split the model over several devices "
+                                                        "with accelerate's device map (auto).")]
 SeedOpt = Annotated[int | None, typer.Option(help="Random seed (sampling, unrelated facts, "
                                                   "splits).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -67,11 +72,11 @@ def _fail(error: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(model: str, dtype: str):
+def _load(model: str, dtype: str | None, device: str = "auto", device_map=None):
     import mkn
 
-    with console.status(f"loading {model} (the first load converts the GGUF, ~1 min)"):
-        return mkn.load_model(model, dtype=dtype)
+    with console.status(f"loading {escape(model)} (the first load converts the GGUF, ~1 min)"):
+        return mkn.load_model(model, dtype=dtype, device=device, device_map=device_map)
 
 
 @app.command()
@@ -84,7 +89,9 @@ def attribute(
     steps: StepsOpt = 20,
     rule: RuleOpt = "left",
     top: Annotated[int, typer.Option(min=1, help="How many top neurons to show.")] = 10,
-    dtype: DtypeOpt = "float32",
+    dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
     """Attribute p(target | prompt) to FFN neurons and show the top ones."""
@@ -99,7 +106,7 @@ def attribute(
     if rule not in RULES:
         raise _fail(ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}"))
     try:
-        lm = _load(model, dtype)
+        lm = _load(model, dtype, device or "auto", device_map)
         result = mkn.attribute(lm, prompt=prompt, target=target, method=method, steps=steps,
                                rule=rule)
     except (ValueError, IndexError, TypeError) as error:
@@ -129,7 +136,8 @@ def attribute(
         _say(f"generic neurons (knowledge neurons of many relations' facts) from {lists[0][1]}")
     else:
         _say(f"no generic-neuron list is cached for this model: `mkn generic --model {model} "
-             f"--dtype {dtype}` builds one (then this command flags them)")
+             f"--dtype {str(lm.dtype).removeprefix('torch.')}` builds one (then this command flags "
+             "them)")
 
 
 class ProgressBars:
@@ -173,8 +181,8 @@ class ProgressBars:
                                             or elapsed - logged[0] >= self.LOG_EVERY):
                 logged[0] = elapsed
                 left = (total - done) * elapsed / done if done else 0.0
-                console.print(f"{title}: {done:g}/{total} done, {rate}, elapsed {elapsed:.0f} s, "
-                              f"ETA {left:.0f} s", highlight=False, soft_wrap=True)
+                _say(f"{title}: {done:g}/{total} done, {rate}, elapsed {elapsed:.0f} s, "
+                     f"ETA {left:.0f} s")
 
         return tick
 
@@ -201,7 +209,12 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
     _say(f"data: {facts.summary()}")
     for skipped in facts.skipped:
         _say(f"skipped {skipped}")
-    meta = {**cfg.model_dump(exclude={"locate", "backend", "workers"}), "languages": languages,
+    if cfg.dtype is None:
+        from mkn.models.devices import default_dtype, resolve_device
+
+        cfg.dtype = default_dtype(resolve_device(cfg.device))
+    meta = {**cfg.model_dump(exclude={"locate", "backend", "workers", "device", "device_map"}),
+            "languages": languages,
             "facts": len(facts), "fact_ids": [f.id for f in facts],
             "data_fingerprint": data_fingerprint(facts),
             "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
@@ -210,7 +223,7 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
         identity = {**claim.pop("identity", {}), "locate": cfg.locate.model_dump(), **meta}
         run = claim_directory(identity=identity, **claim)
     try:
-        lm = _load(cfg.model, cfg.dtype)
+        lm = _load(cfg.model, cfg.dtype, cfg.device, cfg.device_map)
         facts = _encodable(lm, facts, languages, cfg.lenient, meta)
     except BaseException:
         if run is not None:
@@ -290,6 +303,8 @@ def locate(
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
     max_queries: MaxQueriesOpt = None,
     dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     seed: SeedOpt = None,
     lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
                                                       "instead of stopping.")] = None,
@@ -312,8 +327,8 @@ def locate(
             config, dict(directory=out, kind="locate", resume=resume), model=model, data=data,
             languages=languages, method=method, limit=limit, relations=relations,
             per_relation=per_relation, shuffle=shuffle, steps=steps, max_queries=max_queries,
-            dtype=dtype, seed=seed, lenient=lenient, backend=backend, workers=workers,
-            known=known, generic=generic)
+            dtype=dtype, device=device, device_map=device_map, seed=seed, lenient=lenient,
+            backend=backend, workers=workers, known=known, generic=generic)
         with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
             generic_list = _generic_lists(cfg, lm, langs, bars.task)
@@ -332,7 +347,7 @@ def locate(
     for lang in langs:
         c = counts.get(lang, {"items": 0, "located": 0, "skipped": 0})
         s = summary["per_language"].get(lang, {"mean_neurons": 0.0, "mean_generic": 0.0})
-        table.add_row(lang, str(c["items"]), str(c["located"]), str(c["skipped"]),
+        table.add_row(escape(lang), str(c["items"]), str(c["located"]), str(c["skipped"]),
                       f"{s['mean_neurons']:.1f}", f"{s['mean_generic']:.1f}")
     console.print(table)
     agnostic = summary["language_agnostic"]
@@ -341,8 +356,8 @@ def locate(
                   f"{agnostic['mean_soft_neurons']:.2f}); degenerate pairs in "
                   f"{summary['degenerate']['with_pairs']}/{summary['degenerate']['records']} "
                   "fact-languages")
-    console.print(f"results in {out}/ (neurons.jsonl, language_agnostic.jsonl, "
-                  "degenerate.jsonl, summary.json)")
+    _say(f"results in {out}/ (neurons.jsonl, language_agnostic.jsonl, degenerate.jsonl, "
+         "summary.json)")
 
 
 @app.command()
@@ -357,6 +372,8 @@ def probe(
     per_relation: PerRelationOpt = None,
     shuffle: ShuffleOpt = None,
     dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     seed: SeedOpt = None,
     lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
                                                       "instead of stopping.")] = None,
@@ -375,7 +392,8 @@ def probe(
         cfg, facts, langs, lm, meta, run = _prepare(
             config, dict(directory=out, kind="probe", reuse=True), model=model, data=data,
             languages=languages, limit=limit, relations=relations, per_relation=per_relation,
-            shuffle=shuffle, dtype=dtype, seed=seed, lenient=lenient)
+            shuffle=shuffle, dtype=dtype, device=device, device_map=device_map, seed=seed,
+            lenient=lenient)
         started = time.perf_counter()
         with run, ProgressBars(quiet) as bars:
             summary = run_probe(lm, facts, langs, out, bars.task("probe", len(facts)),
@@ -398,6 +416,8 @@ def generic(
     method: Annotated[str | None, typer.Option(help="ig, amig or matrice.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
     dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     known: KnownOpt = None,
     share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of other "
                                                 "relations' facts above which a neuron is "
@@ -417,9 +437,10 @@ def generic(
     from mkn.localization.generic import reference_generic
 
     try:
-        cfg, _, langs, lm, _, _ = _prepare(config, model=model, data=data, languages=languages,
-                                        method=method, steps=steps, dtype=dtype, known=known,
-                                        generic_share=share, limit=1)
+        cfg, _, langs, lm, _, _ = _prepare(
+            config, model=model, data=data, languages=languages, method=method, steps=steps,
+            dtype=dtype, device=device, device_map=device_map, known=known, generic_share=share,
+            limit=1)
         with ProgressBars(quiet) as bars:
             found, path, built = reference_generic(lm, cfg.data, langs, cfg.locate,
                                                    rebuild=rebuild, task=bars.task,
@@ -434,7 +455,7 @@ def generic(
     for lang, row in found.summary(langs).items():
         shown = ", ".join(f"({layer}, {index}): {value:.2f}" for (layer, index), value in
                           list(found.neurons(lang).items())[:top])
-        table.add_row(lang, str(row["reference_items"]), "yes" if row["own_list"] else
+        table.add_row(escape(lang), str(row["reference_items"]), "yes" if row["own_list"] else
                       "pooled", str(row["generic"]), shown)
     console.print(table)
     console.print(f"{'built' if built else 'cached'}: {path}" + (f"; copy: {out}" if out else "")
@@ -461,6 +482,8 @@ def experiment(
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
     max_queries: MaxQueriesOpt = None,
     dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     seed: SeedOpt = None,
     option: Annotated[list[str] | None, typer.Option(
         "--set", help="An experiment's own option, NAME=VALUE, repeatable (e.g. lambda_new=8 "
@@ -493,7 +516,8 @@ def experiment(
                          identity={"experiment": name, "options": options}),
             model=model, data=data, languages=languages, method=method, limit=limit,
             relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps,
-            max_queries=max_queries, dtype=dtype, seed=seed, known=known, generic=generic)
+            max_queries=max_queries, dtype=dtype, device=device, device_map=device_map,
+            seed=seed, known=known, generic=generic)
         with run, RunStore(out, {"experiment": name, "options": options, **meta}, resume,
                            (ATTRIBUTIONS,), run=run) as store:
             setup = Setup.of(name, cfg, langs, facts, options)
@@ -539,6 +563,8 @@ def reproduce(
     resume: Annotated[bool, typer.Option(help="Continue a killed study in OUT (stored "
                                               "attributions and experiments are kept).")]
     = False,
+    device: DeviceOpt = None,
+    device_map: DeviceMapOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The reproduction study: the papers' tables on a real model (docs/RESULTS.md)."""
@@ -554,7 +580,7 @@ def reproduce(
             config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
                                  limit=limit, seed=seed, known=known, generic=generic)
             check_writable(results.parent)
-            lm = _load(config.model, config.dtype)
+            lm = _load(config.model, config.dtype, device or "auto", device_map)
             command = "mkn reproduce " + shlex.join(
                 a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"
@@ -565,7 +591,7 @@ def reproduce(
             path = write_results(render, results, refresh=True)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
-    console.print(f"study: {render or out / 'study.json'}\nresults: {path}")
+    _say(f"study: {render or out / 'study.json'}\nresults: {path}")
 
 
 @app.command()
@@ -581,20 +607,21 @@ def report(
         path = write_report(run_dir, out)
     except (NotADirectoryError, ValueError) as error:
         raise _fail(error) from error
-    console.print(f"report: {path.resolve()}")
+    _say(f"report: {path.resolve()}")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
     model: ModelOpt = "gemma-3-270m",
+    device: DeviceOpt = None,
 ) -> None:
     """The main job: attribute, locate across languages, edit, report (about 5-10 min)."""
     from mkn.experiments import demo as demo_job
     from mkn.runs.directory import claim
 
     try:
-        lm = _load(model, "float32")  # everything is checked before the disk is touched
+        lm = _load(model, "float32", device or "auto")  # all checked before the disk is touched
         with claim(out, "demo", demo_job.identity(model), resume=True) as directory, \
                 ProgressBars() as bars:
             example, summary, editing, report, generic = demo_job.run(lm, out, model, bars.task,

@@ -26,16 +26,18 @@ import numpy as np
 import torch
 
 from mkn.attribution.queries import PredictionStep
+from mkn.models.devices import halving_on_oom, rows_per_pass
 from mkn.models.hooks import NeuronHook, capture, neuron_hooks
 from mkn.models.loading import LanguageModel
 
-# Rows per forward/backward pass are chosen so the logits of one pass stay near this many floats.
-LOGITS_BUDGET = 2**27
 
-
-def default_batch_size(lm: LanguageModel) -> int:
-    vocab = lm.model.config.get_text_config().vocab_size
-    return max(8, LOGITS_BUDGET // vocab)
+def default_batch_size(lm: LanguageModel, sequence: int = 16) -> int:
+    """Rows per forward/backward pass that fit the free memory of the model's device
+    (:func:`mkn.models.devices.rows_per_pass`) for prompts of about ``sequence`` tokens."""
+    text = lm.model.config.get_text_config()
+    element = torch.finfo(lm.dtype).bits // 8
+    return rows_per_pass(lm.device, text.vocab_size, text.hidden_size, lm.n_neurons,
+                         lm.n_layers, sequence, element)
 
 
 class _TargetProb(torch.autograd.Function):
@@ -265,7 +267,8 @@ def replace_position(layer_rows: torch.Tensor, position: int, values: torch.Tens
 
     def patch(x: torch.Tensor) -> torch.Tensor:
         positions = torch.full_like(layer_rows, position % x.shape[1])
-        return x.index_put((layer_rows, positions), values.to(x.dtype))
+        return x.index_put((layer_rows.to(x.device), positions.to(x.device)),
+                           values.to(device=x.device, dtype=x.dtype))
 
     return patch
 
@@ -288,18 +291,18 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
     are zero. Rows are (layer, step) pairs; ``batch_size`` rows run per forward/backward pass.
     When the rule evaluates alpha = 0, those rows give p(baseline); otherwise one extra batch.
     """
-    batch_size = batch_size or default_batch_size(lm)
     runner = runner or StepRunner(lm, step)
+    batch_size = batch_size or default_batch_size(lm, len(step.input_ids))
     n_layers, n_neurons = clean.shape
-    clean32, baseline32 = clean.float(), baseline.float()
+    clean32, baseline32 = clean.float().cpu(), baseline.float().cpu()  # sums on the CPU
     integral = torch.zeros(n_layers, n_neurons)
     alpha_t = torch.tensor(alphas, dtype=torch.float32)
     weight_t = torch.tensor(weights, dtype=torch.float32)
     rows = [(layer, k) for layer in layers for k in range(len(alphas))]
     baseline_prob = torch.zeros(n_layers)
     at_zero = [k for k, alpha in enumerate(alphas) if alpha == 0]
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+
+    def run_chunk(chunk: list[tuple[int, int]]) -> None:
         leaves: dict[int, torch.Tensor] = {}
         hooks: dict[int, NeuronHook] = {}
         layer_steps: dict[int, torch.Tensor] = {}
@@ -307,7 +310,7 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
             members = [i for i, (l_, _) in enumerate(chunk) if l_ == layer]
             ks = torch.tensor([chunk[i][1] for i in members])
             path = baseline32[layer] + alpha_t[ks, None] * (clean32[layer] - baseline32[layer])
-            leaf = path.to(lm.dtype).requires_grad_(True)
+            leaf = path.to(device=lm.device, dtype=lm.dtype).requires_grad_(True)
             leaves[layer], layer_steps[layer] = leaf, ks
             hooks[layer] = replace_position(torch.tensor(members, device=lm.device),
                                             runner.position, leaf)
@@ -315,11 +318,20 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
             probs = runner.probs(len(chunk), hooks, [layer for layer, _ in chunk])
             grads = torch.autograd.grad(probs.sum(), list(leaves.values()))
         for (layer, ks), grad in zip(layer_steps.items(), grads, strict=True):
-            integral[layer] += (weight_t[ks, None] * grad.float()).sum(0)
+            integral[layer] += (weight_t[ks, None] * grad.float().cpu()).sum(0)
         if at_zero:
             for i, (layer, k) in enumerate(chunk):
                 if k == at_zero[0]:
                     baseline_prob[layer] = float(probs[i].detach())
+
+    start = 0
+    while start < len(rows):  # a pass that runs out of memory is retried with half the rows
+        def run(size: int, start: int = start) -> int:
+            run_chunk(rows[start:start + size])
+            return size
+
+        done = halving_on_oom(run, batch_size, "attribution pass")
+        batch_size, start = done, start + done
     scores = (clean32 - baseline32) * integral
     if not at_zero:
         with torch.no_grad():

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -152,13 +151,11 @@ class GenericNeurons:
 
     def save(self, path: Path) -> Path:
         """Write atomically (temporary file, then rename)."""
+        from mkn.runs.directory import write_atomic
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(self.to_json(), out, ensure_ascii=False, indent=1)
-            out.write("\n")
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+                            + "\n")
 
     @classmethod
     def load(cls, path: Path) -> GenericNeurons:

@@ -12,9 +12,7 @@ rank per query, known by each criterion), ``knowledge.md`` (the tables) and ``su
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -78,10 +76,9 @@ def probe_table(summary: dict) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
-    os.replace(tmp, path)
+    from mkn.runs.directory import write_atomic
+
+    write_atomic(path, text)
 
 
 def run_probe(lm: LanguageModel, facts: Sequence, languages: Sequence[str], out: Path,

@@ -139,7 +139,8 @@ def _auto_class(model_type: str):
     return transformers.AutoModelForMaskedLM
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str) -> LanguageModel:
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str,
+                 device_map=None) -> LanguageModel:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # loading from safetensors takes seconds
@@ -147,9 +148,10 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str) -> Lang
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
                                                      trust_remote_code=False)
     auto = _auto_class(config.model_type)
+    placement = {"device_map": device_map} if device_map is not None else {}
     model, info = auto.from_pretrained(path, dtype=dtype, local_files_only=True,
                                        use_safetensors=True, trust_remote_code=False,
-                                       output_loading_info=True)
+                                       output_loading_info=True, **placement)
     for kind in ("missing_keys", "mismatched_keys"):
         names = sorted(str(k if isinstance(k, str) else k[0]) for k in info.get(kind) or ())
         if names:  # transformers would fill them with random values
@@ -157,7 +159,8 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str) -> Lang
                                             else "")
             raise ModelError(f"{path}: the checkpoint lacks weights the model needs "
                              f"({kind.split('_')[0]}: {shown}); refusing random values")
-    model = model.to(device)
+    if device_map is None:
+        model = model.to(device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
                                                            trust_remote_code=False)
     return wrap(model, tokenizer, name=name)
@@ -231,22 +234,35 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
-               dtype: torch.dtype | str = "float32", device: str = "cpu") -> LanguageModel:
+               dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+               device_map: str | dict | None = None) -> LanguageModel:
     """Load a model for attribution.
 
     Args:
         name_or_path: ``gemma-3-270m`` (embedded default), a local Hugging Face directory, or a
             ``.gguf`` file.
-        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` (where the hardware has them).
-        device: torch device, e.g. ``cpu`` or ``cuda``.
+        dtype: ``float32``, ``bfloat16`` or ``float16``; default: bfloat16 on CUDA, float32 on
+            the CPU (:func:`mkn.models.devices.default_dtype`).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked: a missing device is an
+            error that says what is available).
+        device_map: accelerate's placement (``auto`` or ``{module: device}``) for a model split
+            over several devices; ``device`` is then ignored.
     """
+    from mkn.models.devices import default_dtype, parse_device_map, resolve_device
+
+    device = resolve_device(str(device))
+    if device_map is not None:
+        device_map = parse_device_map(device_map)
+    if dtype is None:
+        dtype = default_dtype(device)
     if isinstance(dtype, str):
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     try:
         path = resolve(name_or_path)
-        return _load_hf_dir(path, dtype, device, name=str(name_or_path))
+        return _load_hf_dir(path, dtype, str(device), name=str(name_or_path),
+                            device_map=device_map)
     except ModelError:
         raise
     except Exception as error:  # corrupt GGUF / safetensors / config.json, unreadable files...

@@ -39,13 +39,32 @@ class RunConfig(BaseModel):
     per_relation: int | None = Field(None, ge=1, description="at most N facts per relation, "
                                      "interleaved by relation (a balanced sample)")
     lenient: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None, description="None: bfloat16 on CUDA, float32 on the CPU")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
+    device_map: dict[str, str | int] | str | None = Field(
+        None, description="accelerate's placement over several devices, e.g. auto")
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
     generic: str = Field("auto", description="generic neurons: auto (the cached reference list "
                          "of this model and data, built on first use), keep (leave them in, as "
                          "Dai et al. and AMIG do) or the path of a list from mkn generic --out")
     locate: LocateConfig = Field(default_factory=LocateConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from mkn.models.devices import resolve_device
+
+        resolve_device(value)  # a device that exists here, or say what does
+        return value
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, value):
+        from mkn.models.devices import parse_device_map
+
+        return None if value is None else parse_device_map(value)
 
     @field_validator("generic")
     @classmethod
@@ -70,7 +89,7 @@ def _describe(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        problems.append(f"{where}: {item['msg']}")
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return f"invalid configuration in {source}: " + "; ".join(problems)
 
 

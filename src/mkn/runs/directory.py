@@ -34,6 +34,8 @@ MANIFEST = "mkn-run.json"
 LOCK = ".mkn.lock"
 HOLDER = ".mkn.lock.holder"
 OWN_FILES = {MANIFEST, LOCK, HOLDER}
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class RunDirectoryError(ValueError):
@@ -56,17 +58,28 @@ def data_fingerprint(facts: Iterable) -> str:
     return digest([fact.to_dict() for fact in facts])
 
 
+def with_path(error: OSError, path) -> OSError:
+    """``error`` naming ``path`` (a full disk reports ENOSPC without a file name)."""
+    if error.filename is not None:
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
+
+
 def write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory and a rename:
     readers see the old file or the new one, never a half-written one."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it 0600)
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise with_path(error, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -29,18 +29,28 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mkn.runs.directory import RunDirectory, canonical, claim, digest, write_atomic
+from mkn.runs.directory import (
+    RunDirectory,
+    canonical,
+    claim,
+    digest,
+    with_path,
+    write_atomic,
+)
 
 DONE = "done.jsonl"
 CONFIG = "config.json"
 
 
 def _fsync_append(path: Path, lines: Iterable[str]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise with_path(error, path) from None
 
 
 def read_jsonl(path: Path, skip_broken: bool = False) -> list[dict]:

@@ -1,0 +1,163 @@
+"""Devices and memory: where a model runs, and how many rows fit in one pass.
+
+``--device auto`` (the default) is the first CUDA GPU when there is one, else the CPU; the
+default dtype follows the device (bfloat16 on CUDA, float32 on CPU). ``--device-map auto``
+(accelerate's) splits a model too big for one GPU over several GPUs and the CPU.
+
+Rows per pass (:func:`rows_per_pass`) are chosen from the free memory of the model's device
+(CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of ``/proc/meminfo``) and the model's
+sizes, not from a fixed budget; :func:`halving_on_oom` halves a batch that still does not fit
+and says so once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MEMORY_FRACTION = 0.5  # of the free memory, for the rows of one pass (the rest: headroom)
+MAX_ROWS = 1024
+
+
+def available() -> str:
+    """The devices this machine offers, for error messages."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            total = torch.cuda.get_device_properties(index).total_memory / 2**30
+            names.append(f"cuda:{index} ({torch.cuda.get_device_name(index)}, {total:.0f} GiB)")
+    return ", ".join(names)
+
+
+def resolve_device(spec: str | None = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> a device that exists here, or a one-line
+    error saying what is available."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N "
+                         f"(available here: {available()})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}); available: {available()}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s); available: {available()}")
+        return torch.device("cuda", device.index or 0)
+    if device.type != "cpu":
+        raise ValueError(f"--device {spec}: only cpu and cuda are supported; available: "
+                         f"{available()}")
+    return device
+
+
+def default_dtype(device: torch.device | str) -> str:
+    """bfloat16 on CUDA (every recent GPU has it), float32 on the CPU."""
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def parse_device_map(device_map):
+    """A ``device_map`` (``auto``, ``balanced``, ..., ``{module: device}`` or that mapping as a
+    JSON string, as a flag gives it) checked to name only devices that exist here."""
+    if isinstance(device_map, str) and device_map.strip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--device-map: not a JSON mapping module -> device "
+                             f"({error.msg})") from None
+    check_device_map(device_map)
+    return device_map
+
+
+def check_device_map(device_map) -> None:
+    """A ``device_map`` (``auto``, ``balanced``, ... or ``{module: device}``) names only devices
+    that exist here."""
+    if isinstance(device_map, str):
+        if device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ValueError(f"--device-map {device_map!r}: use auto, balanced, "
+                             "balanced_low_0, sequential or a mapping module -> device")
+        return
+    for module, where in dict(device_map).items():
+        if where in ("disk", "meta"):
+            continue
+        target = f"cuda:{where}" if isinstance(where, int) else str(where)
+        try:
+            resolve_device(target)
+        except ValueError as error:
+            raise ValueError(f"device map entry {module!r} -> {where!r}: {error}") from None
+
+
+def free_bytes(device: torch.device | str) -> int:
+    """Free memory of ``device``: CUDA's free memory, or the CPU's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 8 * 2**30
+
+
+def bytes_per_row(vocab: int, hidden: int, neurons: int, layers: int, sequence: int,
+                  element: int) -> int:
+    """Memory one (layer, step) row of an attribution pass needs, roughly: the float32 logits and
+    their in-place gradient at the prediction position, plus the activations kept for the
+    backward pass at each layer (hidden states and FFN neurons of every position of the row)."""
+    logits = 2 * 4 * vocab
+    activations = layers * sequence * (4 * hidden + 3 * neurons) * element
+    return logits + activations
+
+
+def rows_per_pass(device: torch.device | str, vocab: int, hidden: int, neurons: int,
+                  layers: int, sequence: int = 1, element: int = 4,
+                  fraction: float = MEMORY_FRACTION) -> int:
+    """How many rows fit in ``fraction`` of the free memory of ``device`` (at least 1, at most
+    :data:`MAX_ROWS`)."""
+    row = bytes_per_row(vocab, hidden, neurons, layers, sequence, element)
+    return int(max(1, min(MAX_ROWS, free_bytes(device) * fraction // row)))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error or the CPU allocator failing."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+_warned: set[str] = set()
+
+
+def halving_on_oom(run: Callable[[int], T], batch_size: int, what: str = "pass") -> T:
+    """``run(batch_size)``; on an out-of-memory error, free the cache and retry with half the
+    batch (down to 1), saying so once per ``what``."""
+    while True:
+        try:
+            return run(batch_size)
+        except Exception as error:
+            if not is_out_of_memory(error) or batch_size <= 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch_size //= 2
+            if what not in _warned:
+                _warned.add(what)
+                log.warning("out of memory in one %s: retrying with %d rows per pass (set "
+                            "--batch-size to choose)", what, batch_size)
