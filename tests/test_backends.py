@@ -178,3 +178,37 @@ def test_backend_choice_is_checked():
     with pytest.raises(ValueError, match="workers"):
         RayBackend(workers=0, model_spec=FACTORY)
     assert isinstance(make_backend("local", lm=build("llama")), LocalBackend)
+
+
+class _Misses(dict):
+    """A cache that counts what had to be computed after the prefetch."""
+
+    misses = 0
+
+    def __setitem__(self, key, value):
+        self.misses += 1
+        super().__setitem__(key, value)
+
+
+@needs_ray
+def test_ray_backend_serves_an_experiment_with_the_same_results(ray_backend, model_dir):
+    """``experiment``/``reproduce`` with ``--backend ray``: every attribution is computed on the
+    actors (none locally), and the result is the same as a local run's, byte for byte."""
+    from mkn.experiments import cross_lingual_editing
+    from mkn.localization.knowledge import known_items
+    from mkn.runs.backends import attribution_keys, prefetch
+
+    sample, generic = facts(), generic_list()
+    with torch_threads(1):
+        lm = load_spec(model_dir)
+        known = known_items(lm, sample, LANGUAGES, CONFIG.known)
+        local = cross_lingual_editing.run(lm, sample, LANGUAGES, CONFIG, known=known,
+                                          generic=generic)
+        keys = attribution_keys(sample, LANGUAGES, CONFIG, (CONFIG.method,), known)
+        cache = {}
+        assert prefetch(ray_backend, keys, cache) == len(keys) > 0
+        counted = _Misses(cache)
+        remote = cross_lingual_editing.run(lm, sample, LANGUAGES, CONFIG, cache=counted,
+                                           known=known, generic=generic)
+    assert counted.misses == 0
+    assert json.dumps(remote, sort_keys=True) == json.dumps(local, sort_keys=True)

@@ -288,6 +288,19 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
     return lists if methods else lists[cfg.locate.method]
 
 
+def _prefetch(cfg, lm, facts, languages: list[str], methods: tuple[str, ...], known, cache,
+              bars: ProgressBars) -> None:
+    """Compute every attribution the run will need on the configured backend (Ray actors)."""
+    from mkn.runs.backends import attribution_keys, make_backend, prefetch
+
+    keys = attribution_keys(facts, languages, cfg.locate, methods or (cfg.locate.method,),
+                            known)
+    with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
+                      lm=lm) as backend:
+        prefetch(backend, keys, cache, bars.task(f"attributions ({cfg.backend}, "
+                                                 f"{cfg.workers} workers)", len(keys)))
+
+
 @app.command()
 def locate(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/locate"),
@@ -494,6 +507,9 @@ def experiment(
     resume: Annotated[bool, typer.Option(help="Continue a killed run in OUT (attributions "
                                               "already stored are not computed again).")]
     = False,
+    backend: Annotated[str | None, typer.Option(help="local (default) or ray: attributions "
+                                                     "computed on Ray actors.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -517,20 +533,23 @@ def experiment(
             model=model, data=data, languages=languages, method=method, limit=limit,
             relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps,
             max_queries=max_queries, dtype=dtype, device=device, device_map=device_map,
-            seed=seed, known=known, generic=generic)
+            seed=seed, known=known, generic=generic, backend=backend, workers=workers)
         with run, RunStore(out, {"experiment": name, "options": options, **meta}, resume,
                            (ATTRIBUTIONS,), run=run) as store:
             setup = Setup.of(name, cfg, langs, facts, options)
             setup.date = run.created
             _say(setup.describe())
+            cache = StoredAttributions(store)
             with ProgressBars(quiet) as bars:
                 known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-                generic_list = _generic_lists(cfg, lm, langs, bars.task,
-                                              methods_of(module.run, options))
+                methods = methods_of(module.run, options)
+                generic_list = _generic_lists(cfg, lm, langs, bars.task, methods)
+                if cfg.backend != "local":  # attributions on the workers, measures here
+                    _prefetch(cfg, lm, facts, langs, methods, known_sample, cache, bars)
                 result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
                                     progress=bars.task(name, len(facts) * module.PHASES),
-                                    cache=StoredAttributions(store), known=known_sample,
-                                    generic=generic_list, **options)
+                                    cache=cache, known=known_sample, generic=generic_list,
+                                    **options)
             result["config"] = {"locate": cfg.locate.model_dump(), **meta}
             path = write_result(out, setup, result, module.table(result))
     except (ValueError, FileNotFoundError, FileExistsError) as error:
@@ -565,6 +584,9 @@ def reproduce(
     = False,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
+    backend: Annotated[str, typer.Option(help="local (default) or ray: attributions computed "
+                                              "on Ray actors.")] = "local",
+    workers: Annotated[int, typer.Option(min=1, help="Ray actors (model copies).")] = 1,
     quiet: QuietOpt = False,
 ) -> None:
     """The reproduction study: the papers' tables on a real model (docs/RESULTS.md)."""
@@ -573,6 +595,7 @@ def reproduce(
 
     from mkn.experiments.reproduce import StudyConfig, run_study
     from mkn.report.results import write_results
+    from mkn.runs.backends import make_backend
     from mkn.runs.directory import check_writable
 
     try:
@@ -584,8 +607,11 @@ def reproduce(
             command = "mkn reproduce " + shlex.join(
                 a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"
-            with ProgressBars(quiet) as bars:
-                run_study(lm, config, out, bars.task, command.strip(), resume)
+            with ProgressBars(quiet) as bars, make_backend(
+                    backend, workers, model_spec=config.model, dtype=config.dtype,
+                    lm=lm) as runner:
+                run_study(lm, config, out, bars.task, command.strip(), resume,
+                          None if backend == "local" else runner)
             path = write_results(out / "study.json", results)
         else:
             path = write_results(render, results, refresh=True)

@@ -47,6 +47,7 @@ from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.loading import LanguageModel
+from mkn.runs.backends import Backend, attribution_keys, prefetch
 from mkn.runs.directory import data_fingerprint, run_date, write_atomic
 from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
@@ -211,8 +212,8 @@ def part_facts(part: DataPart, config: StudyConfig) -> list:
 
 
 def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskFactory,
-             store: RunStore | None = None, on_experiment: Callable[[dict], None] | None = None
-             ) -> dict:
+             store: RunStore | None = None, on_experiment: Callable[[dict], None] | None = None,
+             backend: Backend | None = None) -> dict:
     """One part of the study. With a ``store`` (a resumable run), attributions are stored as
     they are computed and each experiment's result once it is finished; a resumed part takes
     them from there. ``on_experiment(out)`` is called after each experiment (partial saves)."""
@@ -224,6 +225,10 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
                         progress=task(f"{part.name}: probe", len(facts)))
     known.require_some(f"(fact, language) items in {part.name}")
     generic = generic_lists(lm, part, config, cache, task)
+    if backend is not None:  # every attribution on the backend's workers first
+        keys = attribution_keys(facts, languages, config.locate_config(config.methods[0]),
+                                config.methods, known)
+        prefetch(backend, keys, cache, task(f"{part.name}: attributions", len(keys)))
     located = locate_every_method(lm, facts, languages, config, cache,
                                   task(f"{part.name}: locate ({', '.join(config.methods)})",
                                        len(facts)), known, generic)
@@ -288,7 +293,7 @@ def study_identity(lm: LanguageModel, config: StudyConfig) -> dict:
 
 
 def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFactory,
-              command: str, resume: bool = False) -> dict:
+              command: str, resume: bool = False, backend: Backend | None = None) -> dict:
     """Run every part into the run directory ``out`` (claimed: :mod:`mkn.runs.directory`).
 
     Attributions and each finished experiment are stored as they come (``--resume`` after a
@@ -316,7 +321,7 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
                                                         ensure_ascii=False) + "\n")
 
         for part in config.parts:
-            study["parts"].append(run_part(lm, part, config, task, store, save))
+            study["parts"].append(run_part(lm, part, config, task, store, save, backend))
         study["complete"] = True
         save()
         return study

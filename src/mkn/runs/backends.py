@@ -1,5 +1,10 @@
 """Where facts are located: in this process (``local``, the default) or on Ray actors (``ray``).
 
+Backends also compute attributions by cache key (:meth:`attributions`): ``mkn experiment`` and
+``mkn reproduce`` with ``--backend ray`` have every attribution their facts need computed on the
+actors first (:func:`prefetch`), then measure in this process from the warm cache, so their
+results are the same as a local run's.
+
 A backend takes the facts still to do and yields ``(fact, FactResult)`` **in the input order**,
 whatever order the work finishes in, so the caller stores facts exactly as a local run would
 (the run files are then byte-identical, timings aside).
@@ -27,12 +32,14 @@ from typing import Protocol
 
 import torch
 
+from mkn.attribution.api import Attribution, attribute
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
 from mkn.models.loading import EMBEDDED_MODELS, LanguageModel, load_model
 
 ModelSpec = str | os.PathLike | Callable[[], LanguageModel]
+AttributionKey = tuple  # (prompt, target, method, steps, rule): a key of locate_fact's cache
 
 BACKENDS = ("local", "ray")
 
@@ -46,6 +53,9 @@ class Backend(Protocol):
     def locate(self, facts: Sequence, languages: list[str], config: LocateConfig,
                known: KnownItems | None = None, generic: GenericNeurons | None = None
                ) -> Iterator[tuple[object, FactResult]]: ...
+
+    def attributions(self, keys: Sequence[AttributionKey]
+                     ) -> Iterator[tuple[AttributionKey, Attribution]]: ...
 
     def close(self) -> None: ...
 
@@ -74,6 +84,11 @@ class LocalBackend:
         for fact in facts:
             yield fact, locate_fact(self.lm, fact, languages, config, self.cache, known, generic)
 
+    def attributions(self, keys: Sequence[AttributionKey]
+                     ) -> Iterator[tuple[AttributionKey, Attribution]]:
+        for key in keys:
+            yield key, attribute_key(self.lm, key)
+
     def close(self) -> None:
         pass
 
@@ -93,6 +108,15 @@ def load_spec(model_spec: ModelSpec, dtype: str | torch.dtype = "float32",
             lm.model.to(device)
         return lm
     return load_model(model_spec, dtype=dtype, device=device)
+
+
+def attribute_key(lm: LanguageModel, key: AttributionKey) -> Attribution:
+    """The attribution ``locate_fact`` would compute for cache ``key``, tensors on the CPU."""
+    prompt, target, method, steps, rule = key
+    result = attribute(lm, prompt, target, method=method, steps=steps, rule=rule)
+    for name in ("scores", "baseline_prob", "completeness_gap"):
+        setattr(result, name, getattr(result, name).detach().cpu())
+    return result
 
 
 def result_to_cpu(result: FactResult) -> FactResult:
@@ -118,6 +142,9 @@ class _Worker:
                known: KnownItems | None = None,
                generic: GenericNeurons | None = None) -> FactResult:
         return result_to_cpu(locate_fact(self.lm, fact, languages, config, None, known, generic))
+
+    def attribute(self, key: AttributionKey) -> Attribution:
+        return attribute_key(self.lm, key)
 
 
 def _import_ray():
@@ -209,18 +236,32 @@ class RayBackend:
         ray = self._ray
         languages_ref, config_ref = ray.put(list(languages)), ray.put(config)
         generic_ref = ray.put(generic)
+        yield from self._ordered(facts, lambda actor, fact: actor.locate.remote(
+            fact, languages_ref, config_ref, known.subset([fact.id]) if known else None,
+            generic_ref))
+
+    def attributions(self, keys: Sequence[AttributionKey]
+                     ) -> Iterator[tuple[AttributionKey, Attribution]]:
+        keys = list(keys)
+        if keys:
+            self._start()
+            yield from self._ordered(keys, lambda actor, key: actor.attribute.remote(key))
+
+    def _ordered(self, items: list, submit: Callable) -> Iterator[tuple[object, object]]:
+        """``(item, result)`` in the order of ``items``, whatever order the actors finish in,
+        with at most ``in_flight`` tasks per actor and ``window`` items between the first
+        unfinished and the last submitted (memory stays flat on any number of items)."""
+        ray = self._ray
         load = [0] * len(self._actors)  # tasks in flight per actor
-        pending: dict = {}  # ObjectRef -> (fact index, actor index)
-        buffer: dict[int, FactResult] = {}  # finished early, waiting for their turn
+        pending: dict = {}  # ObjectRef -> (item index, actor index)
+        buffer: dict[int, object] = {}  # finished early, waiting for their turn
         submitted = handed = 0
         try:
-            while handed < len(facts):
-                while (submitted < len(facts) and submitted - handed < self.window
+            while handed < len(items):
+                while (submitted < len(items) and submitted - handed < self.window
                        and min(load) < self.in_flight):
                     actor = load.index(min(load))
-                    ref = self._actors[actor].locate.remote(
-                        facts[submitted], languages_ref, config_ref,
-                        known.subset([facts[submitted].id]) if known else None, generic_ref)
+                    ref = submit(self._actors[actor], items[submitted])
                     pending[ref] = (submitted, actor)
                     load[actor] += 1
                     submitted += 1
@@ -230,7 +271,7 @@ class RayBackend:
                     load[actor] -= 1
                     buffer[index] = ray.get(ref)
                 while handed in buffer:
-                    yield facts[handed], buffer.pop(handed)
+                    yield items[handed], buffer.pop(handed)
                     handed += 1
         finally:
             for ref in pending:  # stopped early (an error, or the caller stopped reading)
@@ -267,3 +308,33 @@ def make_backend(name: str, workers: int = 1, model_spec: ModelSpec | None = Non
             raise ValueError("the ray backend needs a model spec (name, path or factory)")
         return RayBackend(workers, model_spec, dtype=dtype)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def attribution_keys(facts: Sequence, languages: Sequence[str], config: LocateConfig,
+                     methods: Sequence[str], known: KnownItems) -> list[AttributionKey]:
+    """The cache keys ``locate_fact`` will ask for: every known (fact, language), its first
+    ``max_queries`` prompts, for each method's IG baseline (MATRICE's is AMIG's by default)."""
+    keys = {}
+    for method in methods:
+        settings = config.model_copy(update={"method": method})
+        for fact in facts:
+            for lang in languages:
+                if not known.known(fact.id, lang):
+                    continue
+                target = fact.languages[lang].object
+                for prompt in fact.prompts(lang)[: settings.max_queries]:
+                    keys[(prompt, target, settings.attribution_method, settings.steps,
+                          settings.rule)] = None
+    return list(keys)
+
+
+def prefetch(backend: Backend, keys: Sequence[AttributionKey], cache,
+             progress: Callable[[str], None] | None = None) -> int:
+    """Compute the ``keys`` missing from ``cache`` on ``backend`` and store them there (in key
+    order); returns how many were computed."""
+    todo = [key for key in keys if key not in cache]
+    for key, result in backend.attributions(todo):
+        cache[key] = result
+        if progress:
+            progress(key[0])
+    return len(todo)
