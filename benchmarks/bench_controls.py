@@ -122,10 +122,16 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=2)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--unrelated", type=int, default=3)
+    parser.add_argument("--positions", choices=("all", "prediction"), default=None,
+                        help="where interventions apply (default: the library's)")
     parser.add_argument("--json", type=Path, default=None, help="save the raw rows here")
     parser.add_argument("--markdown", type=Path, default=None, help="save the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.positions:
+        from mkn.interventions import controls
+
+        controls.POSITIONS = args.positions
     result = measure(args)
     text = (f"{args.data}, languages {','.join(result['languages'])}, "
             f"{len(result['facts'])} facts of {', '.join(result['relations'])}; {args.model} "

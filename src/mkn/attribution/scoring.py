@@ -220,8 +220,10 @@ def _continue(lm: LanguageModel, encoded: Sequence[EncodedQuery], rows: list[tup
 RowIntervention = Mapping[int, tuple[Sequence[int], float]]  # layer -> (neurons, multiplier)
 
 
-def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention | None]):
-    """Per layer, a hook multiplying row ``r``'s neurons by its own factors, every position."""
+def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention | None],
+                      at: torch.Tensor | None = None):
+    """Per layer, a hook multiplying row ``r``'s neurons by its own factors, at every position
+    or, with ``at`` (``[rows, width]``, 1 where to intervene), only there."""
     tables: dict[int, torch.Tensor] = {}
     for r, intervention in enumerate(interventions):
         for layer, (indices, factor) in (intervention or {}).items():
@@ -230,16 +232,29 @@ def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention
             table[r, list(indices)] = factor
 
     def make(table: torch.Tensor):
-        return lambda x: x * table[:, None, :].to(x.dtype)
+        if at is None:
+            return lambda x: x * table[:, None, :].to(x.dtype)
+        where = at.to(lm.device)[:, :, None]
+
+        def hook(x: torch.Tensor) -> torch.Tensor:
+            scale = 1 + where[:, : x.shape[1]] * (table[:, None, :] - 1)
+            return x * scale.to(x.dtype)
+
+        return hook
 
     return {layer: make(table) for layer, table in tables.items()}
 
 
+POSITIONS = ("all", "prediction")
+
+
 def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                interventions: Sequence[RowIntervention | None],
-               batch_size: int = 32) -> list[Prediction]:
+               batch_size: int = 32, positions: str = "all") -> list[Prediction]:
     """One :class:`Prediction` per row: ``encoded[i]`` scored with ``interventions[i]``
-    (``{layer: (neuron indices, multiplier)}`` applied at every position; None: clean).
+    (``{layer: (neuron indices, multiplier)}``; None: clean), applied at every position
+    (``positions="all"``) or only at the positions that predict the object's tokens
+    (``"prediction"``: the mask/prediction position, where Dai et al. and AMIG intervene).
 
     A causal row is the prompt and the object's tokens but the last (teacher forcing in one
     sequence); a masked LM runs one row per teacher-forced step. Rows are sorted by length,
@@ -248,6 +263,8 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
     """
     if len(encoded) != len(interventions):
         raise ValueError(f"{len(encoded)} queries but {len(interventions)} interventions")
+    if positions not in POSITIONS:
+        raise ValueError(f"unknown positions {positions!r}; choose {' or '.join(POSITIONS)}")
     jobs = []  # (owner, input ids, [(position, target id)])
     for owner, query in enumerate(encoded):
         if lm.causal:
@@ -273,7 +290,11 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                 where_positions.append(position)
                 targets.append(target)
                 owners.append(owner)
-        hooks = _multiplier_hooks(lm, [interventions[owner] for owner, _, _ in chunk])
+        at = None
+        if positions == "prediction":
+            at = torch.zeros((len(chunk), width))
+            at[torch.tensor(where_rows), torch.tensor(where_positions)] = 1.0
+        hooks = _multiplier_hooks(lm, [interventions[owner] for owner, _, _ in chunk], at)
         with neuron_hooks(lm, hooks), _head_at(lm, torch.tensor(where_rows, device=lm.device),
                                                 torch.tensor(where_positions,
                                                              device=lm.device)), \

@@ -145,6 +145,9 @@ class CleanProbs:
         return [self.known[q] for q in queries]
 
 
+POSITIONS = "all"  # where interventions apply (mkn.attribution.scoring.score_rows)
+
+
 def row_intervention(neurons: Sequence[Sequence[int]], mode: str,
                      factor: float = 2.0) -> dict[int, tuple[list[int], float]]:
     """``{layer: (indices, multiplier)}`` of suppressing (x0) or enhancing (x factor)."""
@@ -171,7 +174,7 @@ def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]]
             interventions.append(intervention)
             owners.append(number)
     before = clean([q for _, _, queries in jobs for q in queries])
-    after = [p.prob for p in score_rows(lm, encoded, interventions)]
+    after = [p.prob for p in score_rows(lm, encoded, interventions, positions=POSITIONS)]
     changes: list[list[float]] = [[] for _ in jobs]
     for owner, b, a in zip(owners, before, after, strict=True):
         changes[owner].append(relative_change(max(b, MIN_PROB), a))
