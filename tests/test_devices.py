@@ -93,3 +93,12 @@ def test_auto_device_and_default_dtype():
                                                    else "cpu")
     assert devices.default_dtype("cpu") == "float32"
     assert devices.default_dtype(torch.device("cuda", 0)) == "bfloat16"
+
+
+def test_a_model_that_does_not_fit_is_refused_before_loading(tiny_dir, monkeypatch):
+    from mkn.models.loading import ModelError
+
+    monkeypatch.setattr(devices, "free_bytes", lambda device: 1024)
+    with pytest.raises(ModelError, match=r"needs .* GiB .* but cpu has .* free \(available: "
+                                         r"cpu\); use --device-map auto"):
+        mkn.load_model(str(tiny_dir / "model"))

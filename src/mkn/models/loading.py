@@ -148,6 +148,8 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str,
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True,
                                                      trust_remote_code=False)
     auto = _auto_class(config.model_type)
+    if device_map is None:
+        check_fits(auto, config, dtype, device)
     placement = {"device_map": device_map} if device_map is not None else {}
     model, info = auto.from_pretrained(path, dtype=dtype, local_files_only=True,
                                        use_safetensors=True, trust_remote_code=False,
@@ -164,6 +166,24 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str,
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
                                                            trust_remote_code=False)
     return wrap(model, tokenizer, name=name)
+
+
+def check_fits(auto, config, dtype: torch.dtype, device: str) -> None:
+    """Refuse, before loading, a model whose weights alone exceed the free memory of
+    ``device`` (counted on the meta device: no memory is used), saying what is available."""
+    from accelerate import init_empty_weights
+
+    from mkn.models.devices import available, free_bytes
+
+    with init_empty_weights():
+        empty = auto.from_config(config)
+    needed = sum(p.numel() for p in empty.parameters()) * torch.finfo(dtype).bits // 8
+    free = free_bytes(device)
+    if needed > 0.9 * free:
+        raise ModelError(f"the model needs {needed / 2**30:.1f} GiB for its weights in "
+                         f"{str(dtype).removeprefix('torch.')} but {device} has "
+                         f"{free / 2**30:.1f} GiB free (available: {available()}); use "
+                         "--device-map auto to split it, or a smaller dtype")
 
 
 def _gguf_cache_key(gguf: Path) -> str:
