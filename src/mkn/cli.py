@@ -637,6 +637,26 @@ def report(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A directory written by mkn locate, experiment "
+                                                 "or demo.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet (default) or csv.")] = "parquet",
+    out: Annotated[Path | None, typer.Option(help="Directory for the tables (default "
+                                                  "RUN_DIR/export).")] = None,
+) -> None:
+    """Tidy tables for pandas/polars: neurons (one row per fact, language and neuron, named
+    blocks.{l}.mlp.hook_post), items (per fact and language) and experiment items."""
+    from mkn.report.export import export_run
+
+    try:
+        paths = export_run(run_dir, out, fmt)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    for name, path in paths.items():
+        _say(f"{name}: {path}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
     model: ModelOpt = "gemma-3-270m",

@@ -1,0 +1,180 @@
+"""``mkn export RUN``: a run's results as tidy tables (Parquet or CSV) for pandas and polars.
+
+Tables (one file each, ``OUT/<table>.parquet`` or ``.csv``):
+
+- ``neurons``: one row per (fact, language, knowledge neuron), and per generic neuron left out
+  (``generic`` true): ``hook`` names the neuron the TransformerLens way
+  (``blocks.{layer}.mlp.hook_post``) beside ``layer`` and ``index``, so the rows join with other
+  tools' data; ``rank`` is the neuron's place in its set by score; ``language_agnostic`` /
+  ``soft_language_agnostic`` say whether the fact's shared sets hold it.
+- ``items``: one row per (fact, language) probed: known or not, by which criterion, the mean
+  p(gold) of its queries, whether it was located and how many neurons it has.
+- ``experiment_items``: one row per item of each experiment in ``RUN/experiments/`` (or the
+  run itself when it is an experiment directory), its scalar fields flattened with dots
+  (``controls.suppress.selectivity``), lists as JSON text.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from mkn.runs.directory import write_atomic
+from mkn.runs.store import read_jsonl
+
+FORMATS = ("parquet", "csv")
+
+
+def hook_name(layer: int) -> str:
+    """The TransformerLens name of layer ``layer``'s FFN neurons (post-activation)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def neuron_rows(run: Path) -> list[dict]:
+    """``neurons`` table: every knowledge neuron and left-out generic neuron of the run."""
+    agnostic = {}
+    for record in read_jsonl(run / "language_agnostic.jsonl"):
+        agnostic[record["fact_id"]] = ({tuple(n) for n in record.get("neurons", [])},
+                                       {tuple(n) for n in record.get("soft_neurons", [])})
+    rows = []
+    for record in read_jsonl(run / "neurons.jsonl"):
+        strict, soft = agnostic.get(record["fact_id"], (set(), set()))
+        for generic, key in ((False, "neurons"), (True, "generic")):
+            for rank, (layer, index, score) in enumerate(record.get(key, []), 1):
+                rows.append({
+                    "fact_id": record["fact_id"], "relation": record["relation"],
+                    "language": record["language"], "target": record["target"],
+                    "known": bool(record.get("known", True)), "hook": hook_name(int(layer)),
+                    "layer": int(layer), "index": int(index), "score": float(score),
+                    "rank": rank, "generic": generic,
+                    "language_agnostic": (layer, index) in strict,
+                    "soft_language_agnostic": (layer, index) in soft})
+    return rows
+
+
+def item_rows(run: Path) -> list[dict]:
+    """``items`` table: every (fact, language) the run probed."""
+    located = read_jsonl(run / "neurons.jsonl")
+    sizes = {(r["fact_id"], r["language"]): (len(r.get("neurons", [])), len(r.get("generic", [])))
+             for r in located}
+    probed = read_jsonl(run / "knowledge.jsonl") or [  # runs written before knowledge.jsonl
+        {"fact_id": r["fact_id"], "relation": r["relation"], "language": r["language"],
+         "object": r.get("target"), "known": r.get("known", True), "located": True,
+         "queries": [{"p_gold": p} for p in r.get("probs", [])]} for r in located]
+    rows = []
+    for record in probed:
+        queries = record.get("queries", [])
+        probs = [q["p_gold"] for q in queries if q.get("p_gold") is not None]
+        neurons, generic = sizes.get((record["fact_id"], record["language"]), (0, 0))
+        rows.append({
+            "fact_id": record["fact_id"], "relation": record["relation"],
+            "language": record["language"], "object": record.get("object"),
+            "known": bool(record.get("known")), "criterion": record.get("criterion"),
+            "known_greedy": record.get("known_greedy"), "known_rank": record.get("known_rank"),
+            "queries": len(queries),
+            "mean_p_gold": sum(probs) / len(probs) if probs else None,
+            "located": bool(record.get("located")), "neurons": neurons,
+            "generic_left_out": generic})
+    return rows
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """Nested dicts -> one level with dotted keys; lists -> JSON text (a cell stays a scalar)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}{key}."))
+        return out
+    if isinstance(value, list | tuple):
+        return {prefix[:-1]: json.dumps(value, ensure_ascii=False)}
+    return {prefix[:-1]: value}
+
+
+def experiment_rows(run: Path) -> list[dict]:
+    """``experiment_items`` table: the items of every experiment result found in the run."""
+    folders = [run / "experiments", run]
+    rows = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if not (isinstance(saved, dict) and isinstance(saved.get("result"), dict)):
+                continue
+            name = saved.get("setup", {}).get("experiment", path.stem)
+            for number, item in enumerate(saved["result"].get("items", [])):
+                if isinstance(item, dict):
+                    rows.append({"experiment": name, "item": number, **flatten(item)})
+    return rows
+
+
+def _columns(rows: Iterable[dict]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
+def _uniform(rows: list[dict]) -> list[dict]:
+    """Every column of one type (Parquet needs it): ints among floats become floats; a column
+    mixing other types becomes text."""
+    columns = _columns(rows)
+    kinds = {c: {type(row[c]) for row in rows if row.get(c) is not None} for c in columns}
+    out = []
+    for row in rows:
+        fixed = {}
+        for c in columns:
+            value, kind = row.get(c), kinds[c]
+            if value is not None and len(kind) > 1:
+                if kind <= {int, float, bool} and bool not in kind:
+                    value = float(value)
+                else:
+                    value = value if isinstance(value, str) else json.dumps(value)
+            fixed[c] = value
+        out.append(fixed)
+    return out
+
+
+def _write_parquet(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(_uniform(rows)) if rows else pa.table({})
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    import io
+
+    columns = _columns(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
+
+
+def export_run(run: str | Path, out: str | Path | None = None,
+               fmt: str = "parquet") -> dict[str, Path]:
+    """Write the run's tables into ``out`` (default ``RUN/export``); returns table -> path."""
+    run = Path(run)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose {' or '.join(FORMATS)}")
+    if not run.is_dir():
+        raise ValueError(f"{run} is not a run directory")
+    if not any((run / name).exists() for name in ("neurons.jsonl", "experiments")) and not list(
+            run.glob("*.json")):
+        raise ValueError(f"{run} holds no mkn results (neurons.jsonl or experiment JSON)")
+    out = Path(out) if out is not None else run / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _write_parquet if fmt == "parquet" else _write_csv
+    tables = {"neurons": neuron_rows(run), "items": item_rows(run),
+              "experiment_items": experiment_rows(run)}
+    paths = {}
+    for name, rows in tables.items():
+        path = out / f"{name}.{fmt}"
+        writer(rows, path)
+        paths[name] = path
+    return paths
