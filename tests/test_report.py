@@ -350,9 +350,11 @@ def test_chromium_renders_the_report(chromium, fake_report, tmp_path):
 
     # every embedded plot decodes in the browser (a test-only copy with a probe script)
     check = tmp_path / "check.html"
-    check.write_text(fake_report.read_text(encoding="utf-8").replace("</body>",
-                                                                     PROBE + "</body>"),
-                     encoding="utf-8")
+    page = fake_report.read_text(encoding="utf-8")
+    policy = re.search(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">', page)
+    assert policy and "default-src 'none'" in policy.group(1)  # no script, no network
+    check.write_text(page.replace(policy.group(0), "").replace("</body>", PROBE + "</body>"),
+                     encoding="utf-8")  # the probe needs script: this copy drops the policy
     run = _run_chromium(chromium, tmp_path / "profile", "--dump-dom", check.as_uri())
     assert run.returncode == 0, run.stderr[-3000:]
     total = LOCATE_PLOTS + EXPERIMENT_PLOTS
@@ -383,3 +385,37 @@ def test_report_draws_the_equal_size_experiments_and_audits(tmp_path):
         assert np.asarray(plot.convert("L")).std() > 10, "a plot is blank"
     assert "could not be drawn" not in page
     assert_self_contained(page)
+
+
+SCRIPTS = {"zh": "巴黎", "ja": "東京とパリ", "ko": "서울", "hi": "नई दिल्ली", "th": "กรุงเทพ",
+           "ar": "القاهرة", "he": "ירושלים"}
+
+
+def test_plots_draw_every_script_without_a_missing_glyph():
+    import warnings
+
+    from mkn.report.html import _figure, _grouped_bars, _png, _with_rc, font_families
+
+    assert {"Noto Sans CJK JP", "Noto Sans Devanagari", "Noto Sans Thai", "Noto Sans Arabic",
+            "Noto Sans Hebrew"} <= set(font_families()), "make test installs the Noto fonts"
+
+    @_with_rc
+    def draw() -> str:
+        fig, axes = _figure(8, 3)
+        _grouped_bars(axes[0], list(SCRIPTS.values()), {"p": [0.5] * len(SCRIPTS),
+                                                        "q": [1e-5] * len(SCRIPTS)},
+                      "p(gold)", " / ".join(SCRIPTS.values()), log=True)
+        return _png(fig)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Gg]lyph.*missing.*")
+        assert draw().startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("lang", sorted(SCRIPTS))
+def test_the_set_up_installs_a_font_for_every_script(lang):
+    fc_list = shutil.which("fc-list")
+    if fc_list is None:
+        pytest.skip("fontconfig is not installed")
+    found = subprocess.run([fc_list, f":lang={lang}", "family"], capture_output=True, text=True)
+    assert found.stdout.strip(), f"no font covers {lang}: make test installs fonts-noto-*"

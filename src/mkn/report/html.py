@@ -24,11 +24,12 @@ text that comes from the data is HTML-escaped (jinja2 with autoescaping on).
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import io
 import json
 import math
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -167,11 +168,34 @@ def _figure(width: float, height: float, ncols: int = 1):
 
 def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*missing.*")
-        fig.savefig(buffer, format="png", dpi=DPI, facecolor="white",
-                    metadata={"Software": None})
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white", metadata={"Software": None})
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# Fonts tried glyph by glyph (matplotlib's per-glyph fallback): Latin, Cyrillic and Greek from
+# DejaVu, then the Noto families of the scripts in our data (Debian: fonts-noto-core,
+# fonts-noto-cjk, which `make test` installs). Families not installed are left out.
+FONT_FALLBACK = ("DejaVu Sans", "Noto Sans", "Noto Sans CJK JP", "Noto Sans Devanagari",
+                 "Noto Sans Thai", "Noto Sans Arabic", "Noto Sans Hebrew")
+
+
+@functools.cache
+def font_families() -> tuple[str, ...]:
+    """The families of :data:`FONT_FALLBACK` that are installed (fonts installed after
+    matplotlib built its font cache are registered here)."""
+    from matplotlib import font_manager
+
+    def installed() -> set[str]:
+        return {font.name for font in font_manager.fontManager.ttflist}
+
+    if not set(FONT_FALLBACK) <= installed():
+        for path in font_manager.findSystemFonts():
+            name = Path(path).name
+            if name.startswith(("NotoSans-", "NotoSansCJK-", "NotoSansDevanagari-",
+                                "NotoSansThai-", "NotoSansArabic-", "NotoSansHebrew-")):
+                with contextlib.suppress(Exception):  # a font file matplotlib cannot read
+                    font_manager.fontManager.addfont(path)
+    return tuple(f for f in FONT_FALLBACK if f in installed())
 
 
 def _colors(n: int) -> list:
@@ -181,12 +205,14 @@ def _colors(n: int) -> list:
 
 def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence], ylabel: str,
                   title: str, annotate: bool = True, errors: dict | None = None,
-                  unit_range: bool = False, emphasis: str | None = None) -> None:
+                  unit_range: bool = False, emphasis: str | None = None,
+                  log: bool = False) -> None:
     """Bars of every series side by side in each group; missing values are marked n/a.
 
     ``errors`` maps a series to its ``[lower, upper]`` error lengths; ``unit_range`` fixes the
-    y axis to [0, 1] (rates); the series named ``emphasis`` is drawn dark. The legend is the
-    figure's (see :func:`_legend`).
+    y axis to [0, 1] (rates); ``log`` draws positive values (probabilities, ratios spanning
+    orders of magnitude) on a log axis; the series named ``emphasis`` is drawn dark. The legend
+    is the figure's (see :func:`_legend`).
     """
     n = max(len(series), 1)
     width = 0.8 / n
@@ -214,7 +240,9 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence], ylabel
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.axhline(0, color="0.3", linewidth=0.8)
-    if unit_range:
+    if log and tops and min(tops) > 0:
+        ax.set_yscale("log")
+    elif unit_range:
         ax.set_ylim(0, 1.1)
     elif tops:
         low, high = min(min(tops), 0), max(max(tops), 0)
@@ -234,7 +262,8 @@ def _legend(fig: Figure, ax) -> None:
 def _with_rc(make: Callable[..., Any]) -> Callable[..., Any]:
     """Draw with data-safe settings: no mathtext parsing of labels such as ``$x$``."""
     def wrapped(*args, **kwargs):
-        with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}):
+        with matplotlib.rc_context({"text.parse_math": False, "font.size": 9,
+                                    "font.family": list(font_families()) or ["sans-serif"]}):
             return make(*args, **kwargs)
     wrapped.__name__ = make.__name__
     wrapped.__doc__ = make.__doc__
@@ -836,7 +865,8 @@ def _enhancement(result: dict) -> list:
                   unit_range=True)
     _grouped_bars(axes[1], ["weak language\n(own queries)"],
                   {"before": [s.get("median_p_before")], "after": [s.get("median_p_after")]},
-                  "median p(gold)", "p(gold) before / after enhancing")
+                  "median p(gold) (log scale)", "p(gold) before / after enhancing",
+                  log=True)
     _legend(fig, axes[0])
     text = (f"{_fmt(s.get('weak_fact_languages'))} (fact, weak language) pairs, "
             f"{_fmt(s.get('without_neurons'))} without shared neurons; "
