@@ -419,3 +419,63 @@ def test_the_set_up_installs_a_font_for_every_script(lang):
         pytest.skip("fontconfig is not installed")
     found = subprocess.run([fc_list, f":lang={lang}", "family"], capture_output=True, text=True)
     assert found.stdout.strip(), f"no font covers {lang}: make test installs fonts-noto-*"
+
+
+def test_fact_and_neuron_pages_link_both_ways_and_escape(fake_run, fake_report):
+    from mkn.report.pages import fact_href, neuron_href
+
+    pages = list((fake_run / "report").rglob("*.html"))
+    assert len(list((fake_run / "report" / "facts").glob("*.html"))) == len(FACTS)
+    for page in [fake_report, *pages]:
+        text = page.read_text(encoding="utf-8")
+        assert EVIL not in text and "Content-Security-Policy" in text, page
+    index = fake_report.read_text(encoding="utf-8")
+    evil_page = fact_href(EVIL)
+    assert f'href="{evil_page}"' in index and (fake_run / evil_page).exists()
+    record = json.loads((fake_run / "neurons.jsonl").read_text().splitlines()[0])
+    layer, index_, _ = record["neurons"][0]
+    neuron_page = (fake_run / neuron_href(layer, index_)).read_text(encoding="utf-8")
+    fact_page = (fake_run / fact_href(record["fact_id"])).read_text(encoding="utf-8")
+    assert neuron_href(layer, index_, "../") in fact_page  # fact -> neuron
+    assert fact_href(record["fact_id"], "../") in neuron_page  # neuron -> fact
+    assert f"blocks.{layer}.mlp.hook_post" in neuron_page
+
+
+def test_a_thousand_facts_in_ten_languages_build_fast_with_a_small_index(tmp_path):
+    """Synthetic records of 1,000 facts x 10 languages: the report and its pages build in under
+    a minute and the index stays under 2 MB."""
+    import random
+    import time
+
+    rng = random.Random(0)
+    languages = [f"l{i}" for i in range(10)]
+    pool = [(rng.randrange(18), rng.randrange(2048)) for _ in range(3000)]
+    run = tmp_path / "big"
+    run.mkdir()
+    neurons, agnostic = [], []
+    for f in range(1000):
+        fact = f"fact-{f:04d}"
+        sets = {}
+        for lang in languages:
+            chosen = sorted(set(rng.sample(pool, 20)))
+            sets[lang] = set(chosen)
+            neurons.append({"unit": fact, "fact_id": fact, "relation": f"P{f % 40}",
+                            "language": lang, "target": f"o{f}", "queries": 1,
+                            "prompts": ["x [Y]"], "probs": [0.5], "correct": [True],
+                            "known": True, "generic": [],
+                            "neurons": [[a, b, rng.random()] for a, b in chosen]})
+        shared = sorted(set.intersection(*sets.values()))
+        agnostic.append({"unit": fact, "fact_id": fact, "relation": f"P{f % 40}",
+                         "languages": languages, "neurons": [list(n) for n in shared],
+                         "soft_neurons": [], "soft_fraction": 0.5})
+    for name, rows in (("neurons", neurons), ("language_agnostic", agnostic)):
+        (run / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    started = time.perf_counter()
+    with torch_threads(2):
+        report = write_report(run)
+    seconds = time.perf_counter() - started
+    assert seconds < 60, f"{seconds:.0f} s"
+    assert report.stat().st_size < 2 * 2**20, report.stat().st_size
+    assert len(list((run / "report" / "facts").glob("*.html"))) == 1000
+    assert len(list((run / "report" / "neurons").glob("*.html"))) == len(set(pool) & {
+        (n[0], n[1]) for r in neurons for n in r["neurons"]})

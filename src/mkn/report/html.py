@@ -43,6 +43,8 @@ from matplotlib.figure import Figure
 
 from mkn.experiments.common import CONTROL_HEADER, control_row, fmt_ci, knowledge_line
 from mkn.localization.stats import knowledge_counts, localization_stats
+from mkn.report.pages import PAGES, fact_href
+from mkn.runs.directory import write_atomic
 from mkn.runs.store import read_jsonl
 
 REPORT_NAME = "report.html"
@@ -62,11 +64,13 @@ SOFT_AGNOSTIC = "agnostic-soft"
 
 @dataclass
 class Cell:
-    """A table cell: ``text`` (escaped), an optional second line ``sub`` and a CSS class."""
+    """A table cell: ``text`` (escaped), an optional second line ``sub``, a CSS class and a
+    link (``href``, relative to the page)."""
 
     text: str
     cls: str = ""
     sub: str = ""
+    href: str = ""
 
 
 @dataclass
@@ -611,6 +615,9 @@ def _neurons_section(data: RunData) -> Section | None:
     else:
         section.blocks.append(Text("One language only: no cross-language overlap.", "note"))
     section.blocks += _facts_table(data)
+    section.blocks.append(Table(["pages"], [[Cell("every neuron of the run: the facts, "
+                                                  "relations and languages it serves",
+                                                  href=f"{PAGES}/neurons.html")]]))
     return section
 
 
@@ -625,8 +632,8 @@ def _facts_table(data: RunData) -> list:
     rows, classes = [], []
     for fact, langs in by_fact.items():
         wrong = [lang for lang, r in langs.items() if not r.get("known")]
-        cells = [Cell(fact, sub="wrong in " + ", ".join(wrong) if wrong else ""),
-                 Cell(relation[fact])]
+        cells = [Cell(fact, sub="wrong in " + ", ".join(wrong) if wrong else "",
+                      href=fact_href(fact)), Cell(relation[fact])]
         for lang in languages:
             r = langs.get(lang)
             if r is None:
@@ -1089,6 +1096,7 @@ def _section_or_note(build: Callable[[], Section | None], section_id: str,
 # ----------------------------------------------------------------------------- page
 
 
+@functools.cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("mkn.report", "templates"),
                               autoescape=True, undefined=jinja2.StrictUndefined,
@@ -1110,16 +1118,20 @@ def build_sections(data: RunData) -> list[Section]:
     return sections
 
 
-def render_report(run_dir: Path) -> str:
-    """The report of ``run_dir`` as an HTML string (see :func:`write_report`)."""
-    data = load_run(Path(run_dir))
-    sections = build_sections(data)
+def _render(data: RunData, title: str, sections: list[Section], home: str | None) -> str:
     from mkn import __version__ as version
 
     return _environment().get_template("report.html").render(
-        title=f"mkn report: {data.directory.resolve().name}",
-        directory=str(data.directory.resolve()), sections=sections, problems=data.problems,
+        title=title, directory=str(data.directory.resolve()), sections=sections,
+        problems=data.problems if home is None else [], home=home,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=version)
+
+
+def render_report(run_dir: Path, data: RunData | None = None) -> str:
+    """The report of ``run_dir`` as an HTML string (see :func:`write_report`)."""
+    data = data or load_run(Path(run_dir))
+    return _render(data, f"mkn report: {data.directory.resolve().name}", build_sections(data),
+                   None)
 
 
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
@@ -1134,8 +1146,10 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     marked done in ``done.jsonl`` (an interrupted run) are left out.
 
     The page (default ``run_dir/report.html``; ``out`` elsewhere, parent folders created) is a
-    single file that works offline: plots are inline base64 PNG, there is no JavaScript and no
-    reference to any external resource; every text taken from the data is HTML-escaped.
+    file that works offline: plots are inline base64 PNG, there is no JavaScript and no
+    reference to any external resource; every text taken from the data is HTML-escaped. Next
+    to it, ``report/`` holds a page per fact and per neuron (:mod:`mkn.report.pages`), linked
+    both ways and from the index's facts table.
 
     Raises ``NotADirectoryError`` if ``run_dir`` is not a directory.
     """
@@ -1143,10 +1157,14 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     if not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is not a directory (expected a run directory "
                                  "from mkn locate or mkn experiment)")
+    from mkn.report.pages import write_pages
+
     out = Path(out) if out is not None else run_dir / REPORT_NAME
-    page = render_report(run_dir)
+    data = load_run(run_dir)
+    page = render_report(run_dir, data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    if data.neurons:
+        write_pages(data, out.parent, lambda title, sections, home: _render(
+            data, f"mkn: {title}", sections, home), home=out.name)
+    write_atomic(out, page)
     return out
