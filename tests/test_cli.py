@@ -32,7 +32,7 @@ def test_config_file_and_flags(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("limit: 0\n", "limit: Input should be greater than or equal to 1"),
-    ("locate:\n  method: nope\n", "locate.method: Value error, unknown method 'nope'"),
+    ("locate:\n  method: nope\n", "locate.method: unknown method 'nope'"),
     ("locate:\n  thresholds: {en: 3}\n", "threshold for 'en' must be in [0, 1]"),
     ("modle: x\n", "modle: Extra inputs are not permitted"),
     ("languages: [en, en]\n", "duplicate languages"),

@@ -394,7 +394,7 @@ SCRIPTS = {"zh": "巴黎", "ja": "東京とパリ", "ko": "서울", "hi": "न�
 def test_plots_draw_every_script_without_a_missing_glyph():
     import warnings
 
-    from mkn.report.html import _figure, _grouped_bars, _png, _with_rc, font_families
+    from mkn.report.plots import _figure, _grouped_bars, _png, _with_rc, font_families
 
     assert {"Noto Sans CJK JP", "Noto Sans Devanagari", "Noto Sans Thai", "Noto Sans Arabic",
             "Noto Sans Hebrew"} <= set(font_families()), "make test installs the Noto fonts"

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkn.report.blocks import Cell, Section, Table, Text
 from mkn.runs.store import unit_file_name
 
 PAGES = "report"  # folder of the pages, next to report.html
@@ -76,8 +77,6 @@ class NeuronIndex:
 
 def fact_sections(fact_id: str, index: NeuronIndex) -> list:
     """The sections of one fact's page."""
-    from mkn.report.html import Cell, Section, Table
-
     records = index.facts[fact_id]
     relation = str(records[0].get("relation", "")) if records else ""
     rows = []
@@ -119,8 +118,6 @@ def fact_sections(fact_id: str, index: NeuronIndex) -> list:
 
 def neuron_sections(neuron: tuple[int, int], uses: list) -> list:
     """The sections of one neuron's page."""
-    from mkn.report.html import Cell, Section, Table, Text
-
     layer, index = neuron
     located = [u for u in uses if not u.generic]
     generic = [u for u in uses if u.generic]
@@ -148,8 +145,6 @@ def write_pages(data, root: Path, render, home: str = "report.html") -> dict:
     """Write every fact and neuron page under ``root / PAGES``; ``render(title, sections,
     home)`` returns a page's HTML (``home``: the report's file name, linked from every page).
     Returns counts."""
-    from mkn.report.html import Cell, Section, Table
-
     index = NeuronIndex.of(data)
     folder = root / PAGES
     (folder / "facts").mkdir(parents=True, exist_ok=True)

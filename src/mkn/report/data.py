@@ -1,0 +1,145 @@
+"""What the report reads from a run directory (:func:`load_run`): records, summary,
+experiments; unreadable parts become notes, never errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mkn.localization.stats import localization_stats
+from mkn.report.blocks import EXPERIMENTS, RUN_FILES
+from mkn.runs.store import read_jsonl
+
+# ----------------------------------------------------------------------------- run data
+
+
+@dataclass
+class Experiment:
+    path: str  # relative to the run directory
+    setup: dict
+    result: dict
+
+    @property
+    def name(self) -> str:
+        return str(self.setup.get("experiment", "unknown"))
+
+
+@dataclass
+class RunData:
+    directory: Path
+    config: dict | None = None
+    neurons: list[dict] = field(default_factory=list)
+    agnostic: list[dict] = field(default_factory=list)
+    degenerate: list[dict] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
+    knowledge: list[dict] = field(default_factory=list)
+    summary: dict | None = None
+    summary_note: str = ""
+    experiments: list[Experiment] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def has_locate(self) -> bool:
+        return bool(self.neurons or self.agnostic or self.degenerate)
+
+
+def _read_json(path: Path, problems: list[str]) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        problems.append(f"{path.name}: could not be read ({error})")
+        return None
+
+
+def _read_records(directory: Path, name: str, done: set[str] | None,
+                  problems: list[str]) -> list[dict]:
+    path = directory / f"{name}.jsonl"
+    try:
+        records = read_jsonl(path)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        problems.append(f"{path.name}: could not be read ({error})")
+        return []
+    bad = [r for r in records if not isinstance(r, dict)]
+    if bad:
+        problems.append(f"{path.name}: {len(bad)} records are not JSON objects (ignored)")
+    records = [r for r in records if isinstance(r, dict)]
+    if done is not None:  # records of a unit not marked done belong to an interrupted fact
+        unfinished = [r for r in records if "unit" in r and r["unit"] not in done]
+        if unfinished:
+            problems.append(f"{path.name}: {len(unfinished)} records of unfinished facts "
+                            "(interrupted run) left out")
+        records = [r for r in records if not ("unit" in r and r["unit"] not in done)]
+    return records
+
+
+def _n_layers(data: RunData) -> int:
+    configured = (data.config or {}).get("n_layers")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    layers = [int(n[0]) for r in data.neurons for n in r.get("neurons", [])]
+    layers += [int(n[0]) for r in data.agnostic
+               for key in ("neurons", "soft_neurons") for n in r.get(key, [])]
+    return 1 + max(layers, default=0)
+
+
+def load_run(run_dir: Path) -> RunData:
+    """Everything the report uses from ``run_dir``; unreadable parts become ``problems``."""
+    directory = Path(run_dir)
+    data = RunData(directory)
+    problems = data.problems
+    if (directory / "config.json").exists():
+        config = _read_json(directory / "config.json", problems)
+        data.config = config if isinstance(config, dict) else None
+    done = None
+    if (directory / "done.jsonl").exists():
+        done = {r.get("unit") for r in _read_records(directory, "done", None, problems)}
+    data.neurons = _read_records(directory, "neurons", done, problems)
+    data.agnostic = _read_records(directory, "language_agnostic", done, problems)
+    data.degenerate = _read_records(directory, "degenerate", done, problems)
+    data.timings = _read_records(directory, "timings", done, problems)
+    data.knowledge = _read_records(directory, "knowledge", done, problems)
+    summary_path = directory / "summary.json"
+    if summary_path.exists():
+        summary = _read_json(summary_path, problems)
+        if isinstance(summary, dict):
+            data.summary = summary
+    facts = {r.get("fact_id") for r in data.neurons}
+    if data.summary is not None and data.neurons and data.summary.get("facts") != len(facts):
+        data.summary_note = (f"summary.json counts {data.summary.get('facts')} facts but the "
+                             f"records hold {len(facts)}: statistics recomputed from the records.")
+        data.summary = None
+    elif data.summary is None and data.neurons:
+        data.summary_note = "No summary.json: statistics computed from the records."
+    if data.summary is None and data.neurons:
+        try:
+            data.summary = localization_stats(data.neurons, data.agnostic, data.degenerate,
+                                              _n_layers(data), data.timings, data.knowledge)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            problems.append(f"statistics could not be computed from the records ({error!r})")
+    data.experiments = _load_experiments(directory, problems)
+    return data
+
+
+def _load_experiments(directory: Path, problems: list[str]) -> list[Experiment]:
+    experiments = []
+    for folder in (directory, directory / "experiments"):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            if folder == directory and path.name in RUN_FILES:
+                continue
+            content = _read_json(path, problems)
+            relative = str(path.relative_to(directory))
+            if not (isinstance(content, dict) and isinstance(content.get("setup"), dict)
+                    and isinstance(content.get("result"), dict)):
+                if content is not None:
+                    problems.append(f"{relative}: not an experiment result (no setup/result), "
+                                    "ignored")
+                continue
+            experiments.append(Experiment(relative, content["setup"], content["result"]))
+    order = {name: i for i, name in enumerate(EXPERIMENTS)}
+    return sorted(experiments, key=lambda e: (order.get(e.name, len(order)), e.path))
+
+
