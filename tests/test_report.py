@@ -479,3 +479,41 @@ def test_a_thousand_facts_in_ten_languages_build_fast_with_a_small_index(tmp_pat
     assert len(list((run / "report" / "facts").glob("*.html"))) == 1000
     assert len(list((run / "report" / "neurons").glob("*.html"))) == len(set(pool) & {
         (n[0], n[1]) for r in neurons for n in r["neurons"]})
+
+
+MULTI_SCRIPT = {"en": "Paris", "zh": "巴黎", "ja": "東京", "ko": "서울", "hi": "नई दिल्ली",
+                "th": "กรุงเทพมหานคร", "ar": "القاهرة", "he": "ירושלים"}
+
+
+def test_chromium_renders_every_script_and_the_tables_sort_under_the_policy(chromium, tmp_path):
+    """A report whose facts are in eight scripts: the page renders (no console message: the
+    one inline script is allowed by its CSP hash and runs), every table with rows gets its
+    filter box, right-to-left cells are marked, and a screenshot is drawn."""
+    run = tmp_path / "multi"
+    run.mkdir()
+    rows = []
+    for number, (lang, target) in enumerate(MULTI_SCRIPT.items()):
+        for fact in ("capital-a", "capital-b"):
+            rows.append({"unit": fact, "fact_id": fact, "relation": "P36", "language": lang,
+                         "target": f"{target} {EVIL}" if lang == "ar" else target,
+                         "queries": 1, "prompts": [f"{target} [Y]"], "probs": [0.4],
+                         "correct": [True], "known": True, "generic": [],
+                         "neurons": [[number % N_LAYERS, 7, 0.5], [1, number, 0.2]]})
+    (run / "neurons.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                               for r in rows), encoding="utf-8")
+    with torch_threads(1):
+        report = write_report(run)
+    page = report.read_text(encoding="utf-8")
+    assert EVIL not in page and 'dir="auto"' in page
+    shot = tmp_path / "shot.png"
+    done = _run_chromium(chromium, tmp_path / "profile", f"--screenshot={shot}",
+                         "--window-size=1280,2400", report.resolve().as_uri())
+    assert done.returncode == 0, done.stderr[-3000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, f"console messages (a blocked script?): {console}"
+    assert Image.open(shot).size == (1280, 2400)
+    dom = _run_chromium(chromium, tmp_path / "profile", "--dump-dom", report.resolve().as_uri())
+    sortable = page.count('class="sortable"')
+    assert sortable and dom.stdout.count('class="filter"') == sortable  # the script ran
+    for target in MULTI_SCRIPT.values():
+        assert target in dom.stdout

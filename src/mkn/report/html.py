@@ -28,11 +28,14 @@ text that comes from the data is HTML-escaped (jinja2 with autoescaping on).
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import jinja2
+import markupsafe
 
 from mkn.report.blocks import REPORT_NAME, Section
 from mkn.report.data import RunData, load_run
@@ -71,13 +74,24 @@ def build_sections(data: RunData) -> list[Section]:
     return sections
 
 
+@functools.cache
+def _script() -> tuple[markupsafe.Markup, str]:
+    """The pages' one inline script (sortable, filterable tables) and its CSP hash: the policy
+    allows this script and no other."""
+    text = (Path(__file__).parent / "templates" / "tables.js").read_text(encoding="utf-8")
+    digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode("ascii")
+    return markupsafe.Markup(text), f"sha256-{digest}"
+
+
 def _render(data: RunData, title: str, sections: list[Section], home: str | None) -> str:
     from mkn import __version__ as version
 
+    script, script_hash = _script()
     return _environment().get_template("report.html").render(
         title=title, directory=str(data.directory.resolve()), sections=sections,
         problems=data.problems if home is None else [], home=home,
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=version)
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=version,
+        script=script, script_hash=script_hash)
 
 
 def render_report(run_dir: Path, data: RunData | None = None) -> str:
