@@ -175,7 +175,13 @@ def assert_self_contained(page: str) -> None:
     assert not external, f"external resources: {external}"
     assert "http://" not in page and "https://" not in page
     assert "@import" not in page and "url(" not in page
-    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert "<link" not in page.lower()
+    # one script only, the table sorter, allowed by its hash and nothing else
+    from mkn.report.html import _script
+
+    code, digest = _script()
+    assert page.lower().count("<script") == 1 and f"<script>{code}</script>" in page
+    assert f"script-src '{digest}'" in page
 
 
 def assert_escaped(page: str) -> None:
@@ -517,3 +523,17 @@ def test_chromium_renders_every_script_and_the_tables_sort_under_the_policy(chro
     assert sortable and dom.stdout.count('class="filter"') == sortable  # the script ran
     for target in MULTI_SCRIPT.values():
         assert target in dom.stdout
+
+
+def test_changes_spanning_orders_of_magnitude_get_a_symmetric_log_axis():
+    from mkn.report.plots import _figure, _grouped_bars, _with_rc
+
+    @_with_rc
+    def scale(values) -> str:
+        fig, axes = _figure(4, 3)
+        _grouped_bars(axes[0], ["en", "zh", "fr"], {"enhance": values}, "change", "t",
+                      changes=True)
+        return axes[0].get_yscale()
+
+    assert scale([140.0, 2.0, 0.5]) == "symlog"  # a 14,000% bar beside 50-200%
+    assert scale([0.9, -0.5, 2.0]) == "linear"

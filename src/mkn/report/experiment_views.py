@@ -68,7 +68,8 @@ def _localization_quality(result: dict) -> list:
     _grouped_bars(axes[1], methods, {
         "suppress (x0)": [summary[m].get("median_suppress_related") for m in methods],
         "enhance (x2)": [summary[m].get("median_enhance_related") for m in methods]},
-        "median relative change of p(gold)", "Related queries: suppress / enhance")
+        "median relative change of p(gold)", "Related queries: suppress / enhance",
+        changes=True)
     axes[1].set_xlabel("method")
     _legend(fig, axes[1])
     rows = []
@@ -107,7 +108,7 @@ def _cross_lingual_editing(result: dict) -> list:
         _grouped_bars(ax, targets, {labels[s]: [(summary[s].get(mode) or {}).get(t)
                                                 for t in targets] for s in sources},
                       "median relative change of p(gold)", f"{title}: change per language",
-                      emphasis=labels.get(AGNOSTIC))
+                      emphasis=labels.get(AGNOSTIC), changes=True)
         ax.set_xlabel("language of the queries")
     _legend(fig, axes[0])
     rows = []

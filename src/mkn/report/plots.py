@@ -67,13 +67,15 @@ def _colors(n: int) -> list:
 def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence], ylabel: str,
                   title: str, annotate: bool = True, errors: dict | None = None,
                   unit_range: bool = False, emphasis: str | None = None,
-                  log: bool = False) -> None:
+                  log: bool = False, changes: bool = False) -> None:
     """Bars of every series side by side in each group; missing values are marked n/a.
 
     ``errors`` maps a series to its ``[lower, upper]`` error lengths; ``unit_range`` fixes the
     y axis to [0, 1] (rates); ``log`` draws positive values (probabilities, ratios spanning
-    orders of magnitude) on a log axis; the series named ``emphasis`` is drawn dark. The legend
-    is the figure's (see :func:`_legend`).
+    orders of magnitude) on a log axis; ``changes`` (relative changes, from -1 up to any size)
+    switches to a symmetric log axis, linear within [-1, 1], when some change exceeds 10 (x11)
+    so that a 14,000% bar does not flatten the others; the series named ``emphasis`` is drawn
+    dark. The legend is the figure's (see :func:`_legend`).
     """
     n = max(len(series), 1)
     width = 0.8 / n
@@ -103,6 +105,9 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence], ylabel
     ax.axhline(0, color="0.3", linewidth=0.8)
     if log and tops and min(tops) > 0:
         ax.set_yscale("log")
+    elif changes and tops and max(abs(t) for t in tops) > 10:
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylabel(f"{ylabel} (symmetric log scale)")
     elif unit_range:
         ax.set_ylim(0, 1.1)
     elif tops:
