@@ -340,3 +340,23 @@ def test_rows_with_their_own_interventions_score_as_one_by_one(name):
         assert got.token_probs == pytest.approx(expected.token_probs, rel=1e-4, abs=1e-7)
         assert (got.correct, got.first_predicted_id) == (expected.correct,
                                                          expected.first_predicted_id)
+
+
+@pytest.mark.parametrize("family", sorted(tm.MASKED_FAMILIES))
+def test_masked_fast_path_equals_the_plain_rows(family, monkeypatch):
+    """Masked LMs: a (layer l) row that starts at layer l+1 from the clean output with only the
+    mask position recomputed gives the scores of the row that runs layer l in full."""
+    from mkn.attribution.engine import StepRunner
+
+    lm = tm.tiny(family)
+    prompt, target = "The capital of France is [Y] .", "Paris"
+    used = []
+    real = StepRunner._masked_patched_logits
+    monkeypatch.setattr(StepRunner, "_masked_patched_logits",
+                        lambda self, *a: used.append(1) or real(self, *a))
+    fast = mkn.attribute(lm, prompt, target, method="amig", steps=6)
+    assert used and lm.adapter.ffn_output, "every masked family takes the fast path"
+    monkeypatch.setattr(StepRunner, "takes_patches", property(lambda self: False))
+    plain = mkn.attribute(lm, prompt, target, method="amig", steps=6)
+    assert torch.allclose(fast.scores, plain.scores, atol=1e-6, rtol=1e-4)
+    assert torch.allclose(fast.baseline_prob, plain.baseline_prob, atol=1e-6)

@@ -146,9 +146,22 @@ class StepRunner:
         else:
             self.tokens = ids
             self.position = step.position
-            with torch.no_grad():  # hidden state entering each block, for rows starting there
-                out = lm.model.base_model(input_ids=ids[None], output_hidden_states=True)
+            self.ffn_output = ([_module(block, lm.adapter.ffn_output) for block in lm.blocks]
+                               if lm.adapter.ffn_output else None)
+            residuals: dict[int, torch.Tensor] = {}
+            handles = [module.register_forward_pre_hook(_keep_residual(residuals, layer,
+                                                                       self.position),
+                                                        with_kwargs=True)
+                       for layer, module in enumerate(self.ffn_output or [])]
+            try:
+                with torch.no_grad():  # hidden states entering and leaving each block
+                    out = lm.model.base_model(input_ids=ids[None], output_hidden_states=True)
+            finally:
+                for handle in handles:
+                    handle.remove()
             self.hidden_in = [h[0] for h in out.hidden_states[: lm.n_layers]]
+            self.hidden_out = [h[0] for h in out.hidden_states[1: lm.n_layers + 1]]
+            self.residual = [residuals[layer] for layer in sorted(residuals)]
 
     def _fresh_cache(self, batch: int | list[int]):
         """A copy of the prefix cache with ``batch`` rows (per layer, when a list)."""
@@ -190,13 +203,22 @@ class StepRunner:
                 handle.remove()
         return [inputs[layer] for layer in range(self.lm.n_layers)], returns_tuple[0]
 
+    @property
+    def takes_patches(self) -> bool:
+        """Whether rows can be given as ``patches`` (the masked-LM fast path)."""
+        return not self.lm.causal and self.ffn_output is not None
+
     def logits(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
-               row_layers: list[int] | None = None) -> torch.Tensor:
+               row_layers: list[int] | None = None,
+               patches: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits at the prediction position for ``rows`` copies of the step, with ``hooks`` on
         the neurons; ``[rows, vocab]``.
 
         ``row_layers`` (ascending) is the lowest layer each row changes: such a row starts from
         the clean hidden state entering that layer instead of recomputing the layers below it.
+        ``patches`` (masked LMs with :attr:`takes_patches`, instead of ``hooks``): per layer, the
+        neurons at the mask position of that layer's rows, in row order; such a row starts at
+        the next layer from the clean output with only the mask position recomputed.
         """
         if row_layers is not None and len(row_layers) != rows:
             raise ValueError(f"{len(row_layers)} row layers for {rows} rows")
@@ -205,15 +227,21 @@ class StepRunner:
             raise ValueError("row_layers must be ascending")
         if self.lm.causal and row_layers and row_layers[-1] > 0:
             _ = self._clean_block_inputs  # before the hooks: a clean pass
+        if patches is not None:
+            if hooks or not self.takes_patches or row_layers is None:
+                raise ValueError("patches need a masked LM with ffn_output, row_layers and no "
+                                 "hooks")
+            return self._masked_patched_logits(row_layers, patches)
         with neuron_hooks(self.lm, hooks or {}):
             if self.lm.causal:
                 return self._causal_logits(rows, row_layers)
             return self._masked_logits(row_layers or [0] * rows)
 
     def probs(self, rows: int, hooks: Mapping[int, NeuronHook] | None = None,
-              row_layers: list[int] | None = None) -> torch.Tensor:
+              row_layers: list[int] | None = None,
+              patches: Mapping[int, torch.Tensor] | None = None) -> torch.Tensor:
         """p(target) for each row (see :meth:`logits`); ``[rows]``."""
-        return target_prob(self.logits(rows, hooks, row_layers), self.step.target_id)
+        return target_prob(self.logits(rows, hooks, row_layers, patches), self.step.target_id)
 
     def _causal_logits(self, rows: int, row_layers: list[int] | None) -> torch.Tensor:
         input_ids = self.tokens[None].expand(rows, -1)
@@ -240,6 +268,55 @@ class StepRunner:
                 out = block(hidden)
                 hidden = out[0] if isinstance(out, tuple) else out
         return self.lm.mlm_head(hidden[:, self.position])
+
+    def _masked_patched_logits(self, row_layers: list[int],
+                               patches: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """Rows of layer l: the FFN is position-wise and attention at layer l sees the clean
+        input, so the row's layer-l output is the clean one except at the mask position, which
+        is ``ffn_output(patched neurons, clean attention output)``; the row starts at layer
+        l+1 from there (a row of the last layer needs no block at all)."""
+        starts = torch.bincount(torch.tensor(row_layers), minlength=self.lm.n_layers).tolist()
+        position, last = self.position, self.lm.n_layers - 1
+        hidden: torch.Tensor | None = None  # rows that entered below the current block
+        final = []
+        for layer, block in enumerate(self.lm.blocks):
+            entering = None
+            if starts[layer]:
+                neurons = patches[layer]
+                residual = self.residual[layer].to(neurons.device)
+                at_mask = self.ffn_output[layer](
+                    neurons.to(residual.dtype)[:, None, :],
+                    residual[None, None, :].expand(len(neurons), 1, -1))[:, 0]
+                if layer == last:
+                    final.append(at_mask)
+                else:
+                    clean = self.hidden_out[layer][None].expand(len(neurons), -1, -1)
+                    entering = torch.cat([clean[:, :position], at_mask[:, None],
+                                          clean[:, position + 1:]], dim=1)
+            if hidden is not None and len(hidden):
+                out = block(hidden)
+                hidden = out[0] if isinstance(out, tuple) else out
+            if entering is not None:
+                hidden = entering if hidden is None else torch.cat([hidden, entering])
+        ends = [hidden[:, position]] if hidden is not None else []
+        return self.lm.mlm_head(torch.cat([*ends, *final]))
+
+
+def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    for name in path.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def _keep_residual(store: dict, layer: int, position: int):
+    """A pre-hook keeping ``ffn_output``'s second input (the attention output) at
+    ``position``."""
+
+    def hook(module, args, kwargs):
+        residual = args[1] if len(args) > 1 else kwargs["input_tensor"]
+        store[layer] = residual[0, position].detach()
+
+    return hook
 
 
 @dataclass
@@ -302,6 +379,8 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
     baseline_prob = torch.zeros(n_layers)
     at_zero = [k for k, alpha in enumerate(alphas) if alpha == 0]
 
+    patched = runner.takes_patches  # masked LMs: rows start above their layer
+
     def run_chunk(chunk: list[tuple[int, int]]) -> None:
         leaves: dict[int, torch.Tensor] = {}
         hooks: dict[int, NeuronHook] = {}
@@ -312,10 +391,12 @@ def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.T
             path = baseline32[layer] + alpha_t[ks, None] * (clean32[layer] - baseline32[layer])
             leaf = path.to(device=lm.device, dtype=lm.dtype).requires_grad_(True)
             leaves[layer], layer_steps[layer] = leaf, ks
-            hooks[layer] = replace_position(torch.tensor(members, device=lm.device),
-                                            runner.position, leaf)
+            if not patched:
+                hooks[layer] = replace_position(torch.tensor(members, device=lm.device),
+                                                runner.position, leaf)
         with torch.enable_grad():
-            probs = runner.probs(len(chunk), hooks, [layer for layer, _ in chunk])
+            probs = runner.probs(len(chunk), None if patched else hooks,
+                                 [layer for layer, _ in chunk], leaves if patched else None)
             grads = torch.autograd.grad(probs.sum(), list(leaves.values()))
         for (layer, ks), grad in zip(layer_steps.items(), grads, strict=True):
             integral[layer] += (weight_t[ks, None] * grad.float().cpu()).sum(0)

@@ -29,6 +29,11 @@ class FamilyAdapter:
         conv1d: True when the output projection is a GPT-2 ``Conv1D`` (weight ``[in, out]``,
             i.e. transposed relative to ``nn.Linear``).
         mlm_head: for masked LMs, dotted path to the LM head that maps hidden states to logits.
+        ffn_output: for post-LN masked LMs, dotted path (from one block) to the position-wise
+            sublayer called as ``ffn_output(neurons, attention_output)`` that gives the block's
+            output (BERT's ``output``: LayerNorm(dense(neurons) + attention_output)). With it a
+            (layer l, step) row of IG starts at layer l+1: only its mask position differs from
+            the clean output of layer l (:mod:`mkn.attribution.engine`).
     """
 
     family: str
@@ -38,13 +43,14 @@ class FamilyAdapter:
     down_proj: str
     conv1d: bool = False
     mlm_head: str | None = None
+    ffn_output: str | None = None
 
 
 ADAPTERS: tuple[FamilyAdapter, ...] = (
     FamilyAdapter("BERT/mBERT", ("bert",), False, "bert.encoder.layer", "output.dense",
-                  mlm_head="cls"),
+                  mlm_head="cls", ffn_output="output"),
     FamilyAdapter("XLM-R/RoBERTa", ("xlm-roberta", "roberta"), False, "roberta.encoder.layer",
-                  "output.dense", mlm_head="lm_head"),
+                  "output.dense", mlm_head="lm_head", ffn_output="output"),
     FamilyAdapter("GPT-2/mGPT", ("gpt2",), True, "transformer.h", "mlp.c_proj", conv1d=True),
     FamilyAdapter("GPT-Neo", ("gpt_neo",), True, "transformer.h", "mlp.c_proj"),
     FamilyAdapter("GPT-NeoX", ("gpt_neox",), True, "gpt_neox.layers", "mlp.dense_4h_to_h"),
