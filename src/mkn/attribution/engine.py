@@ -294,12 +294,45 @@ class StepRunner:
                     entering = torch.cat([clean[:, :position], at_mask[:, None],
                                           clean[:, position + 1:]], dim=1)
             if hidden is not None and len(hidden):
-                out = block(hidden)
-                hidden = out[0] if isinstance(out, tuple) else out
+                if layer == last and _attends_plainly(block):  # only the mask is read out
+                    final.insert(0, _block_at(block, hidden, position))
+                    hidden = None
+                else:
+                    out = block(hidden)
+                    hidden = out[0] if isinstance(out, tuple) else out
             if entering is not None:
                 hidden = entering if hidden is None else torch.cat([hidden, entering])
         ends = [hidden[:, position]] if hidden is not None else []
         return self.lm.mlm_head(torch.cat([*ends, *final]))
+
+
+def _attends_plainly(block: torch.nn.Module) -> bool:
+    """A BERT-style block (``attention.self`` with absolute positions, ``attention.output``,
+    ``intermediate``, ``output``) whose output at one position :func:`_block_at` computes."""
+    attention = getattr(block, "attention", None)
+    inner = getattr(attention, "self", None)
+    return (inner is not None and hasattr(inner, "query") and hasattr(block, "intermediate")
+            and getattr(inner, "position_embedding_type", "absolute") == "absolute"
+            and not getattr(inner, "is_cross_attention", False))
+
+
+def _block_at(block: torch.nn.Module, hidden: torch.Tensor, position: int) -> torch.Tensor:
+    """The output of a BERT-style block at ``position`` only: the query of that position
+    attends to the keys and values of every position (one sequence, no padding); the
+    attention output, the FFN and the layer norms run at that position alone. ``[rows, d]``."""
+    inner = block.attention.self
+    rows, length, _ = hidden.shape
+    size = inner.attention_head_size
+    here = hidden[:, position: position + 1]
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(rows, x.shape[1], -1, size).transpose(1, 2)
+
+    context = torch.nn.functional.scaled_dot_product_attention(
+        heads(inner.query(here)), heads(inner.key(hidden)), heads(inner.value(hidden)),
+        scale=getattr(inner, "scaling", size ** -0.5))
+    attended = block.attention.output(context.transpose(1, 2).reshape(rows, 1, -1), here)
+    return block.output(block.intermediate(attended), attended)[:, 0]
 
 
 def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
