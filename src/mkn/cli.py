@@ -50,6 +50,9 @@ MaxQueriesOpt = Annotated[int | None, typer.Option(min=1, help="Attribute at mos
                                                               "fact and language.")]
 RunDtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: "
                                                       "bfloat16 on CUDA, float32 on the CPU).")]
+GpusOpt = Annotated[float | None, typer.Option(min=0.0, help="GPUs each Ray actor reserves "
+                                                          "(default: one each where there are "
+                                                          "GPUs; 0: CPU actors).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto (default: CUDA when present), cpu, "
                                                     "cuda or cuda:N.")]
 DeviceMapOpt = Annotated[str | None, typer.Option(help="Split the model over several devices "
@@ -213,7 +216,8 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
         from mkn.models.devices import default_dtype, resolve_device
 
         cfg.dtype = default_dtype(resolve_device(cfg.device))
-    meta = {**cfg.model_dump(exclude={"locate", "backend", "workers", "device", "device_map"}),
+    meta = {**cfg.model_dump(exclude={"locate", "backend", "workers", "gpus_per_worker",
+                                      "device", "device_map"}),
             "languages": languages,
             "facts": len(facts), "fact_ids": [f.id for f in facts],
             "data_fingerprint": data_fingerprint(facts),
@@ -296,7 +300,7 @@ def _prefetch(cfg, lm, facts, languages: list[str], methods: tuple[str, ...], kn
     keys = attribution_keys(facts, languages, cfg.locate, methods or (cfg.locate.method,),
                             known)
     with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
-                      lm=lm) as backend:
+                      lm=lm, gpus_per_worker=cfg.gpus_per_worker) as backend:
         prefetch(backend, keys, cache, bars.task(f"attributions ({cfg.backend}, "
                                                  f"{cfg.workers} workers)", len(keys)))
 
@@ -325,6 +329,7 @@ def locate(
     backend: Annotated[str | None, typer.Option(help="local (default) or ray: spread facts "
                                                      "over Ray actors.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
+    gpus_per_worker: GpusOpt = None,
     known: KnownOpt = None,
     generic: GenericOpt = None,
     quiet: QuietOpt = False,
@@ -341,12 +346,13 @@ def locate(
             languages=languages, method=method, limit=limit, relations=relations,
             per_relation=per_relation, shuffle=shuffle, steps=steps, max_queries=max_queries,
             dtype=dtype, device=device, device_map=device_map, seed=seed, lenient=lenient,
-            backend=backend, workers=workers, known=known, generic=generic)
+            backend=backend, workers=workers, gpus_per_worker=gpus_per_worker, known=known,
+            generic=generic)
         with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
             generic_list = _generic_lists(cfg, lm, langs, bars.task)
             with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
-                              lm=lm) as runner:
+                              lm=lm, gpus_per_worker=cfg.gpus_per_worker) as runner:
                 summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
                                      on_fact=bars.task(f"locate ({cfg.locate.method})",
                                                        len(facts)),
@@ -510,6 +516,7 @@ def experiment(
     backend: Annotated[str | None, typer.Option(help="local (default) or ray: attributions "
                                                      "computed on Ray actors.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
+    gpus_per_worker: GpusOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -533,7 +540,8 @@ def experiment(
             model=model, data=data, languages=languages, method=method, limit=limit,
             relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps,
             max_queries=max_queries, dtype=dtype, device=device, device_map=device_map,
-            seed=seed, known=known, generic=generic, backend=backend, workers=workers)
+            seed=seed, known=known, generic=generic, backend=backend, workers=workers,
+            gpus_per_worker=gpus_per_worker)
         with run, RunStore(out, {"experiment": name, "options": options, **meta}, resume,
                            (ATTRIBUTIONS,), run=run) as store:
             setup = Setup.of(name, cfg, langs, facts, options)
@@ -587,6 +595,7 @@ def reproduce(
     backend: Annotated[str, typer.Option(help="local (default) or ray: attributions computed "
                                               "on Ray actors.")] = "local",
     workers: Annotated[int, typer.Option(min=1, help="Ray actors (model copies).")] = 1,
+    gpus_per_worker: GpusOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The reproduction study: the papers' tables on a real model (docs/RESULTS.md)."""
@@ -608,8 +617,8 @@ def reproduce(
                 a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"
             with ProgressBars(quiet) as bars, make_backend(
-                    backend, workers, model_spec=config.model, dtype=config.dtype,
-                    lm=lm) as runner:
+                    backend, workers, model_spec=config.model, dtype=config.dtype, lm=lm,
+                    gpus_per_worker=gpus_per_worker) as runner:
                 run_study(lm, config, out, bars.task, command.strip(), resume,
                           None if backend == "local" else runner)
             path = write_results(out / "study.json", results)

@@ -5,6 +5,13 @@ Backends also compute attributions by cache key (:meth:`attributions`): ``mkn ex
 actors first (:func:`prefetch`), then measure in this process from the warm cache, so their
 results are the same as a local run's.
 
+Why hand-made actor pools rather than Ray Data's ``map_batches`` with an actor class: each actor
+must hold one model copy for its whole life (both give that), results must come back in input
+order with a bounded number of items in flight (here: ``in_flight`` per actor and a ``window``;
+Ray Data can preserve order, but then buffers behind the slowest block), and the results are
+Python dataclasses holding tensors, which Ray Data would convert into Arrow/pandas blocks and
+back. A few lines of ``ray.wait`` give the order, the bound and the objects as they are.
+
 A backend takes the facts still to do and yields ``(fact, FactResult)`` **in the input order**,
 whatever order the work finishes in, so the caller stores facts exactly as a local run would
 (the run files are then byte-identical, timings aside).
@@ -297,8 +304,11 @@ class RayBackend:
 
 
 def make_backend(name: str, workers: int = 1, model_spec: ModelSpec | None = None,
-                 dtype: str = "float32", lm: LanguageModel | None = None) -> Backend:
-    """The backend called ``name``: ``local`` (needs ``lm``) or ``ray`` (needs ``model_spec``)."""
+                 dtype: str = "float32", lm: LanguageModel | None = None,
+                 gpus_per_worker: float | None = None) -> Backend:
+    """The backend called ``name``: ``local`` (needs ``lm``) or ``ray`` (needs ``model_spec``;
+    ``gpus_per_worker``: GPUs each actor reserves, default one each where the cluster has them,
+    0 for CPU actors)."""
     if name == "local":
         if lm is None:
             raise ValueError("the local backend needs a loaded model")
@@ -306,7 +316,7 @@ def make_backend(name: str, workers: int = 1, model_spec: ModelSpec | None = Non
     if name == "ray":
         if model_spec is None:
             raise ValueError("the ray backend needs a model spec (name, path or factory)")
-        return RayBackend(workers, model_spec, dtype=dtype)
+        return RayBackend(workers, model_spec, dtype=dtype, num_gpus=gpus_per_worker)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

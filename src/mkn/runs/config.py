@@ -46,6 +46,8 @@ class RunConfig(BaseModel):
         None, description="accelerate's placement over several devices, e.g. auto")
     backend: Literal["local", "ray"] = "local"
     workers: int = Field(1, ge=1)
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per Ray actor (default: "
+                                          "one each where the cluster has GPUs)")
     generic: str = Field("auto", description="generic neurons: auto (the cached reference list "
                          "of this model and data, built on first use), keep (leave them in, as "
                          "Dai et al. and AMIG do) or the path of a list from mkn generic --out")
