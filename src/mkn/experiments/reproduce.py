@@ -317,8 +317,8 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
             parts = study["parts"] + ([part_out] if part_out is not None else [])
             study["minutes"] = (time.perf_counter() - started) / 60
             study["finished"] = run_date()
-            write_atomic(out / "study.json", json.dumps({**study, "parts": parts}, indent=1,
-                                                        ensure_ascii=False) + "\n")
+            write_atomic(out / "study.json", json.dumps(  # compact: raw results of every item
+                {**study, "parts": parts}, ensure_ascii=False, separators=(",", ":")) + "\n")
 
         for part in config.parts:
             study["parts"].append(run_part(lm, part, config, task, store, save, backend))

@@ -421,6 +421,7 @@ def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
 
         refresh_headlines(study)
         study["statistics_refreshed"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_atomic(Path(study_json), json.dumps(study, indent=1, ensure_ascii=False) + "\n")
+        write_atomic(Path(study_json), json.dumps(study, ensure_ascii=False,
+                                                  separators=(",", ":")) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(out, render(study, source=str(study_json)))
