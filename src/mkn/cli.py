@@ -50,6 +50,9 @@ MaxQueriesOpt = Annotated[int | None, typer.Option(min=1, help="Attribute at mos
                                                               "fact and language.")]
 RunDtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: "
                                                       "bfloat16 on CUDA, float32 on the CPU).")]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="Rows per forward/backward pass "
+                                                        "(default: from the device's free "
+                                                        "memory).")]
 GpusOpt = Annotated[float | None, typer.Option(min=0.0, help="GPUs each Ray actor reserves "
                                                           "(default: one each where there are "
                                                           "GPUs; 0: CPU actors).")]
@@ -319,6 +322,7 @@ def locate(
     shuffle: ShuffleOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
     max_queries: MaxQueriesOpt = None,
+    batch_size: BatchOpt = None,
     dtype: RunDtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
@@ -345,7 +349,8 @@ def locate(
             config, dict(directory=out, kind="locate", resume=resume), model=model, data=data,
             languages=languages, method=method, limit=limit, relations=relations,
             per_relation=per_relation, shuffle=shuffle, steps=steps, max_queries=max_queries,
-            dtype=dtype, device=device, device_map=device_map, seed=seed, lenient=lenient,
+            batch_size=batch_size, dtype=dtype, device=device, device_map=device_map, seed=seed,
+            lenient=lenient,
             backend=backend, workers=workers, gpus_per_worker=gpus_per_worker, known=known,
             generic=generic)
         with run, ProgressBars(quiet) as bars:
@@ -500,6 +505,7 @@ def experiment(
     shuffle: ShuffleOpt = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
     max_queries: MaxQueriesOpt = None,
+    batch_size: BatchOpt = None,
     dtype: RunDtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
@@ -539,8 +545,9 @@ def experiment(
                          identity={"experiment": name, "options": options}),
             model=model, data=data, languages=languages, method=method, limit=limit,
             relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps,
-            max_queries=max_queries, dtype=dtype, device=device, device_map=device_map,
-            seed=seed, known=known, generic=generic, backend=backend, workers=workers,
+            max_queries=max_queries, batch_size=batch_size, dtype=dtype, device=device,
+            device_map=device_map, seed=seed, known=known, generic=generic, backend=backend,
+            workers=workers,
             gpus_per_worker=gpus_per_worker)
         with run, RunStore(out, {"experiment": name, "options": options, **meta}, resume,
                            (ATTRIBUTIONS,), run=run) as store:
