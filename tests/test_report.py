@@ -499,7 +499,7 @@ def test_chromium_renders_every_script_and_the_tables_sort_under_the_policy(chro
     run.mkdir()
     rows = []
     for number, (lang, target) in enumerate(MULTI_SCRIPT.items()):
-        for fact in ("capital-a", "capital-b"):
+        for fact in (f"capital-{i}" for i in range(12)):  # enough rows for a filter box
             rows.append({"unit": fact, "fact_id": fact, "relation": "P36", "language": lang,
                          "target": f"{target} {EVIL}" if lang == "ar" else target,
                          "queries": 1, "prompts": [f"{target} [Y]"], "probs": [0.4],
@@ -519,8 +519,9 @@ def test_chromium_renders_every_script_and_the_tables_sort_under_the_policy(chro
     assert not console, f"console messages (a blocked script?): {console}"
     assert Image.open(shot).size == (1280, 2400)
     dom = _run_chromium(chromium, tmp_path / "profile", "--dump-dom", report.resolve().as_uri())
-    sortable = page.count('class="sortable"')
-    assert sortable and dom.stdout.count('class="filter"') == sortable  # the script ran
+    sortable = page.count('class="sortable')
+    assert sortable and dom.stdout.count('title="sort"') >= sortable  # the script ran
+    assert dom.stdout.count('class="filter"') == page.count(' filterable"') > 0
     for target in MULTI_SCRIPT.values():
         assert target in dom.stdout
 

@@ -1,6 +1,6 @@
-// Sortable, filterable tables (click a header to sort; type in the box above a table to
-// filter its rows). Reads only the page's own escaped text; loads and sends nothing.
-document.querySelectorAll("table.sortable").forEach(function (table) {
+// Sortable tables (click a header) and, for long ones, a filter box above them. Reads only
+// the page's own escaped text; loads and sends nothing.
+document.querySelectorAll("table.filterable").forEach(function (table) {
   var body = table.tBodies[0];
   var box = document.createElement("input");
   box.type = "search";
@@ -13,6 +13,9 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
       row.style.display = row.textContent.toLowerCase().indexOf(needle) >= 0 ? "" : "none";
     });
   });
+});
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var body = table.tBodies[0];
   Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
     th.style.cursor = "pointer";
     th.title = "sort";
