@@ -23,11 +23,11 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_scores(monkeypatch, c
     real_probs = StepRunner.probs
     passes = []
 
-    def probs(self, rows, hooks=None, row_layers=None):
+    def probs(self, rows, hooks=None, row_layers=None, patches=None):
         passes.append(rows)
         if rows > 3:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_probs(self, rows, hooks, row_layers)
+        return real_probs(self, rows, hooks, row_layers, patches)
 
     monkeypatch.setattr(StepRunner, "probs", probs)
     squeezed = mkn.attribute(lm, PROMPT, TARGET, method="amig", steps=8, batch_size=16)
