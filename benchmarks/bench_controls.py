@@ -74,7 +74,8 @@ def measure(args) -> dict:
                     for mode in MODES:
                         effect = controlled_effect(
                             lm, neurons, mode, queries(fact, lang), controls, args.draws,
-                            stable_seed(args.seed, fact.id, lang, method, variant), clean=clean)
+                            stable_seed(args.seed, fact.id, lang, method, variant), clean=clean,
+                            positions=args.positions)
                         rows.append({"fact_id": fact.id, "relation": fact.relation,
                                      "language": lang, "known": is_known, "method": method,
                                      "generic": variant, "generic_in_set": len(dropped),
@@ -122,16 +123,13 @@ def main() -> None:
     parser.add_argument("--max-queries", type=int, default=2)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--unrelated", type=int, default=3)
-    parser.add_argument("--positions", choices=("all", "prediction"), default=None,
-                        help="where interventions apply (default: the library's)")
+    parser.add_argument("--positions", choices=("all", "prediction"), default="all",
+                        help="where interventions apply: every position (the library's "
+                             "default) or the prediction positions only")
     parser.add_argument("--json", type=Path, default=None, help="save the raw rows here")
     parser.add_argument("--markdown", type=Path, default=None, help="save the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
-    if args.positions:
-        from mkn.interventions import controls
-
-        controls.POSITIONS = args.positions
     result = measure(args)
     text = (f"{args.data}, languages {','.join(result['languages'])}, "
             f"{len(result['facts'])} facts of {', '.join(result['relations'])}; {args.model} "

@@ -78,11 +78,11 @@ def _fail(error: Exception) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _load(model: str, dtype: str | None, device: str = "auto", device_map=None):
+def _load(model: str, dtype: str | None, device: str | None = None, device_map=None):
     import mkn
 
     with console.status(f"loading {escape(model)} (the first load converts the GGUF, ~1 min)"):
-        return mkn.load_model(model, dtype=dtype, device=device, device_map=device_map)
+        return mkn.load_model(model, dtype=dtype, device=device or "auto", device_map=device_map)
 
 
 @app.command()
@@ -112,7 +112,7 @@ def attribute(
     if rule not in RULES:
         raise _fail(ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}"))
     try:
-        lm = _load(model, dtype, device or "auto", device_map)
+        lm = _load(model, dtype, device, device_map)
         result = mkn.attribute(lm, prompt=prompt, target=target, method=method, steps=steps,
                                rule=rule)
     except (ValueError, IndexError, TypeError) as error:
@@ -227,8 +227,8 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
             "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
     run = None
     if claim is not None:
-        identity = {**claim.pop("identity", {}), "locate": cfg.locate.model_dump(), **meta}
-        run = claim_directory(identity=identity, **claim)
+        identity = {**claim.get("identity", {}), "locate": cfg.locate.model_dump(), **meta}
+        run = claim_directory(**{**claim, "identity": identity})
     try:
         lm = _load(cfg.model, cfg.dtype, cfg.device, cfg.device_map)
         facts = _encodable(lm, facts, languages, cfg.lenient, meta)
@@ -305,7 +305,8 @@ def _prefetch(cfg, lm, facts, languages: list[str], methods: tuple[str, ...], kn
     with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
                       lm=lm, gpus_per_worker=cfg.gpus_per_worker) as backend:
         prefetch(backend, keys, cache, bars.task(f"attributions ({cfg.backend}, "
-                                                 f"{cfg.workers} workers)", len(keys)))
+                                                 f"{cfg.workers} workers)", len(keys)),
+                 cfg.locate.batch_size)
 
 
 @app.command()
@@ -619,7 +620,7 @@ def reproduce(
             config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
                                  limit=limit, seed=seed, known=known, generic=generic)
             check_writable(results.parent)
-            lm = _load(config.model, config.dtype, device or "auto", device_map)
+            lm = _load(config.model, config.dtype, device, device_map)
             command = "mkn reproduce " + shlex.join(
                 a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"
@@ -683,7 +684,7 @@ def demo(
     from mkn.runs.directory import claim
 
     try:
-        lm = _load(model, "float32", device or "auto")  # all checked before the disk is touched
+        lm = _load(model, "float32", device)  # all checked before the disk is touched
         with claim(out, "demo", demo_job.identity(model), resume=True) as directory, \
                 ProgressBars() as bars:
             example, summary, editing, report, generic = demo_job.run(lm, out, model, bars.task,

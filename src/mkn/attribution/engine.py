@@ -146,7 +146,7 @@ class StepRunner:
         else:
             self.tokens = ids
             self.position = step.position
-            self.ffn_output = ([_module(block, lm.adapter.ffn_output) for block in lm.blocks]
+            self.ffn_output = ([lm.ffn_output(layer) for layer in range(lm.n_layers)]
                                if lm.adapter.ffn_output else None)
             residuals: dict[int, torch.Tensor] = {}
             handles = [module.register_forward_pre_hook(_keep_residual(residuals, layer,
@@ -333,12 +333,6 @@ def _block_at(block: torch.nn.Module, hidden: torch.Tensor, position: int) -> to
         scale=getattr(inner, "scaling", size ** -0.5))
     attended = block.attention.output(context.transpose(1, 2).reshape(rows, 1, -1), here)
     return block.output(block.intermediate(attended), attended)[:, 0]
-
-
-def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    for name in path.split("."):
-        root = getattr(root, name)
-    return root
 
 
 def _keep_residual(store: dict, layer: int, position: int):

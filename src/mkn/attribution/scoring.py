@@ -13,9 +13,9 @@ right-padded. Masked LMs run one row per teacher-forced step (the masks differ p
 
 Active interventions (:mod:`mkn.interventions`) apply to every forward pass.
 
-:func:`score_rows` gives each row its own intervention (neurons multiplied at every position:
-x0 suppresses, x2 enhances), so many neuron sets are measured in one batched pass: the
-controls of an effect, or the top-k sets of a size curve.
+:func:`score_rows` gives each row its own intervention (neurons multiplied at every position,
+or at the prediction positions only: x0 suppresses, x2 enhances), so many neuron sets are
+measured in one batched pass: the controls of an effect, or the top-k sets of a size curve.
 """
 
 from __future__ import annotations
@@ -208,13 +208,20 @@ def _continue(lm: LanguageModel, encoded: Sequence[EncodedQuery], rows: list[tup
                       torch.tensor(where_positions, device=lm.device)), torch.no_grad():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                               past_key_values=selected, use_cache=True).logits[0]
-        log_probs = logits.float().log_softmax(-1)
-        chosen = log_probs[torch.arange(len(targets)), torch.tensor(targets)].exp().tolist()
-        best = log_probs.argmax(-1).tolist()
-        for index, prob, argmax in zip(owners, chosen, best, strict=True):
-            token_probs[index].append(prob)
-            predicted[index].append(argmax)
+        _read_out(logits, targets, owners, token_probs, predicted)
         start = end
+
+
+def _read_out(logits: torch.Tensor, targets: Sequence[int], owners: Sequence[int],
+              token_probs: list[list[float]], predicted: list[list[int]]) -> None:
+    """Append p(target) and the argmax of each logits row (one scored position each) to the
+    lists of the query that owns it."""
+    log_probs = logits.float().log_softmax(-1)
+    chosen = log_probs[torch.arange(len(targets)), torch.tensor(targets)].exp().tolist()
+    best = log_probs.argmax(-1).tolist()
+    for owner, prob, argmax in zip(owners, chosen, best, strict=True):
+        token_probs[owner].append(prob)
+        predicted[owner].append(argmax)
 
 
 RowIntervention = Mapping[int, tuple[Sequence[int], float]]  # layer -> (neurons, multiplier)
@@ -301,12 +308,7 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                 torch.no_grad():
             logits = lm.model(input_ids=ids.to(lm.device),
                               attention_mask=mask.to(lm.device)).logits[0]
-        log_probs = logits.float().log_softmax(-1)
-        chosen = log_probs[torch.arange(len(targets)), torch.tensor(targets)].exp().tolist()
-        best = log_probs.argmax(-1).tolist()
-        for owner, prob, argmax in zip(owners, chosen, best, strict=True):
-            token_probs[owner].append(prob)
-            predicted[owner].append(argmax)
+        _read_out(logits, targets, owners, token_probs, predicted)
     return [_prediction(token_probs[i], predicted[i], query.target_ids)
             for i, query in enumerate(encoded)]
 

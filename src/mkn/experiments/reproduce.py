@@ -28,6 +28,7 @@ languages together, where the items are (fact, language) pairs). Everything land
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import platform
@@ -213,11 +214,12 @@ def part_facts(part: DataPart, config: StudyConfig) -> list:
 
 def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskFactory,
              store: RunStore | None = None, on_experiment: Callable[[dict], None] | None = None,
-             backend: Backend | None = None) -> dict:
-    """One part of the study. With a ``store`` (a resumable run), attributions are stored as
-    they are computed and each experiment's result once it is finished; a resumed part takes
-    them from there. ``on_experiment(out)`` is called after each experiment (partial saves)."""
-    facts = part_facts(part, config)
+             backend: Backend | None = None, facts: list | None = None) -> dict:
+    """One part of the study (``facts``: its sample, drawn here when None). With a ``store``
+    (a resumable run), attributions are stored as they are computed and each experiment's
+    result once it is finished; a resumed part takes them from there. ``on_experiment(out)``
+    is called after each experiment (partial saves)."""
+    facts = part_facts(part, config) if facts is None else facts
     languages = part.languages
     cache = {} if store is None else StoredAttributions(store)
     started = time.perf_counter()
@@ -248,8 +250,8 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
         else:
             tick = task(f"{part.name}: {name}", len(facts) * module.PHASES)
             started = time.perf_counter()
-            options = {"methods": tuple(config.methods)} if name in ("localization-quality",
-                                                                     "size-curves") else {}
+            takes_methods = "methods" in inspect.signature(module.run).parameters
+            options = {"methods": tuple(config.methods)} if takes_methods else {}
             options.update(part.options.get(name, {}))
             result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
                                 cache=cache, known=known, generic=generic, **options)
@@ -282,14 +284,13 @@ def refresh_headlines(study: dict) -> dict:
     return study
 
 
-def study_identity(lm: LanguageModel, config: StudyConfig) -> dict:
+def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, list]) -> dict:
     """What a study run directory holds (a resume must match): the configuration, the model
-    and the fingerprint of every part's sample."""
+    and the fingerprint of every part's sample (``samples``: part name -> facts)."""
     return {"config": config.model_dump(), "model": {"name": lm.name, "dtype": str(lm.dtype),
                                                      "layers": lm.n_layers,
                                                      "neurons": lm.n_neurons},
-            "data": {part.name: data_fingerprint(part_facts(part, config))
-                     for part in config.parts}}
+            "data": {name: data_fingerprint(facts) for name, facts in samples.items()}}
 
 
 def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFactory,
@@ -302,7 +303,8 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
     (``started``, ``finished``, ``minutes``, ``seconds``, ``cost``) are the only ones that differ
     between a resumed and an uninterrupted run.
     """
-    identity = study_identity(lm, config)
+    samples = {part.name: part_facts(part, config) for part in config.parts}  # read once
+    identity = study_identity(lm, config, samples)
     with RunStore(out, identity, resume, (ATTRIBUTIONS, RESULTS), kind="reproduce",
                   command=command) as store:
         study = {"command": command, "config": config.model_dump(),
@@ -321,7 +323,8 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
                 {**study, "parts": parts}, ensure_ascii=False, separators=(",", ":")) + "\n")
 
         for part in config.parts:
-            study["parts"].append(run_part(lm, part, config, task, store, save, backend))
+            study["parts"].append(run_part(lm, part, config, task, store, save, backend,
+                                           samples[part.name]))
         study["complete"] = True
         save()
         return study

@@ -145,9 +145,6 @@ class CleanProbs:
         return [self.known[q] for q in queries]
 
 
-POSITIONS = "all"  # where interventions apply (mkn.attribution.scoring.score_rows)
-
-
 def row_intervention(neurons: Sequence[Sequence[int]], mode: str,
                      factor: float = 2.0) -> dict[int, tuple[list[int], float]]:
     """``{layer: (indices, multiplier)}`` of suppressing (x0) or enhancing (x factor)."""
@@ -162,10 +159,11 @@ def row_intervention(neurons: Sequence[Sequence[int]], mode: str,
 
 def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]], str,
                                                          Sequence[Query]]],
-                 clean: CleanProbs, factor: float = 2.0) -> list[float]:
+                 clean: CleanProbs, factor: float = 2.0, positions: str = "all") -> list[float]:
     """For each job ``(neurons, mode, queries)``: the mean relative change of p(gold) of the
     queries when ``neurons`` are suppressed or enhanced, every job in one batched pass
-    (:func:`mkn.attribution.scoring.score_rows`)."""
+    (:func:`mkn.attribution.scoring.score_rows`; ``positions``: every position or only the
+    prediction positions)."""
     encoded, interventions, owners = [], [], []
     for number, (neurons, mode, queries) in enumerate(jobs):
         intervention = row_intervention(neurons, mode, factor)
@@ -174,7 +172,7 @@ def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]]
             interventions.append(intervention)
             owners.append(number)
     before = clean([q for _, _, queries in jobs for q in queries])
-    after = [p.prob for p in score_rows(lm, encoded, interventions, positions=POSITIONS)]
+    after = [p.prob for p in score_rows(lm, encoded, interventions, positions=positions)]
     changes: list[list[float]] = [[] for _ in jobs]
     for owner, b, a in zip(owners, before, after, strict=True):
         changes[owner].append(relative_change(max(b, MIN_PROB), a))
@@ -191,10 +189,12 @@ def random_sets(neurons: Sequence[Sequence[int]], n_neurons: int, draws: int,
 def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
                       own: Sequence[Query], unrelated: Sequence[Sequence[Query]] = (),
                       draws: int = DEFAULT_DRAWS, seed: int | str = 0, factor: float = 2.0,
-                      clean: CleanProbs | None = None) -> ControlledEffect:
+                      clean: CleanProbs | None = None,
+                      positions: str = "all") -> ControlledEffect:
     """The effect of suppressing or enhancing ``neurons`` on the ``own`` queries of a fact,
     beside ``draws`` random sets of the same shape (seeded by ``seed``) and the queries of
-    ``unrelated`` facts (one query list per fact); ``clean`` reuses clean probabilities.
+    ``unrelated`` facts (one query list per fact); ``clean`` reuses clean probabilities;
+    ``positions`` as in :func:`measure_sets`.
 
     >>> controlled_effect(lm, [(12, 1542), (6, 35)], "suppress",
     ...                   own=[("The capital of France is", "Paris")],
@@ -208,7 +208,7 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
     clean = clean or CleanProbs(lm)
     drawn = random_sets(neurons, lm.n_neurons, draws, seed)
     changes = measure_sets(lm, [(neurons, mode, own), *[(neurons, mode, u) for u in unrelated],
-                                *[(r, mode, own) for r in drawn]], clean, factor)
+                                *[(r, mode, own) for r in drawn]], clean, factor, positions)
     effect, others = changes[0], changes[1:1 + len(unrelated)]
     return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), effect,
                             tuple(changes[1 + len(unrelated):]), tuple(others))

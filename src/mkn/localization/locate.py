@@ -144,9 +144,15 @@ class FactResult:
 AttributionCache = dict[tuple, Attribution]
 
 
+def attribution_key(prompt: str, target: str, config: LocateConfig) -> tuple:
+    """The cache key of one query's attribution under ``config`` (shared by every method that
+    uses the same IG baseline, steps and rule)."""
+    return (prompt, target, config.attribution_method, config.steps, config.rule)
+
+
 def _attribute(lm: LanguageModel, prompt: str, target: str, config: LocateConfig,
                cache: AttributionCache | None) -> Attribution:
-    key = (prompt, target, config.attribution_method, config.steps, config.rule)
+    key = attribution_key(prompt, target, config)
     if cache is not None and key in cache:
         return cache[key]
     result = attribute(lm, prompt, target, method=config.attribution_method, steps=config.steps,

@@ -93,6 +93,12 @@ class LanguageModel:
                 return value
         return None
 
+    def ffn_output(self, layer: int) -> nn.Module | None:
+        """The position-wise output sublayer of ``layer``'s FFN (adapter ``ffn_output``), or
+        None where the family has no such fast path."""
+        path = self.adapter.ffn_output
+        return _get(self.blocks[layer], path) if path else None
+
     @property
     def mlm_head(self) -> nn.Module:
         if self.adapter.mlm_head is None:

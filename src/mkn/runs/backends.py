@@ -42,7 +42,13 @@ import torch
 from mkn.attribution.api import Attribution, attribute
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
-from mkn.localization.locate import AttributionCache, FactResult, LocateConfig, locate_fact
+from mkn.localization.locate import (
+    AttributionCache,
+    FactResult,
+    LocateConfig,
+    attribution_key,
+    locate_fact,
+)
 from mkn.models.loading import EMBEDDED_MODELS, LanguageModel, load_model
 
 ModelSpec = str | os.PathLike | Callable[[], LanguageModel]
@@ -61,7 +67,7 @@ class Backend(Protocol):
                known: KnownItems | None = None, generic: GenericNeurons | None = None
                ) -> Iterator[tuple[object, FactResult]]: ...
 
-    def attributions(self, keys: Sequence[AttributionKey]
+    def attributions(self, keys: Sequence[AttributionKey], batch_size: int | None = None
                      ) -> Iterator[tuple[AttributionKey, Attribution]]: ...
 
     def close(self) -> None: ...
@@ -91,10 +97,10 @@ class LocalBackend:
         for fact in facts:
             yield fact, locate_fact(self.lm, fact, languages, config, self.cache, known, generic)
 
-    def attributions(self, keys: Sequence[AttributionKey]
+    def attributions(self, keys: Sequence[AttributionKey], batch_size: int | None = None
                      ) -> Iterator[tuple[AttributionKey, Attribution]]:
         for key in keys:
-            yield key, attribute_key(self.lm, key)
+            yield key, attribute_key(self.lm, key, batch_size)
 
     def close(self) -> None:
         pass
@@ -117,10 +123,13 @@ def load_spec(model_spec: ModelSpec, dtype: str | torch.dtype = "float32",
     return load_model(model_spec, dtype=dtype, device=device)
 
 
-def attribute_key(lm: LanguageModel, key: AttributionKey) -> Attribution:
-    """The attribution ``locate_fact`` would compute for cache ``key``, tensors on the CPU."""
+def attribute_key(lm: LanguageModel, key: AttributionKey,
+                  batch_size: int | None = None) -> Attribution:
+    """The attribution ``locate_fact`` would compute for cache ``key`` (with the run's
+    ``batch_size``, as it does), tensors on the CPU."""
     prompt, target, method, steps, rule = key
-    result = attribute(lm, prompt, target, method=method, steps=steps, rule=rule)
+    result = attribute(lm, prompt, target, method=method, steps=steps, rule=rule,
+                       batch_size=batch_size)
     for name in ("scores", "baseline_prob", "completeness_gap"):
         setattr(result, name, getattr(result, name).detach().cpu())
     return result
@@ -150,8 +159,8 @@ class _Worker:
                generic: GenericNeurons | None = None) -> FactResult:
         return result_to_cpu(locate_fact(self.lm, fact, languages, config, None, known, generic))
 
-    def attribute(self, key: AttributionKey) -> Attribution:
-        return attribute_key(self.lm, key)
+    def attribute(self, key: AttributionKey, batch_size: int | None = None) -> Attribution:
+        return attribute_key(self.lm, key, batch_size)
 
 
 def _import_ray():
@@ -247,12 +256,13 @@ class RayBackend:
             fact, languages_ref, config_ref, known.subset([fact.id]) if known else None,
             generic_ref))
 
-    def attributions(self, keys: Sequence[AttributionKey]
+    def attributions(self, keys: Sequence[AttributionKey], batch_size: int | None = None
                      ) -> Iterator[tuple[AttributionKey, Attribution]]:
         keys = list(keys)
         if keys:
             self._start()
-            yield from self._ordered(keys, lambda actor, key: actor.attribute.remote(key))
+            yield from self._ordered(keys, lambda actor, key: actor.attribute.remote(
+                key, batch_size))
 
     def _ordered(self, items: list, submit: Callable) -> Iterator[tuple[object, object]]:
         """``(item, result)`` in the order of ``items``, whatever order the actors finish in,
@@ -333,17 +343,18 @@ def attribution_keys(facts: Sequence, languages: Sequence[str], config: LocateCo
                     continue
                 target = fact.languages[lang].object
                 for prompt in fact.prompts(lang)[: settings.max_queries]:
-                    keys[(prompt, target, settings.attribution_method, settings.steps,
-                          settings.rule)] = None
+                    keys[attribution_key(prompt, target, settings)] = None
     return list(keys)
 
 
 def prefetch(backend: Backend, keys: Sequence[AttributionKey], cache,
-             progress: Callable[[str], None] | None = None) -> int:
-    """Compute the ``keys`` missing from ``cache`` on ``backend`` and store them there (in key
-    order); returns how many were computed."""
+             progress: Callable[[str], None] | None = None,
+             batch_size: int | None = None) -> int:
+    """Compute the ``keys`` missing from ``cache`` on ``backend`` (rows per pass: the run's
+    ``batch_size``, as ``locate_fact`` uses it) and store them there (in key order); returns
+    how many were computed."""
     todo = [key for key in keys if key not in cache]
-    for key, result in backend.attributions(todo):
+    for key, result in backend.attributions(todo, batch_size):
         cache[key] = result
         if progress:
             progress(key[0])
