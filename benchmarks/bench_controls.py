@@ -29,7 +29,7 @@ from mkn.data import load_facts
 from mkn.experiments.common import control_summary, fmt_ci, markdown_table, queries
 from mkn.experiments.common import unrelated_facts as pick_unrelated
 from mkn.interventions.controls import CleanProbs, controlled_effect, stable_seed
-from mkn.localization.generic import reference_generic
+from mkn.localization.generic import reference_facts, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
 
@@ -37,23 +37,33 @@ MODES = ("suppress", "enhance")
 
 
 def measure(args) -> dict:
+    args.max_queries = args.max_queries or None  # 0: every query
     lm = mkn.load_model(args.model, dtype=args.dtype)
-    facts = load_facts(args.data, args.languages, limit=args.limit, seed=args.seed,
-                       relations=args.relations, per_relation=args.per_relation)
-    languages = facts.languages
     started = time.perf_counter()
-    known = known_items(lm, facts, languages, "auto")
-    print(known.describe(), flush=True)
+    sample = load_facts(args.data, args.languages, limit=args.limit, seed=args.seed,
+                        relations=args.relations, per_relation=args.per_relation)
+    languages = sample.languages
     cache: dict = {}
     generic = {}
     for method in args.methods:
         config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries)
         generic[method], path, built = reference_generic(lm, args.data, languages, config,
                                                          cache=cache)
-        print(f"generic ({method}): " + ", ".join(
-            f"{lang} {len(generic[method].neurons(lang))}" for lang in languages)
-            + f" ({'built' if built else 'cached'}: {path})", flush=True)
+        print(f"generic ({method}): {len(generic[method].neurons())} from "
+              f"{generic[method].facts} known reference facts "
+              f"({'built' if built else 'cached'}: {path})", flush=True)
     seconds_reference = time.perf_counter() - started
+    # held out: the measured facts are not those the generic neurons were found on
+    reference = {f for g in generic.values() for f in g.source.get("facts", [])}
+    held_out = [f for f in sample if f.id not in reference]
+    if args.known_facts:  # facts known in at least one language, balanced by relation
+        facts, known, _ = reference_facts(lm, held_out, languages, "auto", args.known_facts)
+        known = known_items(lm, facts, languages, "auto")
+    else:
+        facts = held_out
+        known = known_items(lm, facts, languages, "auto")
+    print(f"{len(sample) - len(held_out)} sampled facts left out (in the reference sample); "
+          + known.describe(), flush=True)
     everything = KnownItems("any", known.languages, known.knowledge)  # locate unknown items too
     clean = CleanProbs(lm)
     rows: list[dict] = []
@@ -83,6 +93,7 @@ def measure(args) -> dict:
         print(f"{number}/{len(facts)} facts, {time.perf_counter() - started:.0f} s", flush=True)
     return {"model": args.model, "dtype": args.dtype, "data": args.data,
             "languages": languages, "facts": [f.id for f in facts],
+            "left_out_in_reference": len(sample) - len(held_out),
             "relations": sorted({f.relation for f in facts}), "steps": args.steps,
             "max_queries": args.max_queries, "draws": args.draws, "unrelated": args.unrelated,
             "knowledge": known.to_summary(), "seconds": time.perf_counter() - started,
@@ -117,10 +128,14 @@ def main() -> None:
     parser.add_argument("--relations", type=lambda s: s.split(","), default=None)
     parser.add_argument("--per-relation", type=int, default=6)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--known-facts", type=int, default=None,
+                        help="measure this many facts known in at least one language (probed "
+                             "from the sample, balanced by relation) instead of the sample")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", type=lambda s: s.split(","), default=["amig", "matrice"])
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--max-queries", type=int, default=2)
+    parser.add_argument("--max-queries", type=int, default=2,
+                        help="queries attributed per language (0: all, the library default)")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--unrelated", type=int, default=3)
     parser.add_argument("--positions", choices=("all", "prediction"), default="all",
@@ -133,7 +148,9 @@ def main() -> None:
     result = measure(args)
     text = (f"{args.data}, languages {','.join(result['languages'])}, "
             f"{len(result['facts'])} facts of {', '.join(result['relations'])}; {args.model} "
-            f"({args.dtype}), {args.steps} steps, at most {args.max_queries} queries attributed; "
+            f"({args.dtype}), {args.steps} steps, "
+            + (f"at most {args.max_queries} queries" if args.max_queries else "every query")
+            + " attributed; "
             f"{args.draws} random draws, {args.unrelated} unrelated facts; "
             f"{result['seconds'] / 60:.1f} min ({result['seconds_reference'] / 60:.1f} for the "
             "generic-neuron reference lists)\n\n" + table(result))

@@ -209,4 +209,4 @@ def test_generic_command_builds_then_reuses_the_cached_list(tiny_dir, tmp_path):
     assert "built:" in first.output and "rebuild with: mkn generic" in first.output
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached:" in again.output
-    assert json.loads((tmp_path / "list.json").read_text())["format"] == 1
+    assert json.loads((tmp_path / "list.json").read_text())["format"] == 2

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from mkn.interventions.controls import (
     random_like,
     stable_seed,
 )
-from mkn.localization.generic import GenericNeurons, ReferenceItem, relation_shares
+from mkn.localization.generic import GenericNeurons, ReferenceItem, Shares, relation_shares
 from mkn.localization.locate import LocateConfig, locate_fact
 from tests.tiny_models import build, torch_threads
 
@@ -104,35 +105,82 @@ def test_random_sets_keep_the_shape_and_avoid_the_set():
 
 
 def test_relation_shares_by_hand():
-    items = [("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1)]),
-             ("P37", [(0, 1)]), ("P37", [(0, 3)]), ("P19", [(0, 1)])]
-    shares, support = relation_shares(items)
-    # (0, 1): in 5 of 6 items; outside P36 in 2 of 3, outside P37 in 3 of 4 -> 2/3
-    assert shares[(0, 1)] == pytest.approx(2 / 3)
-    assert shares[(0, 2)] == 0.0  # only in P36: a relation neuron, not generic
-    assert shares[(0, 3)] == 0.0  # min over relations: outside P37 it is never there
-    assert support == 3
-    assert relation_shares([("P36", [(0, 1)]), ("P36", [(0, 1)])]) == ({}, 0)
+    rows = [("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1)]),
+            ("P37", [(0, 1)]), ("P37", [(0, 3)]), ("P19", [(0, 1)])]
+    shares = relation_shares(rows)
+    # (0, 1): in 5 of 6 facts; outside P36 in 2 of 3, outside P37 in 3 of 4 -> 2/3
+    assert shares.share[(0, 1)] == pytest.approx(2 / 3)
+    assert shares.outside[(0, 1)] == 2  # facts outside P36, the relation it serves most
+    assert shares.share[(0, 2)] == 0.0  # only in P36: a relation neuron, not generic
+    assert shares.share[(0, 3)] == 0.0  # min over relations: outside P37 it is never there
+    assert shares.support == 3
+    assert relation_shares([("P36", [(0, 1)]), ("P36", [(0, 1)])]) == Shares({}, {}, 0)
 
 
-def test_generic_lists_per_language_fall_back_to_the_pool_and_round_trip(tmp_path):
-    items = [ReferenceItem(f"f{i}", f"P{i % 3}", "en", ((1, 1), (2, i))) for i in range(9)]
-    items += [ReferenceItem("g", "P0", "ja", ((1, 1), (4, 4))),
-              ReferenceItem("h", "P1", "ja", ((4, 4),))]
+def test_generic_neurons_count_facts_over_languages_need_min_facts_and_round_trip(tmp_path):
+    # (1, 1) serves every fact, in en or only in ja: counted once per fact, whatever the language
+    items = [ReferenceItem(f"f{i}", f"P{i % 3}", "en", ((1, 1), (2, i))) for i in range(6)]
+    items += [ReferenceItem(f"f{i}", f"P{i % 3}", "ja", ((1, 1),)) for i in range(6, 9)]
+    # (4, 4) serves 2 facts of 2 relations: share 1/6, above 0.1, but it serves too few facts
+    # (MIN_FACTS) outside its relation to be called generic
+    items += [ReferenceItem("f0", "P0", "ja", ((4, 4),)), ReferenceItem("f1", "P1", "ja",
+                                                                          ((4, 4),))]
     generic = GenericNeurons(items, threshold=0.3)
-    assert generic.own_list("en") and not generic.own_list("ja")
-    assert generic.neurons("en") == {(1, 1): 1.0}
-    assert (1, 1) in generic.neurons("ja") and (4, 4) not in generic.neurons("ja")  # pooled
+    assert generic.facts == 9
+    assert generic.shares()[(1, 1)] == 1.0 and generic.shares()[(4, 4)] == pytest.approx(1 / 6)
+    assert generic.neurons("en") == generic.neurons("ja") == {(1, 1): 1.0}
+    assert generic.with_threshold(0.1).neurons() == {(1, 1): 1.0}  # (4, 4): too few facts
     assert generic.split("en", [(2, 0), (1, 1), (3, 3)]) == ([(2, 0), (3, 3)], [(1, 1)])
-    assert generic.summary(["en", "ja"])["ja"] == {"reference_items": 2, "own_list": False,
-                                                   "generic": 1}
+    assert generic.summary(["en", "ja", "ko"]) == {
+        "en": {"reference_items": 6, "generic": 1}, "ja": {"reference_items": 5, "generic": 1},
+        "ko": {"reference_items": 0, "generic": 1}}
     path = generic.save(tmp_path / "g.json")
     again = GenericNeurons.load(path)
     assert again.items == generic.items and again.neurons("en") == generic.neurons("en")
     assert again.with_threshold(1.1).neurons("en") == {}
-    (tmp_path / "bad.json").write_text('{"format": 1, "items": [{"fact_id": 1}]}')
+    (tmp_path / "bad.json").write_text('{"format": 2, "items": [{"fact_id": 1}]}')
     with pytest.raises(ValueError, match="bad.json: not a generic-neuron list"):
         GenericNeurons.load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text('{"format": 1, "threshold": 0.3, "items": []}')
+    with pytest.raises(ValueError, match="format 1, expected 2"):
+        GenericNeurons.load(tmp_path / "old.json")
+
+
+def test_the_reference_sample_is_facts_the_model_knows_balanced_and_probed_lazily(monkeypatch):
+    """Only known facts, at most REFERENCE_PER_RELATION per relation, interleaved by relation;
+    probing stops at the chunk where enough were found; unscorable facts are listed."""
+    from types import SimpleNamespace
+
+    import mkn.attribution.queries as queries_module
+    from mkn.localization import generic as generic_module
+    from mkn.localization.knowledge import KnownItems
+
+    pool = [SimpleNamespace(id=f"f{i}", relation=f"P{i % 5}") for i in range(400)]
+    probed: list[str] = []
+
+    def fake_known_items(lm, chunk, languages, criterion, progress=None):
+        probed.extend(f.id for f in chunk)
+        knows = {(f.id, lang): SimpleNamespace(known=lambda c, ok=int(f.id[1:]) % 3 == 0: ok)
+                 for f in chunk for lang in languages}
+        return KnownItems(criterion, list(languages), knows)
+
+    monkeypatch.setattr(generic_module, "known_items", fake_known_items)
+    monkeypatch.setattr(queries_module, "encoding_problems",
+                        lambda lm, chunk, languages: {"f3": "target is empty"}
+                        if any(f.id == "f3" for f in chunk) else {})
+    chosen, known, problems = generic_module.reference_facts(None, pool, ["en", "ja"], "auto",
+                                                             facts=12)
+    ids = [f.id for f in chosen]
+    assert len(ids) == 12 and all(int(i[1:]) % 3 == 0 for i in ids) and "f3" not in ids
+    assert len({f.relation for f in chosen[:5]}) == 5  # interleaved: one of each relation first
+    assert max(Counter(f.relation for f in chosen).values()) <= \
+        generic_module.REFERENCE_PER_RELATION
+    assert problems == {"f3": "target is empty"}
+    # a sample of 12 probes 24 facts at a time: the first 24 hold 7 known facts, the first 48
+    # hold 15, so probing stops there, far from the 400 of the pool (f3, unscorable, is never
+    # probed)
+    assert len(probed) == 47 and "f3" not in probed
+    assert set(known.facts()) == set(probed)
 
 
 # ------------------------------------------------------------------------- planted neurons

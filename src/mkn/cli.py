@@ -287,8 +287,8 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
         config = cfg.locate.model_copy(update={"method": method})
         generic, path, built = reference_generic(lm, cfg.data, languages, config, task=task,
                                                  cache=cache)
-        counts = ", ".join(f"{lang} {len(generic.neurons(lang))}" for lang in languages)
-        console.print(f"generic neurons ({method}, share >= {generic.threshold:g}): {counts}; "
+        console.print(f"generic neurons ({method}, share >= {generic.threshold:g}, "
+                      f"{generic.facts} reference facts): {len(generic.neurons())}; "
                       f"{'built' if built else 'cached'} at {path}", markup=False,
                       highlight=False, soft_wrap=True)
         lists[method] = generic
@@ -445,14 +445,16 @@ def generic(
     device_map: DeviceMapOpt = None,
     known: KnownOpt = None,
     share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of other "
-                                                "relations' facts above which a neuron is "
-                                                "generic (default 0.3).")] = None,
-    reference_facts: Annotated[int, typer.Option(min=2, help="Facts in the reference sample "
-                                                          "(at most 4 per relation).")] = 32,
+                                                "relations' reference facts a neuron serves "
+                                                "from which it is generic (default 0.07).")]
+    = None,
+    reference_facts: Annotated[int, typer.Option(min=2, help="Facts in the reference sample: "
+                                                          "known in at least one language, "
+                                                          "at most 4 per relation.")] = 48,
     rebuild: Annotated[bool, typer.Option(help="Recompute the cached list.")] = False,
     out: Annotated[Path | None, typer.Option(help="Also write the list here (for --generic "
                                                   "PATH).")] = None,
-    top: Annotated[int, typer.Option(min=1, help="Generic neurons shown per language.")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="Generic neurons shown.")] = 10,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -474,15 +476,17 @@ def generic(
             found.save(out)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
-    table = Table("language", "reference items", "own list", "generic neurons",
-                  f"top {top} (layer, index): share", title=f"generic neurons (share >= "
-                  f"{found.threshold:g})")
+    table = Table("language", "reference facts known and located", title=f"reference sample: "
+                  f"{found.facts} facts known in at least one language "
+                  f"({found.source.get('probed', '?')} probed)")
     for lang, row in found.summary(langs).items():
-        shown = ", ".join(f"({layer}, {index}): {value:.2f}" for (layer, index), value in
-                          list(found.neurons(lang).items())[:top])
-        table.add_row(escape(lang), str(row["reference_items"]), "yes" if row["own_list"] else
-                      "pooled", str(row["generic"]), shown)
+        table.add_row(escape(lang), str(row["reference_items"]))
     console.print(table)
+    shown = ", ".join(f"({layer}, {index}): {value:.2f}" for (layer, index), value in
+                      list(found.neurons().items())[:top])
+    console.print(f"{len(found.neurons())} generic neurons (share >= {found.threshold:g}, one "
+                  f"list for every language); top {top} (layer, index): share: {shown}",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print(f"{'built' if built else 'cached'}: {path}" + (f"; copy: {out}" if out else "")
                   + f"\nrebuild with: {found.source.get('rebuild', 'mkn generic --rebuild')}",
                   markup=False, highlight=False, soft_wrap=True)

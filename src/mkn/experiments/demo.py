@@ -60,9 +60,8 @@ def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
     say(known.describe())
     generic, path, built = reference_generic(lm, "builtin", LANGUAGES, config, task=progress,
                                              cache=cache, facts=REFERENCE_FACTS)
-    counts = ", ".join(f"{lang} {len(generic.neurons(lang))}" for lang in LANGUAGES)
-    say(f"generic neurons (left out of every set): {counts} ({'built' if built else 'cached'} "
-        f"at {path})")
+    say(f"generic neurons (left out of every set): {len(generic.neurons())} from "
+        f"{generic.facts} known reference facts ({'built' if built else 'cached'} at {path})")
     meta = {"job": "demo", "model": model_name, "data": "builtin", "limit": FACTS, "seed": 0,
             "fact_ids": [f.id for f in facts], "generic": "auto"}
     say(f"locating {len(facts)} built-in facts in {', '.join(LANGUAGES)} ({STEPS} steps)")

@@ -1,31 +1,41 @@
 """Generic neurons: knowledge neurons of many facts of *different* relations.
 
-A neuron found for most facts, whatever the relation, does not store *a* fact: suppressing it
+A neuron found for many facts, whatever the relation, does not store *a* fact: suppressing it
 also moves unrelated facts (the specificity control of :mod:`mkn.interventions.controls` shows
-it). We find such neurons on a reference sample of facts and leave them out of knowledge-neuron,
-language-agnostic and degenerate sets by default (``--generic keep`` keeps them, as Dai et al.
-and AMIG do).
+it). We find such neurons on a reference sample of facts the model knows and leave them out of
+knowledge-neuron, language-agnostic and degenerate sets by default (``--generic keep`` keeps
+them, as Dai et al. and AMIG do).
 
-Definition. The reference sample gives a knowledge-neuron set per (fact, language) item. For a
-neuron ``n`` and a relation ``r``, let ``others(r)`` be the items of relations other than ``r``;
-the *share* of ``n`` is
+Definition. The reference sample gives a knowledge-neuron set per (fact, language) item; a
+neuron *serves* a fact when it is in the fact's set in any language (the union over languages,
+so one list holds for every language, including those the model knows little of). For a neuron
+``n`` and a relation ``r``, let ``others(r)`` be the reference facts of relations other than
+``r``; the *share* of ``n`` is
 
-    share(n) = min over relations r of |{i in others(r) : n in KN(i)}| / |others(r)|
+    share(n) = min over relations r of |{f in others(r) : n serves f}| / |others(r)|
 
-i.e. the fraction of items outside the one relation it serves most in which ``n`` is still a
-knowledge neuron. A neuron of one relation (every capital) has a share near 0; a neuron of every
-fact, near 1. ``n`` is *generic* when ``share(n) >= threshold`` (default 0.3: on real data,
-dropping the neurons that were knowledge neurons of at least 30% of the sampled facts cut the
-collateral drop of unrelated facts from 59% to 11% while the fact's own drop stayed at 94%).
-Shares are computed per language over that language's items when it has at least
-:data:`MIN_SUPPORT` items outside any single relation, else over the items of all languages
-pooled (a language the model knows little of borrows the others' list).
+i.e. the fraction of facts outside the one relation it serves most that it still serves. A
+neuron of one relation (every capital) has a share near 0; a neuron of every fact, near 1. ``n``
+is *generic* when ``share(n) >= threshold`` and it serves at least :data:`MIN_FACTS` facts
+outside that relation (so that a small sample does not call a neuron of one or two facts
+generic).
 
-The reference sample (:func:`reference_generic`): up to 32 facts of the run's data source, at
-most 4 per relation (seeded), the items the model knows (:mod:`mkn.localization.knowledge`), one
-query each, located with the run's method and settings (bad records and facts the model cannot
-score are left out of it and listed in the list's ``source``). It is computed once per model, dtype,
-data, languages and settings and cached under ``$MKN_CACHE/generic/`` (or
+Default threshold 0.07, chosen on held-out data (docs/BENCHMARKS.md, "Which rule for generic
+neurons?"): on gemma-3-270m, with reference samples of known facts and measured on known items
+of *other* facts, leaving these neurons out cut the median change of unrelated facts under
+suppression from 31% to 12% on bmlama17 (en, es, nl, zh; 78 items; the fact's own p(gold)
+still dropped by 97%) and from 20% to 12% on paraphrased-mlama-6 (45 items, every query
+attributed; own drop 91%). The earlier rule (per-language item shares at 0.3, no minimum)
+left unrelated facts moving by 24% on the same bmlama17 items.
+
+The reference sample (:func:`reference_facts`): facts of the run's data source in a seeded
+random order, probed (:mod:`mkn.localization.knowledge`) :data:`PROBE_CHUNK` at a time until
+:data:`REFERENCE_FACTS` facts known in at least one of the languages are found (at most
+:data:`REFERENCE_PER_RELATION` per relation, interleaved by relation, at most
+:data:`REFERENCE_POOL` facts probed); each is located with the run's method and settings, one
+query per language, on the languages where it is known. Bad records and facts the model cannot
+score are left out and listed in the list's ``source``. The list is computed once per model,
+dtype, data, languages and settings and cached under ``$MKN_CACHE/generic/`` (or
 ``$MKN_GENERIC_CACHE``); ``mkn generic`` shows or rebuilds it.
 """
 
@@ -40,15 +50,21 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from mkn.localization.knowledge import KnownItems, known_items
 from mkn.models.loading import LanguageModel, cache_dir
+from mkn.runs.directory import data_fingerprint, digest
 
 Neuron = tuple[int, int]
 
-DEFAULT_THRESHOLD = 0.3
-MIN_SUPPORT = 4  # items outside any single relation needed for a language's own shares
-REFERENCE_FACTS = 32
+DEFAULT_THRESHOLD = 0.07
+MIN_FACTS = 3  # facts outside its own relation a generic neuron must serve
+REFERENCE_FACTS = 48
 REFERENCE_PER_RELATION = 4
-FORMAT = 1  # version of the cached file
+REFERENCE_POOL = 1024  # at most this many facts probed to find the reference sample
+PROBE_CHUNK = 64
+FORMAT = 2  # version of the cached file
+
+_PROBED: dict[str, tuple] = {}  # reference samples probed in this process, by key
 
 
 @dataclass(frozen=True)
@@ -61,63 +77,83 @@ class ReferenceItem:
     neurons: tuple[Neuron, ...]
 
 
-def relation_shares(items: Sequence[tuple[str, Iterable[Neuron]]]) -> tuple[dict[Neuron, float],
-                                                                              int]:
-    """``(share per neuron, support)`` for ``(relation, neurons)`` items (module docstring).
+@dataclass(frozen=True)
+class Shares:
+    """Per neuron: its share (module docstring) and how many facts outside its top relation it
+    serves; ``support``: facts outside the largest relation (the smallest denominator)."""
 
-    ``support`` is the number of items outside the largest relation (the smallest denominator);
-    with a single relation nothing can be said: ``({}, 0)``.
+    share: dict[Neuron, float]
+    outside: dict[Neuron, int]
+    support: int
+
+
+def relation_shares(rows: Sequence[tuple[str, Iterable[Neuron]]]) -> Shares:
+    """:class:`Shares` of ``(relation, neurons)`` rows, one row per fact (module docstring).
+
+    With a single relation nothing can be said: no shares, support 0.
     """
-    per_relation = Counter(relation for relation, _ in items)
+    per_relation = Counter(relation for relation, _ in rows)
     if len(per_relation) < 2:
-        return {}, 0
-    total = len(items)
+        return Shares({}, {}, 0)
+    total = len(rows)
     counts: dict[Neuron, Counter] = defaultdict(Counter)
-    for relation, neurons in items:
+    for relation, neurons in rows:
         for neuron in set(neurons):
             counts[neuron][relation] += 1
-    shares = {}
+    share, outside = {}, {}
     for neuron, by_relation in counts.items():
         found = sum(by_relation.values())
-        shares[neuron] = min((found - by_relation[r]) / (total - size)
-                             for r, size in per_relation.items())
-    return shares, total - max(per_relation.values())
+        share[neuron] = min((found - by_relation[r]) / (total - size)
+                            for r, size in per_relation.items())
+        outside[neuron] = found - max(by_relation.values())
+    return Shares(share, outside, total - max(per_relation.values()))
+
+
+def fact_rows(items: Iterable[ReferenceItem]) -> list[tuple[str, set[Neuron]]]:
+    """``(relation, neurons serving the fact in any language)`` per reference fact."""
+    relation: dict[str, str] = {}
+    served: dict[str, set[Neuron]] = defaultdict(set)
+    for item in items:
+        relation[item.fact_id] = item.relation
+        served[item.fact_id].update(item.neurons)
+    return [(relation[fact], served[fact]) for fact in relation]
 
 
 @dataclass
 class GenericNeurons:
-    """Generic neurons per language, from the knowledge neurons of a reference sample."""
+    """Generic neurons, from the knowledge neurons of a reference sample (module docstring)."""
 
     items: list[ReferenceItem]
     threshold: float = DEFAULT_THRESHOLD
     source: dict = field(default_factory=dict)  # what the reference sample was (provenance)
 
     @cached_property
-    def _per_language(self) -> dict[str, tuple[dict[Neuron, float], int]]:
-        by_language: dict[str, list[tuple[str, tuple[Neuron, ...]]]] = defaultdict(list)
-        for item in self.items:
-            by_language[item.language].append((item.relation, item.neurons))
-        return {lang: relation_shares(rows) for lang, rows in by_language.items()}
+    def _shares(self) -> Shares:
+        return relation_shares(fact_rows(self.items))
+
+    @property
+    def facts(self) -> int:
+        """Reference facts (with at least one located language)."""
+        return len({item.fact_id for item in self.items})
+
+    def shares(self, language: str | None = None) -> dict[Neuron, float]:
+        """Share of every neuron seen in the reference sample (the same for every language)."""
+        return self._shares.share
 
     @cached_property
-    def _pooled(self) -> dict[Neuron, float]:
-        return relation_shares([(i.relation, i.neurons) for i in self.items])[0]
-
-    def own_list(self, language: str) -> bool:
-        """Whether ``language`` has enough reference items for shares of its own."""
-        return self._per_language.get(language, ({}, 0))[1] >= MIN_SUPPORT
-
-    def shares(self, language: str) -> dict[Neuron, float]:
-        """Share of every neuron seen in the reference sample, for ``language``."""
-        return self._per_language[language][0] if self.own_list(language) else self._pooled
-
-    def neurons(self, language: str) -> dict[Neuron, float]:
-        """The generic neurons of ``language`` and their shares, highest first."""
-        generic = {n: s for n, s in self.shares(language).items() if s >= self.threshold}
+    def _generic(self) -> dict[Neuron, float]:
+        shares = self._shares
+        generic = {n: s for n, s in shares.share.items()
+                   if s >= self.threshold and shares.outside[n] >= MIN_FACTS}
         return dict(sorted(generic.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def split(self, language: str, neurons: Iterable[Neuron]) -> tuple[list[Neuron],
-                                                                        list[Neuron]]:
+    def neurons(self, language: str | None = None) -> dict[Neuron, float]:
+        """The generic neurons and their shares, highest first (one list for every language:
+        ``language`` is accepted so that callers need not know)."""
+        return self._generic
+
+    def split(self, language: str | None, neurons: Iterable[Neuron]) -> tuple[list[Neuron],
+                                                                               list[Neuron]]:
         """``(kept, generic)``: ``neurons`` without and with the generic ones, order kept."""
         generic = self.neurons(language)
         neurons = list(neurons)
@@ -127,10 +163,10 @@ class GenericNeurons:
         return GenericNeurons(self.items, threshold, self.source)
 
     def summary(self, languages: Sequence[str]) -> dict:
-        """Per language: reference items, whether its own shares were used, generic count."""
+        """Per language: reference items (facts located in it) and generic neurons."""
         items = Counter(i.language for i in self.items)
-        return {lang: {"reference_items": items.get(lang, 0), "own_list": self.own_list(lang),
-                       "generic": len(self.neurons(lang))} for lang in languages}
+        return {lang: {"reference_items": items.get(lang, 0), "generic": len(self._generic)}
+                for lang in languages}
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "threshold": self.threshold, "source": self.source,
@@ -170,27 +206,54 @@ class GenericNeurons:
 
 # --- the reference sample ---------------------------------------------------------------------
 
-def reference_facts(data: str, languages: Sequence[str], facts: int = REFERENCE_FACTS,
-                    seed: int = 0):
-    """The reference sample of ``data``: up to ``facts`` facts, at most
-    :data:`REFERENCE_PER_RELATION` per relation, interleaved by relation (seeded)."""
+def reference_pool(data: str, languages: Sequence[str], seed: int = 0):
+    """Every fact of ``data`` that has ``languages``, in a seeded random order (bad records
+    skipped and listed in ``skipped``)."""
     from mkn.data import load_facts
 
-    return load_facts(data, list(languages), limit=facts, seed=seed,
-                      per_relation=REFERENCE_PER_RELATION, lenient=True)
+    return load_facts(data, list(languages), seed=seed, lenient=True)
+
+
+def reference_facts(lm: LanguageModel, pool: Sequence, languages: Sequence[str], criterion: str,
+                    facts: int = REFERENCE_FACTS,
+                    progress: Callable[[str], None] | None = None) -> tuple[list, KnownItems,
+                                                                            dict[str, str]]:
+    """The reference sample: up to ``facts`` facts of ``pool`` known in at least one language,
+    at most :data:`REFERENCE_PER_RELATION` per relation, interleaved by relation (module
+    docstring). Returns ``(facts, their probe, {fact id: why it cannot be scored})``."""
+    from mkn.attribution.queries import encoding_problems
+
+    by_relation: dict[str, list] = defaultdict(list)
+    knowledge: dict = {}
+    problems: dict[str, str] = {}
+    step = min(PROBE_CHUNK, max(16, 2 * facts))  # a small sample probes a small pool
+    for start in range(0, min(len(pool), REFERENCE_POOL), step):
+        chunk = list(pool[start:start + step])
+        problems.update(encoding_problems(lm, chunk, list(languages)))
+        chunk = [f for f in chunk if f.id not in problems]
+        known = known_items(lm, chunk, languages, criterion, progress)
+        knowledge.update(known.knowledge)
+        for fact in chunk:
+            if known.languages_of(fact.id) and len(by_relation[fact.relation]) < \
+                    REFERENCE_PER_RELATION:
+                by_relation[fact.relation].append(fact)
+        if sum(len(group) for group in by_relation.values()) >= facts:
+            break
+    chosen = [group[k] for k in range(REFERENCE_PER_RELATION) for group in by_relation.values()
+              if k < len(group)][:facts]
+    return chosen, KnownItems(criterion, list(languages), knowledge), problems
 
 
 def _reference_key(lm: LanguageModel, data: str, languages: Sequence[str], config,
-                   facts: Sequence) -> dict:
+                   pool: Sequence, facts: int) -> dict:
     settings = config.model_dump(include={"method", "steps", "rule", "thresholds", "refine_p",
                                           "matrice_lambda", "matrice_baseline",
                                           "matrice_uniform", "known"})
-    content = hashlib.sha256("\n".join(json.dumps(f.to_dict(), sort_keys=True, ensure_ascii=False)
-                                       for f in facts).encode()).hexdigest()[:16]
-    return {"model": lm.name, "dtype": str(lm.dtype).removeprefix("torch."),
+    return {"format": FORMAT, "model": lm.name, "dtype": str(lm.dtype).removeprefix("torch."),
             "shape": [lm.n_layers, lm.n_neurons], "data": data, "languages": sorted(languages),
-            "settings": settings, "sample": {"facts": len(facts), "per_relation":
-                                             REFERENCE_PER_RELATION, "content": content}}
+            "settings": settings,
+            "sample": {"facts": facts, "per_relation": REFERENCE_PER_RELATION,
+                       "pool": REFERENCE_POOL, "content": data_fingerprint(pool)}}
 
 
 def reference_path(key: dict) -> Path:
@@ -221,14 +284,12 @@ def cached_lists(lm: LanguageModel) -> list[tuple[GenericNeurons, Path]]:
 
 
 def build_reference(lm: LanguageModel, facts: Sequence, languages: Sequence[str], config,
-                    progress: Callable[[str], None] | None = None,
+                    known: KnownItems, progress: Callable[[str], None] | None = None,
                     cache: dict | None = None) -> list[ReferenceItem]:
     """Locate the known items of ``facts`` (one query each, generic neurons kept)."""
-    from mkn.localization.knowledge import known_items
     from mkn.localization.locate import locate_fact
 
     settings = config.model_copy(update={"max_queries": 1, "degenerate": False})
-    known = known_items(lm, facts, languages, settings.known)
     items = []
     for fact in facts:
         langs = known.languages_of(fact.id)
@@ -247,27 +308,37 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                       cache: dict | None = None,
                       facts: int = REFERENCE_FACTS) -> tuple[GenericNeurons, Path, bool]:
     """The cached generic-neuron list of ``lm`` on ``data`` (built on first use from a
-    reference sample of up to ``facts`` facts).
+    reference sample of up to ``facts`` known facts).
 
     Returns ``(list, path, built)``; ``task(title, total)`` makes a progress callback.
     ``config.generic_share`` sets the threshold (the cached items do not depend on it).
+    ``cache`` shares attributions between the lists of several methods, which also share the
+    probed reference sample (kept in this process).
     """
-    from mkn.attribution.queries import encoding_problems
-
-    sample = reference_facts(data, languages, facts)
-    problems = encoding_problems(lm, sample, list(languages))  # facts the model cannot score
-    facts = [f for f in sample if f.id not in problems]
-    skipped = [str(s) for s in sample.skipped] + [f"fact {i}: {r}" for i, r in problems.items()]
-    key = _reference_key(lm, data, languages, config, facts)
+    pool = reference_pool(data, languages)
+    key = _reference_key(lm, data, languages, config, pool, facts)
     path = reference_path(key)
     if path.exists() and not rebuild:
         found = GenericNeurons.load(path)
         if found.source.get("key") == key:
             return found.with_threshold(config.generic_share), path, False
-    tick = task("generic neurons: reference sample", len(facts)) if task else None
-    items = build_reference(lm, facts, languages, config, tick, cache)
+    sample_key = digest({**key, "settings": config.known})  # the same for every method
+    if sample_key in _PROBED:  # probed for another method of the run
+        chosen, known, problems = _PROBED[sample_key]
+    else:
+        probing = task("generic neurons: probing for known facts",
+                       min(len(pool), REFERENCE_POOL)) if task else None
+        chosen, known, problems = reference_facts(lm, pool, languages, config.known, facts,
+                                                  probing)
+        if len(_PROBED) >= 8:
+            _PROBED.clear()
+        _PROBED[sample_key] = chosen, known, problems
+    tick = task("generic neurons: reference sample", len(chosen)) if task else None
+    items = build_reference(lm, chosen, languages, config, known, tick, cache)
+    skipped = [str(s) for s in pool.skipped] + [f"fact {i}: {r}" for i, r in problems.items()]
     generic = GenericNeurons(items, config.generic_share,
-                             {"key": key, "facts": [f.id for f in facts], "skipped": skipped,
+                             {"key": key, "facts": [f.id for f in chosen], "skipped": skipped,
+                              "probed": len(known.facts()),
                               "rebuild": rebuild_command(key)})
     generic.save(path)
     return generic, path, True

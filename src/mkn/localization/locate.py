@@ -79,7 +79,8 @@ class LocateConfig(BaseModel):
     known: str = Field("auto", description="which items to locate: auto, rank, greedy or any "
                        "(mkn.localization.knowledge)")
     generic_share: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="share of other "
-                                 "relations' facts above which a neuron is generic")
+                                 "relations' reference facts a neuron serves from which it is "
+                                 "generic (mkn.localization.generic)")
 
     @field_validator("method", "rule", "matrice_baseline", "known")
     @classmethod
