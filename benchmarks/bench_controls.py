@@ -57,8 +57,8 @@ def measure(args) -> dict:
     reference = {f for g in generic.values() for f in g.source.get("facts", [])}
     held_out = [f for f in sample if f.id not in reference]
     if args.known_facts:  # facts known in at least one language, balanced by relation
-        facts, known, _ = reference_facts(lm, held_out, languages, "auto", args.known_facts)
-        known = known_items(lm, facts, languages, "auto")
+        facts, probed, _ = reference_facts(lm, held_out, languages, "auto", args.known_facts)
+        known = probed.subset(f.id for f in facts)  # their probe, not probed again
     else:
         facts = held_out
         known = known_items(lm, facts, languages, "auto")

@@ -52,7 +52,7 @@ from pathlib import Path
 
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.models.loading import LanguageModel, cache_dir
-from mkn.runs.directory import data_fingerprint, digest
+from mkn.runs.directory import data_fingerprint, digest, write_atomic
 
 Neuron = tuple[int, int]
 
@@ -187,8 +187,6 @@ class GenericNeurons:
 
     def save(self, path: Path) -> Path:
         """Write atomically (temporary file, then rename)."""
-        from mkn.runs.directory import write_atomic
-
         path.parent.mkdir(parents=True, exist_ok=True)
         return write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=1)
                             + "\n")
