@@ -29,7 +29,7 @@ from mkn.data import load_facts
 from mkn.experiments.common import control_summary, fmt_ci, markdown_table, queries
 from mkn.experiments.common import unrelated_facts as pick_unrelated
 from mkn.interventions.controls import CleanProbs, controlled_effect, stable_seed
-from mkn.localization.generic import reference_facts, reference_generic
+from mkn.localization.generic import REFERENCE_POOL, reference_facts, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
 
@@ -59,6 +59,10 @@ def measure(args) -> dict:
     if args.known_facts:  # facts known in at least one language, balanced by relation
         facts, probed, _ = reference_facts(lm, held_out, languages, "auto", args.known_facts)
         known = probed.subset(f.id for f in facts)  # their probe, not probed again
+        if len(facts) < args.known_facts:
+            print(f"only {len(facts)} of {args.known_facts} facts known among the first "
+                  f"{min(len(held_out), REFERENCE_POOL)} held-out sampled facts: a larger "
+                  "--per-relation or another --seed gives more", flush=True)
     else:
         facts = held_out
         known = known_items(lm, facts, languages, "auto")

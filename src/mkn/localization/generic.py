@@ -324,8 +324,9 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
     if sample_key in _PROBED:  # probed for another method of the run
         chosen, known, problems = _PROBED[sample_key]
     else:
-        probing = task("generic neurons: probing for known facts",
-                       min(len(pool), REFERENCE_POOL)) if task else None
+        most = min(len(pool), REFERENCE_POOL)  # the bar stops early once enough are known
+        probing = task(f"generic neurons: probing for {facts} known facts (of at most {most})",
+                       most) if task else None
         chosen, known, problems = reference_facts(lm, pool, languages, config.known, facts,
                                                   probing)
         if len(_PROBED) >= 8:
