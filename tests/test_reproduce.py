@@ -13,7 +13,16 @@ from mkn.experiments.cross_lingual_editing import headline as editing_headline
 from mkn.experiments.localization_quality import headline as sr_headline
 from mkn.experiments.metrics import accuracy, interval
 from mkn.experiments.reproduce import DataPart, StudyConfig, run_study
-from mkn.report.results import render, separated, upper_share, verdict, with_ci
+from mkn.report.results import (
+    read_study,
+    render,
+    separated,
+    upper_share,
+    verdict,
+    with_ci,
+    write_results,
+)
+from mkn.runs.directory import write_json
 from tests.tiny_models import knowing, torch_threads, two_relation_facts
 
 
@@ -113,6 +122,26 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "AMIG: language-agnostic neurons move the other languages" in page
     cost = study["parts"][0]["localization"]["amig"]["cost"]
     assert cost["fact_language_pairs"] == 12 and cost["mean_attribution_seconds"] > 0
+    # the committed form: gzip-compressed, same bytes for the same study, rendered alike
+    packed = tmp_path / "study.json.gz"
+    first = write_json(packed, saved).read_bytes()
+    assert write_json(packed, saved).read_bytes() == first and first[:2] == b"\x1f\x8b"
+    assert len(first) < (tmp_path / "out" / "study.json").stat().st_size / 2
+    page = write_results(packed, tmp_path / "R.md", refresh=True).read_text(encoding="utf-8")
+    assert f"`{packed}`" in page and with_ci(paired["amig > ig"]["suppress_selectivity"]) in page
+    refreshed = read_study(packed)  # refreshed statistics saved back, still compressed
+    assert packed.read_bytes()[:2] == b"\x1f\x8b" and "statistics_refreshed" in refreshed
+    assert refreshed["parts"][0]["facts"] == saved["parts"][0]["facts"]
+
+
+def test_a_study_file_that_is_not_one_is_a_one_line_error(tmp_path):
+    for name, content in (("broken.json.gz", b"\x1f\x8b\x08 not gzip"),
+                          ("text.json", b"not json"), ("list.json", b"[1, 2]")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: not a study written by mkn reproduce"):
+            read_study(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        read_study(tmp_path / "missing.json")
 
 
 def test_limit_samples_two_per_relation():

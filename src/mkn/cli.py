@@ -597,8 +597,9 @@ def reproduce(
     generic: Annotated[str, typer.Option(help="auto (leave generic neurons out) or keep.")]
     = "auto",
     render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this study.json "
-                                                     "(headline statistics recomputed from its "
-                                                     "raw results).")] = None,
+                                                     "or study.json.gz (headline statistics "
+                                                     "recomputed from its raw results).")]
+    = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed study in OUT (stored "
                                               "attributions and experiments are kept).")]
     = False,

@@ -49,7 +49,7 @@ from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.loading import LanguageModel
 from mkn.runs.backends import Backend, attribution_keys, prefetch
-from mkn.runs.directory import data_fingerprint, run_date, write_atomic
+from mkn.runs.directory import data_fingerprint, run_date, write_json
 from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
 RESULTS = "results"  # one record per finished (part, experiment)
@@ -319,8 +319,7 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
             parts = study["parts"] + ([part_out] if part_out is not None else [])
             study["minutes"] = (time.perf_counter() - started) / 60
             study["finished"] = run_date()
-            write_atomic(out / "study.json", json.dumps(  # compact: raw results of every item
-                {**study, "parts": parts}, ensure_ascii=False, separators=(",", ":")) + "\n")
+            write_json(out / "study.json", {**study, "parts": parts})  # with raw results
 
         for part in config.parts:
             study["parts"].append(run_part(lm, part, config, task, store, save, backend,

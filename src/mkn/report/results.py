@@ -6,13 +6,12 @@ from the bootstrap intervals by :func:`verdict`, so rerunning the study rewrites
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mkn.experiments.common import markdown_table
-from mkn.runs.directory import write_atomic
+from mkn.runs.directory import read_json, write_atomic, write_json
 
 CAVEATS = """\
 - **Model.** gemma-3-270m is far smaller than the papers' m-BERT / mGPT / LLaMA-2. It knows few
@@ -400,16 +399,23 @@ def section(study: dict, key: str, title: str, text: str) -> list[str]:
     return out
 
 
-def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
-    """Render ``study_json`` to ``out``; ``refresh``: first recompute the headline statistics
-    from the saved raw results and save them back into ``study_json``."""
+def read_study(study_json: Path) -> dict:
+    """A ``study.json`` as ``mkn reproduce`` wrote it, or gzip-compressed (``study.json.gz``,
+    how docs/results keeps the committed study: its raw per-item results are large)."""
     try:
-        study = json.loads(Path(study_json).read_text(encoding="utf-8"))
+        study = read_json(study_json)
         if not isinstance(study, dict) or not isinstance(study.get("parts"), list):
             raise ValueError("no parts")
-    except (UnicodeDecodeError, ValueError) as error:
+    except ValueError as error:
         raise ValueError(f"{study_json}: not a study written by mkn reproduce ({error})"
                          ) from None
+    return study
+
+
+def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
+    """Render ``study_json`` (plain or ``.gz``) to ``out``; ``refresh``: first recompute the
+    headline statistics from the saved raw results and save them back into ``study_json``."""
+    study = read_study(study_json)
     if not study.get("complete", True):
         finished = sum(len(p.get("experiments", {})) for p in study["parts"])
         planned = sum(len(p["experiments"]) for p in study["config"]["parts"])
@@ -421,7 +427,6 @@ def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
 
         refresh_headlines(study)
         study["statistics_refreshed"] = datetime.now(UTC).isoformat(timespec="seconds")
-        write_atomic(Path(study_json), json.dumps(study, ensure_ascii=False,
-                                                  separators=(",", ":")) + "\n")
+        write_json(study_json, study)
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(out, render(study, source=str(study_json)))

@@ -17,6 +17,7 @@ mkn deletes nothing it did not write; within its own run it rewrites only its ow
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -65,15 +66,15 @@ def with_path(error: OSError, path) -> OSError:
     return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename:
-    readers see the old file or the new one, never a half-written one."""
+def write_atomic(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (UTF-8) or bytes to ``path`` through a temporary file in the same
+    directory and a rename: readers see the old file or the new one, never a half-written one."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it 0600)
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, "wb") as out:
+            out.write(text.encode("utf-8") if isinstance(text, str) else text)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -84,6 +85,24 @@ def write_atomic(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(path: Path, data) -> Path:
+    """Save ``data`` as compact JSON, atomically; gzip-compressed when the name ends in ``.gz``
+    (no timestamp in the gzip header: the same data gives the same bytes)."""
+    text = (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    return write_atomic(path, gzip.compress(text, mtime=0) if str(path).endswith(".gz")
+                        else text)
+
+
+def read_json(path: Path):
+    """The JSON document in ``path``, plain or gzip-compressed (detected by its first bytes);
+    a file that is neither is a :class:`ValueError`."""
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as error:
+        raise ValueError(str(error)) from None
 
 
 def run_date() -> str:
