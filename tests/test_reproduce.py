@@ -116,6 +116,7 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "`mkn reproduce --test`" in page
     assert "en 8/10, zh 4/10" in page and "the other 8 items are skipped" in page
     assert "selectivity" in page and "specificity" in page
+    assert "Generic neurons (knowledge neurons of many reference facts" in page
     assert "Reading, generated from the verdicts above" in page
     paired = study["parts"][0]["experiments"]["size-curves"]["headline"]["paired"]
     assert with_ci(paired["amig > ig"]["suppress_selectivity"]) in page  # numbers from the JSON

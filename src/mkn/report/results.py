@@ -325,6 +325,26 @@ def knowledge_notes(study: dict) -> list[str]:
             "skipped and counted above (mkn.localization.knowledge)."]
 
 
+def generic_notes(study: dict) -> list[str]:
+    """How many generic neurons each part's methods left out, and their reference items."""
+    lines = []
+    for part in study["parts"]:
+        lists = part.get("generic") or {}
+        if not lists:
+            continue
+        counts = ", ".join(f"{method} {max(c['generic'] for c in per_language.values())}"
+                           for method, per_language in lists.items() if per_language)
+        items = ", ".join(f"{lang} {c['reference_items']}"
+                          for lang, c in next(iter(lists.values())).items())
+        lines.append(f"- {part['part']['name']}: {counts} (reference items located per language: "
+                     f"{items}).")
+    if not lines:
+        return []
+    return ["Generic neurons (knowledge neurons of many reference facts of other relations; "
+            "mkn.localization.generic) are left out of every set; per part and method, how "
+            "many:", "", *lines]
+
+
 def render(study: dict, source: str = "study.json") -> str:
     config = study["config"]
     out = [
@@ -356,7 +376,7 @@ def render(study: dict, source: str = "study.json") -> str:
                      ", ".join(part["relations"]), known_counts(part)])
     out += [markdown_table(["part", "data", "languages", "facts", "relations",
                             "facts the model knows, per language"], rows), "",
-            *knowledge_notes(study), ""]
+            *knowledge_notes(study), "", *generic_notes(study), ""]
     out += [f"- {part['part']['name']}: {part['part']['chosen']}." for part in study["parts"]
             if part["part"].get("chosen")]
     out += [""]
