@@ -12,7 +12,7 @@ import pytest
 from mkn.experiments.cross_lingual_editing import headline as editing_headline
 from mkn.experiments.localization_quality import headline as sr_headline
 from mkn.experiments.metrics import accuracy, interval
-from mkn.experiments.reproduce import DataPart, StudyConfig, run_study
+from mkn.experiments.reproduce import DataPart, StudyConfig, run_study, without_raw_results
 from mkn.report.results import (
     read_study,
     render,
@@ -126,6 +126,7 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     # the committed form: gzip-compressed, same bytes for the same study, rendered alike
     packed = tmp_path / "study.json.gz"
     first = write_json(packed, saved).read_bytes()
+    first_size = (tmp_path / "out" / "study.json").stat().st_size
     assert write_json(packed, saved).read_bytes() == first and first[:2] == b"\x1f\x8b"
     assert len(first) < (tmp_path / "out" / "study.json").stat().st_size / 2
     page = write_results(packed, tmp_path / "R.md", refresh=True).read_text(encoding="utf-8")
@@ -133,6 +134,14 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     refreshed = read_study(packed)  # refreshed statistics saved back, still compressed
     assert packed.read_bytes()[:2] == b"\x1f\x8b" and "statistics_refreshed" in refreshed
     assert refreshed["parts"][0]["facts"] == saved["parts"][0]["facts"]
+    # the committed form: no raw results, the same page, rendered again as saved
+    slim = without_raw_results(refreshed)
+    assert render(slim) == render(refreshed) and slim["raw_results"] is False
+    assert not any("result" in e for p in slim["parts"] for e in p["experiments"].values())
+    kept = write_json(tmp_path / "slim.json", slim)
+    before = kept.read_bytes()
+    write_results(kept, tmp_path / "S.md", refresh=True)
+    assert kept.read_bytes() == before and len(before) < first_size
 
 
 def test_a_study_file_that_is_not_one_is_a_one_line_error(tmp_path):

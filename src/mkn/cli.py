@@ -598,7 +598,8 @@ def reproduce(
     = "auto",
     render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this study.json "
                                                      "or study.json.gz (headline statistics "
-                                                     "recomputed from its raw results).")]
+                                                     "recomputed from its raw results, where it "
+                                                     "has them).")]
     = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed study in OUT (stored "
                                               "attributions and experiments are kept).")]

@@ -284,6 +284,16 @@ def refresh_headlines(study: dict) -> dict:
     return study
 
 
+def without_raw_results(study: dict) -> dict:
+    """``study`` without the experiments' per-item raw results: every number RESULTS.md shows
+    (headlines and tables), in a file small enough to commit (docs/results/study.json); its
+    headlines can be rendered again but not recomputed."""
+    parts = [{**part, "experiments": {name: {k: v for k, v in experiment.items() if k != "result"}
+                                      for name, experiment in part["experiments"].items()}}
+             for part in study["parts"]]
+    return {**study, "raw_results": False, "parts": parts}
+
+
 def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, list]) -> dict:
     """What a study run directory holds (a resume must match): the configuration, the model
     and the fingerprint of every part's sample (``samples``: part name -> facts)."""

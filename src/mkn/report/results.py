@@ -420,8 +420,8 @@ def section(study: dict, key: str, title: str, text: str) -> list[str]:
 
 
 def read_study(study_json: Path) -> dict:
-    """A ``study.json`` as ``mkn reproduce`` wrote it, or gzip-compressed (``study.json.gz``,
-    how docs/results keeps the committed study: its raw per-item results are large)."""
+    """A ``study.json`` as ``mkn reproduce`` wrote it (its raw per-item results are large), or
+    gzip-compressed (``study.json.gz``)."""
     try:
         study = read_json(study_json)
         if not isinstance(study, dict) or not isinstance(study.get("parts"), list):
@@ -434,7 +434,8 @@ def read_study(study_json: Path) -> dict:
 
 def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
     """Render ``study_json`` (plain or ``.gz``) to ``out``; ``refresh``: first recompute the
-    headline statistics from the saved raw results and save them back into ``study_json``."""
+    headline statistics from the saved raw results (when the study has them) and save them back
+    into ``study_json``."""
     study = read_study(study_json)
     if not study.get("complete", True):
         finished = sum(len(p.get("experiments", {})) for p in study["parts"])
@@ -442,7 +443,7 @@ def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
         raise ValueError(f"{study_json}: the study is partial ({finished} of {planned} "
                          "experiments finished); continue it with mkn reproduce --resume and the "
                          "same options")
-    if refresh:
+    if refresh and study.get("raw_results", True):  # a study kept without them: as saved
         from mkn.experiments.reproduce import refresh_headlines
 
         refresh_headlines(study)
