@@ -9,15 +9,20 @@ Compares, on one prompt, 20 steps, all layers, in one run on the same machine:
   timed with both mkn's in-place gradient and plain autograd through ``log_softmax``; the
   faster of the two is the floor.
 
+The floor and mkn are timed in every dtype of ``--dtypes`` (default float32, bfloat16 and auto:
+what ``--dtype auto`` picks on this CPU); the straightforward loop in float32. The CPU, its flags
+and whether it computes bf16 natively are printed first: bfloat16 is faster only on a CPU with
+bf16 units (AVX512-BF16/AMX), and ~17x slower where it is emulated (AVX2 only).
+
 Each measurement runs in its own process, so peak RSS (memory) is its own.
-Usage: ``python benchmarks/bench_attribution.py [--model gemma-3-270m] [--repeats 3] [--json F]``
+Usage: ``python benchmarks/bench_attribution.py [--model gemma-3-270m] [--repeats 3]
+[--dtypes float32,bfloat16,auto] [--json F]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -52,14 +57,14 @@ def _floor(lm, rows: int, target_id: int, plain: bool = False) -> None:
     torch.autograd.grad(target_prob(logits, target_id).sum(), hidden)
 
 
-def measure(kind: str, model_name: str, repeats: int) -> dict:
+def measure(kind: str, model_name: str, repeats: int, dtype: str = "float32") -> dict:
     """Run one kind of measurement in this process; returns seconds and peak RSS."""
     import torch
 
     import mkn
     from mkn.attribution.queries import encode
 
-    lm = mkn.load_model(model_name)
+    lm = mkn.load_model(model_name, dtype=dtype)
     target_id = encode(lm, PROMPT, TARGET).target_ids[0]
     rows = STEPS * lm.n_layers
     if kind == "mkn":
@@ -83,53 +88,71 @@ def measure(kind: str, model_name: str, repeats: int) -> dict:
         result = run()
         times.append(time.perf_counter() - start)
     if isinstance(result, torch.Tensor):
-        torch.save(result, ROOT / f".bench-{kind}.pt")
+        torch.save(result.float(), ROOT / f".bench-{kind}-{dtype}.pt")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"kind": kind, "seconds": statistics.median(times), "all_seconds": times,
-            "peak_rss_mb": peak_mb, "rows": rows, "threads": torch.get_num_threads()}
+    return {"kind": kind, "dtype": str(lm.dtype).removeprefix("torch."),
+            "choice": lm.dtype_choice, "seconds": statistics.median(times),
+            "all_seconds": times, "peak_rss_mb": peak_mb, "rows": rows,
+            "threads": torch.get_num_threads()}
+
+
+def _child(kind: str, args, repeats: int, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--only", kind, "--model", args.model,
+                          "--repeats", str(repeats), "--dtypes", dtype], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtypes", default="float32,bfloat16,auto")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(measure(args.only, args.model, args.repeats)))
+        print(json.dumps(measure(args.only, args.model, args.repeats, args.dtypes)))
         return
-    results = {}
-    kinds = (("floor", args.repeats), ("floor-plain", args.repeats), ("mkn", args.repeats),
-             ("straightforward", 1))
-    for kind, repeats in kinds:
-        out = subprocess.run([sys.executable, __file__, "--only", kind, "--model", args.model,
-                              "--repeats", str(repeats)], capture_output=True, text=True,
-                             check=True)
-        results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
     import torch
 
-    if results["floor-plain"]["seconds"] < results["floor"]["seconds"]:
-        results["floor"] = results["floor-plain"]
-    del results["floor-plain"]
-    agree = torch.testing.assert_close
-    fast, plain = (torch.load(ROOT / f".bench-{k}.pt") for k in ("mkn", "straightforward"))
-    agree(fast, plain, rtol=1e-3, atol=1e-4 * float(plain.abs().max()))
-    for k in ("mkn", "straightforward"):
-        (ROOT / f".bench-{k}.pt").unlink()
-    floor, fast_s, plain_s = (results[k]["seconds"] for k in ("floor", "mkn", "straightforward"))
+    from mkn.models.devices import cpu_summary
+
+    print(cpu_summary(), flush=True)
+    rows = []
+    for dtype in args.dtypes.split(","):
+        floor = min((_child(k, args, args.repeats, dtype) for k in ("floor", "floor-plain")),
+                    key=lambda r: r["seconds"])
+        rows += [{**floor, "kind": "floor", "asked": dtype},
+                 {**_child("mkn", args, args.repeats, dtype), "asked": dtype}]
+    plain = {**_child("straightforward", args, 1, "float32"), "asked": "float32"}
+    rows.append(plain)
+    fast = torch.load(ROOT / ".bench-mkn-float32.pt") if (
+        ROOT / ".bench-mkn-float32.pt").exists() else None
+    reference = torch.load(ROOT / ".bench-straightforward-float32.pt")
+    if fast is not None:
+        torch.testing.assert_close(fast, reference, rtol=1e-3,
+                                   atol=1e-4 * float(reference.abs().max()))
+    for path in ROOT.glob(".bench-*.pt"):
+        path.unlink()
+    floors = {r["asked"]: r["seconds"] for r in rows if r["kind"] == "floor"}
     print(f"model {args.model}; prompt {PROMPT!r} -> {TARGET!r}; {STEPS} steps, all layers "
-          f"({results['mkn']['rows']} rows); torch {torch.__version__}, "
-          f"{results['mkn']['threads']} threads; {platform.processor() or platform.machine()}")
-    print(f"{'implementation':<18}{'seconds':>10}{'vs floor':>10}{'speed-up':>10}{'peak MB':>10}")
-    for kind in ("floor", "mkn", "straightforward"):
-        r = results[kind]
-        print(f"{kind:<18}{r['seconds']:>10.2f}{r['seconds'] / floor:>9.2f}x"
-              f"{plain_s / r['seconds']:>9.1f}x{r['peak_rss_mb']:>10.0f}")
-    print(f"mkn equals straightforward (rtol 1e-3); mkn is {plain_s / fast_s:.1f}x faster than "
-          f"straightforward and {fast_s / floor:.2f}x the floor")
+          f"({plain['rows']} rows); {plain['threads']} threads")
+    print("| implementation | dtype asked | dtype | seconds | vs floor (same dtype) | "
+          "speed-up vs straightforward | peak MB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        floor = floors.get(r["asked"], floors.get("float32"))
+        print(f"| {r['kind']} | {r['asked']} | {r['dtype']} | {r['seconds']:.2f} | "
+              f"{r['seconds'] / floor:.2f}x | {plain['seconds'] / r['seconds']:.1f}x | "
+              f"{r['peak_rss_mb']:.0f} |")
+    for r in rows:
+        if r["asked"] == "auto" and r["kind"] == "mkn":
+            print(f"auto chose {r['choice']}")
+    if fast is not None:
+        print("mkn float32 equals straightforward (rtol 1e-3)")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"cpu": cpu_summary(), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from mkn.interventions.controls import CleanProbs, controlled_effect, stable_see
 from mkn.localization.generic import REFERENCE_POOL, reference_facts, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.models.devices import cpu_summary
 
 MODES = ("suppress", "enhance")
 
@@ -95,7 +96,8 @@ def measure(args) -> dict:
                                      "generic": variant, "generic_in_set": len(dropped),
                                      **effect.to_dict()})
         print(f"{number}/{len(facts)} facts, {time.perf_counter() - started:.0f} s", flush=True)
-    return {"model": args.model, "dtype": args.dtype, "data": args.data,
+    return {"model": args.model, "dtype": str(lm.dtype).removeprefix("torch."),
+            "cpu": cpu_summary(), "data": args.data,
             "languages": languages, "facts": [f.id for f in facts],
             "left_out_in_reference": len(sample) - len(held_out),
             "relations": sorted({f.relation for f in facts}), "steps": args.steps,
@@ -126,7 +128,8 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where the CPU "
+                        "computes it natively, float32 elsewhere")
     parser.add_argument("--data", default="bmlama:bmlama17")
     parser.add_argument("--languages", type=lambda s: s.split(","), default=None)
     parser.add_argument("--relations", type=lambda s: s.split(","), default=None)
@@ -149,10 +152,11 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, default=None, help="save the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
+    print(cpu_summary(), flush=True)
     result = measure(args)
     text = (f"{args.data}, languages {','.join(result['languages'])}, "
             f"{len(result['facts'])} facts of {', '.join(result['relations'])}; {args.model} "
-            f"({args.dtype}), {args.steps} steps, "
+            f"({result['dtype']}), {args.steps} steps, "
             + (f"at most {args.max_queries} queries" if args.max_queries else "every query")
             + " attributed; "
             f"{args.draws} random draws, {args.unrelated} unrelated facts; "

@@ -21,6 +21,7 @@ import torch
 import mkn
 from mkn.data import load_facts
 from mkn.localization.neurons import coarse_neurons, jaccard
+from mkn.models.devices import cpu_summary
 
 
 def main() -> None:
@@ -36,6 +37,7 @@ def main() -> None:
     pool = [(f.prompts(lang)[0], f.languages[lang].object, lang) for f in facts
             for lang in f.languages]
     sample = random.Random(args.seed).sample(pool, min(args.queries, len(pool)))
+    print(cpu_summary(), flush=True)
     models = {dtype: mkn.load_model(args.model, dtype=dtype) for dtype in ("float32", "bfloat16")}
     rows, seconds = [], {dtype: 0.0 for dtype in models}
     print(f"{args.model}, {args.method}, {args.steps} steps, {len(sample)} queries "

@@ -22,6 +22,7 @@ import mkn
 from mkn.data import load_facts
 from mkn.localization.locate import LocateConfig
 from mkn.localization.run import run_locate
+from mkn.models.devices import cpu_summary
 
 DATASETS = {
     "paraphrased-mlama-6": ("mlama:paraphrased-mlama-6", ["en", "fr", "fi", "hu", "ja", "ko"]),
@@ -76,7 +77,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args()
+    print(cpu_summary(), flush=True)
     lm = mkn.load_model(args.model)
+    print(f"dtype {lm.dtype_choice}", flush=True)
     config = LocateConfig(method=args.method, steps=args.steps, max_queries=args.max_queries)
     results = {}
     for name in args.datasets.split(","):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -138,10 +137,10 @@ def main() -> None:
         else:
             print(json.dumps(gemma_locate(int(rest[0]), rest[1], rest[2], int(rest[3]))))
         return
-    import torch
 
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {args.device}", flush=True)
+    from mkn.models.devices import cpu_summary
+
+    print(f"# {cpu_summary()}; device {args.device}", flush=True)
     results = {"gemma": [], "random": []}
     if not args.skip_gemma:
         print("| steps | dtype | items | attributions | seconds | attributions/s | "

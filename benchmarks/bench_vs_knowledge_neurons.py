@@ -233,6 +233,7 @@ def main() -> int:
     import mkn
     from mkn.attribution.engine import clean_run, integrated_gradients
     from mkn.attribution.queries import encode
+    from mkn.models.devices import cpu_summary
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -244,6 +245,7 @@ def main() -> int:
     }
     for key, value in env.items():
         print(f"{key:>18}: {value}")
+    print(cpu_summary(), flush=True)
 
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, args.seed, args.init_std, args.target_bias)

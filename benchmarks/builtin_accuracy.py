@@ -33,6 +33,7 @@ from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import PredictionStep, encode
 from mkn.attribution.scoring import score_steps
 from mkn.data import load_facts
+from mkn.models.devices import cpu_summary
 
 
 @dataclass
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     langs = args.languages.split(",") if args.languages else None
     facts = load_facts(args.spec, languages=langs, limit=args.limit, seed=args.seed,
                        per_relation=args.per_relation)
+    print(f"# {cpu_summary()}", flush=True)
     t0 = time.perf_counter()
     lm = mkn.load_model(args.model)
     t1 = time.perf_counter()

@@ -104,7 +104,8 @@ def ray_backend(model_dir):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     try:
-        with RayBackend(workers=2, model_spec=model_dir) as backend:
+        # one thread per actor, as the local run: float sums can depend on the thread count
+        with RayBackend(workers=2, model_spec=model_dir, threads=1) as backend:
             yield backend
         assert ray.is_initialized(), "the backend shuts down only a Ray it started"
     finally:
@@ -116,9 +117,11 @@ def test_ray_run_writes_the_same_files_as_a_local_run(local_run, ray_backend, mo
                                                       tmp_path):
     local, summary = local_run
     done = []
-    lm = load_spec(model_dir)  # the driver probes what the model knows
-    ray_summary = run_locate(lm, facts(), LANGUAGES, CONFIG, tmp_path, meta={"model": "tiny"},
-                             on_fact=done.append, backend=ray_backend, generic=generic_list())
+    with torch_threads(1):  # the driver probes what the model knows, on the local run's threads
+        lm = load_spec(model_dir)
+        ray_summary = run_locate(lm, facts(), LANGUAGES, CONFIG, tmp_path,
+                                 meta={"model": "tiny"}, on_fact=done.append,
+                                 backend=ray_backend, generic=generic_list())
     assert done == [fact.id for fact in facts()]
     assert_same_run(local, tmp_path)
     assert {k: v for k, v in ray_summary.items() if k != "cost"} == \
@@ -137,9 +140,10 @@ def test_ray_resume_skips_done_facts(local_run, ray_backend, model_dir, tmp_path
         lm = load_spec(model_dir)
         run_locate(lm, first, LANGUAGES, CONFIG, tmp_path, meta={"model": "tiny"},
                    generic=generic_list())
-    recording, done = Recording(ray_backend), []
-    run_locate(lm, facts(), LANGUAGES, CONFIG, tmp_path, resume=True, meta={"model": "tiny"},
-               on_fact=done.append, backend=recording, generic=generic_list())
+        recording, done = Recording(ray_backend), []
+        run_locate(lm, facts(), LANGUAGES, CONFIG, tmp_path, resume=True,
+                   meta={"model": "tiny"}, on_fact=done.append, backend=recording,
+                   generic=generic_list())
     assert recording.asked == [fact.id for fact in facts()[2:]]
     assert done == [fact.id for fact in facts()]
     assert_same_run(local, tmp_path)

@@ -88,11 +88,58 @@ def test_devices_that_are_not_here_are_clear_errors(args, message):
             command, result.output)
 
 
-def test_auto_device_and_default_dtype():
+def test_auto_device():
     assert devices.resolve_device("auto").type == ("cuda" if torch.cuda.is_available()
                                                    else "cpu")
-    assert devices.default_dtype("cpu") == "float32"
-    assert devices.default_dtype(torch.device("cuda", 0)) == "bfloat16"
+
+
+def test_auto_dtype_is_float32_where_the_cpu_emulates_bf16(monkeypatch):
+    """An AMD EPYC with AVX2 only emulates bf16 ~17x slower: auto must give float32 there."""
+    monkeypatch.delenv(devices.FORCE_ENV, raising=False)
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx", "avx2", "fma", "avx512f"})
+    dtype, why = devices.resolve_dtype("auto", "cpu")
+    assert dtype == torch.float32 and "emulated" in why, why
+    assert devices.default_dtype("cpu") == "float32" and devices.resolve_dtype(None)[0] == dtype
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2", "avx512_bf16", "amx_bf16"})
+    dtype, why = devices.resolve_dtype("auto", "cpu")
+    assert dtype == torch.bfloat16 and "avx512_bf16, amx_bf16" in why, why
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"fp", "asimd", "bf16"})  # Arm
+    assert devices.default_dtype("cpu") == "bfloat16"
+
+
+def test_the_bf16_capability_can_be_forced_and_explicit_dtypes_win(monkeypatch, caplog):
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv(devices.FORCE_ENV, "emulated")
+    dtype, why = devices.resolve_dtype("auto")
+    assert dtype == torch.float32 and "MKN_CPU_BF16=emulated" in why
+    monkeypatch.setenv(devices.FORCE_ENV, "native")
+    monkeypatch.setattr(devices, "cpu_flags", lambda: {"avx2"})
+    assert devices.resolve_dtype("auto")[0] == torch.bfloat16
+    monkeypatch.setenv(devices.FORCE_ENV, "sometimes")
+    with pytest.raises(ValueError, match="MKN_CPU_BF16='sometimes': use native or emulated"):
+        devices.resolve_dtype("auto")
+    monkeypatch.delenv(devices.FORCE_ENV)
+    assert devices.resolve_dtype("bfloat16") == (torch.bfloat16, "bfloat16 (asked for)")
+    assert devices.resolve_dtype(torch.float32)[0] == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'; choose auto, float32"):
+        devices.resolve_dtype("fp8")
+    with caplog.at_level("WARNING"):
+        assert devices.resolve_dtype("float16", "cpu")[0] == torch.float16
+    assert "float16 on the CPU" in caplog.text
+
+
+def test_load_model_and_the_cli_say_which_dtype_auto_chose(tiny_dir, monkeypatch):
+    monkeypatch.setenv(devices.FORCE_ENV, "emulated")
+    lm = mkn.load_model(str(tiny_dir / "model"))
+    assert lm.dtype == torch.float32 and lm.dtype_choice.startswith("auto: float32")
+    monkeypatch.setenv(devices.FORCE_ENV, "native")
+    lm = mkn.load_model(str(tiny_dir / "model"), dtype="auto")
+    assert lm.dtype == torch.bfloat16 and lm.dtype_choice.startswith("auto: bfloat16")
+    monkeypatch.setenv(devices.FORCE_ENV, "emulated")
+    result = runner.invoke(app, ["attribute", "--model", str(tiny_dir / "model"), "--prompt",
+                                 PROMPT, "--target", TARGET, "--steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "dtype auto: float32 (MKN_CPU_BF16=emulated)" in result.output
 
 
 def test_a_model_that_does_not_fit_is_refused_before_loading(tiny_dir, monkeypatch):

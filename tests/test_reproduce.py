@@ -4,6 +4,7 @@ model rendered to markdown from its JSON, and (real) the `mkn reproduce --limit`
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -165,15 +166,21 @@ def test_limit_samples_two_per_relation():
 
 @pytest.mark.real
 def test_reproduce_smoke_on_gemma(tmp_path):
-    """`mkn reproduce --limit 4` on gemma-3-270m and real data: every section, real numbers."""
+    """`mkn reproduce --limit 2` on gemma-3-270m and real data: every section, real numbers.
+
+    Run on the "no native bf16" path on every CPU (``MKN_CPU_BF16=emulated``: ``--dtype auto``
+    gives float32, as on an AVX2-only AMD EPYC), so the suite's time is the slow CPU's."""
     results = tmp_path / "RESULTS.md"
+    env = {**os.environ, "MKN_CPU_BF16": "emulated"}
     done = subprocess.run(
-        [sys.executable, "-m", "mkn.cli", "reproduce", "--limit", "4", "--steps", "2",
+        [sys.executable, "-m", "mkn.cli", "reproduce", "--limit", "2", "--steps", "2",
          "--max-queries", "1", "--out", str(tmp_path / "study"), "--results", str(results),
-         "--quiet"], capture_output=True, text=True, timeout=900)
+         "--quiet"], capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "dtype auto: float32 (MKN_CPU_BF16=emulated)" in done.stderr
     study = json.loads((tmp_path / "study" / "study.json").read_text(encoding="utf-8"))
-    assert [len(p["facts"]) for p in study["parts"]] == [4, 4, 4]
+    assert study["config"]["dtype"] == "float32" and "native bf16" in study["machine"]
+    assert [len(p["facts"]) for p in study["parts"]] == [2, 2, 2]
     bmlama, mlama, symmetric = study["parts"]
     core = {"localization-quality", "cross-lingual-editing", "enhancement", "injection",
             "size-curves", "shared-sets"}
@@ -182,10 +189,10 @@ def test_reproduce_smoke_on_gemma(tmp_path):
     assert set(symmetric["experiments"]) == {"audits"}
     items = mlama["experiments"]["localization-quality"]["result"]["items"]
     counts = mlama["knowledge"]["per_language"]
-    assert sum(c["items"] for c in counts.values()) == 4 * 6
+    assert sum(c["items"] for c in counts.values()) == 2 * 6
     assert len(items) == sum(c["known"] for c in counts.values())  # only known items measured
     page = results.read_text(encoding="utf-8")
-    assert "mkn reproduce --limit 4" in page and "## 6. Cost" in page
+    assert "mkn reproduce --limit 2" in page and "## 6. Cost" in page
     assert "Only knowledge the model has" in page and "selectivity" in page
 
 

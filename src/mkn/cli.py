@@ -30,7 +30,6 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m",
 MethodOpt = Annotated[str, typer.Option(help="Attribution method: ig (zero baseline) or amig.")]
 StepsOpt = Annotated[int, typer.Option(min=1, help="Integration steps per layer.")]
 RuleOpt = Annotated[str, typer.Option(help="Quadrature rule: left, trapezoid, gauss-legendre.")]
-DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16.")]
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run configuration "
@@ -48,8 +47,9 @@ ShuffleOpt = Annotated[bool | None, typer.Option(help="Sample facts at random (w
                                                       "instead of taking the first ones.")]
 MaxQueriesOpt = Annotated[int | None, typer.Option(min=1, help="Attribute at most N queries per "
                                                               "fact and language.")]
-RunDtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: "
-                                                      "bfloat16 on CUDA, float32 on the CPU).")]
+DTYPE_HELP = ("auto (default: bfloat16 where the device computes it natively, i.e. a GPU or "
+              "a CPU with AVX512-BF16/AMX; float32 elsewhere), float32, bfloat16 or float16.")
+RunDtypeOpt = Annotated[str | None, typer.Option(help=DTYPE_HELP)]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Rows per forward/backward pass "
                                                         "(default: from the device's free "
                                                         "memory).")]
@@ -82,7 +82,21 @@ def _load(model: str, dtype: str | None, device: str | None = None, device_map=N
     import mkn
 
     with console.status(f"loading {escape(model)} (the first load converts the GGUF, ~1 min)"):
-        return mkn.load_model(model, dtype=dtype, device=device or "auto", device_map=device_map)
+        lm = mkn.load_model(model, dtype=dtype, device=device or "auto", device_map=device_map)
+    if lm.dtype_choice:  # said on stderr: --json output stays one JSON line
+        Console(stderr=True).print(f"dtype {escape(lm.dtype_choice)}", highlight=False,
+                                   soft_wrap=True)
+    return lm
+
+
+def _concrete_dtype(dtype: str | None, device: str | None) -> str:
+    """``auto``/None -> the dtype it gives on ``device`` (a run records a concrete dtype, so a
+    resume on another CPU cannot mix two)."""
+    from mkn.models.devices import default_dtype, resolve_device, resolve_dtype
+
+    if dtype in (None, "auto"):
+        return default_dtype(resolve_device(device))
+    return str(resolve_dtype(dtype)[0]).removeprefix("torch.")
 
 
 @app.command()
@@ -215,10 +229,7 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
     _say(f"data: {facts.summary()}")
     for skipped in facts.skipped:
         _say(f"skipped {skipped}")
-    if cfg.dtype is None:
-        from mkn.models.devices import default_dtype, resolve_device
-
-        cfg.dtype = default_dtype(resolve_device(cfg.device))
+    asked, cfg.dtype = cfg.dtype, _concrete_dtype(cfg.dtype, cfg.device)
     meta = {**cfg.model_dump(exclude={"locate", "backend", "workers", "gpus_per_worker",
                                       "device", "device_map"}),
             "languages": languages,
@@ -230,7 +241,7 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
         identity = {**claim.get("identity", {}), "locate": cfg.locate.model_dump(), **meta}
         run = claim_directory(**{**claim, "identity": identity})
     try:
-        lm = _load(cfg.model, cfg.dtype, cfg.device, cfg.device_map)
+        lm = _load(cfg.model, asked, cfg.device, cfg.device_map)  # says why auto chose
         facts = _encodable(lm, facts, languages, cfg.lenient, meta)
     except BaseException:
         if run is not None:
@@ -584,8 +595,7 @@ def reproduce(
     results: Annotated[Path, typer.Option(help="Markdown page to write.")]
     = Path("docs/RESULTS.md"),
     model: ModelOpt = "gemma-3-270m",
-    dtype: Annotated[str, typer.Option(help="bfloat16 (default: ~2.5x faster on CPU) or "
-                                            "float32.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
     steps: Annotated[int, typer.Option(min=1, help="Integration steps.")] = 12,
     max_queries: Annotated[int, typer.Option(min=1, help="Queries attributed per fact and "
                                                          "language.")] = 2,
@@ -623,10 +633,11 @@ def reproduce(
 
     try:
         if render is None:
+            asked, dtype = dtype, _concrete_dtype(dtype, device)
             config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
                                  limit=limit, seed=seed, known=known, generic=generic)
             check_writable(results.parent)
-            lm = _load(config.model, config.dtype, device, device_map)
+            lm = _load(config.model, asked, device, device_map)  # says why auto chose
             command = "mkn reproduce " + shlex.join(
                 a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
                 "reproduce"] else "mkn reproduce"
@@ -683,6 +694,7 @@ def export(
 def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
     model: ModelOpt = "gemma-3-270m",
+    dtype: RunDtypeOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """The main job: attribute, locate across languages, edit, report (about 5-10 min)."""
@@ -690,8 +702,9 @@ def demo(
     from mkn.runs.directory import claim
 
     try:
-        lm = _load(model, "float32", device)  # all checked before the disk is touched
-        with claim(out, "demo", demo_job.identity(model), resume=True) as directory, \
+        lm = _load(model, dtype, device)  # all checked before the disk is touched
+        identity = demo_job.identity(model, str(lm.dtype).removeprefix("torch."))
+        with claim(out, "demo", identity, resume=True) as directory, \
                 ProgressBars() as bars:
             example, summary, editing, report, generic = demo_job.run(lm, out, model, bars.task,
                                                                       _say, directory)

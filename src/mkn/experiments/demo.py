@@ -40,9 +40,10 @@ TaskFactory = Callable[[str, int], Callable[[str], None]]
 CONFIG = LocateConfig(method="amig", steps=STEPS)
 
 
-def identity(model_name: str) -> dict:
+def identity(model_name: str, dtype: str = "float32") -> dict:
     """What a demo run directory holds: a later demo into it continues it (same identity)."""
-    return {"job": "demo", "model": model_name, "languages": LANGUAGES, "facts": FACTS,
+    return {"job": "demo", "model": model_name, "dtype": dtype, "languages": LANGUAGES,
+            "facts": FACTS,
             "reference_facts": REFERENCE_FACTS, "locate": CONFIG.model_dump()}
 
 

@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mkn.data import load_facts
@@ -47,6 +44,7 @@ from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
+from mkn.models.devices import cpu_summary
 from mkn.models.loading import LanguageModel
 from mkn.runs.backends import Backend, attribution_keys, prefetch
 from mkn.runs.directory import data_fingerprint, run_date, write_json
@@ -121,7 +119,9 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "gemma-3-270m"
-    dtype: str = Field("bfloat16", description="bfloat16 runs ~2.5x faster on CPUs that have it")
+    dtype: str = Field("auto", description="auto: bfloat16 where the CPU or GPU computes it "
+                       "natively (mkn.models.devices.resolve_dtype), float32 elsewhere; the CLI "
+                       "records the concrete choice")
     seed: int = 0
     steps: int = Field(12, ge=1)
     max_queries: int = Field(2, ge=1, description="queries attributed per fact and language")
@@ -320,8 +320,7 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
         study = {"command": command, "config": config.model_dump(),
                  "started": store.run.created,
                  "model": {"name": lm.name, "layers": lm.n_layers, "neurons": lm.n_neurons},
-                 "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), torch "
-                            f"{torch.__version__} with {torch.get_num_threads()} threads",
+                 "machine": cpu_summary(), "dtype_choice": lm.dtype_choice,
                  "complete": False, "parts": []}
         started = time.perf_counter()
 

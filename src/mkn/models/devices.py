@@ -1,8 +1,11 @@
 """Devices and memory: where a model runs, and how many rows fit in one pass.
 
-``--device auto`` (the default) is the first CUDA GPU when there is one, else the CPU; the
-default dtype follows the device (bfloat16 on CUDA, float32 on CPU). ``--device-map auto``
-(accelerate's) splits a model too big for one GPU over several GPUs and the CPU.
+``--device auto`` (the default) is the first CUDA GPU when there is one, else the CPU.
+``--dtype auto`` (the default) is the fast dtype for that device (:func:`resolve_dtype`):
+bfloat16 on a GPU that supports it and on a CPU with native bf16 arithmetic (AVX512-BF16 or
+AMX on x86, the BF16 extension on Arm), float32 elsewhere: a CPU without bf16 units emulates it
+about 17x slower than float32 (AMD EPYC, AVX2 only). ``--device-map auto`` (accelerate's) splits
+a model too big for one GPU over several GPUs and the CPU.
 
 Rows per pass (:func:`rows_per_pass`) are chosen from the free memory of the model's device
 (CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of ``/proc/meminfo``) and the model's
@@ -63,9 +66,124 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     return device
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (cpuinfo flags), Arm (Features)
+FORCE_ENV = "MKN_CPU_BF16"  # "native" or "emulated": overrides the CPU check (tests, benchmarks)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``flags`` on x86, ``Features`` on Arm) from /proc/cpuinfo;
+    empty where that file does not exist."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_summary() -> str:
+    """One line for benchmark output: the CPU, its cores and threads, its SIMD level and
+    whether it computes bf16 natively (the flags that say so)."""
+    flags = cpu_flags()
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve",
+                        "bf16") if f in flags]
+    native = cpu_bf16_flags()
+    bf16 = f"native bf16: yes ({', '.join(native)})" if native else "native bf16: no (emulated)"
+    forced = os.environ.get(FORCE_ENV)
+    return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, flags {' '.join(simd) or 'none listed'}; {bf16}"
+            + (f"; {FORCE_ENV}={forced}" if forced else ""))
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The flags that give this CPU native bf16 arithmetic (empty: bf16 is emulated)."""
+    flags = cpu_flags()
+    return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX512-BF16/AMX (x86) or BF16 (Arm). ``MKN_CPU_BF16=native|emulated`` overrides the
+    CPU's answer."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
+    forced = os.environ.get(FORCE_ENV, "").strip().lower()
+    if forced in ("native", "emulated"):
+        return forced == "native"
+    if forced:
+        raise ValueError(f"{FORCE_ENV}={forced!r}: use native or emulated")
+    return bool(cpu_bf16_flags())
+
+
+def resolve_dtype(spec: str | torch.dtype | None, device: torch.device | str = "cpu"
+                  ) -> tuple[torch.dtype, str]:
+    """``auto`` (or None) | ``float32`` | ``bfloat16`` | ``float16`` -> (dtype, why).
+
+    ``auto`` is bfloat16 where ``device`` computes it natively (:func:`native_bf16`), float32
+    otherwise. float16 on the CPU is allowed with a warning: small activations underflow and the
+    top neurons change."""
+    device = torch.device(device)
+    if isinstance(spec, torch.dtype):
+        spec = str(spec).removeprefix("torch.")
+    spec = (spec or "auto").strip().lower()
+    if spec not in DTYPES:
+        raise ValueError(f"unknown dtype {spec!r}; choose {', '.join(DTYPES)}")
+    if spec != "auto":
+        if spec == "float16" and device.type == "cpu":
+            log.warning("float16 on the CPU: small activations underflow and the top neurons "
+                        "can change; prefer float32 (or bfloat16 where the CPU has it)")
+        return getattr(torch, spec), f"{spec} (asked for)"
+    if device.type == "cuda":
+        if native_bf16(device):
+            return torch.bfloat16, f"auto: bfloat16 ({torch.cuda.get_device_name(device)})"
+        return torch.float32, "auto: float32 (this GPU has no bfloat16)"
+    forced = os.environ.get(FORCE_ENV, "").strip().lower()
+    if native_bf16(device):
+        where = f"{FORCE_ENV}={forced}" if forced else ", ".join(cpu_bf16_flags())
+        return torch.bfloat16, f"auto: bfloat16 (the CPU computes it natively: {where})"
+    where = (f"{FORCE_ENV}={forced}" if forced else
+             "no avx512_bf16/amx_bf16 flag: bfloat16 would be emulated, ~17x slower")
+    return torch.float32, f"auto: float32 ({where})"
+
+
 def default_dtype(device: torch.device | str) -> str:
-    """bfloat16 on CUDA (every recent GPU has it), float32 on the CPU."""
-    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+    """The name of the dtype ``--dtype auto`` gives on ``device`` (:func:`resolve_dtype`)."""
+    return str(resolve_dtype("auto", device)[0]).removeprefix("torch.")
+
+
+# Float sums can depend on the thread count and on the CPU's kernels (their summation order).
+# On the same machine, torch and thread count a computation gives the same bytes; across thread
+# counts or CPUs, scores agree within this share of the largest |score| (per dtype; measured on
+# gemma-3-270m, 1 vs 2 threads: README, "Same results").
+THREAD_TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-1, "float16": 1e-1}
+
+
+def within_thread_tolerance(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` (scores of one computation on other threads or CPUs) agree:
+    ``max|a - b| <= tol * max|a|`` with ``tol = THREAD_TOLERANCE[dtype]``."""
+    tol = THREAD_TOLERANCE[str(a.dtype).removeprefix("torch.")]
+    a, b = a.float(), b.float()
+    return bool((a - b).abs().max() <= tol * a.abs().max().clamp_min(1e-30))
 
 
 def parse_device_map(device_map):

@@ -46,6 +46,7 @@ class LanguageModel:
     tokenizer: object
     adapter: FamilyAdapter
     name: str
+    dtype_choice: str = ""  # how load_model chose the dtype ("auto: float32 (...)")
 
     @property
     def causal(self) -> bool:
@@ -267,28 +268,28 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
     Args:
         name_or_path: ``gemma-3-270m`` (embedded default), a local Hugging Face directory, or a
             ``.gguf`` file.
-        dtype: ``float32``, ``bfloat16`` or ``float16``; default: bfloat16 on CUDA, float32 on
-            the CPU (:func:`mkn.models.devices.default_dtype`).
+        dtype: ``auto`` (default), ``float32``, ``bfloat16`` or ``float16``. ``auto`` is
+            bfloat16 on a GPU, or a CPU, that computes it natively and float32 elsewhere
+            (:func:`mkn.models.devices.resolve_dtype`); the choice and its reason are logged
+            and kept in ``LanguageModel.dtype_choice``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (checked: a missing device is an
             error that says what is available).
         device_map: accelerate's placement (``auto`` or ``{module: device}``) for a model split
             over several devices; ``device`` is then ignored.
     """
-    from mkn.models.devices import default_dtype, parse_device_map, resolve_device
+    from mkn.models.devices import parse_device_map, resolve_device, resolve_dtype
 
     device = resolve_device(str(device))
     if device_map is not None:
         device_map = parse_device_map(device_map)
-    if dtype is None:
-        dtype = default_dtype(device)
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
-        dtype = getattr(torch, dtype)
+    dtype, why = resolve_dtype(dtype, device)
+    log.info("dtype %s", why)
     try:
         path = resolve(name_or_path)
-        return _load_hf_dir(path, dtype, str(device), name=str(name_or_path),
-                            device_map=device_map)
+        lm = _load_hf_dir(path, dtype, str(device), name=str(name_or_path),
+                          device_map=device_map)
+        lm.dtype_choice = why
+        return lm
     except ModelError:
         raise
     except Exception as error:  # corrupt GGUF / safetensors / config.json, unreadable files...

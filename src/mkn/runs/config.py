@@ -39,8 +39,9 @@ class RunConfig(BaseModel):
     per_relation: int | None = Field(None, ge=1, description="at most N facts per relation, "
                                      "interleaved by relation (a balanced sample)")
     lenient: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
-        None, description="None: bfloat16 on CUDA, float32 on the CPU")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = Field(
+        None, description="auto/None: bfloat16 where the device computes it natively (a GPU, a "
+        "CPU with AVX512-BF16/AMX), float32 elsewhere")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
     device_map: dict[str, str | int] | str | None = Field(
         None, description="accelerate's placement over several devices, e.g. auto")
