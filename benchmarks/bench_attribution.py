@@ -148,7 +148,7 @@ def main() -> None:
               f"{r['peak_rss_mb']:.0f} |")
     for r in rows:
         if r["asked"] == "auto" and r["kind"] == "mkn":
-            print(f"auto chose {r['choice']}")
+            print(f"--dtype {r['choice']}")
     if fast is not None:
         print("mkn float32 equals straightforward (rtol 1e-3)")
     if args.json:

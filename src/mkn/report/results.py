@@ -36,7 +36,9 @@ CAVEATS = """\
 - **MATRICE with one query.** MATRICE's uncertainty within a language is over its paraphrases;
   with one query per language (BMLAMA) its per-language ranking equals AMIG's (a tie on every
   item), and only its cross-language weighting differs.
-- **Precision.** The study runs in bfloat16 for speed. On 12 of its queries
+- **Precision.** The study runs in the dtype that `--dtype auto` chose on its machine (the
+  setup line names it and the CPU): bfloat16 where the CPU computes it natively, float32
+  elsewhere. On 12 of its queries
   (benchmarks/bench_dtype_agreement.py, docs/BENCHMARKS.md) bfloat16 scores correlate with
   float32 at r >= 0.99 and share 90-100% of the top-20 neurons and ~90% of the knowledge-neuron
   set, but p(gold) differs by 6% (median, up to 23%): single small effects are within bfloat16
