@@ -104,6 +104,19 @@ def test_random_sets_keep_the_shape_and_avoid_the_set():
     assert stable_seed(0, "fact", "en") != stable_seed(1, "fact", "en")
 
 
+def test_identical_sets_get_identical_controls_whatever_found_them():
+    """Random controls are seeded by the content of the set (issue 20): the same set, in any
+    order, gets the same draws; another set gets others."""
+    from mkn.interventions.controls import random_sets
+
+    found_by_amig = [(3, 7), (0, 1), (0, 2)]
+    found_by_matrice = [(0, 1), (0, 2), (3, 7)]
+    assert random_sets(found_by_amig, 64, 3, "seed/suppress") == \
+        random_sets(found_by_matrice, 64, 3, "seed/suppress")
+    assert random_sets(found_by_amig, 64, 3, "seed/suppress") != \
+        random_sets([(0, 1), (0, 2), (3, 8)], 64, 3, "seed/suppress")
+
+
 def test_relation_shares_by_hand():
     rows = [("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1)]),
             ("P37", [(0, 1)]), ("P37", [(0, 3)]), ("P19", [(0, 1)])]

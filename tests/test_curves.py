@@ -75,6 +75,19 @@ def test_a_planted_fact_neuron_tops_the_curve():
     assert result["skipped_sizes"] == [] and result["sizes"] == [1, 2]
 
 
+def test_two_methods_with_the_same_ranking_get_the_same_controls():
+    """MATRICE on one query per language ranks as AMIG does: its curves, random draws included,
+    must then be AMIG's, not another draw (issue 20)."""
+    lm = planted_facts_gpt2()
+    config = LocateConfig(method="amig", steps=4, max_queries=1, known="any")
+    with torch_threads(1):
+        result = size_curves.run(lm, facts(), ["en"], config, methods=("amig", "matrice"),
+                                 sizes=(1, 2), draws=2, unrelated=2)
+    for item in result["items"]:
+        assert item["ranked"]["amig"] == item["ranked"]["matrice"]
+        assert item["curves"]["amig"] == item["curves"]["matrice"]
+
+
 BILINGUAL = (1, 7)
 
 

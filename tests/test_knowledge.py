@@ -142,3 +142,35 @@ def test_a_gold_object_that_cannot_be_encoded_names_the_fact():
         update={"object": " "})}})
     with pytest.raises(ValueError, match="fact 'blank' \\(en\\)"):
         known_items(lm, [broken], ["en"])
+
+
+def test_a_planted_copyable_item_is_flagged_and_counted():
+    """The gold object in the prompt before its slot ("Toyota ... [Y]" -> Toyota) flags the item
+    copyable (issue 20), in the records, the summary and the probe table; others are not."""
+    from mkn.attribution.queries import encode
+    from mkn.localization.knowledge import copyable
+    from tests.tiny_models import build
+
+    lm = knowing("llama")
+    assert copyable(encode(lm, "Toyota is a company of Toyota , made by [Y] .", "Toyota"))
+    assert copyable(encode(lm, "the capital of paris is [Y] .", "Paris"))  # case-folded
+    assert not copyable(encode(lm, "The capital of France is [Y] .", "Paris"))
+    assert not copyable(encode(lm, "The city [Y] is the capital of Paris .", "Paris"))  # after
+    bert = build("bert")
+    assert copyable(encode(bert, "Paris , the capital of France , is [Y] .", "Paris"))
+    assert not copyable(encode(bert, "[Y] is the capital of France . Paris", "Paris"))
+    facts = two_relation_facts()
+    planted = facts[0].model_copy(deep=True)
+    en = planted.languages["en"]
+    planted.languages["en"] = en.model_copy(update={"queries": [
+        f"{en.object} : the capital of [X] is [Y] ."]})
+    with torch_threads(1):
+        known = known_items(lm, [planted, *facts[1:]], ["en", "zh"])
+    item = known.knowledge[(planted.id, "en")]
+    assert item.copyable and item.to_record()["copyable"] is True
+    assert not any(k.copyable for key, k in known.knowledge.items() if key != (planted.id, "en"))
+    assert known.to_summary()["copyable"] == {
+        "en": {"items": 1, "known": int(item.known("auto"))}, "zh": {"items": 0, "known": 0}}
+    summary = probe_summary(known.knowledge.values(), ["en", "zh"])
+    assert summary["per_language"]["en"]["copyable"] == 1
+    assert "copyable (gold object in the prompt)" in probe_table(summary)

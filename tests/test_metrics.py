@@ -8,6 +8,7 @@ from mkn.experiments.metrics import (
     accuracy,
     bootstrap_ci,
     precision_recall_f1,
+    roc_auc,
     success_ratio,
     win_shares,
 )
@@ -39,6 +40,44 @@ def test_precision_recall_f1_standard_not_swapped():
     assert m["f1"] == pytest.approx(0.5) and m["accuracy"] == 0.5
     with pytest.raises(ValueError, match="3 predictions for 2"):
         precision_recall_f1([True] * 3, [True] * 2)
+
+
+def test_roc_auc_by_hand_and_an_always_true_judge_is_chance():
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    # positives 0.9, 0.3 against negatives 0.5, 0.3: wins 1 + 0 + 0.5 (tie) + 1 -> 2.5 / 4
+    assert roc_auc([0.9, 0.3, 0.5, 0.3], [True, True, False, False]) == pytest.approx(0.625)
+    labels = [True, False] * 40  # balanced (gold, wrong) pairs
+    assert roc_auc([1.0] * len(labels), labels) == 0.5
+    assert precision_recall_f1([True] * len(labels), labels)["f1"] == pytest.approx(2 / 3)
+    assert roc_auc([1.0, 2.0], [True, True]) is None
+    with pytest.raises(ValueError, match="2 scores for 3 labels"):
+        roc_auc([1.0, 2.0], [True, False, True])
+
+
+def test_fact_checking_reports_the_always_true_judge_and_aucs():
+    """A judge that says "true" more often beats random neurons on F1 but not on AUC."""
+    from mkn.experiments import fact_checking
+
+    judgments = []
+    for i in range(12):
+        for truth in (True, False):
+            judgments.append({
+                "fact_id": f"f{i}", "relation": "P36", "language": "en", "true": truth,
+                "score": 0.3 if i % 2 else -0.3, "dkn_true": True,  # says true, ranks nothing
+                "control_score": 0.5 if truth else -0.5, "random_true": truth,
+                "model_score": -1.0 if truth else -2.0, "model_true": truth})
+    summary = fact_checking.summarize(judgments, ["en"])["all"]
+    assert summary["always_true"]["f1"] == pytest.approx(2 / 3)
+    assert summary["auc"] == {"degenerate_neurons": 0.5, "random_neurons": 1.0,
+                              "model_judge": 1.0, "always_true": 0.5}
+    head = fact_checking.headline({"judgments": judgments}, ["en"])
+    assert head["f1_always_true"]["value"] == pytest.approx(2 / 3)
+    assert head["auc_difference_random"]["value"] == pytest.approx(-0.5)
+    assert head["auc_difference_random"]["ci95"][1] < 0
+    assert "always_true" in fact_checking.table(
+        {"summary": {"all": summary}, "knowledge": {"per_language": {}, "criterion": "rank",
+                                                    "definition": "gold ranks first"}})
 
 
 def test_accuracy_and_bootstrap():

@@ -36,7 +36,11 @@ def test_interval_and_verdicts_on_hand_numbers():
     assert accuracy([True, False, True, True]) == 0.75
     assert verdict({"value": 0.8, "ci95": [0.6, 0.9], "n": 10}, 0.5) == "agrees"
     assert verdict({"value": 0.3, "ci95": [0.1, 0.45], "n": 10}, 0.5) == "disagrees"
-    assert verdict({"value": 0.0, "ci95": [0.0, 0.0], "n": 10}, 0.0) == "disagrees"
+    # an interval that touches the null is inconclusive, never a disagreement (issue 20)
+    assert verdict({"value": 0.0, "ci95": [0.0, 0.0], "n": 10}, 0.0) == "inconclusive"
+    assert verdict({"value": 0.429, "ci95": [0.346, 0.5], "n": 10}, 0.5) == "inconclusive"
+    assert verdict({"value": 0.6, "ci95": [0.5, 0.8], "n": 10}, 0.5) == "inconclusive"
+    assert verdict({"value": -0.1, "ci95": [-0.2, -0.001], "n": 10}, 0.0) == "disagrees"
     assert verdict({"value": 0.6, "ci95": [0.4, 0.7], "n": 10}, 0.5) == "inconclusive"
     assert verdict({"value": None, "ci95": None, "n": 0}, 0.5) == "not measured"
     lower = {"value": -0.5, "ci95": [-0.7, -0.4], "n": 5}

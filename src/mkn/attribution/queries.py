@@ -51,7 +51,7 @@ class EncodedQuery:
 _NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
 
 
-def _spaceless(char: str) -> bool:
+def spaceless(char: str) -> bool:
     name = unicodedata.name(char, "")
     return any(name.startswith(script) for script in _NO_SPACE_SCRIPTS) or "IDEOGRAPH" in name
 
@@ -65,8 +65,8 @@ def split_prompt(prompt: str, target: str) -> tuple[str, str]:
     if OBJECT in prompt:
         before, after = prompt.split(OBJECT)
         return before, after
-    if not prompt or prompt[-1].isspace() or _spaceless(prompt[-1]) or (
-        target and _spaceless(target[0])
+    if not prompt or prompt[-1].isspace() or spaceless(prompt[-1]) or (
+        target and spaceless(target[0])
     ):
         return prompt, ""
     return prompt + " ", ""

@@ -14,6 +14,12 @@
    prediction matches the candidate", and the control judge: the same rule on a *random* set
    with as many neurons in each layer as the kept ones (seeded per relation and language; its
    scores come from the same attributions, so it costs nothing).
+5. Because pairs are balanced (one gold, ``wrong`` wrong), F1 rewards saying "true": a judge
+   that always says "true" scores F1 = 2w/(1 + 2w)... = 0.667 at one wrong candidate. So beside
+   F1 stand that *always-true* judge's F1, and the threshold-free ROC AUC of each judge's score
+   (degenerate neurons' mean attribution, the random set's, and the model's own mean
+   log-probability per token of the candidate, its gold-vs-wrong ranking); an always-true
+   judge's AUC is 0.5. AUCs are computed on the pairs where degenerate neurons were kept.
 
 Test facts are judged whether the model knows them or not (each judgment is marked).
 """
@@ -27,8 +33,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mkn.attribution.api import attribute, predict
+from mkn.attribution.scoring import Prediction
 from mkn.experiments.common import Progress, generic_for, knowledge_line, markdown_table, queries
-from mkn.experiments.metrics import interval, precision_recall_f1
+from mkn.experiments.metrics import interval, precision_recall_f1, roc_auc
 from mkn.interventions.controls import random_like, stable_seed
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
@@ -36,7 +43,9 @@ from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
 PHASES = 1  # progress ticks per fact
-JUDGES = ("degenerate_neurons", "random_neurons", "model_judge")
+JUDGES = ("degenerate_neurons", "random_neurons", "model_judge", "always_true")
+SCORES = {"degenerate_neurons": "score", "random_neurons": "control_score",
+          "model_judge": "model_score"}  # each judge's threshold-free score, for the AUC
 
 
 def split_by_relation(facts: list, seed: int) -> tuple[list, list, list[str]]:
@@ -118,8 +127,11 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                     score = float(torch.stack([a.scores[n] for n in kept]).mean())
                     control_score = float(torch.stack([a.scores[n] for n in control]).mean())
                     model_true = a.correct
+                    model_score = Prediction(a.prob, a.correct, -1,
+                                             tuple(a.token_probs)).mean_log_prob
                 else:
-                    model_true = predict(lm, prompt, candidate).correct
+                    prediction = predict(lm, prompt, candidate)
+                    model_true, model_score = prediction.correct, prediction.mean_log_prob
                 judgments.append({
                     "fact_id": fact.id, "relation": fact.relation, "language": lang,
                     "known": known.knowledge[(fact.id, lang)].marked(known.criterion),
@@ -127,7 +139,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                     "score": score, "dkn_true": score is not None and score > lam,
                     "control_score": control_score,
                     "random_true": control_score is not None and control_score > lam,
-                    "model_true": model_true,
+                    "model_true": model_true, "model_score": model_score,
                 })
         if progress:
             progress(fact.id)
@@ -153,27 +165,46 @@ def summarize(judgments: list[dict], languages: list[str]) -> dict:
                                                   [j["true"] for j in rows]),
             "model_judge": precision_recall_f1([j["model_true"] for j in rows],
                                                [j["true"] for j in rows]),
+            "always_true": precision_recall_f1([True] * len(rows), [j["true"] for j in rows]),
+            "auc": aucs(with_neurons),
         }
     return summary
+
+
+def aucs(judgments: list[dict]) -> dict[str, float | None]:
+    """ROC AUC of each judge's score (:data:`SCORES`) and of the always-true judge (0.5)."""
+    labels = [j["true"] for j in judgments]
+    out = {judge: roc_auc([j.get(key) for j in judgments], labels)
+           for judge, key in SCORES.items()
+           if judgments and all(j.get(key) is not None for j in judgments)}
+    out["always_true"] = roc_auc([1.0] * len(judgments), labels)
+    return out
 
 
 def table(result: dict) -> str:
     rows = []
     for scope, s in result["summary"].items():
         for judge in JUDGES:
-            m = s[judge]
+            m = s.get(judge)
+            if m is None:  # a result written before the always-true baseline
+                continue
             rows.append([scope, judge, m["n"], m["precision"], m["recall"], m["f1"],
-                         m["accuracy"]])
+                         m["accuracy"], s.get("auc", {}).get(judge)])
     return (markdown_table(["languages", "judge", "pairs", "precision", "recall", "F1",
-                            "accuracy"], rows)
+                            "accuracy", "AUC"], rows)
             + "\n\nrandom_neurons: the same rule on random sets with as many neurons per layer "
-              "as the kept degenerate neurons (the control). Degenerate neurons come from "
-              "training facts the model knows; test facts are judged whether known or not.\n\n"
+              "as the kept degenerate neurons (the control). always_true: a judge that says "
+              "\"true\" to every pair (pairs are balanced, so its F1 is high: read F1 against "
+              "it). AUC: threshold-free, on the pairs where degenerate neurons were kept (0.5: "
+              "no better than chance). Degenerate neurons come from training facts the model "
+              "knows; test facts are judged whether known or not.\n\n"
             + knowledge_line(result["knowledge"], "the others are not used for training"))
 
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
-    """F1 of both judges with intervals over test facts (judgments resampled by fact)."""
+    """F1 of every judge (the always-true one included) and ROC AUC of every scored judge, with
+    intervals over test facts (judgments resampled by fact); the AUC differences against the
+    random set and the model judge are the threshold-free tests of AMIG's claim."""
     by_fact: dict[str, list[dict]] = {}
     for judgment in result["judgments"]:
         by_fact.setdefault(judgment["fact_id"], []).append(judgment)
@@ -182,7 +213,7 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
     def f1(judge: str) -> Callable[[Sequence[list[dict]]], float]:
         def statistic(sample: Sequence[list[dict]]) -> float:
             rows = [j for group in sample for j in group]
-            return precision_recall_f1([bool(j[judge]) for j in rows],
+            return precision_recall_f1([judge == "always" or bool(j[judge]) for j in rows],
                                        [j["true"] for j in rows])["f1"]
         return statistic
 
@@ -196,4 +227,22 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
     if with_control:  # degenerate neurons against random neurons of the same shape
         out["f1_difference_random"] = interval(
             groups, lambda s: f1("dkn_true")(s) - f1("random_true")(s), seed)
+    out["f1_always_true"] = interval(groups, f1("always"), seed)
+    scored = [[j for j in group if j["score"] is not None] for group in groups]
+    scored = [group for group in scored if group]
+    if scored and all("model_score" in j for group in scored for j in group):
+
+        def auc(key: str) -> Callable[[Sequence[list[dict]]], float]:
+            def statistic(sample: Sequence[list[dict]]) -> float:
+                rows = [j for group in sample for j in group]
+                value = roc_auc([j[key] for j in rows], [j["true"] for j in rows])
+                return 0.5 if value is None else value  # a resample of one class: chance
+            return statistic
+
+        for judge, key in SCORES.items():
+            out[f"auc_{judge}"] = interval(scored, auc(key), seed)
+        out["auc_difference_random"] = interval(
+            scored, lambda s: auc("score")(s) - auc("control_score")(s), seed)
+        out["auc_difference_model"] = interval(
+            scored, lambda s: auc("score")(s) - auc("model_score")(s), seed)
     return out

@@ -106,7 +106,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                 item[method] = (measure(lm, neurons, queries(fact, lang),
                                         queries(sr_other, lang),
                                         [queries(g, lang) for g in controls], clean, draws,
-                                        str(stable_seed(seed, fact.id, lang, method)))
+                                        str(stable_seed(seed, fact.id, lang)))
                                 if neurons else {"neurons": 0, "sr": None})
             items.append(item)
         if progress:

@@ -49,6 +49,21 @@ def precision_recall_f1(predicted: Sequence[bool], actual: Sequence[bool]) -> di
             "tp": tp, "fp": fp, "fn": fn, "n": len(actual)}
 
 
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Threshold-free area under the ROC curve of ``scores`` for ``labels`` (True: positive):
+    AUC = P(s+ > s-) + P(s+ = s-) / 2 over every (positive, negative) pair, the Mann-Whitney
+    form (Hanley & McNeil 1982). A judge that gives every pair the same score (e.g. "always
+    true") gets 0.5; None without both classes."""
+    if len(scores) != len(labels):
+        raise ValueError(f"{len(scores)} scores for {len(labels)} labels")
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
 def accuracy(correct: Sequence[bool]) -> float:
     """Share of true values (0 for an empty sequence is an error, not a silent 0)."""
     if not correct:

@@ -148,7 +148,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                     edits[(name, k, mode)] = EditEverywhere(
                         neurons, mode, own, controls,
                         random_sets(neurons, lm.n_neurons, draws,
-                                    stable_seed(seed, fact.id, name, k, mode)))
+                                    stable_seed(seed, fact.id, mode)))
         measured = measure_everywhere(lm, list(edits.values()), clean)
         item: dict = {"fact_id": fact.id, "languages": targets, "source": targets[0],
                       "sets": {}}

@@ -73,7 +73,7 @@ def item_curves(lm: LanguageModel, rankings: Mapping[str, list], own: list, cont
             if len(neurons) < k:
                 continue
             for mode in MODES:
-                drawn = random_sets(neurons, lm.n_neurons, draws, f"{seed}/{method}/{k}/{mode}")
+                drawn = random_sets(neurons, lm.n_neurons, draws, f"{seed}/{mode}")
                 layout.append((method, k, mode, len(jobs)))
                 jobs += [(neurons, mode, own), *[(neurons, mode, c) for c in controls],
                          *[(r, mode, own) for r in drawn]]

@@ -181,8 +181,12 @@ def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]]
 
 def random_sets(neurons: Sequence[Sequence[int]], n_neurons: int, draws: int,
                 seed: int | str) -> list[list[Neuron]]:
-    """``draws`` random sets shaped like ``neurons`` (seeded by ``seed``)."""
-    rng = random.Random(stable_seed(seed, "random-control"))
+    """``draws`` random sets shaped like ``neurons``, seeded by ``seed`` *and the content of the
+    set* (its sorted neurons): the same set gets the same draws whichever method found it, so two
+    methods that agree are never told apart by their random controls."""
+    content = ",".join(f"{layer}:{index}" for layer, index in sorted(
+        (int(n[0]), int(n[1])) for n in neurons))
+    rng = random.Random(stable_seed(seed, content, "random-control"))
     return [random_like(neurons, n_neurons, rng) for _ in range(draws)]
 
 

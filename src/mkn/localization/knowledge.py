@@ -20,6 +20,11 @@ A query is *known* under a criterion:
 - ``any``: every query counts as known, i.e. no filter (Dai et al. and AMIG locate every fact);
   items are still *marked* known or not by ``auto``.
 
+A query is *copyable* when its gold object can be copied from the prompt (:func:`copyable`): the
+object's text, or its token sequence, appears before the object slot ("Toyota Isis is made by
+[Y]" -> Toyota). Such items test copying as much as recall; they are flagged and counted, not
+dropped, so every claim can be read with and without them.
+
 A language knows a fact when more than half of its queries are known (1 of 1, 2 of 3, 3 of 5).
 Facts and languages the model does not know are skipped by ``locate``, the experiments and the
 study, and counted per language (:class:`KnownItems`), never dropped silently.
@@ -27,11 +32,12 @@ study, and counted per language (:class:`KnownItems`), never dropped silently.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from mkn.attribution.queries import encode
+from mkn.attribution.queries import EncodedQuery, encode, spaceless, split_prompt
 from mkn.attribution.scoring import Prediction, score_encoded
 from mkn.models.loading import LanguageModel
 
@@ -54,6 +60,24 @@ def check_criterion(criterion: str) -> str:
     return criterion
 
 
+def copyable(query: EncodedQuery) -> bool:
+    """Whether the gold object of ``query`` appears in its prompt before the object slot: its
+    text as a whole word (case-folded; "German" is not in "Germany"; scripts written without
+    spaces match anywhere), or its target token ids as a contiguous run among the query's own
+    tokens before the prediction position."""
+    before, _ = split_prompt(query.prompt, query.target)
+    text = query.target.strip().casefold()
+    if text:
+        whole = "" if spaceless(text[0]) else r"(?<!\w)"
+        end = "" if spaceless(text[-1]) else r"(?!\w)"
+        if re.search(whole + re.escape(text) + end, before.casefold()):
+            return True
+    step = query.steps[0]
+    tokens = [step.input_ids[p] for p in step.query_positions if p < step.position]
+    target = list(query.target_ids)
+    return any(tokens[i:i + len(target)] == target for i in range(len(tokens) - len(target) + 1))
+
+
 def rank_of_gold(gold: float, candidates: Sequence[float]) -> int:
     """1 + the number of candidates scoring at least as high as the gold object."""
     return 1 + sum(score >= gold for score in candidates)
@@ -73,6 +97,7 @@ class QueryKnowledge:
     greedy: bool
     rank: int | None  # None: no candidates to rank against
     candidates: int  # wrong candidates ranked against
+    copyable: bool = False  # the gold object appears in the prompt before its slot
 
     def known(self, criterion: str = DEFAULT_CRITERION) -> bool:
         check_criterion(criterion)
@@ -84,7 +109,7 @@ class QueryKnowledge:
 
     def to_record(self) -> dict:
         return {"prompt": self.prompt, "p_gold": round(self.p_gold, 10), "greedy": self.greedy,
-                "rank": self.rank, "candidates": self.candidates}
+                "rank": self.rank, "candidates": self.candidates, "copyable": self.copyable}
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,11 @@ class Knowledge:
         return self.known("rank") if self.has_candidates else None
 
     @property
+    def copyable(self) -> bool:
+        """Any of its queries shows the gold object before the slot (:func:`copyable`)."""
+        return any(q.copyable for q in self.queries)
+
+    @property
     def median_p_gold(self) -> float:
         return statistics.median(q.p_gold for q in self.queries)
 
@@ -126,16 +156,16 @@ class Knowledge:
         return {"fact_id": self.fact_id, "relation": self.relation, "language": self.language,
                 "object": self.object, "known": self.marked(criterion), "criterion": criterion,
                 "known_greedy": self.known_greedy, "known_rank": self.known_rank,
-                "queries": [q.to_record() for q in self.queries]}
+                "copyable": self.copyable, "queries": [q.to_record() for q in self.queries]}
 
 
-def _query_knowledge(prompt: str, gold: Prediction,
-                     candidates: Sequence[Prediction] | None) -> QueryKnowledge:
+def _query_knowledge(prompt: str, gold: Prediction, candidates: Sequence[Prediction] | None,
+                     can_copy: bool = False) -> QueryKnowledge:
     rank = None
     if candidates:
         rank = rank_of_gold(gold.mean_log_prob, [c.mean_log_prob for c in candidates])
     return QueryKnowledge(prompt=prompt, p_gold=gold.prob, greedy=gold.correct, rank=rank,
-                          candidates=len(candidates or ()))
+                          candidates=len(candidates or ()), copyable=can_copy)
 
 
 def probe(lm: LanguageModel, facts: Iterable, languages: Sequence[str], batch_size: int = 16,
@@ -151,15 +181,16 @@ def probe(lm: LanguageModel, facts: Iterable, languages: Sequence[str], batch_si
     out: dict[tuple[str, str], Knowledge] = {}
     for start in range(0, len(facts), chunk):
         group = facts[start:start + chunk]
-        encoded, slots = [], []  # slots: (fact, lang, prompt, n candidates encoded)
+        encoded, slots = [], []  # slots: (fact, lang, prompt, n candidates, copyable)
         for fact in group:
             for lang in languages:
                 view = fact.language(lang)
                 for prompt in view.prompts():
                     try:
-                        encoded.append(encode(lm, prompt, view.object))
+                        gold = encode(lm, prompt, view.object)
                     except ValueError as error:
                         raise ValueError(f"fact {fact.id!r} ({lang}): {error}") from None
+                    encoded.append(gold)
                     candidates = []
                     for candidate in view.candidates:
                         try:
@@ -167,15 +198,15 @@ def probe(lm: LanguageModel, facts: Iterable, languages: Sequence[str], batch_si
                         except ValueError:
                             continue
                     encoded += candidates
-                    slots.append((fact, lang, prompt, len(candidates)))
+                    slots.append((fact, lang, prompt, len(candidates), copyable(gold)))
         scored = iter(score_encoded(lm, encoded, batch_size))
         per_item: dict[tuple[str, str], list[QueryKnowledge]] = {}
-        for fact, lang, prompt, n in slots:
+        for fact, lang, prompt, n, can_copy in slots:
             gold = next(scored)
             candidates = [next(scored) for _ in range(n)]
             has = bool(fact.language(lang).candidates)
             per_item.setdefault((fact.id, lang), []).append(
-                _query_knowledge(prompt, gold, candidates if has else None))
+                _query_knowledge(prompt, gold, candidates if has else None, can_copy))
         for fact in group:
             for lang in languages:
                 out[(fact.id, lang)] = Knowledge(fact.id, fact.relation, lang,
@@ -220,6 +251,17 @@ class KnownItems:
             out[lang] = {"items": len(items), "known": known, "skipped": len(items) - known}
         return out
 
+    def copyable_counts(self) -> dict[str, dict[str, int]]:
+        """Per language: ``items`` whose gold object is in the prompt, and how many of them are
+        ``known`` (kept)."""
+        out = {}
+        for lang in self.languages:
+            items = [k for (_, item_lang), k in self.knowledge.items()
+                     if item_lang == lang and k.copyable]
+            out[lang] = {"items": len(items),
+                         "known": sum(k.known(self.criterion) for k in items)}
+        return out
+
     def describe(self) -> str:
         """One line: the criterion and per-language counts."""
         counts = ", ".join(f"{lang} {c['known']}/{c['items']}" for lang, c in self.counts().items())
@@ -238,7 +280,7 @@ class KnownItems:
 
     def to_summary(self) -> dict:
         return {"criterion": self.criterion, "definition": CRITERION_TEXT[self.criterion],
-                "per_language": self.counts()}
+                "per_language": self.counts(), "copyable": self.copyable_counts()}
 
 
 def known_items(lm: LanguageModel, facts: Sequence, languages: Sequence[str],

@@ -29,6 +29,8 @@ def _count(items: list[Knowledge]) -> dict:
         "known_rank": sum(bool(k.known_rank) for k in with_candidates),
         "known_greedy": sum(k.known_greedy for k in items),
         "known": sum(k.known("auto") for k in items),
+        "copyable": sum(k.copyable for k in items),
+        "known_copyable": sum(k.known("auto") and k.copyable for k in items),
         "median_p_gold": statistics.median(k.median_p_gold for k in items) if items else None,
     }
 
@@ -59,10 +61,13 @@ def probe_table(summary: dict) -> str:
         rows.append([lang, c["facts"], _share(c["known_rank"], c["with_candidates"])
                      if c["with_candidates"] else "no candidates",
                      _share(c["known_greedy"], c["facts"]), _share(c["known"], c["facts"]),
-                     c["median_p_gold"]])
+                     _share(c.get("copyable", 0), c["facts"]),
+                     _share(c.get("known_copyable", 0), c["known"]), c["median_p_gold"]])
     per_language = markdown_table(["language", "facts", "known by rank (gold first among "
                                    "candidates)", "known by greedy decoding",
-                                   "known (default: rank, else greedy)", "median p(gold)"], rows)
+                                   "known (default: rank, else greedy)",
+                                   "copyable (gold object in the prompt)",
+                                   "copyable among the known", "median p(gold)"], rows)
     languages = summary["languages"]
     relation_rows = [[relation, *[f"{by[lang]['known']}/{by[lang]['facts']}"
                                   for lang in languages],

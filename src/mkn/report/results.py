@@ -64,12 +64,13 @@ def with_ci(entry: dict | None) -> str:
 
 
 def verdict(entry: dict | None, threshold: float) -> str:
-    """``agrees`` when the whole 95% interval is on the claimed side of ``threshold``,
-    ``disagrees`` when none of it is, else ``inconclusive``."""
+    """``agrees`` when the whole 95% interval is strictly on the claimed side of ``threshold``
+    (low > threshold), ``disagrees`` when it is wholly strictly on the other side
+    (high < threshold); an interval that touches the null is ``inconclusive``."""
     if not entry or entry.get("value") is None:
         return "not measured"
     low, high = entry["ci95"]
-    above, below = low > threshold, high <= threshold
+    above, below = low > threshold, high < threshold
     return "agrees" if above else "disagrees" if below else "inconclusive"
 
 
@@ -137,7 +138,16 @@ def claims(study: dict) -> list[list[str]]:
                 "other languages"))
         if "fact-checking" in experiments:
             h = experiments["fact-checking"]["headline"]
-            if "f1_difference_random" in h:
+            if "auc_difference_random" in h:  # threshold-free: F1 rewards saying "true"
+                rows.append(["AMIG: degenerate neurons check facts, better than random "
+                             "neurons of the same shape", name,
+                             f"AUC(DKN) - AUC(random): {with_ci(h['auc_difference_random'])}; "
+                             f"AUC(DKN) {with_ci(h['auc_degenerate_neurons'])}, AUC(model) "
+                             f"{with_ci(h['auc_model_judge'])}; F1(DKN) "
+                             f"{with_ci(h['degenerate_neurons'])} beside an always-true judge's "
+                             f"{with_ci(h['f1_always_true'])}",
+                             verdict(h["auc_difference_random"], 0.0)])
+            elif "f1_difference_random" in h:  # a study written before the AUC
                 rows.append(["AMIG: degenerate neurons check facts (F1), better than random "
                              "neurons of the same shape", name,
                              f"F1(DKN) - F1(random): {with_ci(h['f1_difference_random'])}; "
@@ -383,9 +393,11 @@ def render(study: dict, source: str = "study.json") -> str:
             if part["part"].get("chosen")]
     out += [""]
     out += ["## The papers' claims, as measured here", "",
-            "Verdict: *agrees* when the whole 95% interval is on the claimed side (share > 0.5, "
-            "difference > 0, or the two intervals apart), *disagrees* when none of it is, "
-            "*inconclusive* otherwise. Paired shares count a tie as half a win. The layer claim "
+            "Verdict: *agrees* when the whole 95% interval is strictly on the claimed side "
+            "(share > 0.5, difference > 0, or the two intervals apart), *disagrees* when it is "
+            "wholly strictly on the other side, *inconclusive* otherwise (an interval that "
+            "touches the null, e.g. [0.35, 0.5] for a share, is inconclusive). Paired shares "
+            "count a tie as half a win. The layer claim "
             "has no interval: it compares the pooled share with a uniform spread.", "",
             markdown_table(["claim", "data", "measured", "verdict"], claims(study)), "",
             *reading(claims(study)), ""]
