@@ -43,6 +43,34 @@ def test_interval_and_verdicts_on_hand_numbers():
     assert verdict({"value": -0.1, "ci95": [-0.2, -0.001], "n": 10}, 0.0) == "disagrees"
     assert verdict({"value": 0.6, "ci95": [0.4, 0.7], "n": 10}, 0.5) == "inconclusive"
     assert verdict({"value": None, "ci95": None, "n": 0}, 0.5) == "not measured"
+
+
+def test_holm_on_hand_made_p_values_and_corrected_verdicts():
+    from mkn.experiments.metrics import bootstrap_p, holm
+    from mkn.report.results import with_holm
+
+    # Holm 1979: sorted 0.01, 0.02, 0.03, 0.04 x (4, 3, 2, 1) -> 0.04, 0.06, 0.06, 0.06
+    adjusted = holm([0.03, None, 0.01, 0.04, 0.02])
+    assert adjusted[1] is None
+    assert [round(p, 10) for p in (adjusted[2], adjusted[4], adjusted[0], adjusted[3])] == [
+        0.04, 0.06, 0.06, 0.06]
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert bootstrap_p([0.1, 0.2, 0.3, 0.4], 0.0) == 0.0
+    assert bootstrap_p([-0.1, 0.2, 0.3, 0.4], 0.0) == 0.5
+    assert bootstrap_p([0.5] * 4, 0.5) == 1.0
+    rows = [["c1", "d", "m", "agrees", 0.01], ["c2", "d", "m", "agrees", 0.02],
+            ["c3", "d", "m", "disagrees", 0.04], ["c4", "d", "m", "agrees", None],
+            ["c5", "d", "m", "inconclusive", 0.5]]
+    after = [row[-1] for row in with_holm(rows)]
+    assert after == ["agrees", "inconclusive after Holm", "inconclusive after Holm",
+                     "agrees (no p-value: not corrected)", "inconclusive"]
+
+
+def test_intervals_carry_bootstrap_p_values_that_match_them():
+    entry = interval([0.2, 0.3, 0.25, 0.4, 0.35, 0.3], seed=1)
+    assert entry["ci95"][0] > 0 and entry["p"]["0.0"] < 0.05
+    touching = interval([0.5, 0.5, 0.5, 0.6], seed=1)
+    assert touching["ci95"][0] == 0.5 and touching["p"]["0.5"] >= 0.05
     lower = {"value": -0.5, "ci95": [-0.7, -0.4], "n": 5}
     higher = {"value": -0.1, "ci95": [-0.2, 0.0], "n": 5}
     assert separated(lower, higher) == "agrees" and separated(higher, lower) == "disagrees"
@@ -122,7 +150,8 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "en 8/10, zh 4/10" in page and "the other 8 items are skipped" in page
     assert "selectivity" in page and "specificity" in page
     assert "Generic neurons (knowledge neurons of many reference facts" in page
-    assert "Reading, generated from the verdicts above" in page
+    assert "Reading, generated from the verdicts after Holm's correction above" in page
+    assert "| verdict after Holm |" in page and "untested (a share pooled over neurons" in page
     paired = study["parts"][0]["experiments"]["size-curves"]["headline"]["paired"]
     assert with_ci(paired["amig > ig"]["suppress_selectivity"]) in page  # numbers from the JSON
     assert "AMIG: language-agnostic neurons move the other languages" in page

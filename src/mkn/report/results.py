@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mkn.experiments.common import markdown_table
+from mkn.experiments.metrics import holm
 from mkn.runs.directory import read_json, write_atomic, write_json
 
 CAVEATS = """\
@@ -100,10 +101,40 @@ def _tied(entry: dict) -> bool:
 def _paired_claim(claim: str, name: str, entry: dict | None, what: str) -> list[str]:
     """A claim judged on a paired share (> 0.5: the first method wins)."""
     if entry is None:
-        return [claim, name, "not measured", "not measured"]
-    return [claim, name, f"{what}: {with_ci(entry)}",
-            "not applicable (a tie on every item: the two rankings are identical here)"
-            if _tied(entry) else verdict(entry, 0.5)]
+        return [claim, name, "not measured", "not measured", None]
+    if _tied(entry):
+        return [claim, name, f"{what}: {with_ci(entry)}",
+                "not applicable (a tie on every item: the two rankings are identical here)", None]
+    return [claim, name, f"{what}: {with_ci(entry)}", *tested(entry, 0.5)]
+
+
+def tested(entry: dict | None, null: float) -> list:
+    """``[verdict, p]``: the strict verdict of ``entry`` against ``null`` and its bootstrap
+    p-value (None where the entry has none: a study written before p-values)."""
+    p = (entry or {}).get("p", {}).get(str(float(null)))
+    return [verdict(entry, null), p]
+
+
+HOLM_ALPHA = 0.05
+
+
+def with_holm(rows: list[list]) -> list[list]:
+    """Claim rows ``[claim, data, measured, verdict, p]`` -> ``[claim, data, measured, verdict,
+    p, Holm p, verdict after Holm]``: Holm's correction over every claim with a p-value; a
+    decided verdict whose Holm-adjusted p is not below 0.05 becomes inconclusive."""
+    adjusted = holm([row[4] for row in rows])
+    out = []
+    for row, p_holm in zip(rows, adjusted, strict=True):
+        decided = row[3] in ("agrees", "disagrees")
+        if decided and p_holm is None:
+            after = f"{row[3]} (no p-value: not corrected)"
+        elif decided and p_holm >= HOLM_ALPHA:
+            after = "inconclusive after Holm"
+        else:
+            after = row[3]
+        out.append([*row[:4], fmt(row[4]) if row[4] is not None else "-",
+                    fmt(p_holm) if p_holm is not None else "-", after])
+    return out
 
 
 def claims(study: dict) -> list[list[str]]:
@@ -146,20 +177,20 @@ def claims(study: dict) -> list[list[str]]:
                              f"{with_ci(h['auc_model_judge'])}; F1(DKN) "
                              f"{with_ci(h['degenerate_neurons'])} beside an always-true judge's "
                              f"{with_ci(h['f1_always_true'])}",
-                             verdict(h["auc_difference_random"], 0.0)])
+                             *tested(h["auc_difference_random"], 0.0)])
             elif "f1_difference_random" in h:  # a study written before the AUC
                 rows.append(["AMIG: degenerate neurons check facts (F1), better than random "
                              "neurons of the same shape", name,
                              f"F1(DKN) - F1(random): {with_ci(h['f1_difference_random'])}; "
                              f"F1(DKN) - F1(model): {with_ci(h['f1_difference'])}",
-                             verdict(h["f1_difference_random"], 0.0)])
+                             *tested(h["f1_difference_random"], 0.0)])
         if "enhancement" in experiments:
             h = experiments["enhancement"]["headline"]
             rows.append(["Cao et al.: enhancing shared neurons from other languages raises a weak "
                          "language's p(gold), more than random sets do", name,
                          f"selectivity: {with_ci(h.get('selectivity'))}; accuracy gain: "
                          f"{with_ci(h['accuracy_gain_weak_language'])}",
-                         verdict(h.get("selectivity"), 0.0)])
+                         *tested(h.get("selectivity"), 0.0)])
         if "injection" in experiments:
             h = experiments["injection"]["headline"]
             rows.append(["Cao et al.: knowledge injected through one language's neurons "
@@ -167,7 +198,7 @@ def claims(study: dict) -> list[list[str]]:
                          f"portability minus random-edit portability: "
                          f"{with_ci(h.get('portability_over_random'))}; portability "
                          f"{with_ci(h['portability'])}",
-                         verdict(h.get("portability_over_random"), 0.0)])
+                         *tested(h.get("portability_over_random"), 0.0)])
         if "audits" in experiments:
             h = experiments["audits"]["headline"]
             jaccard = h["jaccard"]
@@ -177,7 +208,8 @@ def claims(study: dict) -> list[list[str]]:
                              name, f"Jaccard across paraphrases "
                              f"{with_ci(jaccard['paraphrases'])}; same relation "
                              f"{with_ci(jaccard['same_relation'])}",
-                             separated(jaccard["same_relation"], jaccard["paraphrases"])])
+                             separated(jaccard["same_relation"], jaccard["paraphrases"]),
+                             None])  # two intervals compared: no p-value, left out of Holm
             symmetry = h["symmetry"]
             if symmetry["pairs"]:
                 rows.append(["KN thesis (Niu et al. audit): suppressing the neurons of (A, r, B) "
@@ -185,7 +217,7 @@ def claims(study: dict) -> list[list[str]]:
                              f"selectivity on the reversed fact: "
                              f"{with_ci(symmetry['reversed_selectivity'])}; Jaccard of the two "
                              f"sets {with_ci(symmetry['jaccard_reversed'])}",
-                             verdict(symmetry["reversed_selectivity"], 0.0)])
+                             *tested(symmetry["reversed_selectivity"], 0.0)])
         for method, stats in part["localization"].items():
             share = upper_share(stats["language_agnostic"]["layer_histogram"])
             kn_share = upper_share([sum(col) for col in zip(
@@ -193,20 +225,22 @@ def claims(study: dict) -> list[list[str]]:
             rows.append([f"Dai / AMIG: knowledge neurons sit in the upper layers ({method})",
                          name, f"share in the upper third of layers: knowledge neurons "
                          f"{fmt(kn_share)}, language-agnostic {fmt(share)} (uniform: 0.333)",
-                         "agrees" if kn_share is not None and kn_share > 1 / 3 else
-                         "disagrees" if kn_share is not None else "not measured"])
+                         "untested (a share pooled over neurons, no interval)"
+                         if kn_share is not None else "not measured", None])
     return rows
 
 
 def reading(rows: list[list[str]]) -> list[str]:
-    """The claims grouped by verdict, in words."""
-    out = ["Reading, generated from the verdicts above:", ""]
+    """The claims grouped by their verdict after Holm's correction (the last column), in
+    words."""
+    out = ["Reading, generated from the verdicts after Holm's correction above:", ""]
     for label, meaning in (("agrees", "Where our numbers agree with the papers"),
                            ("disagrees", "Where they do not"),
                            ("inconclusive", "Where this sample cannot tell"),
+                           ("untested", "Claims without a test here"),
                            ("not", "Not measured or not applicable here")):
-        matching = [f"{claim} ({data})" for claim, data, _, verdict in rows
-                    if verdict.split()[0] == label.split()[0]]
+        matching = [f"{row[0]} ({row[1]})" for row in rows
+                    if row[-1].split()[0] == label.split()[0]]
         if matching:
             out.append(f"- **{meaning}** ({len(matching)} of {len(rows)}): "
                        + "; ".join(matching) + ".")
@@ -397,10 +431,15 @@ def render(study: dict, source: str = "study.json") -> str:
             "(share > 0.5, difference > 0, or the two intervals apart), *disagrees* when it is "
             "wholly strictly on the other side, *inconclusive* otherwise (an interval that "
             "touches the null, e.g. [0.35, 0.5] for a share, is inconclusive). Paired shares "
-            "count a tie as half a win. The layer claim "
-            "has no interval: it compares the pooled share with a uniform spread.", "",
-            markdown_table(["claim", "data", "measured", "verdict"], claims(study)), "",
-            *reading(claims(study)), ""]
+            "count a tie as half a win. *p* is the two-sided bootstrap p-value against the "
+            "claim's null (a difference of 0, a share of 0.5); *p (Holm)* is Holm's step-down "
+            "adjustment over every claim of the page with a p-value, and a verdict whose "
+            "adjusted p is not below 0.05 is *inconclusive after Holm*. The layer claim is "
+            "*untested*: its share is pooled over neurons, with no interval. A study written "
+            "before p-values has none (\"-\"): its verdicts stay uncorrected.", "",
+            markdown_table(["claim", "data", "measured", "verdict", "p", "p (Holm)",
+                            "verdict after Holm"], with_holm(claims(study))), "",
+            *reading(with_holm(claims(study))), ""]
     for key, title, text in SECTIONS[:3]:
         out += section(study, key, title, text)
     out += ["## 2. Layer distribution", "",
