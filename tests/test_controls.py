@@ -233,3 +233,36 @@ def test_a_planted_neuron_of_every_fact_is_generic_and_not_specific(planted):
     assert filtered.languages["en"].generic == [GENERIC_NEURON]
     assert effect.effect < -0.5 and effect.selectivity > 0.5  # it beats a random neuron...
     assert effect.specificity < 0.3  # ...but moves the other relation's facts as well
+
+
+def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatch):
+    """Issue 20: the generic-neuron list is never built on the facts a run evaluates; the
+    overlap is counted (0) and a list that overlaps them, built or cached, is refused."""
+    import json
+
+    from mkn.data import write_facts
+    from mkn.localization.generic import check_held_out, reference_generic
+    from tests.tiny_models import knowing, torch_threads, two_relation_facts
+
+    monkeypatch.setenv("MKN_GENERIC_CACHE", str(tmp_path / "cache"))
+    facts = two_relation_facts()
+    data = tmp_path / "facts.jsonl"
+    write_facts(facts, data)
+    evaluated = [f.id for f in facts[:4]]
+    config = LocateConfig(method="amig", steps=2, known="any")
+    with torch_threads(1):
+        lm = knowing("llama")
+        generic, path, built = reference_generic(lm, f"jsonl:{data}", ["en", "zh"], config,
+                                                 facts=6, held_out=evaluated)
+    assert built and generic.source["facts"]
+    assert not set(generic.source["facts"]) & set(evaluated)
+    assert generic.source["held_out"] == {"facts": 4, "overlap": 0}
+    with pytest.raises(ValueError, match=r"overlaps the evaluated facts in 1 fact\(s\) \(b\)"):
+        check_held_out(["a", "b"], ["b", "c"])
+    assert check_held_out(["a"], ["b"]) == 0
+    stored = json.loads(path.read_text(encoding="utf-8"))  # a cache edited to overlap
+    stored["source"]["facts"].append(evaluated[0])
+    path.write_text(json.dumps(stored), encoding="utf-8")
+    with pytest.raises(ValueError, match="overlaps the evaluated facts"):
+        reference_generic(lm, f"jsonl:{data}", ["en", "zh"], config, facts=6,
+                          held_out=evaluated)

@@ -284,9 +284,11 @@ def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):
     return known
 
 
-def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...] = ()):
+def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...] = (),
+                   held_out=()):
     """The generic-neuron list of the run (None with ``--generic keep``), one per method when
-    ``methods`` are given (experiments comparing methods)."""
+    ``methods`` are given (experiments comparing methods); its reference sample holds out the
+    run's facts (``held_out``: their ids)."""
     from mkn.localization.generic import GenericNeurons, reference_generic
 
     if cfg.generic == "keep":
@@ -297,11 +299,13 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
     for method in methods or (cfg.locate.method,):
         config = cfg.locate.model_copy(update={"method": method})
         generic, path, built = reference_generic(lm, cfg.data, languages, config, task=task,
-                                                 cache=cache)
+                                                 cache=cache, held_out=held_out)
+        held = generic.source.get("held_out", {})
         console.print(f"generic neurons ({method}, share >= {generic.threshold:g}, "
-                      f"{generic.facts} reference facts): {len(generic.neurons())}; "
-                      f"{'built' if built else 'cached'} at {path}", markup=False,
-                      highlight=False, soft_wrap=True)
+                      f"{generic.facts} reference facts, the run's {held.get('facts', 0)} "
+                      f"facts held out: overlap {held.get('overlap', 0)}): "
+                      f"{len(generic.neurons())}; {'built' if built else 'cached'} at {path}",
+                      markup=False, highlight=False, soft_wrap=True)
         lists[method] = generic
     return lists if methods else lists[cfg.locate.method]
 
@@ -367,7 +371,8 @@ def locate(
             generic=generic)
         with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-            generic_list = _generic_lists(cfg, lm, langs, bars.task)
+            generic_list = _generic_lists(cfg, lm, langs, bars.task,
+                                          held_out=[f.id for f in facts])
             with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
                               lm=lm, gpus_per_worker=cfg.gpus_per_worker) as runner:
                 summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
@@ -574,7 +579,8 @@ def experiment(
             with ProgressBars(quiet) as bars:
                 known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
                 methods = methods_of(module.run, options)
-                generic_list = _generic_lists(cfg, lm, langs, bars.task, methods)
+                generic_list = _generic_lists(cfg, lm, langs, bars.task, methods,
+                                              held_out=[f.id for f in facts])
                 if cfg.backend != "local":  # attributions on the workers, measures here
                     _prefetch(cfg, lm, facts, langs, methods, known_sample, cache, bars)
                 result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,

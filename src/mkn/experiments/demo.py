@@ -60,9 +60,11 @@ def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
     known = known_items(lm, facts, LANGUAGES, config.known, progress("probe", len(facts)))
     say(known.describe())
     generic, path, built = reference_generic(lm, "builtin", LANGUAGES, config, task=progress,
-                                             cache=cache, facts=REFERENCE_FACTS)
+                                             cache=cache, facts=REFERENCE_FACTS,
+                                             held_out=[f.id for f in facts])
     say(f"generic neurons (left out of every set): {len(generic.neurons())} from "
-        f"{generic.facts} known reference facts ({'built' if built else 'cached'} at {path})")
+        f"{generic.facts} known reference facts, the {len(facts)} demo facts held out "
+        f"({'built' if built else 'cached'} at {path})")
     meta = {"job": "demo", "model": model_name, "data": "builtin", "limit": FACTS, "seed": 0,
             "fact_ids": [f.id for f in facts], "generic": "auto"}
     say(f"locating {len(facts)} built-in facts in {', '.join(LANGUAGES)} ({STEPS} steps)")

@@ -32,7 +32,7 @@ import inspect
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -171,8 +171,10 @@ def locate_every_method(lm: LanguageModel, facts: list, languages: list[str],
 
 
 def generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache: dict,
-                  task: TaskFactory) -> dict[str, GenericNeurons] | None:
-    """One cached reference list of generic neurons per method (None: keep them)."""
+                  task: TaskFactory, held_out: Sequence[str] = ()
+                  ) -> dict[str, GenericNeurons] | None:
+    """One cached reference list of generic neurons per method (None: keep them), its reference
+    sample disjoint from the part's measured facts (``held_out``; checked)."""
     if config.generic == "keep":
         return None
     lists = {}
@@ -181,7 +183,7 @@ def generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache:
     for method in config.methods:
         lists[method], _, _ = reference_generic(lm, part.data, part.languages,
                                                 config.locate_config(method), task=task,
-                                                cache=cache, facts=size)
+                                                cache=cache, facts=size, held_out=held_out)
     return lists
 
 
@@ -226,7 +228,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
     known = known_items(lm, facts, languages, config.known,
                         progress=task(f"{part.name}: probe", len(facts)))
     known.require_some(f"(fact, language) items in {part.name}")
-    generic = generic_lists(lm, part, config, cache, task)
+    generic = generic_lists(lm, part, config, cache, task, [f.id for f in facts])
     if backend is not None:  # every attribution on the backend's workers first
         keys = attribution_keys(facts, languages, config.locate_config(config.methods[0]),
                                 config.methods, known)
@@ -238,6 +240,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "relations": sorted({f.relation for f in facts}),
            "knowledge": known.to_summary(),
            "generic": {m: g.summary(languages) for m, g in (generic or {}).items()},
+           "generic_held_out": {m: g.source.get("held_out") for m, g in (generic or {}).items()},
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)

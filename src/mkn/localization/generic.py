@@ -300,25 +300,44 @@ def build_reference(lm: LanguageModel, facts: Sequence, languages: Sequence[str]
     return items
 
 
+def check_held_out(reference: Iterable[str], evaluated: Iterable[str]) -> int:
+    """The number of facts the reference sample shares with the evaluated ones, which must be 0:
+    a list tuned on the facts it is judged on is refused with a one-line error naming them."""
+    overlap = sorted(set(reference) & set(evaluated))
+    if overlap:
+        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more"
+                                          if len(overlap) > 5 else "")
+        raise ValueError(f"the generic-neuron reference sample overlaps the evaluated facts in "
+                         f"{len(overlap)} fact(s) ({shown}); hold them out (held_out=) or "
+                         "pass --generic FILE built on other facts")
+    return 0
+
+
 def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], config,
                       rebuild: bool = False,
                       task: Callable[[str, int], Callable[[str], None]] | None = None,
                       cache: dict | None = None,
-                      facts: int = REFERENCE_FACTS) -> tuple[GenericNeurons, Path, bool]:
+                      facts: int = REFERENCE_FACTS,
+                      held_out: Iterable[str] = ()) -> tuple[GenericNeurons, Path, bool]:
     """The cached generic-neuron list of ``lm`` on ``data`` (built on first use from a
-    reference sample of up to ``facts`` known facts).
+    reference sample of up to ``facts`` known facts, none of them in ``held_out``: the facts
+    the run evaluates, so the list is never tuned on them; the overlap is checked, 0 or an
+    error, and counted in ``source["held_out"]``).
 
     Returns ``(list, path, built)``; ``task(title, total)`` makes a progress callback.
     ``config.generic_share`` sets the threshold (the cached items do not depend on it).
     ``cache`` shares attributions between the lists of several methods, which also share the
     probed reference sample (kept in this process).
     """
-    pool = reference_pool(data, languages)
+    everything = reference_pool(data, languages)
+    held = set(held_out)
+    pool = [fact for fact in everything if fact.id not in held]
     key = _reference_key(lm, data, languages, config, pool, facts)
     path = reference_path(key)
     if path.exists() and not rebuild:
         found = GenericNeurons.load(path)
         if found.source.get("key") == key:
+            check_held_out(found.source.get("facts", []), held)
             return found.with_threshold(config.generic_share), path, False
     sample_key = digest({**key, "settings": config.known})  # the same for every method
     if sample_key in _PROBED:  # probed for another method of the run
@@ -334,10 +353,14 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
         _PROBED[sample_key] = chosen, known, problems
     tick = task("generic neurons: reference sample", len(chosen)) if task else None
     items = build_reference(lm, chosen, languages, config, known, tick, cache)
-    skipped = [str(s) for s in pool.skipped] + [f"fact {i}: {r}" for i, r in problems.items()]
+    skipped = [str(s) for s in everything.skipped] + [f"fact {i}: {r}"
+                                                       for i, r in problems.items()]
+    check_held_out((f.id for f in chosen), held)
     generic = GenericNeurons(items, config.generic_share,
                              {"key": key, "facts": [f.id for f in chosen], "skipped": skipped,
                               "probed": len(known.facts()),
+                              "held_out": {"facts": len(held & {f.id for f in everything}),
+                                           "overlap": 0},
                               "rebuild": rebuild_command(key)})
     generic.save(path)
     return generic, path, True

@@ -382,8 +382,13 @@ def generic_notes(study: dict) -> list[str]:
                            for method, per_language in lists.items() if per_language)
         items = ", ".join(f"{lang} {c['reference_items']}"
                           for lang, c in next(iter(lists.values())).items())
+        held = [h for h in (part.get("generic_held_out") or {}).values() if h]
+        held_text = (f"; the reference sample holds out the part's {held[0]['facts']} measured "
+                     f"facts, overlap {max(h['overlap'] for h in held)} (checked)" if held else
+                     "; the reference sample was not held out from the measured facts (a study "
+                     "written before the hold-out)")
         lines.append(f"- {part['part']['name']}: {counts} (reference items located per language: "
-                     f"{items}).")
+                     f"{items}{held_text}).")
     if not lines:
         return []
     return ["Generic neurons (knowledge neurons of many reference facts of other relations; "
