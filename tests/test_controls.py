@@ -266,3 +266,56 @@ def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatc
     with pytest.raises(ValueError, match="overlaps the evaluated facts"):
         reference_generic(lm, f"jsonl:{data}", ["en", "zh"], config, facts=6,
                           held_out=evaluated)
+
+
+def test_magnitude_matched_sets_keep_layers_and_match_activation_ranks():
+    from mkn.interventions.controls import magnitude_matched_sets
+
+    generator = torch.Generator().manual_seed(0)
+    activations = torch.randn(3, 400, generator=generator)
+    neurons = [(0, int(activations[0].abs().argmax())), (2, 5), (2, 17)]
+    drawn = magnitude_matched_sets(neurons, activations, draws=4, seed="s", window=4)
+    ranks = {layer: {int(i): r for r, i in enumerate(
+        torch.argsort(activations[layer].abs(), descending=True, stable=True))}
+        for layer in (0, 2)}
+    for draw in drawn:
+        assert sorted(layer for layer, _ in draw) == [0, 2, 2]
+        assert not set(draw) & set(neurons) and len(set(draw)) == 3
+        for (layer, index), (_, original) in zip(draw, sorted(neurons), strict=True):
+            assert abs(ranks[layer][index] - ranks[layer][original]) <= 8  # window, widened once
+    assert drawn == magnitude_matched_sets(list(reversed(neurons)), activations, 4, "s", 4)
+    assert drawn != magnitude_matched_sets(neurons, activations, 4, "other", 4)
+
+
+def test_controlled_effect_reads_both_new_controls():
+    from mkn.interventions.controls import ControlledEffect
+
+    fact_set = ControlledEffect("suppress", 3, -0.9, (-0.01,), (-0.05,), (-0.1,), (-0.05,))
+    relation_set = ControlledEffect("suppress", 3, -0.9, (-0.01,), (-0.05,), (-0.1,), (-0.8,))
+    assert fact_set.matched_selectivity == pytest.approx(0.8)
+    assert fact_set.relation_specificity == pytest.approx(0.85)
+    assert relation_set.relation_specificity == pytest.approx(0.1)  # moves its relation too
+    record = relation_set.to_dict()
+    assert record["same_relation_effect"] == -0.8 and record["matched"] == [-0.1]
+    bare = ControlledEffect("enhance", 1, 0.5, (0.1,), (0.0,)).to_dict()
+    assert bare["matched_selectivity"] is None and bare["relation_specificity"] is None
+
+
+def test_localization_quality_reports_the_new_controls_on_a_tiny_model():
+    from mkn.experiments import localization_quality
+    from tests.tiny_models import knowing, torch_threads, two_relation_facts
+
+    config = LocateConfig(method="amig", steps=2, known="any")
+    with torch_threads(1):
+        result = localization_quality.run(knowing("llama"), two_relation_facts(), ["en"], config,
+                                          methods=("amig",), draws=1, unrelated=2)
+    measured = [i for i in result["items"] if i["amig"]["neurons"]]
+    assert measured and all(i["same_relation_facts"] for i in measured)
+    assert all(i["fact_id"] not in i["same_relation_facts"] for i in measured)
+    for item in measured:
+        for mode in ("suppress", "enhance"):
+            assert len(item["amig"][mode]["matched"]) == 1
+            assert item["amig"][mode]["relation_specificity"] is not None
+    controls = result["summary"]["amig"]["controls"]["suppress"]
+    assert controls["relation_specificity"]["n"] == len(measured)
+    assert "same-relation facts" in localization_quality.table(result)

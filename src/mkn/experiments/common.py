@@ -103,6 +103,17 @@ def unrelated_facts(fact, facts: Sequence, language: str, count: int, seed: int 
     return rng.sample(pool, min(count, len(pool)))
 
 
+def same_relation_facts(fact, facts: Sequence, language: str, count: int, seed: int | str,
+                        known: KnownItems | None = None) -> list:
+    """Up to ``count`` other facts of the *same* relation as ``fact`` (kept in ``language`` by
+    ``known``, when given), seeded like :func:`unrelated_facts`: the control that tells a fact's
+    neurons from its relation's."""
+    pool = [g for g in facts if g.relation == fact.relation and g.id != fact.id
+            and (known is None or known.known(g.id, language))]
+    rng = random.Random(stable_seed(seed, fact.id, language, "same-relation"))
+    return rng.sample(pool, min(count, len(pool)))
+
+
 def locate_all(lm: LanguageModel, facts: Iterable, languages: list[str], config: LocateConfig,
                progress: Progress | None = None, cache: AttributionCache | None = None,
                known: KnownItems | None = None,
@@ -137,7 +148,9 @@ def methods_of(run: Callable, options: Mapping) -> tuple[str, ...]:
     return ()
 
 
-CONTROL_KEYS = ("effect", "random_effect", "unrelated_effect", "selectivity", "specificity")
+CONTROL_KEYS = ("effect", "random_effect", "unrelated_effect", "selectivity", "specificity",
+                "matched_effect", "same_relation_effect", "matched_selectivity",
+                "relation_specificity")
 
 
 def control_summary(effects: Sequence[tuple[str, dict]], seed: int = 0) -> dict:
@@ -146,8 +159,8 @@ def control_summary(effects: Sequence[tuple[str, dict]], seed: int = 0) -> dict:
     ``unrelated_moved``, the median of |change| of unrelated facts."""
     out: dict = {"items": len(effects)}
     for key in CONTROL_KEYS:
-        out[key] = clustered_interval([(f, e[key]) for f, e in effects if e[key] is not None],
-                                      seed=seed)
+        out[key] = clustered_interval([(f, e[key]) for f, e in effects
+                                       if e.get(key) is not None], seed=seed)
     out["unrelated_moved"] = clustered_interval(
         [(f, abs(e["unrelated_effect"])) for f, e in effects if e["unrelated_effect"] is not None],
         seed=seed)
@@ -163,14 +176,20 @@ def fmt_ci(entry: dict | None) -> str:
 
 
 CONTROL_HEADER = ["intervention", "items", "effect (median)", "random set", "unrelated facts",
-                  "selectivity [95% CI]", "specificity [95% CI]"]
+                  "selectivity [95% CI]", "specificity [95% CI]", "magnitude-matched set",
+                  "same-relation facts", "relation specificity [95% CI]"]
 
 
 def control_row(mode: str, summary: dict) -> list:
-    """A table row of :data:`CONTROL_HEADER` for one :func:`control_summary`."""
-    return [mode, summary["items"], summary["effect"]["value"], summary["random_effect"]["value"],
-            summary["unrelated_effect"]["value"], fmt_ci(summary["selectivity"]),
-            fmt_ci(summary["specificity"])]
+    """A table row of :data:`CONTROL_HEADER` for one :func:`control_summary` (an experiment
+    without the magnitude-matched or same-relation control leaves those cells empty)."""
+    def value(key: str):
+        return (summary.get(key) or {}).get("value")
+
+    return [mode, summary["items"], value("effect"), value("random_effect"),
+            value("unrelated_effect"), fmt_ci(summary.get("selectivity")),
+            fmt_ci(summary.get("specificity")), value("matched_effect"),
+            value("same_relation_effect"), fmt_ci(summary.get("relation_specificity"))]
 
 
 def knowledge_line(summary: dict, rest: str = "the others are not measured") -> str:

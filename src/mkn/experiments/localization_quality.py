@@ -3,8 +3,13 @@
 For each fact and language the model knows it in, suppress (x0) and enhance (x2) the fact's
 knowledge neurons found by each method and measure the relative change of p(gold) on the fact's
 own queries, beside its controls (:mod:`mkn.interventions.controls`): random sets with as many
-neurons in each layer (``draws`` seeded draws) and ``unrelated`` facts of other relations in the
-same language, giving *selectivity* and *specificity* per item. AMIG's success ratio stays:
+neurons in each layer (``draws`` seeded draws), as many *magnitude-matched* random sets (same
+layers, neurons of similar clean activation magnitude on the fact's first query:
+:func:`mkn.interventions.controls.magnitude_matched_sets`), ``unrelated`` facts of other
+relations and up to ``unrelated`` other facts of the *same* relation in the same language, giving
+*selectivity*, *specificity* and *relation specificity* (the effect beyond the same relation's
+facts: high only for a set that stores this fact, not its relation) per item. AMIG's success
+ratio stays:
 
     SR = |d_rel / d_unrel| (enhance) + |d_rel / d_unrel| (suppress)
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from mkn.experiments.common import (
     CONTROL_HEADER,
@@ -33,6 +38,7 @@ from mkn.experiments.common import (
     markdown_table,
     probe_known,
     queries,
+    same_relation_facts,
     unrelated_facts,
 )
 from mkn.experiments.metrics import bootstrap_ci, clustered_interval, success_ratio, win_shares
@@ -41,6 +47,8 @@ from mkn.interventions.controls import (
     DEFAULT_UNRELATED,
     CleanProbs,
     ControlledEffect,
+    clean_activations,
+    magnitude_matched_sets,
     measure_sets,
     random_sets,
     stable_seed,
@@ -56,24 +64,36 @@ PHASES = 1  # progress ticks per fact
 
 
 def measure(lm: LanguageModel, neurons: list, own: list, sr_unrelated: list,
-            controls: list[list], clean: CleanProbs, draws: int, seed: str) -> dict:
+            controls: list[list], clean: CleanProbs, draws: int, seed: str,
+            same_relation: Sequence[list] = (), activations=None) -> dict:
     """One method's numbers on one item: per mode the controlled effect, and SR (every set,
-    unrelated fact and random draw of both modes in one batched pass)."""
+    unrelated fact, same-relation fact and random draw of both modes in one batched pass).
+    ``activations`` (the clean neurons of the fact's first query) add magnitude-matched random
+    draws (:func:`magnitude_matched_sets`) beside the layer-matched ones."""
     jobs, layout = [], {}
     for mode in MODES:
         drawn = random_sets(neurons, lm.n_neurons, draws, f"{seed}/{mode}")
+        matched = ([] if activations is None else
+                   magnitude_matched_sets(neurons, activations, draws, f"{seed}/{mode}"))
         layout[mode] = len(jobs)
         jobs += [(neurons, mode, own), (neurons, mode, sr_unrelated),
-                 *[(neurons, mode, c) for c in controls], *[(r, mode, own) for r in drawn]]
+                 *[(neurons, mode, c) for c in controls], *[(r, mode, own) for r in drawn],
+                 *[(r, mode, own) for r in matched],
+                 *[(neurons, mode, c) for c in same_relation]]
     changes = measure_sets(lm, jobs, clean)
     entry: dict = {"neurons": len(neurons)}
+    n_matched = 0 if activations is None else draws
     for mode, at in layout.items():
         effect, sr_change = changes[at], changes[at + 1]
-        control_changes = changes[at + 2:at + 2 + len(controls)]
-        random_effects = changes[at + 2 + len(controls):at + 2 + len(controls) + draws]
+        rest = iter(changes[at + 2:])
+        control_changes = [next(rest) for _ in controls]
+        random_effects = [next(rest) for _ in range(draws)]
+        matched_effects = [next(rest) for _ in range(n_matched)]
+        relation_changes = [next(rest) for _ in same_relation]
         entry[f"{mode}_related"], entry[f"{mode}_unrelated"] = effect, sr_change
         entry[mode] = ControlledEffect(mode, len(neurons), effect, tuple(random_effects),
-                                       tuple(control_changes)).to_dict()
+                                       tuple(control_changes), tuple(matched_effects),
+                                       tuple(relation_changes)).to_dict()
     entry["sr"] = success_ratio(entry["enhance_related"], entry["enhance_unrelated"],
                                 entry["suppress_related"], entry["suppress_unrelated"])
     return entry
@@ -99,14 +119,18 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                    for m in methods}
         for lang in known.languages_of(fact.id):
             controls = unrelated_facts(fact, facts, lang, unrelated, seed, known)
+            kin = same_relation_facts(fact, facts, lang, unrelated, seed, known)
+            own = queries(fact, lang)
+            activations = clean_activations(lm, own[0], clean)
             item = {"fact_id": fact.id, "language": lang, "unrelated_fact": sr_other.id,
-                    "control_facts": [g.id for g in controls]}
+                    "control_facts": [g.id for g in controls],
+                    "same_relation_facts": [g.id for g in kin]}
             for method in methods:
                 neurons = located[method].languages[lang].neurons
-                item[method] = (measure(lm, neurons, queries(fact, lang),
-                                        queries(sr_other, lang),
+                item[method] = (measure(lm, neurons, own, queries(sr_other, lang),
                                         [queries(g, lang) for g in controls], clean, draws,
-                                        str(stable_seed(seed, fact.id, lang)))
+                                        str(stable_seed(seed, fact.id, lang)),
+                                        [queries(g, lang) for g in kin], activations)
                                 if neurons else {"neurons": 0, "sr": None})
             items.append(item)
         if progress:
@@ -160,8 +184,11 @@ def table(result: dict, methods: tuple[str, ...] | None = None) -> str:
                               [[m, *control_row(mode, s[m]["controls"][mode])]
                                for m in methods for mode in MODES])
     return (f"{sr}\n\nEffects (relative change of p(gold)) beside a random set of the same "
-            f"size per layer ({result['draws']} draws) and {result['unrelated']} unrelated "
-            f"facts of other relations:\n\n{controls}\n\n{knowledge_line(result['knowledge'])}")
+            f"size per layer ({result['draws']} draws), as many magnitude-matched random sets "
+            f"(same layers, similar clean activation), {result['unrelated']} unrelated facts "
+            "of other relations and up to as many facts of the same relation (relation "
+            "specificity: the effect beyond them; read it first to tell a fact's neurons from "
+            f"its relation's):\n\n{controls}\n\n{knowledge_line(result['knowledge'])}")
 
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
@@ -176,7 +203,8 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
                                                 if i[m]["sr"] is not None], seed=seed)
                          for m in methods}, "paired": {},
            "controls": {m: {mode: {key: control_interval(items, m, mode, key, seed)
-                                   for key in ("selectivity", "specificity")}
+                                   for key in ("selectivity", "specificity",
+                                               "matched_selectivity", "relation_specificity")}
                             for mode in ("suppress", "enhance")} for m in methods}}
     for a, b in (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig")):
         if a in methods and b in methods:
@@ -192,5 +220,5 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
 def control_interval(items: list[dict], method: str, mode: str, key: str, seed: int) -> dict:
     """Median of one control number (selectivity, specificity) of ``method`` over items."""
     return clustered_interval([(i["fact_id"], i[method][mode][key]) for i in items
-                               if mode in i[method] and i[method][mode][key] is not None],
+                               if mode in i[method] and i[method][mode].get(key) is not None],
                               seed=seed)

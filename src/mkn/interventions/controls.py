@@ -30,6 +30,9 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
+
+from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import EncodedQuery, encode
 from mkn.attribution.scoring import score_rows
 from mkn.interventions.activation import group_neurons
@@ -92,11 +95,32 @@ class ControlledEffect:
     neurons: int
     effect: float
     random: tuple[float, ...]  # per random draw
-    unrelated: tuple[float, ...]  # per unrelated fact
+    unrelated: tuple[float, ...]  # per unrelated fact (of other relations)
+    matched: tuple[float, ...] = ()  # per magnitude-matched random draw (same layers)
+    same_relation: tuple[float, ...] = ()  # per other fact of the same relation
 
     @property
     def random_effect(self) -> float | None:
         return statistics.fmean(self.random) if self.random else None
+
+    @property
+    def matched_effect(self) -> float | None:
+        return statistics.fmean(self.matched) if self.matched else None
+
+    @property
+    def same_relation_effect(self) -> float | None:
+        return statistics.fmean(self.same_relation) if self.same_relation else None
+
+    @property
+    def matched_selectivity(self) -> float | None:
+        """Effect beyond random neurons of the same layers *and* clean activation magnitude."""
+        return self._against(self.matched_effect)
+
+    @property
+    def relation_specificity(self) -> float | None:
+        """Effect beyond the effect on other facts of the *same* relation: high only for a set
+        that stores this fact rather than the relation."""
+        return self._against(self.same_relation_effect)
 
     @property
     def unrelated_effect(self) -> float | None:
@@ -120,7 +144,12 @@ class ControlledEffect:
         return {"mode": self.mode, "neurons": self.neurons, "effect": self.effect,
                 "random": list(self.random), "unrelated": list(self.unrelated),
                 "random_effect": self.random_effect, "unrelated_effect": self.unrelated_effect,
-                "selectivity": self.selectivity, "specificity": self.specificity}
+                "selectivity": self.selectivity, "specificity": self.specificity,
+                "matched": list(self.matched), "same_relation": list(self.same_relation),
+                "matched_effect": self.matched_effect,
+                "same_relation_effect": self.same_relation_effect,
+                "matched_selectivity": self.matched_selectivity,
+                "relation_specificity": self.relation_specificity}
 
 
 class CleanProbs:
@@ -188,6 +217,54 @@ def random_sets(neurons: Sequence[Sequence[int]], n_neurons: int, draws: int,
         (int(n[0]), int(n[1])) for n in neurons))
     rng = random.Random(stable_seed(seed, content, "random-control"))
     return [random_like(neurons, n_neurons, rng) for _ in range(draws)]
+
+
+def magnitude_matched_sets(neurons: Sequence[Sequence[int]], activations: torch.Tensor,
+                           draws: int, seed: int | str, window: int | None = None
+                           ) -> list[list[Neuron]]:
+    """``draws`` random sets in the same layers as ``neurons`` and matched on clean activation
+    magnitude: each neuron is replaced by a random other neuron of its layer whose |activation|
+    (``activations[layer]``, the clean run of the fact's query at the prediction position) ranks
+    within ``window`` places of its own (default: 1% of the layer, at least 4), never a neuron
+    of the set. A set of high-activation neurons is then compared with other high-activation
+    neurons, not with the layer's mostly idle ones. Seeded by ``seed`` and the set's content
+    (as :func:`random_sets`)."""
+    wanted = sorted({(int(n[0]), int(n[1])) for n in neurons})
+    n_neurons = int(activations.shape[1])
+    window = window or max(4, n_neurons // 100)
+    content = ",".join(f"{layer}:{index}" for layer, index in wanted)
+    rng = random.Random(stable_seed(seed, content, "magnitude-matched"))
+    ranks: dict[int, tuple[list[int], dict[int, int]]] = {}
+    for layer in {layer for layer, _ in wanted}:
+        order = torch.argsort(activations[layer].float().abs(), descending=True,
+                              stable=True).tolist()
+        ranks[layer] = (order, {index: rank for rank, index in enumerate(order)})
+    taken_by_set = set(wanted)
+    sets = []
+    for _ in range(draws):
+        taken, drawn = set(taken_by_set), []
+        for layer, index in wanted:
+            order, rank_of = ranks[layer]
+            rank = rank_of[index]
+            for width in (window, 2 * window, 4 * window, n_neurons):  # widen if crowded
+                pool = [order[r] for r in range(max(0, rank - width),
+                                                min(n_neurons, rank + width + 1))
+                        if (layer, order[r]) not in taken]
+                if pool:
+                    break
+            else:
+                raise ValueError(f"layer {layer} has no neuron left to match {index}")
+            choice = (layer, rng.choice(pool))
+            taken.add(choice)
+            drawn.append(choice)
+        sets.append(drawn)
+    return sets
+
+
+def clean_activations(lm: LanguageModel, query: Query, clean: CleanProbs) -> torch.Tensor:
+    """The clean FFN neurons ``[layers, neurons]`` of ``query`` at its (first) prediction
+    position: what :func:`magnitude_matched_sets` matches on."""
+    return clean_run(lm, clean.encode(query).steps[0]).activations
 
 
 def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode: str,
