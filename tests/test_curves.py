@@ -132,3 +132,10 @@ def test_min_normalized_needs_every_language():
     zh = torch.tensor([[1.0, 2.0, 2.0]])
     both = shared_sets.min_normalized({"en": en, "zh": zh})
     assert both.tolist() == [[0.5, 0.5, 0.0]]  # high in en only or in zh only is not shared
+
+
+def test_a_method_without_a_curve_loses_the_item_instead_of_leaving_it_out():
+    from mkn.experiments.size_curves import _win
+
+    assert _win([0.5, 0.7], [0.4, 0.6]) == 1.0 and _win([0.5], [0.5]) == 0.5
+    assert _win(None, [0.1]) == 0.0 and _win([0.1], None) == 1.0 and _win(None, None) is None

@@ -149,3 +149,18 @@ def test_experiment_options_are_typed_and_checked():
         experiment_options(fact_checking.run, ["wrong"])
     with pytest.raises(ValueError, match="unknown option 'seed'"):
         experiment_options(fact_checking.run, ["seed=3"])  # seed is --seed, not an option
+
+
+def test_pairwise_wins_count_ties_apart_and_no_neurons_as_a_loss():
+    """Issue 20: pairwise only (no tie-split three-way share), and an item where a method finds
+    no neurons is a loss for it, not dropped."""
+    from mkn.experiments.localization_quality import headline, pair_outcome, pairwise
+
+    items = [{"fact_id": "a", "amig": {"sr": 3.0}, "ig": {"sr": 1.0}},
+             {"fact_id": "b", "amig": {"sr": 2.0}, "ig": {"sr": 2.0}},
+             {"fact_id": "c", "amig": {"sr": None}, "ig": {"sr": 5.0}},
+             {"fact_id": "d", "amig": {"sr": None}, "ig": {"sr": None}}]
+    assert [pair_outcome(i, "amig", "ig") for i in items] == [1.0, 0.5, 0.0, None]
+    assert pairwise(items, "amig", "ig") == {"wins": 1, "ties": 1, "losses": 1, "items": 3}
+    paired = headline({"items": items, "methods": ["ig", "amig"]}, ["en"])["paired"]
+    assert paired["amig > ig"]["n"] == 3 and paired["amig > ig"]["value"] == 0.5

@@ -10,7 +10,6 @@ from mkn.experiments.metrics import (
     precision_recall_f1,
     roc_auc,
     success_ratio,
-    win_shares,
 )
 from mkn.interventions.controls import relative_change
 
@@ -89,6 +88,3 @@ def test_accuracy_and_bootstrap():
     assert bootstrap_ci([2.0] * 5) == (2.0, 2.0)
 
 
-def test_win_shares_split_ties():
-    shares = win_shares({"ig": [1, 5, 2], "amig": [3, 5, 1], "matrice": [2, 1, 0]})
-    assert shares == pytest.approx({"ig": 0.5, "amig": 0.5, "matrice": 0.0})

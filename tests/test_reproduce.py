@@ -86,7 +86,9 @@ def test_sr_headline_pairs_items():
     h = sr_headline({"items": items}, ["en"], seed=0)
     assert h["paired"]["amig > ig"]["value"] == pytest.approx(2 / 3)
     assert h["paired"]["amig > ig"]["n"] == 3 and h["paired"]["amig > ig"]["facts"] == 2
-    assert h["paired"]["matrice > amig"]["value"] == 0.5  # the None item is left out
+    # the item where matrice found no neurons is a loss for it, not left out (issue 20)
+    assert h["paired"]["matrice > amig"]["value"] == pytest.approx(1 / 3)
+    assert h["paired"]["matrice > amig"]["n"] == 3
     tie = [{"fact_id": "a", "ig": {"sr": 1.0}, "amig": {"sr": 1.0}}]
     assert sr_headline({"items": tie}, ["en"], 0)["paired"]["amig > ig"]["value"] == 0.5
     assert h["median_sr"]["matrice"]["n"] == 2

@@ -41,7 +41,7 @@ from mkn.experiments.common import (
     same_relation_facts,
     unrelated_facts,
 )
-from mkn.experiments.metrics import bootstrap_ci, clustered_interval, success_ratio, win_shares
+from mkn.experiments.metrics import clustered_interval, success_ratio
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -146,7 +146,9 @@ def summarize(items: list[dict], methods: tuple[str, ...], seed: int = 0) -> dic
         summary[method] = {
             "items": len(srs), "without_neurons": len(items) - len(srs),
             "median_sr": statistics.median(srs) if srs else None,
-            "median_sr_ci95": bootstrap_ci(srs) if srs else None,
+            "median_sr_ci95": clustered_interval(  # resampling facts, as every interval does
+                [(i["fact_id"], i[method]["sr"]) for i in items
+                 if i[method]["sr"] is not None], seed=seed)["ci95"] if srs else None,
             "mean_sr": statistics.fmean(srs) if srs else None,
             "median_neurons": statistics.median(i[method]["neurons"] for i in items)
             if items else None,
@@ -156,12 +158,30 @@ def summarize(items: list[dict], methods: tuple[str, ...], seed: int = 0) -> dic
                                                 if mode in i[method]], seed)
                          for mode in MODES},
         }
-    complete = [i for i in items if all(i[m]["sr"] is not None for m in methods)]
-    wins = win_shares({m: [i[m]["sr"] for i in complete] for m in methods})
-    for method in methods:
-        summary[method]["win_share"] = wins[method] if complete else None
-    summary["compared_items"] = len(complete)
+    summary["pairwise"] = {f"{a} > {b}": pairwise(items, a, b)
+                           for a, b in PAIRS if a in methods and b in methods}
     return summary
+
+
+PAIRS = (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig"))
+
+
+def pair_outcome(item: dict, a: str, b: str) -> float | None:
+    """1 when ``a`` has the higher SR on ``item``, 0 when ``b`` has, 0.5 for a tie; a method
+    that finds no neurons loses to one that does (None when neither does)."""
+    sa, sb = item[a]["sr"], item[b]["sr"]
+    if sa is None and sb is None:
+        return None
+    if sa is None or sb is None:
+        return 0.0 if sa is None else 1.0
+    return 1.0 if sa > sb else 0.0 if sa < sb else 0.5
+
+
+def pairwise(items: list[dict], a: str, b: str) -> dict:
+    """Strict wins, ties and losses of ``a`` against ``b`` over items (no three-way split)."""
+    outcomes = [o for o in (pair_outcome(i, a, b) for i in items) if o is not None]
+    return {"wins": outcomes.count(1.0), "ties": outcomes.count(0.5),
+            "losses": outcomes.count(0.0), "items": len(outcomes)}
 
 
 def _median(items: list[dict], method: str, key: str) -> float | None:
@@ -177,9 +197,15 @@ def table(result: dict, methods: tuple[str, ...] | None = None) -> str:
         ci = s[m]["median_sr_ci95"]
         rows.append([m, s[m]["items"], s[m]["without_neurons"], s[m]["median_neurons"],
                      s[m]["median_sr"], f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else None,
-                     s[m]["mean_sr"], s[m]["win_share"]])
+                     s[m]["mean_sr"]])
     sr = markdown_table(["method", "items", "no neurons", "median #neurons", "median SR",
-                         "95% CI", "mean SR", f"wins (of {s['compared_items']})"], rows)
+                         "95% CI (facts resampled)", "mean SR"], rows)
+    pairs = s.get("pairwise") or {}
+    if pairs:
+        sr += "\n\nPairwise on SR (a method with no neurons on an item loses it):\n\n" + \
+            markdown_table(["pair", "items", "wins", "ties", "losses"],
+                           [[pair, p["items"], p["wins"], p["ties"], p["losses"]]
+                            for pair, p in pairs.items()])
     controls = markdown_table(["method", *CONTROL_HEADER],
                               [[m, *control_row(mode, s[m]["controls"][mode])]
                                for m in methods for mode in MODES])
@@ -206,11 +232,10 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
                                    for key in ("selectivity", "specificity",
                                                "matched_selectivity", "relation_specificity")}
                             for mode in ("suppress", "enhance")} for m in methods}}
-    for a, b in (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig")):
+    for a, b in PAIRS:
         if a in methods and b in methods:
-            wins = [(i["fact_id"], 1.0 if i[a]["sr"] > i[b]["sr"] else
-                     0.5 if i[a]["sr"] == i[b]["sr"] else 0.0) for i in items
-                    if i[a]["sr"] is not None and i[b]["sr"] is not None]
+            wins = [(i["fact_id"], o) for i in items
+                    if (o := pair_outcome(i, a, b)) is not None]
             out["paired"][f"{a} > {b}"] = clustered_interval(wins, statistics.fmean, seed)
     return out
 

@@ -127,22 +127,6 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[Sequence[float]],
     return percentile_ci(bootstrap_distribution(values, statistic, resamples, seed), level)
 
 
-def win_shares(scores: dict[str, Sequence[float]]) -> dict[str, float]:
-    """Per method, the share of items (facts) on which it has the highest score (ties split)."""
-    methods = list(scores)
-    n = {len(v) for v in scores.values()}
-    if len(n) != 1:
-        raise ValueError(f"methods scored different numbers of items: {n}")
-    count = n.pop()
-    wins = dict.fromkeys(methods, 0.0)
-    for i in range(count):
-        best = max(scores[m][i] for m in methods)
-        winners = [m for m in methods if scores[m][i] == best]
-        for m in winners:
-            wins[m] += 1 / len(winners)
-    return {m: w / count for m, w in wins.items()} if count else wins
-
-
 def curve_area(values: Sequence[float]) -> float:
     """The normalized area under a curve sampled on a grid of sizes: trapezoids between
     neighbouring grid points, divided by the number of intervals (the mean height of the curve

@@ -198,13 +198,19 @@ def table(result: dict) -> str:
 PAIRS = (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig"), ("amig", RANDOM))
 
 
-def _win(a: float, b: float) -> float:
-    return 1.0 if a > b else 0.5 if a == b else 0.0
+def _win(a: list | None, b: list | None) -> float | None:
+    """1 when curve ``a``'s area beats ``b``'s, 0.5 for a tie; a method without a curve on the
+    item (too few neurons) loses to one with a curve; None when neither has one."""
+    if a is None or b is None:
+        return None if a is None and b is None else 0.0 if a is None else 1.0
+    area_a, area_b = curve_area(a), curve_area(b)
+    return 1.0 if area_a > area_b else 0.5 if area_a == area_b else 0.0
 
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
     """Pooled curve areas per method, and paired shares per item (the share of items where one
-    method's curve area beats another's; ties count half), intervals over facts."""
+    method's curve area beats another's; ties count half; a method without a curve on an item
+    loses it), intervals over facts."""
     sizes, methods = result["sizes"], result["methods"]
     out: dict = {"area": {m: {curve: result["summary"][m]["area"][curve]["all"]
                               for curve in ("suppress_selectivity", "suppress_specificity")}
@@ -214,9 +220,9 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
             continue
         out["paired"][f"{a} > {b}"] = {}
         for key in ("selectivity", "specificity"):
-            wins = [(i["fact_id"], _win(curve_area(ca), curve_area(cb))) for i in result["items"]
-                    if (ca := _curve(i, a, sizes, "suppress", key)) is not None
-                    and (cb := _curve(i, b, sizes, "suppress", key)) is not None]
+            wins = [(i["fact_id"], w) for i in result["items"]
+                    if (w := _win(_curve(i, a, sizes, "suppress", key),
+                                  _curve(i, b, sizes, "suppress", key))) is not None]
             out["paired"][f"{a} > {b}"][f"suppress_{key}"] = clustered_interval(
                 wins, lambda v: sum(v) / len(v), seed)
     return out

@@ -79,16 +79,15 @@ def _localization_quality(result: dict) -> list:
         rows.append(_cells([m, s.get("items"), s.get("without_neurons"),
                             s.get("median_neurons"), s.get("median_sr"),
                             f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else None, s.get("mean_sr"),
-                            s.get("median_suppress_related"), s.get("median_enhance_related"),
-                            s.get("win_share")]))
+                            s.get("median_suppress_related"),
+                            s.get("median_enhance_related")]))
     controls = [(m, mode, summary[m]["controls"][mode]) for m in methods
                 if "controls" in summary[m] for mode in ("suppress", "enhance")]
     return [Plot("Localization quality", _png(fig),
                  "SR = |d_rel/d_unrel| (enhance) + |d_rel/d_unrel| (suppress): higher means the "
                  "neurons move their fact more than an unrelated one."),
             Table(["method", "items", "no neurons", "median #neurons", "median SR", "95% CI",
-                   "mean SR", "median d_rel suppress", "median d_rel enhance",
-                   f"win share (of {_fmt(summary.get('compared_items'))})"], rows),
+                   "mean SR", "median d_rel suppress", "median d_rel enhance"], rows),
             *([_controls_table(controls, "method")] if controls else []),
             *_knowledge_text(result)]
 
