@@ -164,3 +164,28 @@ def test_pairwise_wins_count_ties_apart_and_no_neurons_as_a_loss():
     assert pairwise(items, "amig", "ig") == {"wins": 1, "ties": 1, "losses": 1, "items": 3}
     paired = headline({"items": items, "methods": ["ig", "amig"]}, ["en"])["paired"]
     assert paired["amig > ig"]["n"] == 3 and paired["amig > ig"]["value"] == 0.5
+
+
+def test_injection_success_is_the_knowledge_criterion_and_transfer_needs_a_taken_edit():
+    """Issue 20: success is p(new) > p(old) (rank, as knowing is), greedy is a second column,
+    and transfer is counted only over edits that took on their own query."""
+    from mkn.experiments import injection
+
+    def row(efficacy: bool, top1: bool = False) -> dict:
+        return {"prompt": "q", "efficacy": efficacy, "new_top1": top1, "p_new": 0.1}
+
+    took = {"fact_id": "a", "reliability": [row(True)], "generalization": [row(True)],
+            "portability": {"zh": [row(True), row(False)]}, "locality": [True],
+            "random": [{"reliability": [row(False)], "generalization": [],
+                        "portability": {"zh": [row(False), row(False)]}}]}
+    failed = {"fact_id": "b", "reliability": [row(False)], "generalization": [row(False)],
+              "portability": {"zh": [row(True), row(True)]}, "locality": [True],
+              "random": [{"reliability": [row(False)], "generalization": [],
+                          "portability": {"zh": [row(False), row(False)]}}]}
+    head = injection.headline({"items": [took, failed]}, ["en", "zh"])
+    assert head["edits"] == {"all": 2, "took": 1, "did_not_take": 1}
+    assert head["reliability"]["value"] == 0.5 and head["reliability_greedy"]["value"] == 0.0
+    assert head["portability"]["value"] == 0.5 and head["portability"]["n"] == 1  # b left out
+    assert head["portability_over_random"]["value"] == 0.5
+    summary = injection.summarize([took, failed], ["zh"])
+    assert summary["edits_taken"] == 1 and summary["portability"]["zh"]["efficacy"] == 0.5

@@ -197,7 +197,10 @@ def claims(study: dict) -> list[list[str]]:
                          "transfers to the others, more than through random neurons", name,
                          f"portability minus random-edit portability: "
                          f"{with_ci(h.get('portability_over_random'))}; portability "
-                         f"{with_ci(h['portability'])}",
+                         f"{with_ci(h['portability'])}"
+                         + (f" over the {h['edits']['took']} edits that took on their own query "
+                            f"(p(new) > p(old); {h['edits']['did_not_take']} did not)"
+                            if "edits" in h else ""),
                          *tested(h.get("portability_over_random"), 0.0)])
         if "audits" in experiments:
             h = experiments["audits"]["headline"]
