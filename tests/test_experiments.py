@@ -66,6 +66,11 @@ def test_experiment_runs_and_leaves_the_model_unchanged(lm, name):
     if name == "enhancement":  # the official languages are known in en, not in zh
         assert result["summary"]["weak_fact_languages"] >= 1
         assert {i["weak"] for i in result["items"]} == {"zh"}
+        measured = [i for i in result["items"] if "before" in i]
+        assert measured and all(isinstance(i["known_after"], bool) for i in measured)
+        head = module.headline(result, ["en", "zh"], 0)
+        assert head["known_gain_weak_language"]["n"] == len(measured)
+        assert "known after (the run's criterion)" in module.table(result)
     if name == "localization-quality":  # only known items are measured, with their controls
         assert {(i["fact_id"], i["language"]) for i in result["items"]} == {
             (f.id, lang) for f in two_relation_facts() if "england" not in f.id

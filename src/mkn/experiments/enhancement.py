@@ -3,11 +3,14 @@
 For facts the model knows in some languages (the *strong* ones, :mod:`mkn.localization.knowledge`)
 but not in another (the *weak* one), enhance (x ``factor``) the language-agnostic neurons found
 from the strong languages (present in at least a fraction ``q`` of them; one language's own
-neurons when only one is strong) and measure, in the weak language: accuracy (greedy
-prediction = gold) and p(gold) before/after; and the cost: the same on the other facts of the
-sample (unrelated) in the weak language. The relative change of p(gold) is shown beside its
-controls (:mod:`mkn.interventions.controls`): random sets with as many neurons per layer
-(``draws`` draws) and ``unrelated`` facts of other relations in the weak language.
+neurons when only one is strong) and measure, in the weak language: whether the item becomes
+*known* by the run's criterion (the same one that made it weak: gold first among the candidates
+where the data has them, else greedy decoding; one criterion for knowing and for success),
+accuracy (greedy prediction = gold, a second, stricter column) and p(gold) before/after; and the
+cost: the same on the other facts of the sample (unrelated) in the weak language. The relative
+change of p(gold) is shown beside its controls (:mod:`mkn.interventions.controls`): random sets
+with as many neurons per layer (``draws`` draws) and ``unrelated`` facts of other relations in
+the weak language.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from mkn.interventions.controls import (
     stable_seed,
 )
 from mkn.localization.generic import GenericNeurons
-from mkn.localization.knowledge import KnownItems, known_items
+from mkn.localization.knowledge import KnownItems, known_items, probe
 from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.localization.neurons import shared_neurons
 from mkn.models.loading import LanguageModel
@@ -81,6 +84,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                 with enhance(lm, neurons, factor=factor):
                     item["after"] = _evaluate(lm, own)
                     item["unrelated_after"] = _evaluate(lm, others)
+                    item["known_after"] = probe(lm, [fact], [lang])[(fact.id, lang)].known(
+                        criterion)
                 controls = [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
                                                                       unrelated, seed)]
                 item["controls"] = controlled_effect(
@@ -112,17 +117,21 @@ def summarize(items: list[dict], seed: int = 0) -> dict:
            for what, prefix in (("accuracy", ""), ("unrelated_accuracy", "unrelated_"))
            for when in ("before", "after") for key in [f"{prefix}{when}"]},
         **{f"median_p_{when}": _median_prob(measured, when) for when in ("before", "after")},
+        "known_after": (statistics.fmean(i["known_after"] for i in measured)
+                        if measured and all("known_after" in i for i in measured) else None),
         "controls": control_summary([(i["fact_id"], i["controls"]) for i in measured], seed),
     }
 
 
 def table(result: dict) -> str:
     s = result["summary"]
-    rows = [["weak language (own queries)", s["accuracy_before"], s["accuracy_after"],
+    rows = [["weak language (own queries)", 0.0 if s.get("known_after") is not None else None,
+             s.get("known_after"), s["accuracy_before"], s["accuracy_after"],
              s["median_p_before"], s["median_p_after"]],
-            ["unrelated facts (same language)", s["unrelated_accuracy_before"],
+            ["unrelated facts (same language)", None, None, s["unrelated_accuracy_before"],
              s["unrelated_accuracy_after"], None, None]]
-    return (markdown_table(["queries", "accuracy before", "accuracy after",
+    return (markdown_table(["queries", "known before", "known after (the run's criterion)",
+                            "greedy accuracy before", "greedy accuracy after",
                             "median p(gold) before", "median p(gold) after"], rows)
             + f"\n\n{s['weak_fact_languages']} (fact, weak language) pairs, "
               f"{s['without_neurons']} without shared neurons; "
@@ -142,7 +151,10 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
         return [(i["fact_id"], accuracy(i[f"{key}after"][0]) - accuracy(i[f"{key}before"][0]))
                 for i in measured if i[f"{key}before"][0]]
 
-    return {"accuracy_gain_weak_language": clustered_interval(gain(""), statistics.fmean, seed),
+    known_after = [(i["fact_id"], float(i["known_after"])) for i in measured
+                   if "known_after" in i]
+    return {"known_gain_weak_language": clustered_interval(known_after, statistics.fmean, seed),
+            "accuracy_gain_weak_language": clustered_interval(gain(""), statistics.fmean, seed),
             "accuracy_change_unrelated": clustered_interval(gain("unrelated_"), statistics.fmean,
                                                             seed),
             **{key: clustered_interval([(i["fact_id"], i["controls"][key]) for i in measured

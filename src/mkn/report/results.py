@@ -188,8 +188,11 @@ def claims(study: dict) -> list[list[str]]:
             h = experiments["enhancement"]["headline"]
             rows.append(["Cao et al.: enhancing shared neurons from other languages raises a weak "
                          "language's p(gold), more than random sets do", name,
-                         f"selectivity: {with_ci(h.get('selectivity'))}; accuracy gain: "
-                         f"{with_ci(h['accuracy_gain_weak_language'])}",
+                         f"selectivity: {with_ci(h.get('selectivity'))}; "
+                         + (f"weak items that become known (the run's criterion): "
+                            f"{with_ci(h['known_gain_weak_language'])}; "
+                            if "known_gain_weak_language" in h else "")
+                         + f"greedy accuracy gain: {with_ci(h['accuracy_gain_weak_language'])}",
                          *tested(h.get("selectivity"), 0.0)])
         if "injection" in experiments:
             h = experiments["injection"]["headline"]
