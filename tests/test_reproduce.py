@@ -153,7 +153,13 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "selectivity" in page and "specificity" in page
     assert "Generic neurons (knowledge neurons of many reference facts" in page
     assert "Reading, generated from the verdicts after Holm's correction above" in page
-    assert "| verdict after Holm |" in page and "untested (a share pooled over neurons" in page
+    assert "| verdict after Holm |" in page
+    assert "share of an item's knowledge neurons in the upper third of layers minus 1/3" in page
+    layer = study["parts"][0]["localization"]
+    assert layer["ig"]["upper_third_excess"]["facts"] >= 1 and "p" in layer["ig"][
+        "upper_third_excess"]
+    if layer["matrice"]["same_sets_as"]:  # one query per language: matrice's sets are amig's
+        assert "not applicable (the same sets as amig" in page
     paired = study["parts"][0]["experiments"]["size-curves"]["headline"]["paired"]
     assert with_ci(paired["amig > ig"]["suppress_selectivity"]) in page  # numbers from the JSON
     assert "AMIG: language-agnostic neurons move the other languages" in page
@@ -250,3 +256,21 @@ def test_unknown_experiment_in_a_part_fails_before_any_work():
     with pytest.raises(ValueError, match="unknown experiment.*fact-check.*choose from"):
         DataPart(name="x", data="builtin", languages=["en"], relations=["P36"], per_relation=2,
                  experiments=["fact-check"])
+
+
+def test_layer_statistic_per_item_and_identical_sets_are_detected():
+    from types import SimpleNamespace as NS
+
+    from mkn.experiments.reproduce import same_sets, upper_third_excess
+
+    def fact(fact_id, **sets):
+        return NS(fact_id=fact_id, languages={lang: NS(neurons=n) for lang, n in sets.items()})
+
+    result = fact("a", en=[(17, 1), (0, 2)], zh=[(12, 0)], fr=[])
+    assert upper_third_excess(result, 18) == [("a", pytest.approx(0.5 - 1 / 3)),
+                                              ("a", pytest.approx(1 - 1 / 3))]
+    amig = {"a": fact("a", en=[(1, 2), (3, 4)])}
+    matrice = {"a": fact("a", en=[(3, 4), (1, 2)])}
+    other = {"a": fact("a", en=[(3, 4)])}
+    assert same_sets({"amig": amig, "matrice": matrice}, "matrice", "amig")
+    assert not same_sets({"amig": amig, "ig": other}, "ig", "amig")

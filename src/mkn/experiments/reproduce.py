@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mkn.data import load_facts
 from mkn.experiments import EXPERIMENTS
+from mkn.experiments.metrics import clustered_interval
 from mkn.localization.generic import REFERENCE_FACTS, GenericNeurons, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
@@ -187,9 +188,32 @@ def generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache:
     return lists
 
 
+def upper_third_excess(result, n_layers: int) -> list[tuple[str, float]]:
+    """Per (fact, language) item with knowledge neurons: the share of them in the upper third of
+    the layers minus 1/3 (a uniform spread), keyed by fact for a clustered interval: the layer
+    claim of Dai et al. / AMIG as a per-fact statistic, not a share pooled over neurons (where
+    large sets dominate)."""
+    upper = n_layers * 2 // 3
+    return [(result.fact_id, sum(layer >= upper for layer, _ in r.neurons) / len(r.neurons)
+             - (n_layers - upper) / n_layers)
+            for r in result.languages.values() if r.neurons]
+
+
+def same_sets(located: dict, method: str, other: str) -> bool:
+    """Whether ``method`` found exactly ``other``'s sets on every item (e.g. MATRICE and AMIG
+    with one query per language): their comparison is then not applicable, not a result."""
+    a, b = located.get(method, {}), located.get(other, {})
+    return bool(a) and a.keys() == b.keys() and all(
+        a[f].languages.keys() == b[f].languages.keys()
+        and all(sorted(map(tuple, a[f].languages[lang].neurons))
+                == sorted(map(tuple, b[f].languages[lang].neurons)) for lang in a[f].languages)
+        for f in a)
+
+
 def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
-    """Per method: localization statistics (layer histograms, overlap, counts) and the
-    attribution cost per (fact, language)."""
+    """Per method: localization statistics (layer histograms, overlap, counts), the per-fact
+    upper-third statistic with its clustered interval, whether its sets equal another method's,
+    and the attribution cost per (fact, language)."""
     out = {}
     for method, results in located.items():
         records: dict[str, list] = {"neurons": [], "language_agnostic": [], "degenerate": []}
@@ -200,6 +224,12 @@ def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
             seconds += [r.attribution_seconds for r in result.languages.values()]
         stats = localization_stats(records["neurons"], records["language_agnostic"],
                                    records["degenerate"], n_layers)
+        stats["upper_third_excess"] = clustered_interval(
+            [pair for result in results.values()
+             for pair in upper_third_excess(result, n_layers)], statistics.fmean)
+        stats["same_sets_as"] = next((other for other in located if other != method
+                                      and list(located).index(other) < list(located).index(method)
+                                      and same_sets(located, method, other)), None)
         stats["cost"] = {"fact_language_pairs": len(seconds),
                          "mean_attribution_seconds": statistics.fmean(seconds),
                          "median_attribution_seconds": statistics.median(seconds)}

@@ -228,11 +228,21 @@ def claims(study: dict) -> list[list[str]]:
             share = upper_share(stats["language_agnostic"]["layer_histogram"])
             kn_share = upper_share([sum(col) for col in zip(
                 *[s["layer_histogram"] for s in stats["per_language"].values()], strict=True)])
-            rows.append([f"Dai / AMIG: knowledge neurons sit in the upper layers ({method})",
-                         name, f"share in the upper third of layers: knowledge neurons "
-                         f"{fmt(kn_share)}, language-agnostic {fmt(share)} (uniform: 0.333)",
-                         "untested (a share pooled over neurons, no interval)"
-                         if kn_share is not None else "not measured", None])
+            claim = f"Dai / AMIG: knowledge neurons sit in the upper layers ({method})"
+            pooled = (f"pooled over neurons: knowledge neurons {fmt(kn_share)}, "
+                      f"language-agnostic {fmt(share)} (uniform: 0.333)")
+            if stats.get("same_sets_as"):
+                rows.append([claim, name, pooled, f"not applicable (the same sets as "
+                             f"{stats['same_sets_as']}: not a separate result)", None])
+            elif "upper_third_excess" in stats:  # per (fact, language), clustered by fact
+                rows.append([claim, name, f"share of an item's knowledge neurons in the upper "
+                             f"third of layers minus 1/3: "
+                             f"{with_ci(stats['upper_third_excess'])}; {pooled}",
+                             *tested(stats["upper_third_excess"], 0.0)])
+            else:  # a study written before the per-fact statistic
+                rows.append([claim, name, f"share in the upper third of layers: {pooled}",
+                             "untested (a share pooled over neurons, no interval)"
+                             if kn_share is not None else "not measured", None])
     return rows
 
 
@@ -445,8 +455,11 @@ def render(study: dict, source: str = "study.json") -> str:
             "count a tie as half a win. *p* is the two-sided bootstrap p-value against the "
             "claim's null (a difference of 0, a share of 0.5); *p (Holm)* is Holm's step-down "
             "adjustment over every claim of the page with a p-value, and a verdict whose "
-            "adjusted p is not below 0.05 is *inconclusive after Holm*. The layer claim is "
-            "*untested*: its share is pooled over neurons, with no interval. A study written "
+            "adjusted p is not below 0.05 is *inconclusive after Holm*. The layer claim is tested "
+            "per (fact, language) item (the share of its knowledge neurons in the upper third, "
+            "minus 1/3), with an interval that resamples facts; a study written before that "
+            "has only the share pooled over neurons and leaves it *untested*. A method whose "
+            "sets equal another's is *not applicable*, not a second result. A study written "
             "before p-values has none (\"-\"): its verdicts stay uncorrected.", "",
             markdown_table(["claim", "data", "measured", "verdict", "p", "p (Holm)",
                             "verdict after Holm"], with_holm(claims(study))), "",
