@@ -149,3 +149,15 @@ def test_a_model_that_does_not_fit_is_refused_before_loading(tiny_dir, monkeypat
     with pytest.raises(ModelError, match=r"needs .* GiB .* but cpu has .* free \(available: "
                                          r"cpu\); use --device-map auto"):
         mkn.load_model(str(tiny_dir / "model"))
+
+
+def test_a_converted_gguf_says_its_quantization(tmp_path, monkeypatch):
+    """Issue 20: a study states the quantization of its weights; a converted GGUF directory
+    carries a note read into ``lm.weights``."""
+    from mkn.models import loading
+
+    assert loading.gguf_file_type(tmp_path / "missing.gguf") == "unknown"
+    monkeypatch.setattr(loading, "gguf_file_type", lambda gguf: "Q4_K_M")
+    loading.write_source_note(tmp_path / "model.gguf", tmp_path)
+    assert loading.weights_note(tmp_path) == "GGUF Q4_K_M (model.gguf), dequantized"
+    assert loading.weights_note(tmp_path / "elsewhere") == "safetensors"

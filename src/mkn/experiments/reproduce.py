@@ -352,7 +352,9 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
                   command=command) as store:
         study = {"command": command, "config": config.model_dump(),
                  "started": store.run.created,
-                 "model": {"name": lm.name, "layers": lm.n_layers, "neurons": lm.n_neurons},
+                 "model": {"name": lm.name, "layers": lm.n_layers, "neurons": lm.n_neurons,
+                           "weights": lm.weights or "safetensors",
+                           "dtype": str(lm.dtype).removeprefix("torch.")},
                  "machine": cpu_summary(), "dtype_choice": lm.dtype_choice,
                  "complete": False, "parts": []}
         started = time.perf_counter()

@@ -47,6 +47,7 @@ class LanguageModel:
     adapter: FamilyAdapter
     name: str
     dtype_choice: str = ""  # how load_model chose the dtype ("auto: float32 (...)")
+    weights: str = ""  # where the weights came from ("GGUF Q4_K_M (...), dequantized")
 
     @property
     def causal(self) -> bool:
@@ -199,6 +200,43 @@ def _gguf_cache_key(gguf: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+SOURCE_NOTE = "mkn-source.json"  # in a converted directory: what its weights were
+
+
+def gguf_file_type(gguf: Path) -> str:
+    """The quantization of a GGUF file as its header names it (``Q4_K_M``, ``F16``, ...), or
+    ``unknown``."""
+    try:
+        import gguf as gguf_lib
+
+        field = gguf_lib.GGUFReader(gguf).fields["general.file_type"]
+        return gguf_lib.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix(
+            "MOSTLY_")
+    except Exception:  # an old or unusual header: the note says so rather than failing
+        return "unknown"
+
+
+def write_source_note(gguf: Path, target: Path) -> None:
+    """Record in ``target`` that its weights are ``gguf``'s, dequantized (issue 20: a study
+    states the quantization of its weights)."""
+    import json
+
+    note = {"gguf": gguf.name, "file_type": gguf_file_type(gguf), "dequantized_to": "float32"}
+    (target / SOURCE_NOTE).write_text(json.dumps(note) + "\n", encoding="utf-8")
+
+
+def weights_note(path: Path) -> str:
+    """How a model directory's weights came to be: ``GGUF Q4_K_M (name.gguf), dequantized`` for
+    a converted GGUF, ``safetensors`` otherwise."""
+    import json
+
+    try:
+        note = json.loads((path / SOURCE_NOTE).read_text(encoding="utf-8"))
+        return f"GGUF {note['file_type']} ({note['gguf']}), dequantized"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "safetensors"
+
+
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantize ``gguf`` into a safetensors model directory ``target``, atomically."""
     import transformers
@@ -216,6 +254,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        write_source_note(gguf, tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first
@@ -241,6 +280,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if text in EMBEDDED_MODELS:
         target = cache_dir() / "models" / text
         if (target / "config.json").exists():
+            if not (target / SOURCE_NOTE).exists():  # converted before the note existed
+                write_source_note(_embedded_gguf(text), target)
             return target
         return convert_gguf(_embedded_gguf(text), target)
     path = Path(text).expanduser()
@@ -289,6 +330,7 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
         lm = _load_hf_dir(path, dtype, str(device), name=str(name_or_path),
                           device_map=device_map)
         lm.dtype_choice = why
+        lm.weights = weights_note(path)
         return lm
     except ModelError:
         raise

@@ -426,7 +426,9 @@ def render(study: dict, source: str = "study.json") -> str:
         + "; do not edit by hand, rerun the command.",
         "",
         f"Setup: model {config['model']} ({study['model']['layers']} layers x "
-        f"{study['model']['neurons']} FFN neurons, {config['dtype']}), methods "
+        f"{study['model']['neurons']} FFN neurons; weights: "
+        f"{study['model'].get('weights', 'not recorded (a study written before)')}, run in "
+        f"{config['dtype']}), methods "
         f"{', '.join(config['methods'])}, {config['steps']} integration steps (left rule), at "
         f"most {config['max_queries']} queries per fact and language attributed (all queries "
         f"measured), seed {config['seed']}, experiments 3-5 use `{config['experiment_method']}` "
