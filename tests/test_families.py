@@ -360,3 +360,23 @@ def test_masked_fast_path_equals_the_plain_rows(family, monkeypatch):
     plain = mkn.attribute(lm, prompt, target, method="amig", steps=6)
     assert torch.allclose(fast.scores, plain.scores, atol=1e-6, rtol=1e-4)
     assert torch.allclose(fast.baseline_prob, plain.baseline_prob, atol=1e-6)
+
+
+def test_no_transformers_deprecation_warning_on_any_family(caplog):
+    """Issue 21: no "`past_key_values` is deprecated" warning (removed in transformers 5.40):
+    mkn passes the KV cache under the name the installed version uses (mkn.models.kv_cache)."""
+    import logging
+    import warnings
+
+    from mkn.attribution.api import predict_many
+
+    caplog.set_level(logging.WARNING, logger="transformers")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for family in tm.FAMILIES:
+            lm = tm.tiny(family)
+            mkn.attribute(lm, "The capital of France is [Y] .", "Paris", steps=2)
+            predict_many(lm, [("The capital of France is [Y] .", "New York"),
+                              ("The capital of Italy is [Y] .", "Rome")])
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "past_key_values" in m or "cache_params" in m], messages

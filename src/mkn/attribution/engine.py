@@ -28,6 +28,7 @@ import torch
 from mkn.attribution.queries import PredictionStep
 from mkn.models.devices import halving_on_oom, rows_per_pass
 from mkn.models.hooks import NeuronHook, capture, neuron_hooks
+from mkn.models.kv_cache import cache_kwarg, output_cache
 from mkn.models.loading import LanguageModel
 
 
@@ -140,8 +141,8 @@ class StepRunner:
             self.tokens = ids[-1:]
             if len(ids) > 1:
                 with torch.no_grad():  # the body only: no logits for the prefix
-                    self.cache = lm.model.base_model(ids[None, :-1],
-                                                     use_cache=True).past_key_values
+                    self.cache = output_cache(lm.model.base_model(ids[None, :-1],
+                                                                  use_cache=True))
             self.position = -1
         else:
             self.tokens = ids
@@ -196,7 +197,7 @@ class StepRunner:
             lambda module, args, out: returns_tuple.append(isinstance(out, tuple))))
         try:
             with torch.no_grad():
-                self.lm.model(input_ids=self.tokens[None], past_key_values=self._fresh_cache(1),
+                self.lm.model(input_ids=self.tokens[None], **cache_kwarg(self._fresh_cache(1)),
                               use_cache=self.cache is not None, logits_to_keep=1)
         finally:
             for handle in handles:
@@ -246,14 +247,14 @@ class StepRunner:
     def _causal_logits(self, rows: int, row_layers: list[int] | None) -> torch.Tensor:
         input_ids = self.tokens[None].expand(rows, -1)
         if not row_layers or row_layers[0] == row_layers[-1] == 0:
-            out = self.lm.model(input_ids=input_ids, past_key_values=self._fresh_cache(rows),
+            out = self.lm.model(input_ids=input_ids, **cache_kwarg(self._fresh_cache(rows)),
                                 use_cache=self.cache is not None, logits_to_keep=1)
             return out.logits[:, -1]
         starts = torch.bincount(torch.tensor(row_layers), minlength=self.lm.n_layers)
         active = starts.cumsum(0).tolist()
         hidden_in, returns_tuple = self._clean_block_inputs
         with staggered_blocks(self.lm, active, starts.tolist(), hidden_in, returns_tuple):
-            out = self.lm.model(input_ids=input_ids, past_key_values=self._fresh_cache(active),
+            out = self.lm.model(input_ids=input_ids, **cache_kwarg(self._fresh_cache(active)),
                                 use_cache=self.cache is not None, logits_to_keep=1)
         return out.logits[:, -1]
 

@@ -32,6 +32,7 @@ import torch
 
 from mkn.attribution.queries import EncodedQuery, PredictionStep
 from mkn.models.hooks import neuron_hooks
+from mkn.models.kv_cache import cache_kwarg, output_cache
 from mkn.models.loading import LanguageModel
 
 # Floats of logits one pass may hold (rows x kept positions x vocab).
@@ -150,7 +151,7 @@ def _score_causal(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                     if len(target) > 1:
                         rows.append((row, index))
             if rows:
-                _continue(lm, encoded, rows, out.past_key_values, length, vocab, token_probs,
+                _continue(lm, encoded, rows, output_cache(out), length, vocab, token_probs,
                           predicted)
     return [_prediction(token_probs[i], predicted[i], query.target_ids)
             for i, query in enumerate(encoded)]
@@ -207,7 +208,7 @@ def _continue(lm: LanguageModel, encoded: Sequence[EncodedQuery], rows: list[tup
         with _head_at(lm, torch.tensor(where_rows, device=lm.device),
                       torch.tensor(where_positions, device=lm.device)), torch.no_grad():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                              past_key_values=selected, use_cache=True).logits[0]
+                              **cache_kwarg(selected), use_cache=True).logits[0]
         _read_out(logits, targets, owners, token_probs, predicted)
         start = end
 
