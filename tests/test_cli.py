@@ -210,3 +210,19 @@ def test_generic_command_builds_then_reuses_the_cached_list(tiny_dir, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached:" in again.output
     assert json.loads((tmp_path / "list.json").read_text())["format"] == 2
+
+
+def test_usage_errors_are_one_line_naming_the_option():
+    """Issue 21: typer's usage errors printed a 3-line box; mkn prints one line with exit 2."""
+    import subprocess
+    import sys
+
+    for args, option in ((["locate", "--steps", "0"], "--steps"),
+                         (["reproduce", "--limit", "1"], "--limit"),
+                         (["locate", "--bogus"], "--bogus")):
+        done = subprocess.run([sys.executable, "-m", "mkn.cli", *args], capture_output=True,
+                              text=True, timeout=300)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1, (args, lines)
+        assert lines[0].startswith("error: ") and option in lines[0], lines
+        assert f"mkn {args[0]} --help lists the options" in lines[0]

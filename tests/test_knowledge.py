@@ -174,3 +174,19 @@ def test_a_planted_copyable_item_is_flagged_and_counted():
     summary = probe_summary(known.knowledge.values(), ["en", "zh"])
     assert summary["per_language"]["en"]["copyable"] == 1
     assert "copyable (gold object in the prompt)" in probe_table(summary)
+
+
+def test_a_huge_prompt_is_refused_at_once_not_run():
+    """Issue 21: a 10 MB prompt against a model with 64 positions ran for 10 minutes."""
+    import time
+
+    from mkn.attribution.queries import encode
+
+    lm = knowing("llama")
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"prompt of 10,000,000 characters cannot fit the "
+                                         r"context of .* \(64 tokens\)"):
+        encode(lm, "x" * (10_000_000 - 6) + " [Y] .", "Paris")
+    assert time.perf_counter() - started < 1.0
+    with pytest.raises(ValueError, match="longer than the context"):  # fits by characters only
+        encode(lm, "the " * 80 + "capital is [Y] .", "Paris")

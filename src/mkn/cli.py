@@ -760,9 +760,21 @@ def main() -> None:
     debug = "--debug" in sys.argv[1:]
     if debug:
         sys.argv.remove("--debug")
+    from typer.core import _click as click  # typer's own click (it vendors one)
+
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False, prog_name="mkn")  # usage errors: one line, no box
+    except click.exceptions.UsageError as error:
+        where = error.ctx.command_path if error.ctx is not None else "mkn"
+        console.print(f"[bold red]error:[/] {escape(error.format_message())} "
+                      f"({escape(where)} --help lists the options)", soft_wrap=True,
+                      highlight=False)
+        raise SystemExit(2) from None
+    except click.exceptions.ClickException as error:
+        console.print(f"[bold red]error:[/] {escape(error.format_message())}", soft_wrap=True,
+                      highlight=False)
+        raise SystemExit(error.exit_code) from None
+    except (KeyboardInterrupt, click.exceptions.Abort):
         _say("interrupted")
         raise SystemExit(130) from None
     except Exception as error:
@@ -771,6 +783,8 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(describe_error(error))} (mkn --debug ... "
                       "shows the traceback)", soft_wrap=True, highlight=False)
         raise SystemExit(2) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -98,11 +98,21 @@ def continuation(tokenizer, before: str, target: str, special: bool) -> tuple[li
     return full_ids[:common], full_ids[common:]
 
 
+# No token of a real vocabulary spans this many characters: a prompt longer than this many
+# characters per position of the model's context cannot fit, and is refused before tokenizing
+# (a 10 MB prompt would otherwise tokenize and run for minutes: issue 21).
+MAX_CHARS_PER_TOKEN = 100
+
+
 def encode(lm: LanguageModel, prompt: str, target: str) -> EncodedQuery:
     """Encode a query for ``lm``; clear errors for what cannot work."""
     tokenizer = lm.tokenizer
     if not target or not target.strip():
         raise ValueError(f"target {target!r} is empty")
+    context = lm.max_length
+    if context is not None and len(prompt) + len(target) > MAX_CHARS_PER_TOKEN * context:
+        raise ValueError(f"prompt of {len(prompt):,} characters cannot fit the context of "
+                         f"{lm.name} ({context:,} tokens); shorten it")
     before, after = split_prompt(prompt, target)
     if lm.causal and not before.strip():
         raise ValueError(f"prompt {prompt!r} leaves nothing before the object: a causal LM "
