@@ -386,3 +386,17 @@ def test_lenient_skips_a_fact_the_model_cannot_score_and_names_it(tiny_dir, tmp_
     assert located == {f.id for f in base}
     config = json.loads((tmp_path / "lenient" / "config.json").read_text())
     assert any("object-first" in s for s in config["skipped"])
+
+
+def test_the_lock_holder_file_is_never_written_through_a_symlink(tmp_path):
+    """Issue 21: ``claim`` wrote ``.mkn.lock.holder`` with ``write_text``, which follows a
+    symlink planted in the run directory, overwriting a foreign file with the PID."""
+    foreign = tmp_path / "precious.txt"
+    foreign.write_text("keep me\n", encoding="utf-8")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".mkn.lock.holder").symlink_to(foreign)
+    with claim(run_dir, "locate", {"model": "a"}):
+        holder = run_dir / ".mkn.lock.holder"
+        assert not holder.is_symlink() and holder.read_text().strip() == str(os.getpid())
+    assert foreign.read_text(encoding="utf-8") == "keep me\n"

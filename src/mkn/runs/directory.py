@@ -213,7 +213,7 @@ def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume:
         pid = holder.read_text(encoding="utf-8").strip() if holder.exists() else "unknown"
         raise RunDirectoryError(f"{directory} is being written by another mkn process (PID "
                                 f"{pid}); wait for it to end or choose another --out") from None
-    (directory / HOLDER).write_text(f"{os.getpid()}\n", encoding="utf-8")
+    write_atomic(directory / HOLDER, f"{os.getpid()}\n")  # replaces a symlink, never follows it
     run = RunDirectory(directory, kind, identity, lock=lock)
     try:
         manifest = read_manifest(directory)
