@@ -194,3 +194,18 @@ def test_injection_success_is_the_knowledge_criterion_and_transfer_needs_a_taken
     assert head["portability_over_random"]["value"] == 0.5
     summary = injection.summarize([took, failed], ["zh"])
     assert summary["edits_taken"] == 1 and summary["portability"]["zh"]["efficacy"] == 0.5
+
+
+def test_enhancement_with_known_any_does_not_advise_known_any():
+    """Issue 21: with --known any and nothing known, the error said "pass --known any"."""
+    from types import SimpleNamespace
+
+    from mkn.experiments import enhancement
+    from mkn.localization.knowledge import KnownItems
+
+    nothing = KnownItems("auto", ["en"], {("f", "en"): SimpleNamespace(known=lambda c: False)})
+    config = CONFIG.model_copy(update={"known": "any"})
+    with pytest.raises(ValueError) as error:
+        enhancement.run(None, [], ["en"], config, known=nothing)
+    message = str(error.value)
+    assert "whatever --known says" in message and "pass --known any" not in message

@@ -61,7 +61,10 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     criterion = "auto" if config.known == "any" else config.known
     known = known if known is not None and known.criterion == criterion else known_items(
         lm, facts, languages, criterion)
-    known.require_some("strong (known) languages")
+    known.require_some("strong (known) languages", advice=(
+        "enhancement needs facts the model knows in some language, whatever --known says "
+        "(with --known any its strong languages are still judged by auto); draw facts the "
+        "model knows in at least one language (mkn probe shows which)"))
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False,
                                                                          "known": criterion}),
                          progress, cache, known, generic)

@@ -268,15 +268,16 @@ class KnownItems:
         return (f"known by {self.criterion} ({CRITERION_TEXT[self.criterion]}): {counts}"
                 + ("" if self.criterion == "any" else "; the rest is skipped"))
 
-    def require_some(self, what: str = "items") -> None:
-        """A clear error when the criterion leaves nothing to work on."""
+    def require_some(self, what: str = "items", advice: str | None = None) -> None:
+        """A clear error when the criterion leaves nothing to work on (``advice``: what to do
+        instead of the default "draw known facts or pass --known any")."""
         if any(c["known"] for c in self.counts().values()):
             return
         counts = ", ".join(f"{lang}: 0 of {c['items']} known" for lang, c in self.counts().items())
         raise ValueError(f"the knowledge filter --known {self.criterion} "
                          f"({CRITERION_TEXT[self.criterion]}) left no {what} ({counts}); "
-                         "draw facts the model knows (mkn probe shows which) or pass "
-                         "--known any to keep every item")
+                         + (advice or "draw facts the model knows (mkn probe shows which) or "
+                            "pass --known any to keep every item"))
 
     def to_summary(self) -> dict:
         return {"criterion": self.criterion, "definition": CRITERION_TEXT[self.criterion],
