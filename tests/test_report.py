@@ -538,3 +538,20 @@ def test_changes_spanning_orders_of_magnitude_get_a_symmetric_log_axis():
 
     assert scale([140.0, 2.0, 0.5]) == "symlog"  # a 14,000% bar beside 50-200%
     assert scale([0.9, -0.5, 2.0]) == "linear"
+
+
+def test_report_never_replaces_a_page_it_did_not_write(fake_run, tmp_path):
+    """Issue 21: ``mkn report RUN --out DIR/index.html`` replaced a foreign index.html and
+    DIR/report/neurons.html."""
+    (tmp_path / "index.html").write_text("<p>my site</p>", encoding="utf-8")
+    with pytest.raises(ValueError, match="index.html exists and was not written by mkn"):
+        write_report(fake_run, tmp_path / "index.html")
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "neurons.html").write_text("<p>mine</p>", encoding="utf-8")
+    with pytest.raises(ValueError, match="neurons.html exists and was not written by mkn"):
+        write_report(fake_run, tmp_path / "fresh.html")
+    assert (tmp_path / "index.html").read_text(encoding="utf-8") == "<p>my site</p>"
+    assert not (tmp_path / "fresh.html").exists()
+    with torch_threads(1):
+        ours = write_report(fake_run, tmp_path / "other" / "r.html")
+        write_report(fake_run, ours)  # its own output is replaced

@@ -184,6 +184,16 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     before = kept.read_bytes()
     write_results(kept, tmp_path / "S.md", refresh=True)
     assert kept.read_bytes() == before and len(before) < first_size
+    # issue 21: another folder's own RESULTS.md (or a symlink) is never replaced; ours is
+    foreign = tmp_path / "theirs.md"
+    foreign.write_text("# my notes\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="theirs.md exists and was not written by mkn; choose"):
+        write_results(kept, foreign)
+    (tmp_path / "link.md").symlink_to(foreign)
+    with pytest.raises(ValueError, match="link.md is a symbolic link"):
+        write_results(kept, tmp_path / "link.md")
+    assert foreign.read_text(encoding="utf-8") == "# my notes\n"
+    write_results(kept, tmp_path / "S.md")  # mkn's own page: replaced
 
 
 def test_a_study_file_that_is_not_one_is_a_one_line_error(tmp_path):

@@ -40,6 +40,7 @@ import markupsafe
 from mkn.report.blocks import REPORT_NAME, Section
 from mkn.report.data import RunData, load_run
 from mkn.report.experiment_views import _experiment_sections, _section_or_note
+from mkn.report.pages import PAGES
 from mkn.report.sections import (
     _agnostic_section,
     _config_section,
@@ -47,7 +48,9 @@ from mkn.report.sections import (
     _neurons_section,
     _overview_section,
 )
-from mkn.runs.directory import write_atomic
+from mkn.runs.directory import check_ours, write_atomic
+
+GENERATOR = '<meta name="generator" content="mkn'  # in every page mkn writes (the template)
 
 # ----------------------------------------------------------------------------- page
 
@@ -127,6 +130,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     from mkn.report.pages import write_pages
 
     out = Path(out) if out is not None else run_dir / REPORT_NAME
+    replace = "choose another --out, or delete it yourself to have mkn write it"
+    check_ours(out, GENERATOR, replace)
+    check_ours(out.parent / PAGES / "neurons.html", GENERATOR, replace)
     data = load_run(run_dir)
     page = render_report(run_dir, data)
     out.parent.mkdir(parents=True, exist_ok=True)

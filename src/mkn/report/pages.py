@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mkn.report.blocks import Cell, Section, Table, Text
+from mkn.runs.directory import write_atomic
 from mkn.runs.store import unit_file_name
 
 PAGES = "report"  # folder of the pages, next to report.html
@@ -150,21 +151,20 @@ def write_pages(data, root: Path, render, home: str = "report.html") -> dict:
     (folder / "facts").mkdir(parents=True, exist_ok=True)
     (folder / "neurons").mkdir(parents=True, exist_ok=True)
     for fact_id in index.facts:
-        (root / fact_href(fact_id)).write_text(
-            render(f"fact {fact_id}", fact_sections(fact_id, index), f"../../{home}"),
-            encoding="utf-8")
+        write_atomic(root / fact_href(fact_id),  # atomic: never through a planted symlink
+                     render(f"fact {fact_id}", fact_sections(fact_id, index), f"../../{home}"))
     for neuron, uses in index.uses.items():
-        (root / neuron_href(*neuron)).write_text(
-            render(f"neuron {neuron_slug(*neuron)}", neuron_sections(neuron, uses),
-                   f"../../{home}"), encoding="utf-8")
+        write_atomic(root / neuron_href(*neuron),
+                     render(f"neuron {neuron_slug(*neuron)}", neuron_sections(neuron, uses),
+                            f"../../{home}"))
     ranked = sorted(index.uses.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     rows = [[Cell(f"({a}, {b})", href=neuron_href(a, b, "")), Cell(hook_name(a)),
              Cell(str(len({u.fact_id for u in uses if not u.generic}))),
              Cell(str(len({u.relation for u in uses if not u.generic}))),
              Cell(str(len({u.language for u in uses if not u.generic}))),
              Cell(str(sum(u.generic for u in uses)))] for (a, b), uses in ranked]
-    (folder / "neurons.html").write_text(render("every neuron of the run", [Section(
+    write_atomic(folder / "neurons.html", render("every neuron of the run", [Section(
         "neurons", "Every neuron of the run, by the number of facts it serves", [Table(
             ["neuron", "hook", "facts", "relations", "languages", "left out as generic"],
-            rows)])], f"../{home}"), encoding="utf-8")
+            rows)])], f"../{home}"))
     return {"facts": len(index.facts), "neurons": len(index.uses)}

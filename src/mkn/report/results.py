@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mkn.experiments.common import markdown_table
 from mkn.experiments.metrics import holm
-from mkn.runs.directory import read_json, write_atomic, write_json
+from mkn.runs.directory import check_ours, read_json, write_atomic, write_json
 
 CAVEATS = """\
 - **Model.** gemma-3-270m is far smaller than the papers' m-BERT / mGPT / LLaMA-2. It knows few
@@ -528,5 +528,10 @@ def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
         refresh_headlines(study)
         study["statistics_refreshed"] = datetime.now(UTC).isoformat(timespec="seconds")
         write_json(study_json, study)
+    check_ours(out, RESULTS_MARKER, "choose another --results, or delete that file yourself to "
+               "have mkn write it")
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(out, render(study, source=str(study_json)))
+
+
+RESULTS_MARKER = "Produced by `mkn reproduce"  # in the header of every page render() writes

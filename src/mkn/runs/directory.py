@@ -87,6 +87,24 @@ def write_atomic(path: Path, text: str | bytes) -> Path:
     return path
 
 
+def check_ours(path: Path, marker: str, replace: str) -> None:
+    """Refuse to replace ``path`` unless mkn wrote it (``marker`` in its first 64 KB): a file a
+    user or another tool wrote there, a folder or a symbolic link is never overwritten (a
+    one-line :class:`ValueError`; ``replace`` says how to replace one's own output)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link: mkn does not write through or replace it; "
+                         f"{replace}")
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file mkn wrote; {replace}")
+    with open(path, "rb") as existing:
+        head = existing.read(65536)
+    if marker.encode("utf-8") not in head:
+        raise ValueError(f"{path} exists and was not written by mkn; {replace}")
+
+
 def write_json(path: Path, data) -> Path:
     """Save ``data`` as compact JSON, atomically; gzip-compressed when the name ends in ``.gz``
     (no timestamp in the gzip header: the same data gives the same bytes)."""
