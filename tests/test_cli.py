@@ -226,3 +226,19 @@ def test_usage_errors_are_one_line_naming_the_option():
         assert done.returncode == 2 and len(lines) == 1, (args, lines)
         assert lines[0].startswith("error: ") and option in lines[0], lines
         assert f"mkn {args[0]} --help lists the options" in lines[0]
+
+
+def test_reproduce_refuses_a_foreign_results_page_before_the_study(tmp_path):
+    """Issue 21: the foreign page is refused at once, before a long study, and nothing is
+    written."""
+    import subprocess
+    import sys
+
+    page = tmp_path / "RESULTS.md"
+    page.write_text("# my own results\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "mkn.cli", "reproduce", "--limit", "2",
+                           "--results", str(page), "--out", str(tmp_path / "study")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "exists and was not written by mkn" in done.stdout
+    assert page.read_text(encoding="utf-8") == "# my own results\n"
+    assert not (tmp_path / "study").exists()

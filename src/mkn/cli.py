@@ -633,9 +633,9 @@ def reproduce(
     import sys
 
     from mkn.experiments.reproduce import StudyConfig, run_study
-    from mkn.report.results import write_results
+    from mkn.report.results import RESULTS_MARKER, write_results
     from mkn.runs.backends import make_backend
-    from mkn.runs.directory import check_writable
+    from mkn.runs.directory import check_ours, check_writable
 
     try:
         if render is None:
@@ -643,6 +643,8 @@ def reproduce(
             config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
                                  limit=limit, seed=seed, known=known, generic=generic)
             check_writable(results.parent)
+            check_ours(results, RESULTS_MARKER, "choose another --results, or delete that "
+                       "file yourself to have mkn write it")  # before the study, not after
             lm = _load(config.model, asked, device, device_map)  # says why auto chose
             command = "mkn reproduce " + shlex.join(
                 a for a in sys.argv[2:] if a != "--resume") if sys.argv[1:2] == [
