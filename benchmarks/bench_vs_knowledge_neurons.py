@@ -151,16 +151,6 @@ def build_model(tokenizer, seed: int, init_std: float, target_bias: float):
     return model
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -233,7 +223,7 @@ def main() -> int:
     import mkn
     from mkn.attribution.engine import clean_run, integrated_gradients
     from mkn.attribution.queries import encode
-    from mkn.models.devices import cpu_summary
+    from mkn.models.devices import cpu_model, cpu_summary
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -52,10 +52,15 @@ class Prediction:
 
     @property
     def mean_log_prob(self) -> float:
-        """Mean log-probability per object token (the length-normalized score that ranks
-        candidate objects in BMLAMA, Qi et al. 2023)."""
-        logs = [math.log(p) if p > 0 else MIN_LOG_PROB for p in self.token_probs]
-        return sum(logs) / len(logs) if logs else MIN_LOG_PROB
+        """:func:`mean_log_prob` of the object's tokens."""
+        return mean_log_prob(self.token_probs)
+
+
+def mean_log_prob(token_probs: Sequence[float]) -> float:
+    """Mean log-probability per object token (the length-normalized score that ranks candidate
+    objects in BMLAMA, Qi et al. 2023); a zero probability counts as ``MIN_LOG_PROB``."""
+    logs = [math.log(p) if p > 0 else MIN_LOG_PROB for p in token_probs]
+    return sum(logs) / len(logs) if logs else MIN_LOG_PROB
 
 
 def _keeps_logits(lm: LanguageModel) -> bool:

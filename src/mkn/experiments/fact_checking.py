@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from mkn.attribution.api import attribute, predict
-from mkn.attribution.scoring import Prediction
+from mkn.attribution.scoring import mean_log_prob
 from mkn.experiments.common import Progress, generic_for, knowledge_line, markdown_table, queries
 from mkn.experiments.metrics import interval, precision_recall_f1, roc_auc
 from mkn.interventions.controls import random_like, stable_seed
@@ -127,8 +127,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                     score = float(torch.stack([a.scores[n] for n in kept]).mean())
                     control_score = float(torch.stack([a.scores[n] for n in control]).mean())
                     model_true = a.correct
-                    model_score = Prediction(a.prob, a.correct, -1,
-                                             tuple(a.token_probs)).mean_log_prob
+                    model_score = mean_log_prob(a.token_probs)
                 else:
                     prediction = predict(lm, prompt, candidate)
                     model_true, model_score = prediction.correct, prediction.mean_log_prob
@@ -210,10 +209,11 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
         by_fact.setdefault(judgment["fact_id"], []).append(judgment)
     groups = list(by_fact.values())
 
-    def f1(judge: str) -> Callable[[Sequence[list[dict]]], float]:
+    def f1(judge: str | None) -> Callable[[Sequence[list[dict]]], float]:
+        """F1 of the judgments' ``judge`` flag (None: the always-true judge)."""
         def statistic(sample: Sequence[list[dict]]) -> float:
             rows = [j for group in sample for j in group]
-            return precision_recall_f1([judge == "always" or bool(j[judge]) for j in rows],
+            return precision_recall_f1([judge is None or bool(j[judge]) for j in rows],
                                        [j["true"] for j in rows])["f1"]
         return statistic
 
@@ -227,7 +227,7 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
     if with_control:  # degenerate neurons against random neurons of the same shape
         out["f1_difference_random"] = interval(
             groups, lambda s: f1("dkn_true")(s) - f1("random_true")(s), seed)
-    out["f1_always_true"] = interval(groups, f1("always"), seed)
+    out["f1_always_true"] = interval(groups, f1(None), seed)
     scored = [[j for j in group if j["score"] is not None] for group in groups]
     scored = [group for group in scored if group]
     if scored and all("model_score" in j for group in scored for j in group):

@@ -182,9 +182,9 @@ def summarize(items: list[dict], targets: list[str]) -> dict:
             "reliability_efficacy": _rate(pooled_random(lambda e: e["reliability"]),
                                           "efficacy"),
             "portability_top1": _rate(pooled_random(
-                lambda e: [r for rows in e["portability"].values() for r in rows]), "new_top1"),
+                transfer_rows), "new_top1"),
             "portability_efficacy": _rate(pooled_random(
-                lambda e: [r for rows in e["portability"].values() for r in rows]), "efficacy"),
+                transfer_rows), "efficacy"),
         },
     }
     return summary
@@ -224,17 +224,14 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
         per_edit = [accuracy([r[key] for r in rows_of(i)]) for i in edits if rows_of(i)]
         return interval(per_edit, statistics.fmean, seed)
 
-    def everywhere(i: dict) -> list:
-        return [r for rows in i["portability"].values() for r in rows]
-
     return {
         "edits": {"all": len(items), "took": len(taken), "did_not_take": len(items) - len(taken)},
         "reliability": rate(items, lambda i: i["reliability"], SUCCESS),
         "reliability_greedy": rate(items, lambda i: i["reliability"], GREEDY),
         "generalization": rate(taken, lambda i: i["generalization"], SUCCESS),
         "generalization_greedy": rate(taken, lambda i: i["generalization"], GREEDY),
-        "portability": rate(taken, everywhere, SUCCESS),
-        "portability_greedy": rate(taken, everywhere, GREEDY),
+        "portability": rate(taken, transfer_rows, SUCCESS),
+        "portability_greedy": rate(taken, transfer_rows, GREEDY),
         "locality": interval([accuracy(i["locality"]) for i in items if i["locality"]],
                              statistics.fmean, seed),
         # per edit that took: its portability minus that of random-set edits of the same shape
@@ -245,8 +242,13 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
     }
 
 
-def _portability(edit: dict, key: str = SUCCESS) -> float | None:
+def transfer_rows(edit: dict) -> list[dict]:
+    """The measured queries of every other language (portability), pooled."""
+    return [r for rows in edit["portability"].values() for r in rows]
+
+
+def _portability(edit: dict) -> float | None:
     """Share of the other languages' queries where the new object now ranks above the old one
-    (``key``: or became the greedy prediction)."""
-    rows = [r for rows in edit["portability"].values() for r in rows]
-    return accuracy([r[key] for r in rows]) if rows else None
+    (:data:`SUCCESS`)."""
+    rows = transfer_rows(edit)
+    return accuracy([r[SUCCESS] for r in rows]) if rows else None

@@ -41,7 +41,7 @@ from mkn.experiments.common import (
     same_relation_facts,
     unrelated_facts,
 )
-from mkn.experiments.metrics import clustered_interval, success_ratio
+from mkn.experiments.metrics import clustered_interval, paired_outcome, success_ratio
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -169,12 +169,7 @@ PAIRS = (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig"))
 def pair_outcome(item: dict, a: str, b: str) -> float | None:
     """1 when ``a`` has the higher SR on ``item``, 0 when ``b`` has, 0.5 for a tie; a method
     that finds no neurons loses to one that does (None when neither does)."""
-    sa, sb = item[a]["sr"], item[b]["sr"]
-    if sa is None and sb is None:
-        return None
-    if sa is None or sb is None:
-        return 0.0 if sa is None else 1.0
-    return 1.0 if sa > sb else 0.0 if sa < sb else 0.5
+    return paired_outcome(item[a]["sr"], item[b]["sr"])
 
 
 def pairwise(items: list[dict], a: str, b: str) -> dict:

@@ -127,6 +127,15 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[[Sequence[float]],
     return percentile_ci(bootstrap_distribution(values, statistic, resamples, seed), level)
 
 
+def paired_outcome(a: float | None, b: float | None) -> float | None:
+    """One item of a paired comparison: 1 when ``a`` beats ``b``, 0.5 for a tie, 0 when ``b``
+    wins; a side without a value (a method that found no neurons) loses to one with a value,
+    and the item is None (left out) when neither has one."""
+    if a is None or b is None:
+        return None if a is None and b is None else 0.0 if a is None else 1.0
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
 def curve_area(values: Sequence[float]) -> float:
     """The normalized area under a curve sampled on a grid of sizes: trapezoids between
     neighbouring grid points, divided by the number of intervals (the mean height of the curve

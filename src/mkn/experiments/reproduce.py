@@ -214,7 +214,7 @@ def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
     """Per method: localization statistics (layer histograms, overlap, counts), the per-fact
     upper-third statistic with its clustered interval, whether its sets equal another method's,
     and the attribution cost per (fact, language)."""
-    out = {}
+    out, methods = {}, list(located)
     for method, results in located.items():
         records: dict[str, list] = {"neurons": [], "language_agnostic": [], "degenerate": []}
         seconds = []
@@ -227,9 +227,8 @@ def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
         stats["upper_third_excess"] = clustered_interval(
             [pair for result in results.values()
              for pair in upper_third_excess(result, n_layers)], statistics.fmean)
-        stats["same_sets_as"] = next((other for other in located if other != method
-                                      and list(located).index(other) < list(located).index(method)
-                                      and same_sets(located, method, other)), None)
+        stats["same_sets_as"] = next((other for other in methods[:methods.index(method)]
+                                      if same_sets(located, method, other)), None)
         stats["cost"] = {"fact_language_pairs": len(seconds),
                          "mean_attribution_seconds": statistics.fmean(seconds),
                          "median_attribution_seconds": statistics.median(seconds)}

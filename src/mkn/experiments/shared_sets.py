@@ -45,7 +45,7 @@ from mkn.experiments.common import (
     unrelated_facts,
 )
 from mkn.experiments.cross_lingual_editing import EditEverywhere, measure_everywhere
-from mkn.experiments.metrics import curve_area, interval
+from mkn.experiments.metrics import curve_area, interval, paired_outcome
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -190,8 +190,8 @@ def summarize(items: list[dict], rankings: Sequence[str], sizes: Sequence[int],
                                   seed)
                     for key in ("selectivity", "specificity", "moved")}
     summary["paired"] = {f"{a} > {b}": {str(k): interval(
-        [_win(_selectivity(i, a, k, a == "amig-source" or b == "amig-source"),
-              _selectivity(i, b, k, a == "amig-source" or b == "amig-source"))
+        [paired_outcome(_selectivity(i, a, k, a == "amig-source" or b == "amig-source"),
+                        _selectivity(i, b, k, a == "amig-source" or b == "amig-source"))
          for i in items], statistics.fmean, seed) for k in sizes}
         for a, b in PAIRS if a in rankings and b in rankings}
     return summary
@@ -207,10 +207,6 @@ def _selectivity(item: dict, name: str, k: int, other_languages: bool) -> float:
     the source one when ``other_languages``)."""
     return fact_numbers(item["sets"][name][str(k)]["suppress"],
                         item["source"] if other_languages else None)["selectivity"]
-
-
-def _win(a: float, b: float) -> float:
-    return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
@@ -231,7 +227,8 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
         if a in rankings and b in rankings:
             others = "amig-source" in (a, b)
             out["paired"][f"{a} > {b}"] = interval(
-                [_win(area(i, a, others=others), area(i, b, others=others)) for i in items],
+                [paired_outcome(area(i, a, others=others), area(i, b, others=others))
+                 for i in items],
                 statistics.fmean, seed)
     return out
 

@@ -34,7 +34,7 @@ from mkn.experiments.common import (
     queries,
     unrelated_facts,
 )
-from mkn.experiments.metrics import clustered_interval, curve_area
+from mkn.experiments.metrics import clustered_interval, curve_area, paired_outcome
 from mkn.interventions.controls import (
     DEFAULT_DRAWS,
     DEFAULT_UNRELATED,
@@ -199,12 +199,10 @@ PAIRS = (("amig", "ig"), ("matrice", "amig"), ("matrice", "ig"), ("amig", RANDOM
 
 
 def _win(a: list | None, b: list | None) -> float | None:
-    """1 when curve ``a``'s area beats ``b``'s, 0.5 for a tie; a method without a curve on the
-    item (too few neurons) loses to one with a curve; None when neither has one."""
-    if a is None or b is None:
-        return None if a is None and b is None else 0.0 if a is None else 1.0
-    area_a, area_b = curve_area(a), curve_area(b)
-    return 1.0 if area_a > area_b else 0.5 if area_a == area_b else 0.0
+    """:func:`paired_outcome` of the two curves' areas (a method without a curve on the item,
+    too few neurons, loses it)."""
+    return paired_outcome(None if a is None else curve_area(a),
+                          None if b is None else curve_area(b))
 
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:

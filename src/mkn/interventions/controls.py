@@ -208,14 +208,19 @@ def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]]
     return [statistics.fmean(c) for c in changes]
 
 
+def set_content(neurons: Iterable[Sequence[int]]) -> str:
+    """The neurons of a set, sorted, as text: what its random controls are seeded by (the same
+    set, in any order and found by any method, gets the same draws)."""
+    return ",".join(f"{layer}:{index}" for layer, index in sorted(
+        (int(n[0]), int(n[1])) for n in neurons))
+
+
 def random_sets(neurons: Sequence[Sequence[int]], n_neurons: int, draws: int,
                 seed: int | str) -> list[list[Neuron]]:
     """``draws`` random sets shaped like ``neurons``, seeded by ``seed`` *and the content of the
-    set* (its sorted neurons): the same set gets the same draws whichever method found it, so two
-    methods that agree are never told apart by their random controls."""
-    content = ",".join(f"{layer}:{index}" for layer, index in sorted(
-        (int(n[0]), int(n[1])) for n in neurons))
-    rng = random.Random(stable_seed(seed, content, "random-control"))
+    set* (:func:`set_content`): the same set gets the same draws whichever method found it, so
+    two methods that agree are never told apart by their random controls."""
+    rng = random.Random(stable_seed(seed, set_content(neurons), "random-control"))
     return [random_like(neurons, n_neurons, rng) for _ in range(draws)]
 
 
@@ -232,8 +237,7 @@ def magnitude_matched_sets(neurons: Sequence[Sequence[int]], activations: torch.
     wanted = sorted({(int(n[0]), int(n[1])) for n in neurons})
     n_neurons = int(activations.shape[1])
     window = window or max(4, n_neurons // 100)
-    content = ",".join(f"{layer}:{index}" for layer, index in wanted)
-    rng = random.Random(stable_seed(seed, content, "magnitude-matched"))
+    rng = random.Random(stable_seed(seed, set_content(wanted), "magnitude-matched"))
     ranks: dict[int, tuple[list[int], dict[int, int]]] = {}
     for layer in {layer for layer, _ in wanted}:
         order = torch.argsort(activations[layer].float().abs(), descending=True,

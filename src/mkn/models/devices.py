@@ -71,33 +71,32 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (cpuinfo flags), 
 FORCE_ENV = "MKN_CPU_BF16"  # "native" or "emulated": overrides the CPU check (tests, benchmarks)
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``flags`` on x86, ``Features`` on Arm) from /proc/cpuinfo;
-    empty where that file does not exist."""
+def _cpuinfo(keys: tuple[str, ...]) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key is one of ``keys`` (None where there
+    is no such line or file)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
             for line in cpuinfo:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``flags`` on x86, ``Features`` on Arm) from /proc/cpuinfo;
+    empty where that file does not exist."""
+    return set((_cpuinfo(("flags", "Features")) or "").split())
 
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Model", "Hardware"):
-                    return value.strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return (_cpuinfo(("model name", "Model", "Hardware")) or platform.processor()
+            or platform.machine() or "unknown CPU")
 
 
 def cpu_summary() -> str:
@@ -120,6 +119,19 @@ def cpu_bf16_flags() -> list[str]:
     return [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
 
 
+def _cpu_bf16() -> tuple[bool, str]:
+    """(whether this CPU computes bfloat16 natively, why): ``MKN_CPU_BF16=native|emulated``
+    first, else the flags."""
+    forced = os.environ.get(FORCE_ENV, "").strip().lower()
+    if forced in ("native", "emulated"):
+        return forced == "native", f"{FORCE_ENV}={forced}"
+    if forced:
+        raise ValueError(f"{FORCE_ENV}={forced!r}: use native or emulated")
+    flags = cpu_bf16_flags()
+    return bool(flags), (", ".join(flags) if flags else
+                         "no avx512_bf16/amx_bf16 flag: bfloat16 would be emulated, ~17x slower")
+
+
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
     with AVX512-BF16/AMX (x86) or BF16 (Arm). ``MKN_CPU_BF16=native|emulated`` overrides the
@@ -127,12 +139,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
-    forced = os.environ.get(FORCE_ENV, "").strip().lower()
-    if forced in ("native", "emulated"):
-        return forced == "native"
-    if forced:
-        raise ValueError(f"{FORCE_ENV}={forced!r}: use native or emulated")
-    return bool(cpu_bf16_flags())
+    return _cpu_bf16()[0]
 
 
 def resolve_dtype(spec: str | torch.dtype | None, device: torch.device | str = "cpu"
@@ -157,12 +164,9 @@ def resolve_dtype(spec: str | torch.dtype | None, device: torch.device | str = "
         if native_bf16(device):
             return torch.bfloat16, f"auto: bfloat16 ({torch.cuda.get_device_name(device)})"
         return torch.float32, "auto: float32 (this GPU has no bfloat16)"
-    forced = os.environ.get(FORCE_ENV, "").strip().lower()
-    if native_bf16(device):
-        where = f"{FORCE_ENV}={forced}" if forced else ", ".join(cpu_bf16_flags())
+    native, where = _cpu_bf16()
+    if native:
         return torch.bfloat16, f"auto: bfloat16 (the CPU computes it natively: {where})"
-    where = (f"{FORCE_ENV}={forced}" if forced else
-             "no avx512_bf16/amx_bf16 flag: bfloat16 would be emulated, ~17x slower")
     return torch.float32, f"auto: float32 ({where})"
 
 
