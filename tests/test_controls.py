@@ -150,6 +150,10 @@ def test_generic_neurons_count_facts_over_languages_need_min_facts_and_round_tri
     path = generic.save(tmp_path / "g.json")
     again = GenericNeurons.load(path)
     assert again.items == generic.items and again.neurons("en") == generic.neurons("en")
+    # the digest a run's identity records: the content, not where it came from
+    assert again.digest == generic.digest == GenericNeurons(items, 0.3, {"a": 1}).digest
+    assert generic.with_threshold(0.1).digest != generic.digest
+    assert GenericNeurons(items[1:], 0.3).digest != generic.digest
     assert again.with_threshold(1.1).neurons("en") == {}
     (tmp_path / "bad.json").write_text('{"format": 2, "items": [{"fact_id": 1}]}')
     with pytest.raises(ValueError, match="bad.json: not a generic-neuron list"):

@@ -171,6 +171,7 @@ def test_a_planted_copyable_item_is_flagged_and_counted():
     assert not any(k.copyable for key, k in known.knowledge.items() if key != (planted.id, "en"))
     assert known.to_summary()["copyable"] == {
         "en": {"items": 1, "known": int(item.known("auto"))}, "zh": {"items": 0, "known": 0}}
+    assert known.to_summary()["copyable_items"] == [[planted.id, "en"]]
     summary = probe_summary(known.knowledge.values(), ["en", "zh"])
     assert summary["per_language"]["en"]["copyable"] == 1
     assert "copyable (gold object in the prompt)" in probe_table(summary)

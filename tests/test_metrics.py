@@ -65,18 +65,34 @@ def test_fact_checking_reports_the_always_true_judge_and_aucs():
                 "fact_id": f"f{i}", "relation": "P36", "language": "en", "true": truth,
                 "score": 0.3 if i % 2 else -0.3, "dkn_true": True,  # says true, ranks nothing
                 "control_score": 0.5 if truth else -0.5, "random_true": truth,
-                "model_score": -1.0 if truth else -2.0, "model_true": truth})
+                "model_score": -1.0 if truth else -2.0, "model_true": truth,
+                "pairs_score": 0.2 if truth else 0.1, "pairs_true": True})
     summary = fact_checking.summarize(judgments, ["en"])["all"]
     assert summary["always_true"]["f1"] == pytest.approx(2 / 3)
-    assert summary["auc"] == {"degenerate_neurons": 0.5, "random_neurons": 1.0,
-                              "model_judge": 1.0, "always_true": 0.5}
+    assert summary["candidate_pairs"]["f1"] == pytest.approx(2 / 3)
+    assert summary["auc"] == {"degenerate_neurons": 0.5, "candidate_pairs": 1.0,
+                              "random_neurons": 1.0, "model_judge": 1.0, "always_true": 0.5}
     head = fact_checking.headline({"judgments": judgments}, ["en"])
     assert head["f1_always_true"]["value"] == pytest.approx(2 / 3)
     assert head["auc_difference_random"]["value"] == pytest.approx(-0.5)
     assert head["auc_difference_random"]["ci95"][1] < 0
+    assert head["auc_difference_pairs"]["value"] == pytest.approx(-0.5)  # AMIG's own claim
     assert "always_true" in fact_checking.table(
         {"summary": {"all": summary}, "knowledge": {"per_language": {}, "criterion": "rank",
                                                     "definition": "gold ranks first"}})
+
+
+def test_candidate_pairs_come_from_the_facts_own_candidates_and_follow_its_content():
+    from mkn.experiments.fact_checking import candidate_pairs
+    from mkn.localization.degenerate import DegenerateResult
+
+    top = [(3, 1), (0, 5), (2, 2), (1, 7), (3, 9)]
+    result = DegenerateResult(top, top, [((0, 5), (2, 2)), ((1, 7), (3, 9))])
+    drawn = candidate_pairs(result, seed=0)
+    assert len(drawn) == 2 and all(a in top and b in top and a < b for a, b in drawn)
+    shuffled = DegenerateResult(top[::-1], top, result.pairs)  # same candidates, any order
+    assert candidate_pairs(shuffled, seed=0) == drawn
+    assert candidate_pairs(DegenerateResult(top, top, []), seed=0) == []
 
 
 def test_accuracy_and_bootstrap():

@@ -78,6 +78,16 @@ def test_claim_rules(tmp_path):
         claim(tmp_path / "run", "locate", {"model": "b"}, resume=True)
     with claim(tmp_path / "run", "locate", {"model": "a"}, resume=True) as run:
         assert run.resumed
+    # what is known only after the claim (a generic list's digest) is pinned into the identity
+    with claim(tmp_path / "run", "locate", {"model": "a"}, resume=True) as run:
+        run.pin("generic", {"amig": "d1"})
+        run.pin("generic", {"amig": "d1"})  # the same value: nothing to do
+    assert json.loads((tmp_path / "run" / MANIFEST).read_text())["identity"] == {
+        "model": "a", "generic": {"amig": "d1"}}
+    with claim(tmp_path / "run", "locate", {"model": "a"}, resume=True) as run:
+        assert run.resumed  # the pinned key is not a difference of the claim's identity
+        with pytest.raises(RunDirectoryError, match='its generic was {"amig": "d1"}, now'):
+            run.pin("generic", {"amig": "d2"})
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunDirectoryError, match="is a file"):
         claim(tmp_path / "file", "locate", {})

@@ -285,16 +285,25 @@ def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):
 
 
 def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...] = (),
-                   held_out=()):
+                   held_out=(), run=None):
     """The generic-neuron list of the run (None with ``--generic keep``), one per method when
     ``methods`` are given (experiments comparing methods); its reference sample holds out the
-    run's facts (``held_out``: their ids)."""
-    from mkn.localization.generic import GenericNeurons, reference_generic
+    run's facts (``held_out``: their ids; a list from a file is checked too). The run's
+    identity records each list by content digest (``run.pin``: a resume with another list is
+    refused)."""
+    from mkn.localization.generic import GenericNeurons, check_held_out, reference_generic
 
     if cfg.generic == "keep":
         return None
     if cfg.generic != "auto":
-        return GenericNeurons.load(Path(cfg.generic)).with_threshold(cfg.locate.generic_share)
+        loaded = GenericNeurons.load(Path(cfg.generic)).with_threshold(cfg.locate.generic_share)
+        try:
+            check_held_out([item.fact_id for item in loaded.items], held_out)
+        except ValueError as error:
+            raise ValueError(f"{cfg.generic}: {error}") from None
+        if run is not None:
+            run.pin("generic_digest", loaded.digest)
+        return loaded
     lists, cache = {}, {}
     for method in methods or (cfg.locate.method,):
         config = cfg.locate.model_copy(update={"method": method})
@@ -307,6 +316,8 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
                       f"{len(generic.neurons())}; {'built' if built else 'cached'} at {path}",
                       markup=False, highlight=False, soft_wrap=True)
         lists[method] = generic
+    if run is not None:
+        run.pin("generic_digest", {method: g.digest for method, g in lists.items()})
     return lists if methods else lists[cfg.locate.method]
 
 
@@ -372,7 +383,7 @@ def locate(
         with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
             generic_list = _generic_lists(cfg, lm, langs, bars.task,
-                                          held_out=[f.id for f in facts])
+                                          held_out=[f.id for f in facts], run=run)
             with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
                               lm=lm, gpus_per_worker=cfg.gpus_per_worker) as runner:
                 summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
@@ -580,7 +591,7 @@ def experiment(
                 known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
                 methods = methods_of(module.run, options)
                 generic_list = _generic_lists(cfg, lm, langs, bars.task, methods,
-                                              held_out=[f.id for f in facts])
+                                              held_out=[f.id for f in facts], run=run)
                 if cfg.backend != "local":  # attributions on the workers, measures here
                     _prefetch(cfg, lm, facts, langs, methods, known_sample, cache, bars)
                 result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,

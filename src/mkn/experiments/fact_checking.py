@@ -14,6 +14,11 @@
    prediction matches the candidate", and the control judge: the same rule on a *random* set
    with as many neurons in each layer as the kept ones (seeded per relation and language; its
    scores come from the same attributions, so it costs nothing).
+   AMIG's own claim is narrower: degenerate *pairs* beat other pairs of the same fact's top-k
+   candidates. So a second control, ``candidate_pairs``, draws for each training fact as many
+   random pairs from its own top-k candidates as it had degenerate pairs (seeded by the
+   candidates' content) and keeps neurons by the same count rule: what Algorithm 1 adds over
+   "some of the top candidates".
 5. Because pairs are balanced (one gold, ``wrong`` wrong), F1 rewards saying "true": a judge
    that always says "true" scores F1 = 2w/(1 + 2w)... = 0.667 at one wrong candidate. So beside
    F1 stand that *always-true* judge's F1, and the threshold-free ROC AUC of each judge's score
@@ -29,6 +34,7 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from itertools import combinations
 
 import torch
 
@@ -36,16 +42,17 @@ from mkn.attribution.api import attribute, predict
 from mkn.attribution.scoring import mean_log_prob
 from mkn.experiments.common import Progress, generic_for, knowledge_line, markdown_table, queries
 from mkn.experiments.metrics import interval, precision_recall_f1, roc_auc
-from mkn.interventions.controls import random_like, stable_seed
+from mkn.interventions.controls import random_like, set_content, stable_seed
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
 from mkn.models.loading import LanguageModel
 
 PHASES = 1  # progress ticks per fact
-JUDGES = ("degenerate_neurons", "random_neurons", "model_judge", "always_true")
-SCORES = {"degenerate_neurons": "score", "random_neurons": "control_score",
-          "model_judge": "model_score"}  # each judge's threshold-free score, for the AUC
+JUDGES = ("degenerate_neurons", "candidate_pairs", "random_neurons", "model_judge",
+          "always_true")
+SCORES = {"degenerate_neurons": "score", "candidate_pairs": "pairs_score",
+          "random_neurons": "control_score", "model_judge": "model_score"}  # each judge's threshold-free score, for the AUC
 
 
 def split_by_relation(facts: list, seed: int) -> tuple[list, list, list[str]]:
@@ -76,6 +83,15 @@ def kept_neurons(pair_lists: list[list], keep: float) -> list[tuple[int, int]]:
     return sorted(n for n, c in counts.items() if c >= keep * top)
 
 
+def candidate_pairs(result, seed: int) -> list[tuple]:
+    """As many random pairs of ``result.candidates`` (a fact's top-k neurons) as
+    ``result.pairs`` (its degenerate pairs), seeded by the candidates' content: the control of
+    AMIG's claim that Algorithm 1's pairs, not any pairs of the top candidates, check facts."""
+    pool = list(combinations(sorted(tuple(map(int, n)) for n in result.candidates), 2))
+    rng = random.Random(stable_seed(seed, set_content(result.candidates), "candidate-pairs"))
+    return rng.sample(pool, min(len(result.pairs), len(pool)))
+
+
 def wrong_objects(fact, lang: str, facts: list, wrong: int, rng: random.Random) -> list[str]:
     gold = fact.languages[lang].object
     pool = [c for c in (fact.languages[lang].candidates or []) if c != gold]
@@ -98,34 +114,40 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     known.subset(f.id for f in train).require_some(
         "training items (facts whose degenerate neurons are searched)")
     pairs: dict[tuple[str, str], list] = defaultdict(list)
+    drawn: dict[tuple[str, str], list] = defaultdict(list)  # random candidate pairs
     for fact in train:
         located = locate_fact(lm, fact, languages, config.model_copy(update={"degenerate": True}),
                               cache, known, generic_for(generic, config.method))
         for lang, result in located.degenerate.items():
             pairs[(fact.relation, lang)].append(result.pairs)
+            drawn[(fact.relation, lang)].append(candidate_pairs(result, seed))
         if progress:
             progress(fact.id)
     neurons = {key: kept_neurons(lists, keep) for key, lists in pairs.items()}
     controls = {key: random_like(kept, lm.n_neurons, random.Random(stable_seed(seed, *key)))
                 for key, kept in neurons.items() if kept}
+    from_candidates = {key: kept_neurons(drawn[key], keep) for key in neurons}
     judgments = []
     for fact in test:
         for lang in languages:
             kept = neurons.get((fact.relation, lang), [])
             control = controls.get((fact.relation, lang), [])
+            paired = from_candidates.get((fact.relation, lang), [])
             prompt, gold = queries(fact, lang)[0]
             candidates = [(gold, True)] + [(w, False) for w in
                                            wrong_objects(fact, lang, facts, wrong,
                                                          random.Random(stable_seed(
                                                              seed, fact.id, lang, "wrong")))]
             for candidate, is_true in candidates:
-                score, control_score, model_true = None, None, None
-                if kept:  # attribute only the layers holding kept neurons
+                score, control_score, pairs_score, model_true = None, None, None, None
+                if kept:  # attribute only the layers holding kept or candidate-pair neurons
                     a = attribute(lm, prompt, candidate, method=config.attribution_method,
                                   steps=config.steps, rule=config.rule,
-                                  layers=sorted({layer for layer, _ in kept}))
+                                  layers=sorted({layer for layer, _ in [*kept, *paired]}))
                     score = float(torch.stack([a.scores[n] for n in kept]).mean())
                     control_score = float(torch.stack([a.scores[n] for n in control]).mean())
+                    if paired:
+                        pairs_score = float(torch.stack([a.scores[n] for n in paired]).mean())
                     model_true = a.correct
                     model_score = mean_log_prob(a.token_probs)
                 else:
@@ -138,6 +160,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                     "score": score, "dkn_true": score is not None and score > lam,
                     "control_score": control_score,
                     "random_true": control_score is not None and control_score > lam,
+                    "pairs_score": pairs_score,
+                    "pairs_true": pairs_score is not None and pairs_score > lam,
                     "model_true": model_true, "model_score": model_score,
                 })
         if progress:
@@ -147,6 +171,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                              for (r, lang), ns in neurons.items()},
             "control_neurons": {f"{r}/{lang}": [list(n) for n in ns]
                                 for (r, lang), ns in controls.items()},
+            "candidate_pair_neurons": {f"{r}/{lang}": [list(n) for n in ns]
+                                       for (r, lang), ns in from_candidates.items()},
             "judgments": judgments, "summary": summarize(judgments, languages),
             "knowledge": known.to_summary()}
 
@@ -167,6 +193,9 @@ def summarize(judgments: list[dict], languages: list[str]) -> dict:
             "always_true": precision_recall_f1([True] * len(rows), [j["true"] for j in rows]),
             "auc": aucs(with_neurons),
         }
+        if all("pairs_true" in j for j in rows):  # results written before it have none
+            summary[scope]["candidate_pairs"] = precision_recall_f1(
+                [j["pairs_true"] for j in rows], [j["true"] for j in rows])
     return summary
 
 
@@ -191,7 +220,9 @@ def table(result: dict) -> str:
                          m["accuracy"], s.get("auc", {}).get(judge)])
     return (markdown_table(["languages", "judge", "pairs", "precision", "recall", "F1",
                             "accuracy", "AUC"], rows)
-            + "\n\nrandom_neurons: the same rule on random sets with as many neurons per layer "
+            + "\n\ncandidate_pairs: the same rule on neurons kept from random pairs of each "
+              "training fact's own top-k candidates, as many as its degenerate pairs (AMIG's "
+              "claim is that Algorithm 1's pairs beat these). random_neurons: the same rule on random sets with as many neurons per layer "
               "as the kept degenerate neurons (the control). always_true: a judge that says "
               "\"true\" to every pair (pairs are balanced, so its F1 is high: read F1 against "
               "it). AUC: threshold-free, on the pairs where degenerate neurons were kept (0.5: "
@@ -240,9 +271,17 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
             return statistic
 
         for judge, key in SCORES.items():
-            out[f"auc_{judge}"] = interval(scored, auc(key), seed)
+            if key != "pairs_score":  # on the pairs that have it, below
+                out[f"auc_{judge}"] = interval(scored, auc(key), seed)
         out["auc_difference_random"] = interval(
             scored, lambda s: auc("score")(s) - auc("control_score")(s), seed)
+        paired = [[j for j in group if j.get("pairs_score") is not None]
+                  for group in scored]
+        paired = [group for group in paired if group]
+        if paired:  # AMIG's claim: degenerate pairs against random pairs of the candidates
+            out["auc_candidate_pairs"] = interval(paired, auc("pairs_score"), seed)
+            out["auc_difference_pairs"] = interval(
+                paired, lambda s: auc("score")(s) - auc("pairs_score")(s), seed)
         out["auc_difference_model"] = interval(
             scored, lambda s: auc("score")(s) - auc("model_score")(s), seed)
     return out

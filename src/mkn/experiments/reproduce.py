@@ -125,7 +125,10 @@ class StudyConfig(BaseModel):
                        "records the concrete choice")
     seed: int = 0
     steps: int = Field(12, ge=1)
-    max_queries: int = Field(2, ge=1, description="queries attributed per fact and language")
+    max_queries: int = Field(4, ge=1, description="queries attributed per fact and language: "
+                             "4 (mLAMA has 1-12 paraphrases per item, BMLAMA 1; MATRICE's "
+                             "uncertainty needs several, and every paraphrase would double the "
+                             "mLAMA part's time; the measurements use all of them)")
     limit: int | None = Field(None, ge=2, description="smoke runs: N facts per part, 2 per "
                                                       "relation")
     methods: list[str] = ["ig", "amig", "matrice"]
@@ -258,6 +261,9 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
                         progress=task(f"{part.name}: probe", len(facts)))
     known.require_some(f"(fact, language) items in {part.name}")
     generic = generic_lists(lm, part, config, cache, task, [f.id for f in facts])
+    digests = {m: g.digest for m, g in (generic or {}).items()}
+    if store is not None and generic is not None:  # a resume must use the same lists
+        store.run.pin(f"generic/{part.name}", digests)
     if backend is not None:  # every attribution on the backend's workers first
         keys = attribution_keys(facts, languages, config.locate_config(config.methods[0]),
                                 config.methods, known)
@@ -270,6 +276,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "knowledge": known.to_summary(),
            "generic": {m: g.summary(languages) for m, g in (generic or {}).items()},
            "generic_held_out": {m: g.source.get("held_out") for m, g in (generic or {}).items()},
+           "generic_digest": digests,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)

@@ -162,6 +162,12 @@ class GenericNeurons:
     def with_threshold(self, threshold: float) -> GenericNeurons:
         return GenericNeurons(self.items, threshold, self.source)
 
+    @property
+    def digest(self) -> str:
+        """Content digest of the list (threshold and reference items): what a run's identity
+        records, so that a resume cannot mix two lists that both came from "auto"."""
+        return digest({k: v for k, v in self.to_json().items() if k != "source"})
+
     def summary(self, languages: Sequence[str]) -> dict:
         """Per language: reference items (facts located in it) and generic neurons."""
         items = Counter(i.language for i in self.items)

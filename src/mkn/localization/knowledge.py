@@ -281,7 +281,9 @@ class KnownItems:
 
     def to_summary(self) -> dict:
         return {"criterion": self.criterion, "definition": CRITERION_TEXT[self.criterion],
-                "per_language": self.counts(), "copyable": self.copyable_counts()}
+                "per_language": self.counts(), "copyable": self.copyable_counts(),
+                "copyable_items": sorted([fact_id, lang] for (fact_id, lang), k
+                                         in self.knowledge.items() if k.copyable)}
 
 
 def known_items(lm: LanguageModel, facts: Sequence, languages: Sequence[str],

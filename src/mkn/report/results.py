@@ -169,7 +169,19 @@ def claims(study: dict) -> list[list[str]]:
                 "other languages"))
         if "fact-checking" in experiments:
             h = experiments["fact-checking"]["headline"]
-            if "auc_difference_random" in h:  # threshold-free: F1 rewards saying "true"
+            if "auc_difference_pairs" in h:  # AMIG's claim: pairs against candidate pairs
+                rows.append(["AMIG: degenerate pairs check facts better than random pairs of "
+                             "the same top candidates", name,
+                             f"AUC(DKN) - AUC(random candidate pairs): "
+                             f"{with_ci(h['auc_difference_pairs'])}; AUC(DKN) - AUC(random "
+                             f"neurons of the same shape) "
+                             f"{with_ci(h['auc_difference_random'])}; AUC(DKN) "
+                             f"{with_ci(h['auc_degenerate_neurons'])}, AUC(model) "
+                             f"{with_ci(h['auc_model_judge'])}; F1(DKN) "
+                             f"{with_ci(h['degenerate_neurons'])} beside an always-true judge's "
+                             f"{with_ci(h['f1_always_true'])}",
+                             *tested(h["auc_difference_pairs"], 0.0)])
+            elif "auc_difference_random" in h:  # threshold-free: F1 rewards saying "true"
                 rows.append(["AMIG: degenerate neurons check facts, better than random "
                              "neurons of the same shape", name,
                              f"AUC(DKN) - AUC(random): {with_ci(h['auc_difference_random'])}; "

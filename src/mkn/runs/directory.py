@@ -171,6 +171,26 @@ class RunDirectory:
     created: str = ""  # when the run was first started (kept by a resume)
     lock: FileLock | None = field(default=None, repr=False)
 
+    def pin(self, key: str, value) -> None:
+        """Add ``key: value`` to the run's identity once it is known, after the claim (e.g. the
+        content digest of a generic-neuron list built by the run). A new run records it in its
+        manifest; a resumed run must have recorded the same value (one line otherwise); a run
+        written before the key existed records it now."""
+        value = json.loads(json.dumps(value))
+        saved = self.identity.get(key)
+        if self.resumed and key in self.identity and saved != value:
+            raise RunDirectoryError(f"cannot resume {self.path}: its {key} was "
+                                    f"{json.dumps(saved)[:60]}, now {json.dumps(value)[:60]}; "
+                                    "resume with the same inputs or choose another --out")
+        if saved == value:
+            return
+        self.identity[key] = value
+        manifest = read_manifest(self.path) or {}
+        manifest.update(identity=self.identity, identity_hash=digest(self.identity),
+                        pinned=sorted({*manifest.get("pinned", []), key}))
+        write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False)
+                     + "\n")
+
     def release(self) -> None:
         if self.lock is not None and self.lock.is_locked:
             (self.path / HOLDER).unlink(missing_ok=True)
@@ -242,7 +262,9 @@ def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume:
             if manifest["kind"] != kind:
                 raise RunDirectoryError(f"{directory} is an mkn {manifest['kind']} run, not "
                                         f"an mkn {kind} run; choose another --out")
-            differs = _differences(manifest.get("identity", {}), identity)
+            saved = dict(manifest.get("identity", {}))
+            pinned = {k: saved.pop(k) for k in manifest.get("pinned", []) if k in saved}
+            differs = _differences(saved, identity)
             if differs and resume:
                 raise RunDirectoryError(f"cannot resume {directory}: it was run with other "
                                         f"settings ({'; '.join(differs[:4])}"
@@ -253,6 +275,7 @@ def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume:
             run.resumed = resume and not differs
             if run.resumed:
                 run.created = str(manifest.get("created", ""))
+                run.identity.update(pinned)  # compared again by pin()
                 return run
         run.created = run_date()
         write_atomic(directory / MANIFEST, json.dumps({
