@@ -615,7 +615,8 @@ def reproduce(
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
     steps: Annotated[int, typer.Option(min=1, help="Integration steps.")] = 12,
     max_queries: Annotated[int, typer.Option(min=1, help="Queries attributed per fact and "
-                                                         "language.")] = 2,
+                                                         "language (the measurements use all "
+                                                         "of them).")] = 4,
     limit: Annotated[int | None, typer.Option(min=2, help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
