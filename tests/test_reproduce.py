@@ -163,6 +163,20 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     paired = study["parts"][0]["experiments"]["size-curves"]["headline"]["paired"]
     assert with_ci(paired["amig > ig"]["suppress_selectivity"]) in page  # numbers from the JSON
     assert "AMIG: language-agnostic neurons move the other languages" in page
+    # the pre-registered claims, then the verdicts on all items and without copyable items
+    assert "| id | claim | tested by | statistic | null |" in page
+    assert "### On all known items" in page and "### Without copyable items" in page
+    assert "copyable_items" in saved["parts"][0]["knowledge"]
+    assert all("headline_without_copyable" in e for name, e in
+               saved["parts"][0]["experiments"].items() if name != "audits")
+    # an earlier page's verdicts beside the new ones: the same study, every verdict unchanged
+    (tmp_path / "earlier.md").write_text(page, encoding="utf-8")
+    again = write_results(tmp_path / "out" / "study.json", tmp_path / "again.md",
+                          before=tmp_path / "earlier.md").read_text(encoding="utf-8")
+    table = again.split("### Before and after the review (issue 20)")[1].split("\n## ")[0]
+    reasons = [line.rsplit(" | ", 1)[1] for line in table.splitlines()
+               if line.startswith("| C")]
+    assert reasons and set(reasons) == {"unchanged |"}, table
     cost = study["parts"][0]["localization"]["amig"]["cost"]
     assert cost["fact_language_pairs"] == 12 and cost["mean_attribution_seconds"] > 0
     # the committed form: gzip-compressed, same bytes for the same study, rendered alike
@@ -194,6 +208,64 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
         write_results(kept, tmp_path / "link.md")
     assert foreign.read_text(encoding="utf-8") == "# my notes\n"
     write_results(kept, tmp_path / "S.md")  # mkn's own page: replaced
+
+
+def test_claims_are_recomputed_without_a_planted_copyable_fact():
+    """Issue 20: every claim on all items and without copyable items."""
+    from mkn.experiments.reproduce import refresh_headlines, without_copyable, without_facts
+
+    items = [{"fact_id": f"f{i}", "ig": {"sr": 1.0}, "amig": {"sr": 2.0 if i else 0.5}}
+             for i in range(6)]
+    assert without_facts({"items": items, "methods": ["ig"]}, {"f0", "f1"}) == {
+        "items": items[2:], "methods": ["ig"]}
+    part = {"part": {"name": "p", "languages": ["en"]}, "facts": [i["fact_id"] for i in items],
+            "knowledge": {"copyable_items": [["f0", "en"]]},
+            "experiments": {"localization-quality": {"result": {"items": items}}},
+            "localization": {"amig": {"upper_third_items": [["f0", 0.6], ["f1", -0.3],
+                                                            ["f2", -0.3]]}}}
+    study = refresh_headlines({"config": StudyConfig().model_dump(), "parts": [part]})
+    experiment = study["parts"][0]["experiments"]["localization-quality"]
+    assert experiment["headline"]["paired"]["amig > ig"]["value"] == pytest.approx(5 / 6)
+    assert experiment["headline_without_copyable"]["paired"]["amig > ig"]["value"] == 1.0
+    assert study["parts"][0]["copyable_facts"] == ["f0"]
+    clean = without_copyable(study)["parts"][0]
+    assert clean["experiments"]["localization-quality"]["headline"]["paired"][
+        "amig > ig"]["n"] == 5
+    assert clean["localization"]["amig"]["upper_third_excess"]["value"] == pytest.approx(-0.3)
+    assert without_copyable({"parts": [{"experiments": {}}]}) is None  # an older study
+
+
+def test_old_and_new_verdicts_come_with_a_reason():
+    from mkn.report.results import CLAIMS, change_reason, claim_id, parse_claim_rows
+
+    page = ("## Claims\n\n| claim | data | measured | verdict |\n|---|---|---|---|\n"
+            f"| {CLAIMS[1].statement} | b17 | share (specificity: 0.6 [0.5, 0.7] (n=9)): "
+            "0.429 [0.346, 0.5] (n=105) | disagrees |\n"
+            "| AMIG: degenerate neurons check facts (F1), better than random | b17 | "
+            "F1(DKN) - F1(random): 0.2 [0.1, 0.3] (n=16) | agrees |\n"
+            "| Dai / AMIG: knowledge neurons sit in the upper layers (ig) | b17 | share in the "
+            "upper third of layers: 0.19 | disagrees |\n")
+    rows = parse_claim_rows(page)
+    assert [claim_id(r["claim"]) for r in rows] == ["C2", "C5", "C10/ig"]
+    nulls = {"C2": 0.5, "C5": 0.0, "C10": 0.0}
+    now = ["C2", "b17", "share: 0.45 [0.4, 0.5] (n=105)", "inconclusive", "0.1", "0.3",
+           "inconclusive"]
+    assert "touches the null 0.5" in change_reason(rows[0], now, nulls, 3)
+    holm = ["C5", "b17", "AUC(DKN) - AUC(random pairs): 0.1 [0.01, 0.2]", "agrees", "0.02",
+            "0.06", "inconclusive after Holm"]
+    assert change_reason(rows[1], holm, nulls, 3).startswith("tested now by AUC(DKN)")
+    same = ["C2", "b17", "share: 0.3 [0.2, 0.45]", "disagrees", "0.01", "0.03", "disagrees"]
+    assert change_reason(rows[0], same, nulls, 3) == "unchanged"
+    held = ["C2", "b17", "share: 0.3 [0.2, 0.45]", "disagrees", "0.02", "0.06",
+            "inconclusive after Holm"]
+    assert change_reason({**rows[0], "measured": "x: 0.3 [0.2, 0.45]"}, held, nulls, 3
+                         ).startswith("Holm's correction over the page's 3 claims")
+    applicable = [*now[:-1], "not applicable (matrice found exactly amig's sets)"]
+    assert "identical sets" in change_reason(rows[0], applicable, nulls, 3)
+    assert change_reason(None, now, nulls, 3).startswith("new claim")
+    layer = ["C10/ig", "b17", "share of an item's knowledge neurons: -0.1 [-0.2, -0.05]",
+             "disagrees", "0.001", "0.003", "disagrees"]
+    assert change_reason(rows[2], layer, nulls, 3) == "unchanged"
 
 
 def test_a_study_file_that_is_not_one_is_a_one_line_error(tmp_path):

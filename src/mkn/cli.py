@@ -629,6 +629,9 @@ def reproduce(
                                                      "recomputed from its raw results, where it "
                                                      "has them).")]
     = None,
+    before: Annotated[Path | None, typer.Option(help="An earlier RESULTS.md: its verdicts "
+                                                     "are shown beside the new ones, with the "
+                                                     "reason for each change.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed study in OUT (stored "
                                               "attributions and experiments are kept).")]
     = False,
@@ -666,9 +669,9 @@ def reproduce(
                     gpus_per_worker=gpus_per_worker) as runner:
                 run_study(lm, config, out, bars.task, command.strip(), resume,
                           None if backend == "local" else runner)
-            path = write_results(out / "study.json", results)
+            path = write_results(out / "study.json", results, before=before)
         else:
-            path = write_results(render, results, refresh=True)
+            path = write_results(render, results, refresh=True, before=before)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     _say(f"study: {render or out / 'study.json'}\nresults: {path}")

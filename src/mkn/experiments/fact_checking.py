@@ -51,8 +51,9 @@ from mkn.models.loading import LanguageModel
 PHASES = 1  # progress ticks per fact
 JUDGES = ("degenerate_neurons", "candidate_pairs", "random_neurons", "model_judge",
           "always_true")
+# each judge's threshold-free score, for the AUC
 SCORES = {"degenerate_neurons": "score", "candidate_pairs": "pairs_score",
-          "random_neurons": "control_score", "model_judge": "model_score"}  # each judge's threshold-free score, for the AUC
+          "random_neurons": "control_score", "model_judge": "model_score"}
 
 
 def split_by_relation(facts: list, seed: int) -> tuple[list, list, list[str]]:
@@ -222,7 +223,8 @@ def table(result: dict) -> str:
                             "accuracy", "AUC"], rows)
             + "\n\ncandidate_pairs: the same rule on neurons kept from random pairs of each "
               "training fact's own top-k candidates, as many as its degenerate pairs (AMIG's "
-              "claim is that Algorithm 1's pairs beat these). random_neurons: the same rule on random sets with as many neurons per layer "
+              "claim is that Algorithm 1's pairs beat these). random_neurons: the same rule on "
+              "random sets with as many neurons per layer "
               "as the kept degenerate neurons (the control). always_true: a judge that says "
               "\"true\" to every pair (pairs are balanced, so its F1 is high: read F1 against "
               "it). AUC: threshold-free, on the pairs where degenerate neurons were kept (0.5: "

@@ -227,9 +227,10 @@ def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
             seconds += [r.attribution_seconds for r in result.languages.values()]
         stats = localization_stats(records["neurons"], records["language_agnostic"],
                                    records["degenerate"], n_layers)
-        stats["upper_third_excess"] = clustered_interval(
-            [pair for result in results.values()
-             for pair in upper_third_excess(result, n_layers)], statistics.fmean)
+        items = [pair for result in results.values()
+                 for pair in upper_third_excess(result, n_layers)]
+        stats["upper_third_excess"] = clustered_interval(items, statistics.fmean)
+        stats["upper_third_items"] = [list(pair) for pair in items]  # recomputable subsets
         stats["same_sets_as"] = next((other for other in methods[:methods.index(method)]
                                       if same_sets(located, method, other)), None)
         stats["cost"] = {"fact_language_pairs": len(seconds),
@@ -312,15 +313,66 @@ def headline(name: str, result: dict, languages: list[str], config: StudyConfig)
     return EXPERIMENTS[name].headline(result, languages, config.seed)
 
 
+def copyable_facts(part: dict) -> set[str]:
+    """Facts of ``part`` with an item whose gold object can be copied from its prompt
+    (:func:`mkn.localization.knowledge.copyable`, in the part's knowledge summary)."""
+    return {fact_id for fact_id, _ in part.get("knowledge", {}).get("copyable_items", [])}
+
+
+def without_facts(result: dict, facts: set[str]) -> dict:
+    """An experiment's raw ``result`` without the items and judgments of ``facts``."""
+    return {key: [row for row in value if row.get("fact_id") not in facts]
+            if key in ("items", "judgments") and isinstance(value, list) else value
+            for key, value in result.items()}
+
+
+# Whose headline is not a statistic of its raw items (the audit's summary is computed in the
+# run): not recomputed without copyable items.
+PRECOMPUTED = ("audits",)
+
+
 def refresh_headlines(study: dict) -> dict:
     """Recompute every headline from the experiments' saved raw results (the measurements are
-    the run's; the statistics are this code's), in place."""
+    the run's; the statistics are this code's), in place; with each part's copyable facts
+    (:func:`copyable_facts`), also every headline and the layer statistic without them
+    (``headline_without_copyable``, ``upper_third_excess_without_copyable``): the claims on
+    all items and on the items that cannot be answered by copying."""
     config = StudyConfig(**study["config"])
     for part in study["parts"]:
+        copyable = copyable_facts(part)
+        part["copyable_facts"] = sorted(copyable)
         for name, experiment in part["experiments"].items():
             experiment["headline"] = headline(name, experiment["result"],
                                               part["part"]["languages"], config)
+            if name not in PRECOMPUTED and "copyable_items" in part.get("knowledge", {}):
+                experiment["headline_without_copyable"] = headline(
+                    name, without_facts(experiment["result"], copyable),
+                    part["part"]["languages"], config)
+        for stats in part["localization"].values():
+            if "upper_third_items" in stats and "copyable_items" in part.get("knowledge", {}):
+                stats["upper_third_excess_without_copyable"] = clustered_interval(
+                    [tuple(pair) for pair in stats["upper_third_items"]
+                     if pair[0] not in copyable], statistics.fmean)
     return study
+
+
+def without_copyable(study: dict) -> dict | None:
+    """``study`` with the headlines computed without copyable facts in place of the others
+    (None when it has none: a study written before); the claims of :mod:`mkn.report.results`
+    read from it are the claims without copyable items. An experiment or statistic with no
+    such headline is left out (not measured)."""
+    if not any("copyable_facts" in part for part in study["parts"]):
+        return None
+    parts = []
+    for part in study["parts"]:
+        experiments = {name: {**experiment, "headline": experiment["headline_without_copyable"]}
+                       for name, experiment in part["experiments"].items()
+                       if "headline_without_copyable" in experiment}
+        localization = {method: {**stats, "upper_third_excess": stats.get(
+            "upper_third_excess_without_copyable", {"value": None, "ci95": None, "n": 0})}
+                        for method, stats in part["localization"].items()}
+        parts.append({**part, "experiments": experiments, "localization": localization})
+    return {**study, "parts": parts}
 
 
 def without_raw_results(study: dict) -> dict:
@@ -375,5 +427,6 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
             study["parts"].append(run_part(lm, part, config, task, store, save, backend,
                                            samples[part.name]))
         study["complete"] = True
+        refresh_headlines(study)  # adds the headlines without copyable items
         save()
         return study

@@ -6,7 +6,9 @@ from the bootstrap intervals by :func:`verdict`, so rerunning the study rewrites
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +47,32 @@ CAVEATS = """\
   set, but p(gold) differs by 6% (median, up to 23%): single small effects are within bfloat16
   noise, the aggregated comparisons above are not.
 """
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured row of a claim: what was measured, the verdict and its p-value."""
+
+    text: str
+    verdict: str
+    p: float | None = None
+    method: str = ""  # claims measured per method (the layer claim)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A pre-registered claim: the statement, the experiment whose output tests it, the test
+    statistic and its null, and ``measure(part) -> [Measured]``; ``before``: how earlier pages
+    worded it (to pair old and new verdicts)."""
+
+    id: str
+    statement: str
+    experiment: str
+    statistic: str
+    null: str
+    measure: Callable[[dict], list[Measured]]
+    null_value: float | None = 0.0  # None: no numeric null (two intervals compared)
+    before: tuple[str, ...] = ()
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -98,16 +126,6 @@ def _tied(entry: dict) -> bool:
     return entry.get("value") == 0.5 and entry.get("ci95") == [0.5, 0.5]
 
 
-def _paired_claim(claim: str, name: str, entry: dict | None, what: str) -> list[str]:
-    """A claim judged on a paired share (> 0.5: the first method wins)."""
-    if entry is None:
-        return [claim, name, "not measured", "not measured", None]
-    if _tied(entry):
-        return [claim, name, f"{what}: {with_ci(entry)}",
-                "not applicable (a tie on every item: the two rankings are identical here)", None]
-    return [claim, name, f"{what}: {with_ci(entry)}", *tested(entry, 0.5)]
-
-
 def tested(entry: dict | None, null: float) -> list:
     """``[verdict, p]``: the strict verdict of ``entry`` against ``null`` and its bootstrap
     p-value (None where the entry has none: a study written before p-values)."""
@@ -119,143 +137,311 @@ HOLM_ALPHA = 0.05
 
 
 def with_holm(rows: list[list]) -> list[list]:
-    """Claim rows ``[claim, data, measured, verdict, p]`` -> ``[claim, data, measured, verdict,
-    p, Holm p, verdict after Holm]``: Holm's correction over every claim with a p-value; a
+    """Claim rows ``[..., verdict, p]`` -> ``[..., verdict, p, Holm p, verdict after Holm]``:
+    Holm's correction over every claim with a p-value; a
     decided verdict whose Holm-adjusted p is not below 0.05 becomes inconclusive."""
-    adjusted = holm([row[4] for row in rows])
+    adjusted = holm([row[-1] for row in rows])
     out = []
     for row, p_holm in zip(rows, adjusted, strict=True):
-        decided = row[3] in ("agrees", "disagrees")
+        *head, said, p = row
+        decided = said in ("agrees", "disagrees")
         if decided and p_holm is None:
-            after = f"{row[3]} (no p-value: not corrected)"
+            after = f"{said} (no p-value: not corrected)"
         elif decided and p_holm >= HOLM_ALPHA:
             after = "inconclusive after Holm"
         else:
-            after = row[3]
-        out.append([*row[:4], fmt(row[4]) if row[4] is not None else "-",
+            after = said
+        out.append([*head, said, fmt(p) if p is not None else "-",
                     fmt(p_holm) if p_holm is not None else "-", after])
     return out
 
 
-def claims(study: dict) -> list[list[str]]:
-    """The papers' claims and the knowledge-neuron thesis, each judged on selectivity and
-    specificity at equal size (or, where a claim has no size, against its control)."""
+def _paired(part: dict, experiment: str, pair: str, key: str | None, what: str,
+            same_sets: tuple[str, str] | None = None) -> list[Measured]:
+    """A claim judged on a paired share (> 0.5: the first method wins); ``same_sets``: the two
+    methods whose identical sets make the comparison not applicable."""
+    entry = part["experiments"][experiment]["headline"]["paired"].get(pair)
+    if entry is not None and key is not None:
+        entry = entry.get(key)
+    if entry is None:
+        return [Measured("not measured", "not measured")]
+    text = f"{what}: {with_ci(entry)}"
+    if same_sets and (part["localization"].get(same_sets[0], {}).get("same_sets_as")
+                      == same_sets[1]):
+        return [Measured(text, f"not applicable ({same_sets[0]} found exactly "
+                               f"{same_sets[1]}'s sets: not a separate result)")]
+    if _tied(entry):
+        return [Measured(text, "not applicable (a tie on every item: the two rankings are "
+                               "identical here)")]
+    return [Measured(text, *tested(entry, 0.5))]
+
+
+def _curves(pair: str, same: tuple[str, str] | None = None) -> Callable[[dict], list]:
+    def measure(part: dict) -> list[Measured]:
+        entry = part["experiments"]["size-curves"]["headline"]["paired"].get(pair, {})
+        return _paired(part, "size-curves", pair, "suppress_selectivity",
+                       f"share of items where {pair} on the area under the suppression "
+                       f"selectivity curve (specificity: "
+                       f"{with_ci(entry.get('suppress_specificity'))})", same)
+    return measure
+
+
+def _shared(pair: str, what: str, same: tuple[str, str] | None = None
+            ) -> Callable[[dict], list]:
+    return lambda part: _paired(part, "shared-sets", pair, None, what, same)
+
+
+def _fact_checking(part: dict) -> list[Measured]:
+    h = part["experiments"]["fact-checking"]["headline"]
+    beside = (f"AUC(DKN) {with_ci(h.get('auc_degenerate_neurons'))}, AUC(model) "
+              f"{with_ci(h.get('auc_model_judge'))}; F1(DKN) "
+              f"{with_ci(h.get('degenerate_neurons'))} beside an always-true judge's "
+              f"{with_ci(h.get('f1_always_true'))}")
+    if "auc_difference_pairs" in h:  # AMIG's claim: pairs against random candidate pairs
+        return [Measured(f"AUC(DKN) - AUC(random pairs of the same top candidates): "
+                         f"{with_ci(h['auc_difference_pairs'])}; AUC(DKN) - AUC(random neurons "
+                         f"of the same shape): {with_ci(h['auc_difference_random'])}; {beside}",
+                         *tested(h["auc_difference_pairs"], 0.0))]
+    if "auc_difference_random" in h:  # a study written before the candidate-pair control
+        return [Measured(f"AUC(DKN) - AUC(random neurons of the same shape): "
+                         f"{with_ci(h['auc_difference_random'])}; {beside}",
+                         *tested(h["auc_difference_random"], 0.0))]
+    return [Measured(f"F1(DKN) - F1(random): {with_ci(h.get('f1_difference_random'))} "
+                     "(a study written before the AUC)", *tested(h.get("f1_difference_random"),
+                                                                0.0))]
+
+
+def _enhancement(part: dict) -> list[Measured]:
+    h = part["experiments"]["enhancement"]["headline"]
+    return [Measured(f"selectivity: {with_ci(h.get('selectivity'))}; "
+                     + (f"weak items that become known (the run's criterion): "
+                        f"{with_ci(h['known_gain_weak_language'])}; "
+                        if "known_gain_weak_language" in h else "")
+                     + f"greedy accuracy gain: {with_ci(h['accuracy_gain_weak_language'])}",
+                     *tested(h.get("selectivity"), 0.0))]
+
+
+def _injection(part: dict) -> list[Measured]:
+    h = part["experiments"]["injection"]["headline"]
+    return [Measured(f"portability minus random-edit portability: "
+                     f"{with_ci(h.get('portability_over_random'))}; portability "
+                     f"{with_ci(h['portability'])}"
+                     + (f" over the {h['edits']['took']} edits that took on their own query "
+                        f"(p(new) > p(old); {h['edits']['did_not_take']} did not)"
+                        if "edits" in h else ""),
+                     *tested(h.get("portability_over_random"), 0.0))]
+
+
+def _paraphrases(part: dict) -> list[Measured]:
+    jaccard = part["experiments"]["audits"]["headline"]["jaccard"]
+    if not jaccard["paraphrases"]["n"]:
+        return []
+    return [Measured(f"Jaccard across paraphrases {with_ci(jaccard['paraphrases'])}; same "
+                     f"relation {with_ci(jaccard['same_relation'])}",
+                     separated(jaccard["same_relation"], jaccard["paraphrases"]))]
+
+
+def _symmetry(part: dict) -> list[Measured]:
+    symmetry = part["experiments"]["audits"]["headline"]["symmetry"]
+    if not symmetry["pairs"]:
+        return []
+    return [Measured(f"selectivity on the reversed fact: "
+                     f"{with_ci(symmetry['reversed_selectivity'])}; Jaccard of the two sets "
+                     f"{with_ci(symmetry['jaccard_reversed'])}",
+                     *tested(symmetry["reversed_selectivity"], 0.0))]
+
+
+def _layers(part: dict) -> list[Measured]:
+    rows = []
+    for method, stats in part["localization"].items():
+        share = upper_share(stats["language_agnostic"]["layer_histogram"])
+        kn_share = upper_share([sum(col) for col in zip(
+            *[s["layer_histogram"] for s in stats["per_language"].values()], strict=True)])
+        pooled = (f"pooled over neurons: knowledge neurons {fmt(kn_share)}, language-agnostic "
+                  f"{fmt(share)} (uniform: 0.333)")
+        if stats.get("same_sets_as"):
+            rows.append(Measured(pooled, f"not applicable (the same sets as "
+                                         f"{stats['same_sets_as']}: not a separate result)",
+                                 method=method))
+        elif "upper_third_excess" in stats:  # per (fact, language), clustered by fact
+            rows.append(Measured(f"share of an item's knowledge neurons in the upper third of "
+                                 f"layers minus 1/3: {with_ci(stats['upper_third_excess'])}; "
+                                 f"{pooled}", *tested(stats["upper_third_excess"], 0.0),
+                                 method=method))
+        else:  # a study written before the per-fact statistic
+            rows.append(Measured(f"share in the upper third of layers: {pooled}",
+                                 "untested (a share pooled over neurons, no interval)"
+                                 if kn_share is not None else "not measured", method=method))
+    return rows
+
+
+# The pre-registered claims: each with its test statistic and null, fixed before the study ran.
+# A part tests a claim when it ran the claim's experiment ("localization": every part).
+CLAIMS = (
+    Claim("C1", "AMIG: AMIG localizes better than B-KN (top-k sets at equal k, per language)",
+          "size-curves", "share of (fact, language) items where AMIG's suppression-selectivity "
+          "curve has the larger area (a method without neurons loses)", "share = 0.5",
+          _curves("amig > ig"), 0.5),
+    Claim("C2", "Cao et al.: MATRICE localizes better than AMIG-style IG (top-k sets at equal "
+          "k, per language)", "size-curves", "as C1, MATRICE against AMIG", "share = 0.5",
+          _curves("matrice > amig", ("matrice", "amig")), 0.5),
+    Claim("C3", "Cao et al.: MATRICE's language-agnostic set moves the fact in more languages, "
+          "more selectively, than AMIG's (equal k)", "shared-sets",
+          "share of facts where MATRICE's shared set has the larger area of mean selectivity "
+          "over languages", "share = 0.5",
+          _shared("matrice > amig", "share of facts where matrice > amig on the area of the "
+                  "mean selectivity over languages", ("matrice", "amig")), 0.5),
+    Claim("C4", "AMIG: language-agnostic neurons move the other languages more than one "
+          "language's own neurons do (equal k)", "shared-sets",
+          "share of facts where the shared set beats the source language's own set in the "
+          "other languages", "share = 0.5",
+          _shared("amig > amig-source", "share of facts where the shared set beats the source "
+                  "language's set in the other languages"), 0.5),
+    Claim("C5", "AMIG: degenerate pairs check facts better than random pairs of the same top "
+          "candidates", "fact-checking", "ROC AUC of the degenerate-neuron judge minus that of "
+          "random pairs of each training fact's own top-k candidates, on (gold, wrong) pairs",
+          "difference = 0", _fact_checking,
+          before=("AMIG: degenerate neurons check facts",)),
+    Claim("C6", "Cao et al.: enhancing shared neurons from other languages raises a weak "
+          "language's p(gold), more than random sets do", "enhancement",
+          "median selectivity (effect minus the random set's) per weak item", "selectivity = 0",
+          _enhancement),
+    Claim("C7", "Cao et al.: knowledge injected through one language's neurons transfers to "
+          "the others, more than through random neurons", "injection",
+          "portability minus random-edit portability, over the edits that took", "difference = 0",
+          _injection),
+    Claim("C8", "KN thesis (Niu et al. audit): a fact's paraphrases share their knowledge "
+          "neurons, more than different facts of the relation do", "audits",
+          "Jaccard across a fact's paraphrases against Jaccard across facts of its relation "
+          "(two intervals apart; no p-value, left out of Holm)", "intervals overlap",
+          _paraphrases, None),
+    Claim("C9", "KN thesis (Niu et al. audit): suppressing the neurons of (A, r, B) also "
+          "suppresses (B, r, A) for a symmetric relation", "audits",
+          "median selectivity of the suppression on the reversed fact", "selectivity = 0",
+          _symmetry),
+    Claim("C10", "Dai / AMIG: knowledge neurons sit in the upper layers", "localization",
+          "per (fact, language): share of its knowledge neurons in the upper third of the "
+          "layers minus 1/3, clustered by fact; one row per method", "excess = 0", _layers),
+)
+
+
+def claims(study: dict) -> list[list]:
+    """``[id, claim, data, measured, verdict, p]`` for every pre-registered claim (:data:`CLAIMS`)
+    that a part of ``study`` tests."""
     rows = []
     for part in study["parts"]:
-        name, experiments = part["part"]["name"], part["experiments"]
-        if "size-curves" in experiments:
-            paired = experiments["size-curves"]["headline"]["paired"]
-            for pair, claim in (("amig > ig", "AMIG: AMIG localizes better than B-KN"),
-                                ("matrice > amig", "Cao et al.: MATRICE localizes better than "
-                                                   "AMIG-style IG")):
-                entry = paired.get(pair, {})
-                rows.append(_paired_claim(
-                    f"{claim} (top-k sets at equal k, per language)", name,
-                    entry.get("suppress_selectivity"),
-                    f"share of items where {pair} on the area under the suppression "
-                    f"selectivity curve (specificity: "
-                    f"{with_ci(entry.get('suppress_specificity'))})"))
-        if "shared-sets" in experiments:
-            paired = experiments["shared-sets"]["headline"]["paired"]
-            rows.append(_paired_claim(
-                "Cao et al.: MATRICE's language-agnostic set moves the fact in more languages, "
-                "more selectively, than AMIG's (equal k)", name, paired.get("matrice > amig"),
-                "share of facts where matrice > amig on the area of the mean selectivity over "
-                "languages"))
-            rows.append(_paired_claim(
-                "AMIG: language-agnostic neurons move the other languages more than one "
-                "language's own neurons do (equal k)", name, paired.get("amig > amig-source"),
-                "share of facts where the shared set beats the source language's set in the "
-                "other languages"))
-        if "fact-checking" in experiments:
-            h = experiments["fact-checking"]["headline"]
-            if "auc_difference_pairs" in h:  # AMIG's claim: pairs against candidate pairs
-                rows.append(["AMIG: degenerate pairs check facts better than random pairs of "
-                             "the same top candidates", name,
-                             f"AUC(DKN) - AUC(random candidate pairs): "
-                             f"{with_ci(h['auc_difference_pairs'])}; AUC(DKN) - AUC(random "
-                             f"neurons of the same shape) "
-                             f"{with_ci(h['auc_difference_random'])}; AUC(DKN) "
-                             f"{with_ci(h['auc_degenerate_neurons'])}, AUC(model) "
-                             f"{with_ci(h['auc_model_judge'])}; F1(DKN) "
-                             f"{with_ci(h['degenerate_neurons'])} beside an always-true judge's "
-                             f"{with_ci(h['f1_always_true'])}",
-                             *tested(h["auc_difference_pairs"], 0.0)])
-            elif "auc_difference_random" in h:  # threshold-free: F1 rewards saying "true"
-                rows.append(["AMIG: degenerate neurons check facts, better than random "
-                             "neurons of the same shape", name,
-                             f"AUC(DKN) - AUC(random): {with_ci(h['auc_difference_random'])}; "
-                             f"AUC(DKN) {with_ci(h['auc_degenerate_neurons'])}, AUC(model) "
-                             f"{with_ci(h['auc_model_judge'])}; F1(DKN) "
-                             f"{with_ci(h['degenerate_neurons'])} beside an always-true judge's "
-                             f"{with_ci(h['f1_always_true'])}",
-                             *tested(h["auc_difference_random"], 0.0)])
-            elif "f1_difference_random" in h:  # a study written before the AUC
-                rows.append(["AMIG: degenerate neurons check facts (F1), better than random "
-                             "neurons of the same shape", name,
-                             f"F1(DKN) - F1(random): {with_ci(h['f1_difference_random'])}; "
-                             f"F1(DKN) - F1(model): {with_ci(h['f1_difference'])}",
-                             *tested(h["f1_difference_random"], 0.0)])
-        if "enhancement" in experiments:
-            h = experiments["enhancement"]["headline"]
-            rows.append(["Cao et al.: enhancing shared neurons from other languages raises a weak "
-                         "language's p(gold), more than random sets do", name,
-                         f"selectivity: {with_ci(h.get('selectivity'))}; "
-                         + (f"weak items that become known (the run's criterion): "
-                            f"{with_ci(h['known_gain_weak_language'])}; "
-                            if "known_gain_weak_language" in h else "")
-                         + f"greedy accuracy gain: {with_ci(h['accuracy_gain_weak_language'])}",
-                         *tested(h.get("selectivity"), 0.0)])
-        if "injection" in experiments:
-            h = experiments["injection"]["headline"]
-            rows.append(["Cao et al.: knowledge injected through one language's neurons "
-                         "transfers to the others, more than through random neurons", name,
-                         f"portability minus random-edit portability: "
-                         f"{with_ci(h.get('portability_over_random'))}; portability "
-                         f"{with_ci(h['portability'])}"
-                         + (f" over the {h['edits']['took']} edits that took on their own query "
-                            f"(p(new) > p(old); {h['edits']['did_not_take']} did not)"
-                            if "edits" in h else ""),
-                         *tested(h.get("portability_over_random"), 0.0)])
-        if "audits" in experiments:
-            h = experiments["audits"]["headline"]
-            jaccard = h["jaccard"]
-            if jaccard["paraphrases"]["n"]:
-                rows.append(["KN thesis (Niu et al. audit): a fact's paraphrases share their "
-                             "knowledge neurons, more than different facts of the relation do",
-                             name, f"Jaccard across paraphrases "
-                             f"{with_ci(jaccard['paraphrases'])}; same relation "
-                             f"{with_ci(jaccard['same_relation'])}",
-                             separated(jaccard["same_relation"], jaccard["paraphrases"]),
-                             None])  # two intervals compared: no p-value, left out of Holm
-            symmetry = h["symmetry"]
-            if symmetry["pairs"]:
-                rows.append(["KN thesis (Niu et al. audit): suppressing the neurons of (A, r, B) "
-                             "also suppresses (B, r, A) for a symmetric relation", name,
-                             f"selectivity on the reversed fact: "
-                             f"{with_ci(symmetry['reversed_selectivity'])}; Jaccard of the two "
-                             f"sets {with_ci(symmetry['jaccard_reversed'])}",
-                             *tested(symmetry["reversed_selectivity"], 0.0)])
-        for method, stats in part["localization"].items():
-            share = upper_share(stats["language_agnostic"]["layer_histogram"])
-            kn_share = upper_share([sum(col) for col in zip(
-                *[s["layer_histogram"] for s in stats["per_language"].values()], strict=True)])
-            claim = f"Dai / AMIG: knowledge neurons sit in the upper layers ({method})"
-            pooled = (f"pooled over neurons: knowledge neurons {fmt(kn_share)}, "
-                      f"language-agnostic {fmt(share)} (uniform: 0.333)")
-            if stats.get("same_sets_as"):
-                rows.append([claim, name, pooled, f"not applicable (the same sets as "
-                             f"{stats['same_sets_as']}: not a separate result)", None])
-            elif "upper_third_excess" in stats:  # per (fact, language), clustered by fact
-                rows.append([claim, name, f"share of an item's knowledge neurons in the upper "
-                             f"third of layers minus 1/3: "
-                             f"{with_ci(stats['upper_third_excess'])}; {pooled}",
-                             *tested(stats["upper_third_excess"], 0.0)])
-            else:  # a study written before the per-fact statistic
-                rows.append([claim, name, f"share in the upper third of layers: {pooled}",
-                             "untested (a share pooled over neurons, no interval)"
-                             if kn_share is not None else "not measured", None])
+        name = part["part"]["name"]
+        for claim in CLAIMS:
+            if claim.experiment != "localization" and claim.experiment not in part["experiments"]:
+                continue
+            for m in claim.measure(part):
+                statement = claim.statement + (f" ({m.method})" if m.method else "")
+                rows.append([claim.id + (f"/{m.method}" if m.method else ""), statement, name,
+                             m.text, m.verdict, m.p])
     return rows
+
+
+def claims_table() -> str:
+    """The pre-registered claims (:data:`CLAIMS`): each one's test statistic and null."""
+    return markdown_table(["id", "claim", "tested by", "statistic", "null"],
+                          [[c.id, c.statement, f"`{c.experiment}`", c.statistic, c.null]
+                           for c in CLAIMS])
+
+
+# --- old and new verdicts -----------------------------------------------------------------------
+
+def parse_claim_rows(page: str) -> list[dict]:
+    """The claim rows of an earlier RESULTS.md (``claim``, ``data``, ``measured`` and its
+    ``verdict``: the last column, after Holm where the page had it), read from its claims table:
+    the verdicts a new study is compared with."""
+    rows, header = [], None
+    for line in page.splitlines():
+        if not line.startswith("|"):
+            if rows:  # the first claims table only (all items)
+                break
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if header is None:
+            header = cells
+            continue
+        if set(line) <= set("|- ") or header[:3] not in (["claim", "data", "measured"],
+                                                         ["id", "data", "measured"]):
+            continue
+        row = dict(zip(header, cells, strict=False))
+        rows.append({"id": row.get("id"), "claim": row.get("claim", ""), "data": row["data"],
+                     "measured": row["measured"], "verdict": cells[-1]})
+    return rows
+
+
+def claim_id(text: str) -> str | None:
+    """The pre-registered id of a claim as an earlier page worded it (``C10/amig`` for a
+    per-method one)."""
+    for claim in CLAIMS:
+        for wording in (claim.statement, *claim.before):
+            if text.startswith(wording):
+                method = re.search(r"\((ig|amig|matrice)\)$", text)
+                return claim.id + (f"/{method.group(1)}" if method else "")
+    return None
+
+
+_INTERVAL = re.compile(r"(-?[\d.e+-]+) \[(-?[\d.e+-]+), (-?[\d.e+-]+)\]")
+
+
+def _tested_interval(measured: str) -> tuple[str, float, float] | None:
+    """The tested interval of an earlier page's measured cell: after the last "): " of a paired
+    share (its specificity comes first), else the first one."""
+    text = measured.rsplit("): ", 1)[-1] if "(specificity:" in measured else measured
+    found = _INTERVAL.search(text)
+    return None if found is None else (found.group(0), float(found.group(2)),
+                                       float(found.group(3)))
+
+
+def change_reason(before: dict | None, now: list, nulls: dict[str, float], claims: int) -> str:
+    """One line: why a claim's verdict changed (``now``: a row of :func:`with_holm` with its id
+    first; ``nulls``: claim id -> its null)."""
+    if before is None:
+        return "new claim (not on the earlier page)"
+    old, said, after = before["verdict"].split(" (")[0], now[-4], now[-1].split(" (")[0]
+    if old == after:
+        return "unchanged"
+    if after.startswith("not applicable"):
+        return ("the two methods found identical sets here: not a separate result (identical "
+                "sets now get identical controls)")
+    if before["measured"].startswith(("F1(DKN)", "share in the upper third")):
+        return (f"tested now by {now[-5].split(':')[0]}; before by "
+                f"{before['measured'].split(':')[0]}"
+                + (" (pooled over neurons, no interval)" if "upper" in before["measured"]
+                   else " (which an always-true judge beats)"))
+    if said == old and after.startswith("inconclusive after Holm"):
+        return f"Holm's correction over the page's {claims} claims (p {now[-3]}, Holm {now[-2]})"
+    tested = _tested_interval(before["measured"])
+    null = nulls.get(now[0].split("/")[0])
+    if tested and null is not None and old in ("agrees", "disagrees") and null in tested[1:]:
+        return (f"the earlier interval {tested[0]} touches the null {null:g}: inconclusive "
+                "under the strict rule")
+    new = _INTERVAL.search(now[-5].rsplit("): ", 1)[-1] if "(specificity:" in now[-5]
+                           else now[-5])
+    return (f"the rerun measured {new.group(0) if new else 'another value'}"
+            f"{f' (before {tested[0]})' if tested else ''}: more queries per item, a held-out "
+            "generic list and content-seeded controls")
+
+
+def before_after(rows: list[list], earlier: list[dict]) -> str:
+    """Old and new verdict of every claim side by side, with a one-line reason for each change
+    (``rows``: :func:`with_holm` of :func:`claims`; ``earlier``: :func:`parse_claim_rows`)."""
+    by_key = {(r.get("id") or claim_id(r["claim"]), r["data"]): r for r in earlier}
+    nulls = {c.id: c.null_value for c in CLAIMS if c.null_value is not None}
+    table = []
+    for row in rows:
+        before = by_key.pop((row[0], row[2]), None)
+        table.append([row[0], row[2], before["verdict"] if before else "-", row[-1],
+                      change_reason(before, row, nulls, len(rows))])
+    for (key, data), before in by_key.items():  # claims no longer on the page
+        table.append([key or before["claim"], data, before["verdict"], "-",
+                      "not tested by this study"])
+    return markdown_table(["id", "data", "verdict before", "verdict now (after Holm)",
+                           "why it changed"], table)
 
 
 def reading(rows: list[list[str]]) -> list[str]:
@@ -267,7 +453,7 @@ def reading(rows: list[list[str]]) -> list[str]:
                            ("inconclusive", "Where this sample cannot tell"),
                            ("untested", "Claims without a test here"),
                            ("not", "Not measured or not applicable here")):
-        matching = [f"{row[0]} ({row[1]})" for row in rows
+        matching = [f"{row[0]} ({row[2]})" for row in rows
                     if row[-1].split()[0] == label.split()[0]]
         if matching:
             out.append(f"- **{meaning}** ({len(matching)} of {len(rows)}): "
@@ -424,7 +610,52 @@ def generic_notes(study: dict) -> list[str]:
             "many:", "", *lines]
 
 
-def render(study: dict, source: str = "study.json") -> str:
+def claims_section(study: dict, earlier: list[dict] | None = None) -> list[str]:
+    """The pre-registered claims, their verdicts on all items and without copyable items
+    (each with Holm's correction over its own table), and, given an ``earlier`` page's rows
+    (:func:`parse_claim_rows`), the old and new verdicts side by side."""
+    from mkn.experiments.reproduce import without_copyable
+
+    rows = with_holm(claims(study))
+    header = ["id", "data", "measured", "verdict", "p", "p (Holm)", "verdict after Holm"]
+    out = ["## The papers' claims, as measured here", "",
+           "The claims, their test statistics and nulls, registered in one table "
+           "(`mkn.report.results.CLAIMS`) before the study ran:", "", claims_table(), "",
+           "Verdict: *agrees* when the whole 95% interval is strictly on the claimed side "
+           "(share > 0.5, difference > 0, or the two intervals apart), *disagrees* when it is "
+           "wholly strictly on the other side, *inconclusive* otherwise (an interval that "
+           "touches the null, e.g. [0.35, 0.5] for a share, is inconclusive). Paired shares "
+           "count a tie as half a win. *p* is the two-sided bootstrap p-value against the "
+           "claim's null; *p (Holm)* is Holm's step-down adjustment over every claim of the "
+           "table with a p-value, and a verdict whose adjusted p is not below 0.05 is "
+           "*inconclusive after Holm*. A method whose sets equal another's is *not applicable*, "
+           "not a second result. A study written before p-values has none (\"-\"): its "
+           "verdicts stay uncorrected.", "", "### On all known items", "",
+           markdown_table(header, [[r[0], *r[2:]] for r in rows]), "", *reading(rows), ""]
+    clean = without_copyable(study)
+    if clean is None:
+        out += ["This study predates the copy flag: its claims are not tested without copyable "
+                "items.", ""]
+    else:
+        left = ", ".join(f"{part['part']['name']} {len(part.get('copyable_facts', []))} of "
+                         f"{len(part['facts'])}" for part in study["parts"])
+        clean_rows = with_holm(claims(clean))
+        out += ["### Without copyable items", "",
+                "The same claims with every fact left out that has an item whose gold object "
+                "appears in its prompt before the slot (`copyable`: answerable by copying; "
+                f"facts left out per part: {left}). The audits' statistics are computed in the "
+                "run and are not recomputed here (not measured).", "",
+                markdown_table(header, [[r[0], *r[2:]] for r in clean_rows]), "",
+                *reading(clean_rows), ""]
+    if earlier:
+        out += ["### Before and after the review (issue 20)", "",
+                "The verdicts of the page this study replaces (its last column) beside this "
+                "study's verdicts after Holm on all items; the reason for each change is "
+                "generated from the two rows.", "", before_after(rows, earlier), ""]
+    return out
+
+
+def render(study: dict, source: str = "study.json", earlier: list[dict] | None = None) -> str:
     config = study["config"]
     out = [
         f"# Reproduction study: {config['model']}",
@@ -461,23 +692,7 @@ def render(study: dict, source: str = "study.json") -> str:
     out += [f"- {part['part']['name']}: {part['part']['chosen']}." for part in study["parts"]
             if part["part"].get("chosen")]
     out += [""]
-    out += ["## The papers' claims, as measured here", "",
-            "Verdict: *agrees* when the whole 95% interval is strictly on the claimed side "
-            "(share > 0.5, difference > 0, or the two intervals apart), *disagrees* when it is "
-            "wholly strictly on the other side, *inconclusive* otherwise (an interval that "
-            "touches the null, e.g. [0.35, 0.5] for a share, is inconclusive). Paired shares "
-            "count a tie as half a win. *p* is the two-sided bootstrap p-value against the "
-            "claim's null (a difference of 0, a share of 0.5); *p (Holm)* is Holm's step-down "
-            "adjustment over every claim of the page with a p-value, and a verdict whose "
-            "adjusted p is not below 0.05 is *inconclusive after Holm*. The layer claim is tested "
-            "per (fact, language) item (the share of its knowledge neurons in the upper third, "
-            "minus 1/3), with an interval that resamples facts; a study written before that "
-            "has only the share pooled over neurons and leaves it *untested*. A method whose "
-            "sets equal another's is *not applicable*, not a second result. A study written "
-            "before p-values has none (\"-\"): its verdicts stay uncorrected.", "",
-            markdown_table(["claim", "data", "measured", "verdict", "p", "p (Holm)",
-                            "verdict after Holm"], with_holm(claims(study))), "",
-            *reading(with_holm(claims(study))), ""]
+    out += claims_section(study, earlier)
     for key, title, text in SECTIONS[:3]:
         out += section(study, key, title, text)
     out += ["## 2. Layer distribution", "",
@@ -523,10 +738,20 @@ def read_study(study_json: Path) -> dict:
     return study
 
 
-def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
+def write_results(study_json: Path, out: Path, refresh: bool = False,
+                  before: Path | None = None) -> Path:
     """Render ``study_json`` (plain or ``.gz``) to ``out``; ``refresh``: first recompute the
     headline statistics from the saved raw results (when the study has them) and save them back
-    into ``study_json``."""
+    into ``study_json``; ``before``: an earlier RESULTS.md whose verdicts are shown beside the
+    new ones."""
+    earlier = None
+    if before is not None:
+        try:
+            earlier = parse_claim_rows(Path(before).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{before}: cannot read the earlier page ({error})") from None
+        if not earlier:
+            raise ValueError(f"{before}: no claims table (not a page mkn reproduce wrote)")
     study = read_study(study_json)
     if not study.get("complete", True):
         finished = sum(len(p.get("experiments", {})) for p in study["parts"])
@@ -543,7 +768,7 @@ def write_results(study_json: Path, out: Path, refresh: bool = False) -> Path:
     check_ours(out, RESULTS_MARKER, "choose another --results, or delete that file yourself to "
                "have mkn write it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(out, render(study, source=str(study_json)))
+    return write_atomic(out, render(study, source=str(study_json), earlier=earlier))
 
 
 RESULTS_MARKER = "Produced by `mkn reproduce"  # in the header of every page render() writes
