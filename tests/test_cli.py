@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -210,6 +211,15 @@ def test_generic_command_builds_then_reuses_the_cached_list(tiny_dir, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached:" in again.output
     assert json.loads((tmp_path / "list.json").read_text())["format"] == 2
+    # issue 21: a cached list edited by hand (every item lists many neurons) is not trusted
+    cached = Path(" ".join(again.output.split()).split("cached: ")[1].split(";")[0])
+    listed = json.loads(cached.read_text())
+    for item in listed["items"]:
+        item["neurons"] = [[layer, index] for layer in range(2) for index in range(8)]
+    cached.write_text(json.dumps(listed))
+    rebuilt = runner.invoke(app, args)
+    assert rebuilt.exit_code == 0 and "built:" in rebuilt.output, rebuilt.output
+    assert json.loads(cached.read_text())["items"] != listed["items"]
 
 
 def test_usage_errors_are_one_line_naming_the_option():

@@ -185,6 +185,50 @@ def test_resume_with_another_model_or_edited_data_refuses(tiny_dir, tmp_path):
     assert result.exit_code == 2 and "data_fingerprint" in one_line(result.output)
 
 
+def test_resume_against_other_weights_at_the_same_path_refuses(tiny_dir, tmp_path):
+    """Issue 21: the identity named the model by its path; weights replaced there mixed two
+    models in one run. Now the weights are pinned by content."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(tiny_dir / "model", tmp_path / "model")
+    data = many_facts(tmp_path / "facts.jsonl", 3)
+    out = tmp_path / "run"
+    args = locate_args(tmp_path, data, out)  # the model at tmp_path/model
+    assert invoke(*args).exit_code == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert len(manifest["identity"]["weights"]) == 32
+    assert manifest["pinned"] == ["generic_digest", "weights"]  # both by content
+    assert invoke(*args, "--resume").exit_code == 0  # the same weights: resumed
+    weights = load_file(tmp_path / "model" / "model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = weights[first] + 1.0
+    save_file(weights, tmp_path / "model" / "model.safetensors", metadata={"format": "pt"})
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2, result.output
+    assert "cannot resume" in one_line(result.output) and "its weights was" in result.output
+
+
+def test_resume_with_another_generic_list_file_refuses(tiny_dir, tmp_path):
+    """Issue 21: --generic FILE was identified by its path; the list is pinned by content."""
+    from mkn.localization.generic import GenericNeurons, ReferenceItem
+
+    data = many_facts(tmp_path / "facts.jsonl", 3)
+    listed = tmp_path / "generic.json"
+    items = [ReferenceItem(f"ref-{i}", f"P{i}", "en", ((0, 1),)) for i in range(4)]
+    GenericNeurons(items, 0.5).save(listed)
+    out = tmp_path / "run"
+    args = locate_args(tiny_dir, data, out, "--generic", str(listed))
+    assert invoke(*args).exit_code == 0
+    GenericNeurons([ReferenceItem(i.fact_id, i.relation, "en", ((0, 2),)) for i in items],
+                   0.5).save(listed)  # the same path, another list
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2 and "its generic_digest was" in one_line(result.output)
+    # a list whose reference facts are among the run's facts is refused
+    GenericNeurons([ReferenceItem("fact-01", "P36", "en", ((0, 1),))], 0.5).save(listed)
+    result = invoke(*locate_args(tiny_dir, data, tmp_path / "other", "--generic", str(listed)))
+    assert result.exit_code == 2 and "overlaps the evaluated facts" in one_line(result.output)
+
+
 # --- every long command resumes -----------------------------------------------------------------
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:

@@ -60,6 +60,39 @@ def test_resume_drops_partial_units_and_half_lines(tmp_path):
         assert read_jsonl(tmp_path / f"{name}.jsonl") == fresh.records(name)
 
 
+def test_a_tensor_edited_in_place_is_recomputed_and_links_are_refused(tmp_path):
+    """Issue 21: tensors were checked by size only; a planted link wrote outside the run."""
+    store = RunStore(tmp_path / "run", {}, record_files=FILES)
+    _write_units(store, range(3))
+    store.close()
+    path = store._tensor_path("fact/1")
+    data = bytearray(path.read_bytes())
+    data[-4:] = b"\x00\x00\x80\x7f"  # the last float32 value, same size
+    path.write_bytes(bytes(data))
+    resumed = RunStore(tmp_path / "run", {}, resume=True, record_files=FILES)
+    assert resumed.done == ["fact/0", "fact/2"]  # fact/1 is computed again
+    _write_units(resumed, range(3))
+    assert torch.equal(resumed.tensors("fact/1")["scores"], torch.full((2, 3), 1.0))
+    resumed.close()
+    # a "scores" folder that is a link elsewhere: refused, nothing written there
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    linked = RunStore(tmp_path / "linked", {}, record_files=FILES)
+    (tmp_path / "linked" / "scores").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="scores is not a folder of this run"):
+        _write_units(linked, range(1))
+    assert not list(elsewhere.iterdir())
+    # a record file that is a link to a foreign file: refused, the file untouched
+    foreign = tmp_path / "foreign.txt"
+    foreign.write_text("")
+    (tmp_path / "linked" / "scores").unlink()
+    (tmp_path / "linked" / "items.jsonl").symlink_to(foreign)
+    with pytest.raises(ValueError, match="items.jsonl is a symbolic link"):
+        _write_units(linked, range(1))
+    assert foreign.read_text() == ""
+    linked.close()
+
+
 WRITER = textwrap.dedent("""
     import sys, time, torch
     from mkn.runs.store import RunStore

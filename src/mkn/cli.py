@@ -242,6 +242,8 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
         run = claim_directory(**{**claim, "identity": identity})
     try:
         lm = _load(cfg.model, asked, cfg.device, cfg.device_map)  # says why auto chose
+        if run is not None:  # the weights by content: a resume against others is refused
+            run.pin("weights", lm.weights_digest())
         facts = _encodable(lm, facts, languages, cfg.lenient, meta)
     except BaseException:
         if run is not None:

@@ -387,10 +387,12 @@ def without_raw_results(study: dict) -> dict:
 
 def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, list]) -> dict:
     """What a study run directory holds (a resume must match): the configuration, the model
-    and the fingerprint of every part's sample (``samples``: part name -> facts)."""
+    (with a content digest of its weights) and the fingerprint of every part's sample
+    (``samples``: part name -> facts)."""
     return {"config": config.model_dump(), "model": {"name": lm.name, "dtype": str(lm.dtype),
                                                      "layers": lm.n_layers,
-                                                     "neurons": lm.n_neurons},
+                                                     "neurons": lm.n_neurons,
+                                                     "weights": lm.weights_digest()},
             "data": {name: data_fingerprint(facts) for name, facts in samples.items()}}
 
 

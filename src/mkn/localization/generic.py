@@ -342,7 +342,8 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
     path = reference_path(key)
     if path.exists() and not rebuild:
         found = GenericNeurons.load(path)
-        if found.source.get("key") == key:
+        # the key says what it was built from; the digest, that it was not edited since
+        if found.source.get("key") == key and found.source.get("digest") == found.digest:
             check_held_out(found.source.get("facts", []), held)
             return found.with_threshold(config.generic_share), path, False
     sample_key = digest({**key, "settings": config.known})  # the same for every method
@@ -368,6 +369,7 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                               "held_out": {"facts": len(held & {f.id for f in everything}),
                                            "overlap": 0},
                               "rebuild": rebuild_command(key)})
+    generic.source["digest"] = generic.digest  # checked when the cache is read
     generic.save(path)
     return generic, path, True
 

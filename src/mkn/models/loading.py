@@ -53,6 +53,19 @@ class LanguageModel:
     def causal(self) -> bool:
         return self.adapter.causal
 
+    def weights_digest(self) -> str:
+        """A content digest of the model's weights (every parameter's and buffer's name, shape,
+        dtype and bytes, BLAKE2b): what a run's identity records, so that a resume against
+        other weights at the same path is refused. Computed on demand (about 1 s per GB);
+        tensors offloaded to the meta device count by name and shape only."""
+        h = hashlib.blake2b(digest_size=16)
+        for name, tensor in sorted(self.model.state_dict(keep_vars=False).items()):
+            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}\n".encode())
+            if tensor.device.type != "meta":
+                data = tensor.detach().to("cpu").contiguous().reshape(-1)
+                h.update(memoryview(data.view(torch.uint8).numpy()))
+        return h.hexdigest()
+
     @cached_property
     def blocks(self) -> nn.ModuleList:
         return _get(self.model, self.adapter.blocks)  # type: ignore[return-value]

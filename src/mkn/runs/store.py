@@ -5,10 +5,12 @@ Layout of ``DIR`` (claimed first, :mod:`mkn.runs.directory`: manifest and lock):
 - ``<name>.jsonl``: records, appended per unit of work (a fact), flushed and fsynced;
 - ``scores/<unit>.safetensors``: dense score tensors, written atomically (tmp + rename);
 - ``done.jsonl``: one line per finished unit, written *last*, with the number and digest of the
-  unit's records in each file and the size of its tensor file.
+  unit's records in each file and the size and SHA-256 of its tensor file.
 
 A unit counts as done only when its line is in ``done.jsonl`` *and* its records are present and
-whole (same count, same digest) and its tensor file has the recorded size. On resume everything
+whole (same count, same digest) and its tensor file has the recorded size and digest (a tensor
+edited in place is recomputed). Nothing is written through a symbolic link: a planted link in
+place of a record file or the ``scores`` folder is refused with one line. On resume everything
 else is dropped: records of unfinished units (a kill between two appends), a half-written last
 line, records deleted, truncated, edited or duplicated by hand, duplicate done lines. The
 dropped units are computed again, so a resumed run ends with exactly the records of an
@@ -21,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import fields
@@ -31,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from mkn.runs.directory import (
     RunDirectory,
+    RunDirectoryError,
     canonical,
     claim,
     digest,
@@ -43,14 +47,29 @@ CONFIG = "config.json"
 
 
 def _fsync_append(path: Path, lines: Iterable[str]) -> None:
+    """Append ``lines``, flushed and fsynced; never through a symbolic link (a link planted in
+    a run directory would write outside it: refused with an error naming the file)."""
     try:
-        with path.open("a", encoding="utf-8") as handle:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                             0o644)
+    except OSError as error:
+        if path.is_symlink():
+            raise RunDirectoryError(f"{path} is a symbolic link; mkn does not write through "
+                                    "links in a run directory (remove it)") from None
+        raise with_path(error, path) from None
+    try:
+        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
             for line in lines:
                 handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as error:
         raise with_path(error, path) from None
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a tensor file's, recorded in its done line)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_jsonl(path: Path, skip_broken: bool = False) -> list[dict]:
@@ -150,8 +169,11 @@ class RunStore:
         size = line.get("tensor_bytes")
         if size is not None:
             path = self._tensor_path(line["unit"])
-            if not path.exists() or path.stat().st_size != size:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
                 return False
+            want = line.get("tensor_sha256")  # runs written before it: checked by size
+            if want is not None and file_digest(path) != want:
+                return False  # edited in place, same size: recomputed
         return True
 
     def _repair(self) -> None:
@@ -172,6 +194,11 @@ class RunStore:
                 done_lines.append(line)
         self.done = [line["unit"] for line in done_lines]
         self._done_set = set(self.done)
+        scores = self.dir / "scores"
+        if scores.is_dir() and not scores.is_symlink():  # tensors a kill left half-written
+            for stale in scores.glob(".*.tmp"):
+                if stale.is_file() and not stale.is_symlink():
+                    stale.unlink()
         dropped = {u for u in by_unit if u not in self._done_set}
         self.repaired = {"units_dropped": len(dropped)}
         for name in (*self.record_files, DONE[: -len(".jsonl")]):
@@ -216,12 +243,23 @@ class RunStore:
         line: dict = {"unit": unit}
         if tensors:
             path = self._tensor_path(unit)
+            if path.parent.is_symlink() or (path.parent.exists() and not path.parent.is_dir()):
+                raise RunDirectoryError(f"{path.parent} is not a folder of this run (a symbolic "
+                                        "link or a file); mkn does not write outside the run "
+                                        "directory (remove it)")
             path.parent.mkdir(exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                      metadata={"unit": unit})
-            os.replace(tmp, path)
+            handle, tmp = tempfile.mkstemp(prefix=f".{path.stem[:40]}.", suffix=".tmp",
+                                           dir=path.parent)  # a new file: never a planted link
+            os.close(handle)
+            try:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
+                          metadata={"unit": unit})
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
             line["tensor_bytes"] = path.stat().st_size
+            line["tensor_sha256"] = file_digest(path)
         normalized = {name: json.loads(json.dumps(rows)) for name, rows in records.items()}
         for name, rows in normalized.items():
             _fsync_append(self.dir / f"{name}.jsonl",
