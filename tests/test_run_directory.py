@@ -197,7 +197,7 @@ def test_resume_against_other_weights_at_the_same_path_refuses(tiny_dir, tmp_pat
     assert invoke(*args).exit_code == 0
     manifest = json.loads((out / MANIFEST).read_text())
     assert len(manifest["identity"]["weights"]) == 32
-    assert manifest["pinned"] == ["generic_digest", "weights"]  # both by content
+    assert {"generic_digest", "weights", "data_fingerprint"} <= set(manifest["pinned"])
     assert invoke(*args, "--resume").exit_code == 0  # the same weights: resumed
     weights = load_file(tmp_path / "model" / "model.safetensors")
     first = sorted(weights)[0]
@@ -415,9 +415,34 @@ def test_experiment_options_are_range_checked_before_the_model_loads():
         result = invoke("experiment", "enhancement", "--model", "/no/such/model", "--set",
                         option)
         assert result.exit_code == 2 and message in one_line(result.output), result.output
+    # issue 21: methods and rankings are checked too, before the model loads (all named)
+    result = invoke("experiment", "size-curves", "--set", "methods=ig,foo", "--model",
+                    "/no/such/model")
+    assert result.exit_code == 2 and "ig, amig, matrice" in one_line(result.output)
+    result = invoke("experiment", "shared-sets", "--set", "rankings=amig,bogus", "--model",
+                    "/no/such/model")
+    assert result.exit_code == 2 and "must be among matrice, amig" in one_line(result.output)
     for name, option in (("injection", "lambda_new=inf"), ("fact-checking", "wrong=-1")):
         result = invoke("experiment", name, "--set", option, "--model", "/no/such/model")
         assert result.exit_code == 2 and f"option {option.split('=')[0]}=" in result.output
+
+
+def test_a_failed_start_leaves_the_directory_as_it_was(tiny_dir, tmp_path):
+    """Issue 21: a start that failed after the claim (here: no model at that path) blocked the
+    directory ("resume it" / "settings differ"); now it is left as it was."""
+    data = many_facts(tmp_path / "facts.jsonl", 2)
+    out = tmp_path / "new"
+    args = locate_args(tiny_dir, data, out)
+    bad = [*args]
+    bad[bad.index("--model") + 1] = str(tmp_path / "no-such-model")
+    assert invoke(*bad).exit_code == 2
+    assert not out.exists()  # created by the claim, removed
+    (tmp_path / "empty").mkdir()
+    bad[bad.index("--out") + 1] = str(tmp_path / "empty")
+    assert invoke(*bad).exit_code == 2
+    assert list((tmp_path / "empty").iterdir()) == []
+    result = invoke(*args)  # the fixed command simply runs
+    assert result.exit_code == 0, result.output
 
 
 def test_lenient_skips_a_fact_the_model_cannot_score_and_names_it(tiny_dir, tmp_path):

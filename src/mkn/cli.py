@@ -208,9 +208,10 @@ class ProgressBars:
 
 
 def _prepare(config: Path | None, claim: dict | None = None, **flags):
-    """Resolve the configuration, load the facts, claim the run directory (before any compute;
-    ``claim``: keyword arguments of :func:`mkn.runs.directory.claim`, its ``identity`` extended
-    with the configuration and sample), load the model."""
+    """Resolve the configuration, claim the run directory (``claim``: keyword arguments of
+    :func:`mkn.runs.directory.claim`, its ``identity`` extended with the configuration), load
+    the facts (the sample pinned into the identity), load the model (its weights pinned). A
+    failure leaves a new directory as it was."""
     from mkn.data import load_facts
     from mkn.runs.config import load_run_config
     from mkn.runs.directory import claim as claim_directory
@@ -220,34 +221,36 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
         if flags.get(key) is not None:
             flags[key] = [x.strip() for x in flags[key].split(",") if x.strip()]
     cfg = load_run_config(config, **flags)
-    facts = load_facts(cfg.data, cfg.languages, cfg.limit, cfg.lenient,
-                       seed=cfg.seed if cfg.shuffle else None, relations=cfg.relations,
-                       per_relation=cfg.per_relation)
-    if not facts:
-        raise ValueError(f"no facts to work on: {facts.summary()}")
-    languages = cfg.languages or facts.languages
-    _say(f"data: {facts.summary()}")
-    for skipped in facts.skipped:
-        _say(f"skipped {skipped}")
     asked, cfg.dtype = cfg.dtype, _concrete_dtype(cfg.dtype, cfg.device)
-    meta = {**cfg.model_dump(exclude={"locate", "backend", "workers", "gpus_per_worker",
-                                      "device", "device_map"}),
-            "languages": languages,
-            "facts": len(facts), "fact_ids": [f.id for f in facts],
-            "data_fingerprint": data_fingerprint(facts),
-            "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
+    settings = cfg.model_dump(exclude={"locate", "backend", "workers", "gpus_per_worker",
+                                       "device", "device_map"})
     run = None
-    if claim is not None:
-        identity = {**claim.get("identity", {}), "locate": cfg.locate.model_dump(), **meta}
+    if claim is not None:  # the lock first: a second writer fails at once, before any read
+        identity = {**claim.get("identity", {}), "locate": cfg.locate.model_dump(), **settings}
         run = claim_directory(**{**claim, "identity": identity})
     try:
+        facts = load_facts(cfg.data, cfg.languages, cfg.limit, cfg.lenient,
+                           seed=cfg.seed if cfg.shuffle else None, relations=cfg.relations,
+                           per_relation=cfg.per_relation)
+        if not facts:
+            raise ValueError(f"no facts to work on: {facts.summary()}")
+        languages = cfg.languages or facts.languages
+        _say(f"data: {facts.summary()}")
+        for skipped in facts.skipped:
+            _say(f"skipped {skipped}")
+        sample = {"facts": len(facts), "fact_ids": [f.id for f in facts],
+                  "data_fingerprint": data_fingerprint(facts),
+                  "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
+        meta = {**settings, "languages": languages, **sample}
+        if run is not None:  # the sample by content: a resume on edited data is refused
+            run.pin_all(sample)
         lm = _load(cfg.model, asked, cfg.device, cfg.device_map)  # says why auto chose
         if run is not None:  # the weights by content: a resume against others is refused
             run.pin("weights", lm.weights_digest())
         facts = _encodable(lm, facts, languages, cfg.lenient, meta)
     except BaseException:
         if run is not None:
-            run.release()
+            run.abandon()  # a failed start leaves the directory as it was
         raise
     return cfg, facts, languages, lm, meta, run
 

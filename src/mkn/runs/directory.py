@@ -170,8 +170,39 @@ class RunDirectory:
     resumed: bool = False
     created: str = ""  # when the run was first started (kept by a resume)
     lock: FileLock | None = field(default=None, repr=False)
+    made_directory: bool = False  # claim created the directory (abandon removes it)
+    pinned: set[str] = field(default_factory=set)  # identity keys known after the claim
 
-    def pin(self, key: str, value) -> None:
+    def pin_all(self, values: Mapping) -> None:
+        """:meth:`pin` every key of ``values`` (the manifest written once)."""
+        for key, value in values.items():
+            self.pin(key, value, write=False)
+        self._write_manifest()
+
+    def abandon(self) -> None:
+        """Release the directory after a failed start, leaving it as it was: a new run that
+        wrote nothing but mkn's bookkeeping removes it (and the directory, if it created it);
+        a resumed run keeps everything."""
+        try:
+            if not self.resumed and self.path.is_dir() and not _foreign(self.path):
+                (self.path / MANIFEST).unlink(missing_ok=True)
+                (self.path / HOLDER).unlink(missing_ok=True)
+                if self.lock is not None and self.lock.is_locked:
+                    self.lock.release()
+                (self.path / LOCK).unlink(missing_ok=True)
+                if self.made_directory:
+                    self.path.rmdir()
+        finally:
+            self.release()
+
+    def _write_manifest(self) -> None:
+        manifest = read_manifest(self.path) or {}
+        manifest.update(identity=self.identity, identity_hash=digest(self.identity),
+                        pinned=sorted({*manifest.get("pinned", []), *self.pinned}))
+        write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False)
+                     + "\n")
+
+    def pin(self, key: str, value, write: bool = True) -> None:
         """Add ``key: value`` to the run's identity once it is known, after the claim (e.g. the
         content digest of a generic-neuron list built by the run). A new run records it in its
         manifest; a resumed run must have recorded the same value (one line otherwise); a run
@@ -182,14 +213,12 @@ class RunDirectory:
             raise RunDirectoryError(f"cannot resume {self.path}: its {key} was "
                                     f"{json.dumps(saved)[:60]}, now {json.dumps(value)[:60]}; "
                                     "resume with the same inputs or choose another --out")
-        if saved == value:
+        self.pinned.add(key)
+        if saved == value and key in self.identity:
             return
         self.identity[key] = value
-        manifest = read_manifest(self.path) or {}
-        manifest.update(identity=self.identity, identity_hash=digest(self.identity),
-                        pinned=sorted({*manifest.get("pinned", []), key}))
-        write_atomic(self.path / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False)
-                     + "\n")
+        if write:
+            self._write_manifest()
 
     def release(self) -> None:
         if self.lock is not None and self.lock.is_locked:
@@ -242,6 +271,7 @@ def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume:
             f"{directory} is not empty and is not an mkn run (no {MANIFEST}; it holds {shown}"
             f"{', ...' if len(_foreign(directory)) > 3 else ''}): mkn writes only into a new or "
             "empty directory or one of its own runs; choose another --out")
+    made = not directory.exists()
     check_writable(directory)
     lock = FileLock(str(directory / LOCK), timeout=0)
     try:
@@ -252,7 +282,7 @@ def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume:
         raise RunDirectoryError(f"{directory} is being written by another mkn process (PID "
                                 f"{pid}); wait for it to end or choose another --out") from None
     write_atomic(directory / HOLDER, f"{os.getpid()}\n")  # replaces a symlink, never follows it
-    run = RunDirectory(directory, kind, identity, lock=lock)
+    run = RunDirectory(directory, kind, identity, lock=lock, made_directory=made)
     try:
         manifest = read_manifest(directory)
         if manifest is None and _foreign(directory):  # appeared while we took the lock
@@ -263,7 +293,10 @@ def claim(directory: str | os.PathLike, kind: str, identity: Mapping, *, resume:
                 raise RunDirectoryError(f"{directory} is an mkn {manifest['kind']} run, not "
                                         f"an mkn {kind} run; choose another --out")
             saved = dict(manifest.get("identity", {}))
-            pinned = {k: saved.pop(k) for k in manifest.get("pinned", []) if k in saved}
+            # keys pinned after the claim (data, weights, generic list) are compared by pin();
+            # a run written before pinning: its keys that the claim no longer names
+            names = manifest.get("pinned", [k for k in saved if k not in identity])
+            pinned = {k: saved.pop(k) for k in names if k in saved}
             differs = _differences(saved, identity)
             if differs and resume:
                 raise RunDirectoryError(f"cannot resume {directory}: it was run with other "
