@@ -62,3 +62,46 @@ def test_csv_tables_and_experiment_items(tmp_path):
     assert flatten({"a": {"b": 1}, "c": [1]}) == {"a.b": 1, "c": "[1]"}
     bad = runner.invoke(app, ["export", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "not a run directory" in bad.output
+
+
+def test_export_shows_only_what_resume_keeps_and_never_overwrites_foreign_tables(tmp_path):
+    """Issue 21: duplicated or unfinished records were exported; foreign tables overwritten;
+    a folder that is not a run was written into."""
+    clean, damaged = tmp_path / "clean", tmp_path / "damaged"
+    fake_locate_run(clean)
+    fake_locate_run(damaged)
+    lines = (damaged / "neurons.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    edited = json.loads(lines[0])
+    edited["neurons"][0][2] = 12345.0  # an edited score: its fact is left out
+    with (damaged / "neurons.jsonl").open("w", encoding="utf-8") as handle:
+        handle.writelines([json.dumps(edited) + "\n", *lines[1:], lines[-1]])  # + a duplicate
+        handle.write(json.dumps({**json.loads(lines[1]), "unit": "half", "fact_id": "half"})
+                     + "\n")  # an unfinished fact
+    for run in (clean, damaged):
+        assert runner.invoke(app, ["export", str(run), "--format", "csv"]).exit_code == 0
+    with (damaged / "export" / "neurons.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    # what --resume would recompute is left out: the edited fact and the duplicated one
+    dropped = {edited["fact_id"], json.loads(lines[-1])["fact_id"]}
+    assert {r["fact_id"] for r in rows} == {json.loads(line)["fact_id"]
+                                            for line in lines} - dropped != set()
+    assert not any(r["score"] == "12345.0" for r in rows)
+    with (clean / "export" / "neurons.csv").open(encoding="utf-8") as handle:
+        kept = [r for r in csv.DictReader(handle) if r["fact_id"] not in dropped]
+    assert rows == kept  # no duplicate, no unfinished fact
+    # foreign tables are never replaced; mkn's own are
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "neurons.csv").write_text("my,table\n", encoding="utf-8")
+    refused = runner.invoke(app, ["export", str(clean), "--format", "csv", "--out", str(theirs)])
+    assert refused.exit_code == 2 and "was not written by mkn export" in refused.output
+    assert (theirs / "neurons.csv").read_text(encoding="utf-8") == "my,table\n"
+    assert sorted(p.name for p in theirs.iterdir()) == ["neurons.csv"]  # nothing else written
+    again = runner.invoke(app, ["export", str(clean), "--format", "csv"])
+    assert again.exit_code == 0, again.output  # its own tables, written again
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("x", encoding="utf-8")
+    bad = runner.invoke(app, ["export", str(stranger)])
+    assert bad.exit_code == 2 and "holds no mkn results" in bad.output
+    assert sorted(p.name for p in stranger.iterdir()) == ["notes.txt"]

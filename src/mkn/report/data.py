@@ -10,7 +10,8 @@ from typing import Any
 
 from mkn.localization.stats import localization_stats
 from mkn.report.blocks import EXPERIMENTS, RUN_FILES
-from mkn.runs.store import read_jsonl
+from mkn.localization.run import RECORD_FILES
+from mkn.runs.store import read_jsonl, verified_units
 
 # ----------------------------------------------------------------------------- run data
 
@@ -74,6 +75,17 @@ def _read_records(directory: Path, name: str, done: set[str] | None,
     return records
 
 
+def run_records(directory: Path, problems: list[str]) -> dict[str, list[dict]]:
+    """The records of a locate run that ``--resume`` would keep (:func:`verified_units`: done,
+    whole, unedited, tensors unchanged), per record file; what is left out is counted in
+    ``problems``. Every reader (report, export) shows these and only these."""
+    kept = verified_units(directory, RECORD_FILES)
+    if kept.dropped:
+        problems.append(f"{len(kept.dropped)} facts left out: unfinished, or their records or "
+                        "tensors changed since they were written (--resume recomputes them)")
+    return {name: kept.records(name) for name in RECORD_FILES}
+
+
 def _n_layers(data: RunData) -> int:
     configured = (data.config or {}).get("n_layers")
     if isinstance(configured, int) and configured > 0:
@@ -92,14 +104,17 @@ def load_run(run_dir: Path) -> RunData:
     if (directory / "config.json").exists():
         config = _read_json(directory / "config.json", problems)
         data.config = config if isinstance(config, dict) else None
-    done = None
-    if (directory / "done.jsonl").exists():
-        done = {r.get("unit") for r in _read_records(directory, "done", None, problems)}
-    data.neurons = _read_records(directory, "neurons", done, problems)
-    data.agnostic = _read_records(directory, "language_agnostic", done, problems)
-    data.degenerate = _read_records(directory, "degenerate", done, problems)
-    data.timings = _read_records(directory, "timings", done, problems)
-    data.knowledge = _read_records(directory, "knowledge", done, problems)
+    if (directory / "done.jsonl").exists():  # a locate run: what --resume would keep
+        records = run_records(directory, problems)
+        data.neurons, data.agnostic, data.degenerate, data.timings, data.knowledge = (
+            records[name] for name in ("neurons", "language_agnostic", "degenerate",
+                                       "timings", "knowledge"))
+    else:  # records without done lines (written before them): read as they are
+        data.neurons = _read_records(directory, "neurons", None, problems)
+        data.agnostic = _read_records(directory, "language_agnostic", None, problems)
+        data.degenerate = _read_records(directory, "degenerate", None, problems)
+        data.timings = _read_records(directory, "timings", None, problems)
+        data.knowledge = _read_records(directory, "knowledge", None, problems)
     summary_path = directory / "summary.json"
     if summary_path.exists():
         summary = _read_json(summary_path, problems)

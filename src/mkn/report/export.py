@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from mkn.runs.directory import write_atomic
+from mkn.runs.store import file_digest as file_sha256
+from mkn.report.data import run_records
 from mkn.runs.store import read_jsonl
 
 FORMATS = ("parquet", "csv")
@@ -32,14 +36,22 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def _records(run: Path, name: str) -> list[dict]:
+    """A record file of ``run``: for a locate run, only what ``--resume`` would keep
+    (:func:`mkn.report.data.run_records`); otherwise as written."""
+    if (run / "done.jsonl").exists():
+        return run_records(run, [])[name]
+    return read_jsonl(run / f"{name}.jsonl")
+
+
 def neuron_rows(run: Path) -> list[dict]:
     """``neurons`` table: every knowledge neuron and left-out generic neuron of the run."""
     agnostic = {}
-    for record in read_jsonl(run / "language_agnostic.jsonl"):
+    for record in _records(run, "language_agnostic"):
         agnostic[record["fact_id"]] = ({tuple(n) for n in record.get("neurons", [])},
                                        {tuple(n) for n in record.get("soft_neurons", [])})
     rows = []
-    for record in read_jsonl(run / "neurons.jsonl"):
+    for record in _records(run, "neurons"):
         strict, soft = agnostic.get(record["fact_id"], (set(), set()))
         for generic, key in ((False, "neurons"), (True, "generic")):
             for rank, (layer, index, score) in enumerate(record.get(key, []), 1):
@@ -56,10 +68,10 @@ def neuron_rows(run: Path) -> list[dict]:
 
 def item_rows(run: Path) -> list[dict]:
     """``items`` table: every (fact, language) the run probed."""
-    located = read_jsonl(run / "neurons.jsonl")
+    located = _records(run, "neurons")
     sizes = {(r["fact_id"], r["language"]): (len(r.get("neurons", [])), len(r.get("generic", [])))
              for r in located}
-    probed = read_jsonl(run / "knowledge.jsonl") or [  # runs written before knowledge.jsonl
+    probed = _records(run, "knowledge") or [  # runs written before knowledge.jsonl
         {"fact_id": r["fact_id"], "relation": r["relation"], "language": r["language"],
          "object": r.get("target"), "known": r.get("known", True), "located": True,
          "queries": [{"p_gold": p} for p in r.get("probs", [])]} for r in located]
@@ -140,9 +152,14 @@ def _write_parquet(rows: list[dict], path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(_uniform(rows)) if rows else pa.table({})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)  # a new file of ours: never a planted link
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -168,13 +185,37 @@ def export_run(run: str | Path, out: str | Path | None = None,
             run.glob("*.json")):
         raise ValueError(f"{run} holds no mkn results (neurons.jsonl or experiment JSON)")
     out = Path(out) if out is not None else run / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    writer = _write_parquet if fmt == "parquet" else _write_csv
     tables = {"neurons": neuron_rows(run), "items": item_rows(run),
               "experiment_items": experiment_rows(run)}
+    if not any(tables.values()):
+        raise ValueError(f"{run} holds no mkn results (no records a resume would keep, no "
+                         "experiment JSON): nothing exported")
+    written = _written(out)
+    for name in tables:  # every table checked before any is written
+        path = out / f"{name}.{fmt}"
+        if path.is_symlink() or (path.exists() and written.get(path.name) != file_sha256(path)):
+            raise ValueError(f"{path} exists and was not written by mkn export (or was changed "
+                             "since); choose another --out, or delete it yourself to have mkn "
+                             "write it")
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _write_parquet if fmt == "parquet" else _write_csv
     paths = {}
     for name, rows in tables.items():
         path = out / f"{name}.{fmt}"
         writer(rows, path)
         paths[name] = path
+        written[path.name] = file_sha256(path)
+        write_atomic(out / WRITTEN, json.dumps(written, indent=1) + "\n")
     return paths
+
+
+WRITTEN = ".mkn-export.json"  # the tables mkn export wrote in a folder, with their SHA-256
+
+
+def _written(out: Path) -> dict[str, str]:
+    """The tables mkn export wrote into ``out`` (name -> SHA-256), from its record there."""
+    try:
+        record = json.loads((out / WRITTEN).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}

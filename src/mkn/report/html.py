@@ -134,6 +134,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     check_ours(out, GENERATOR, replace)
     check_ours(out.parent / PAGES / "neurons.html", GENERATOR, replace)
     data = load_run(run_dir)
+    if not (data.has_locate or data.knowledge or data.experiments or data.summary):
+        raise ValueError(f"{run_dir} holds no mkn results (no neurons.jsonl, knowledge.jsonl "
+                         "or experiment JSON): nothing to report, nothing written")
     page = render_report(run_dir, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     if data.neurons:

@@ -26,7 +26,7 @@ import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, MutableMapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -108,6 +108,68 @@ def _rows_digest(rows: list[dict]) -> str:
     return digest(rows)
 
 
+def tensor_path(directory: Path, unit: str) -> Path:
+    """Where a unit's score tensors are stored."""
+    return Path(directory) / "scores" / f"{unit_file_name(unit)}.safetensors"
+
+
+def _whole(directory: Path, line: dict, rows: Mapping[str, list[dict]],
+           record_files: Iterable[str]) -> bool:
+    """Whether a done line's unit has all its records and its tensor file, unchanged."""
+    expected = line.get("records")
+    if not isinstance(expected, dict):
+        return False
+    for name in record_files:
+        count, want = expected.get(name, [0, None])
+        got = rows.get(name, [])
+        if len(got) != count or (want is not None and _rows_digest(got) != want):
+            return False
+    size = line.get("tensor_bytes")
+    if size is not None:
+        path = tensor_path(directory, line["unit"])
+        if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
+            return False
+        want = line.get("tensor_sha256")  # runs written before it: checked by size
+        if want is not None and file_digest(path) != want:
+            return False  # edited in place, same size: recomputed
+    return True
+
+
+@dataclass
+class VerifiedUnits:
+    """What a resume keeps of a run directory (:func:`verified_units`)."""
+
+    done_lines: list[dict]  # the done line of every unit kept, in order
+    by_unit: dict[str, dict[str, list[dict]]]  # unit -> record file -> its records (no "unit")
+    dropped: set[str]  # units with records that a resume drops (unfinished, edited, ...)
+
+    def records(self, name: str) -> list[dict]:
+        """The kept records of ``name`` (with their ``unit``), in done order."""
+        return [{"unit": line["unit"], **row} for line in self.done_lines
+                for row in self.by_unit.get(line["unit"], {}).get(name, [])]
+
+
+def verified_units(directory: Path, record_files: Iterable[str]) -> VerifiedUnits:
+    """The units of ``directory`` that are done and whole (module docstring), read without
+    changing anything: what :class:`RunStore` keeps on resume, and what every reader (report,
+    export) shows. Records of every other unit are dropped."""
+    directory, record_files = Path(directory), tuple(record_files)
+    by_unit: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for name in record_files:
+        for record in read_jsonl(directory / f"{name}.jsonl", skip_broken=True):
+            unit = record.get("unit")
+            if isinstance(unit, str):
+                by_unit[unit][name].append({k: v for k, v in record.items() if k != "unit"})
+    done_lines, seen = [], set()
+    for line in read_jsonl(directory / DONE, skip_broken=True):
+        unit = line.get("unit")
+        if isinstance(unit, str) and unit not in seen and _whole(
+                directory, line, by_unit.get(unit, {}), record_files):
+            seen.add(unit)
+            done_lines.append(line)
+    return VerifiedUnits(done_lines, by_unit, {u for u in by_unit if u not in seen})
+
+
 class RunStore:
     """Append-only, resumable storage of a run's records, keyed by unit (fact) id.
 
@@ -154,62 +216,29 @@ class RunStore:
         self.close()
 
     def _tensor_path(self, unit: str) -> Path:
-        return self.dir / "scores" / f"{unit_file_name(unit)}.safetensors"
-
-    def _whole(self, line: dict, rows: Mapping[str, list[dict]]) -> bool:
-        """Whether a done line's unit has all its records and its tensor file, unchanged."""
-        expected = line.get("records")
-        if not isinstance(expected, dict):
-            return False
-        for name in self.record_files:
-            count, want = expected.get(name, [0, None])
-            got = rows.get(name, [])
-            if len(got) != count or (want is not None and _rows_digest(got) != want):
-                return False
-        size = line.get("tensor_bytes")
-        if size is not None:
-            path = self._tensor_path(line["unit"])
-            if path.is_symlink() or not path.is_file() or path.stat().st_size != size:
-                return False
-            want = line.get("tensor_sha256")  # runs written before it: checked by size
-            if want is not None and file_digest(path) != want:
-                return False  # edited in place, same size: recomputed
-        return True
+        return tensor_path(self.dir, unit)
 
     def _repair(self) -> None:
         """Keep the units that are done and whole; drop every other record (module docstring)."""
-        by_unit: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-        for name in self.record_files:
-            for record in read_jsonl(self.dir / f"{name}.jsonl", skip_broken=True):
-                unit = record.get("unit")
-                if isinstance(unit, str):
-                    by_unit[unit][name].append(
-                        {k: v for k, v in record.items() if k != "unit"})
-        done_lines, seen = [], set()
-        for line in read_jsonl(self.dir / DONE, skip_broken=True):
-            unit = line.get("unit")
-            if isinstance(unit, str) and unit not in seen and self._whole(line,
-                                                                       by_unit.get(unit, {})):
-                seen.add(unit)
-                done_lines.append(line)
-        self.done = [line["unit"] for line in done_lines]
+        kept = verified_units(self.dir, self.record_files)
+        self.done = [line["unit"] for line in kept.done_lines]
         self._done_set = set(self.done)
         scores = self.dir / "scores"
         if scores.is_dir() and not scores.is_symlink():  # tensors a kill left half-written
             for stale in scores.glob(".*.tmp"):
                 if stale.is_file() and not stale.is_symlink():
                     stale.unlink()
-        dropped = {u for u in by_unit if u not in self._done_set}
-        self.repaired = {"units_dropped": len(dropped)}
+        self.repaired = {"units_dropped": len(kept.dropped)}
         for name in (*self.record_files, DONE[: -len(".jsonl")]):
             path = self.dir / f"{name}.jsonl"
             if not path.exists():
                 continue
             if name == DONE[: -len(".jsonl")]:
-                kept = done_lines
+                rows = kept.done_lines
             else:
-                kept = [{"unit": u, **row} for u in self.done for row in by_unit[u].get(name, [])]
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+                rows = [{"unit": u, **row} for u in self.done
+                        for row in kept.by_unit[u].get(name, [])]
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
             if path.read_bytes() != text.encode():
                 write_atomic(path, text)
 
