@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mkn.localization.run import RECORD_FILES
 from mkn.localization.stats import localization_stats
 from mkn.report.blocks import EXPERIMENTS, RUN_FILES
-from mkn.localization.run import RECORD_FILES
 from mkn.runs.store import read_jsonl, verified_units
 
 # ----------------------------------------------------------------------------- run data

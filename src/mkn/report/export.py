@@ -23,9 +23,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from mkn.report.data import run_records
 from mkn.runs.directory import write_atomic
 from mkn.runs.store import file_digest as file_sha256
-from mkn.report.data import run_records
 from mkn.runs.store import read_jsonl
 
 FORMATS = ("parquet", "csv")
