@@ -46,6 +46,20 @@ def test_config_validation_errors_name_the_field(tmp_path, text, message):
     with pytest.raises(ValueError) as error:
         load_run_config(path)
     assert str(path) in str(error.value) and message in str(error.value)
+    assert "\n" not in str(error.value)  # issue 21: one line (YAML errors took 4-7)
+
+
+def test_a_non_utf8_or_tabbed_yaml_is_one_line_naming_the_file(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError) as error:
+        load_run_config(latin)
+    assert str(error.value).startswith(f"{latin}: not UTF-8 text (byte 10")
+    tabbed = tmp_path / "tabbed.yaml"
+    tabbed.write_text("locate:\n\tsteps: 3\n")
+    with pytest.raises(ValueError) as error:
+        load_run_config(tabbed)
+    assert "line 2, column 1" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_missing_config_file_is_clear(tmp_path):

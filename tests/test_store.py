@@ -140,3 +140,24 @@ def test_a_full_disk_names_the_file():
     with pytest.raises(OSError) as caught:
         _fsync_append(Path("/dev/full"), ["x" * 100_000])
     assert describe_error(caught.value) == "/dev/full: No space left on device"
+
+
+def test_a_full_disk_while_saving_a_tensor_names_the_file(tmp_path, monkeypatch):
+    """Issue 21: safetensors said "SafetensorError: ... No space left on device", no file."""
+    from safetensors import SafetensorError
+
+    from mkn.cli import describe_error
+    from mkn.runs import store as store_module
+
+    def full(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: '
+                              'StorageFull, message: "No space left on device" })')
+
+    store = RunStore(tmp_path, {}, record_files=FILES)
+    monkeypatch.setattr(store_module, "save_file", full)
+    with pytest.raises(OSError) as caught:
+        _write_units(store, range(1))
+    assert describe_error(caught.value) == (
+        f"{store._tensor_path('fact/0')}: No space left on device")
+    assert not list((tmp_path / "scores").iterdir())  # no temporary file left
+    store.close()

@@ -96,6 +96,14 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"invalid configuration in {source}: " + "; ".join(problems)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: what is wrong and where (line and column)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML ({where}{' '.join(str(problem).split())})"
+
+
 def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     """The configuration from ``path`` (YAML) with ``overrides`` (non-None flags) applied.
 
@@ -110,8 +118,13 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValueError(f"config file {path} does not exist") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: "
+                             f"{error.reason})") from None
+        except OSError as error:
+            raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
         except yaml.YAMLError as error:
-            raise ValueError(f"{path}: not valid YAML ({error})") from None
+            raise ValueError(f"{path}: {yaml_problem(error)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
         data = dict(loaded or {})

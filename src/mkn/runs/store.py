@@ -19,6 +19,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mkn.runs.directory import (
@@ -284,6 +286,14 @@ class RunStore:
                 save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
                           metadata={"unit": unit})
                 os.replace(tmp, path)
+            except (OSError, SafetensorError) as error:  # a full disk: name the file
+                Path(tmp).unlink(missing_ok=True)
+                text = str(error)
+                full = "No space left" in text or getattr(error, "errno", None) == errno.ENOSPC
+                raise OSError(errno.ENOSPC if full else getattr(error, "errno", None) or 0,
+                              "No space left on device" if full
+                              else getattr(error, "strerror", None) or " ".join(text.split()),
+                              str(path)) from None
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
