@@ -134,6 +134,36 @@ def test_probe_run_writes_records_and_tables(tmp_path):
     assert (tmp_path / "knowledge.md").read_text(encoding="utf-8").startswith("| language")
 
 
+def test_probe_resumes_after_a_kill_to_the_same_bytes(tmp_path, monkeypatch):
+    """Issue 21: probe had no --resume; a kill lost everything probed."""
+    from mkn.localization import probe as probe_module
+
+    facts = two_relation_facts()
+    with torch_threads(1):
+        run_probe(knowing("llama"), facts, ["en", "zh"], tmp_path / "clean")
+    monkeypatch.setattr(probe_module, "CHUNK", 3)
+    calls = []
+    real = probe_module.probe
+
+    def dies_on_the_third_chunk(lm, chunk, *args, **kwargs):
+        calls.append([f.id for f in chunk])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill in the middle of the run
+        return real(lm, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(probe_module, "probe", dies_on_the_third_chunk)
+    with torch_threads(1), pytest.raises(KeyboardInterrupt):
+        run_probe(knowing("llama"), facts, ["en", "zh"], tmp_path / "killed")
+    assert not (tmp_path / "killed" / "knowledge.jsonl").exists()
+    calls.clear()
+    with torch_threads(1):
+        run_probe(knowing("llama"), facts, ["en", "zh"], tmp_path / "killed", resume=True)
+    assert sum(map(len, calls)) == len(facts) - 6  # only what was not stored
+    for name in ("knowledge.jsonl", "summary.json", "knowledge.md"):
+        assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "clean" / name
+                                                             ).read_bytes(), name
+
+
 def test_a_gold_object_that_cannot_be_encoded_names_the_fact():
     fact = Fact(id="blank", relation="P1", languages={
         "en": {"subject": "France", "object": "Paris", "queries": ["[X] is [Y] ."]}})

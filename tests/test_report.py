@@ -286,6 +286,17 @@ def test_missing_and_broken_inputs_leave_notes_not_crashes(tmp_path):
         write_report(tmp_path / "missing")
 
 
+def test_an_edited_config_is_shown_with_a_warning(tmp_path):
+    """Issue 21: an edited config.json was shown as if the run had used it."""
+    fake_locate_run(tmp_path)
+    assert "config.json was changed" not in write_report(tmp_path).read_text(encoding="utf-8")
+    config = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    config["locate"]["steps"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "config.json was changed after the run wrote it" in page
+
+
 def test_interrupted_run_leaves_out_unfinished_facts(tmp_path):
     fake_locate_run(tmp_path)
     with (tmp_path / "neurons.jsonl").open("a", encoding="utf-8") as handle:  # killed mid-fact

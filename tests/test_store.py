@@ -161,3 +161,12 @@ def test_a_full_disk_while_saving_a_tensor_names_the_file(tmp_path, monkeypatch)
         f"{store._tensor_path('fact/0')}: No space left on device")
     assert not list((tmp_path / "scores").iterdir())  # no temporary file left
     store.close()
+
+
+def test_unit_file_names_are_never_hidden():
+    from mkn.runs.store import unit_file_name
+
+    assert not unit_file_name(".hidden").startswith(".")
+    assert not unit_file_name("..").startswith(".")
+    assert unit_file_name(".a") != unit_file_name("_a")  # still collision-free
+    assert unit_file_name("fact/1").startswith("fact_1-")

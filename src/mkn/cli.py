@@ -435,6 +435,7 @@ def probe(
     lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
                                                       "instead of stopping.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 16,
+    resume: Annotated[bool, typer.Option(help="Continue a killed probe in OUT.")] = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -447,7 +448,7 @@ def probe(
 
     try:
         cfg, facts, langs, lm, meta, run = _prepare(
-            config, dict(directory=out, kind="probe", reuse=True), model=model, data=data,
+            config, dict(directory=out, kind="probe", resume=resume), model=model, data=data,
             languages=languages, limit=limit, relations=relations, per_relation=per_relation,
             shuffle=shuffle, dtype=dtype, device=device, device_map=device_map, seed=seed,
             lenient=lenient)
@@ -455,7 +456,8 @@ def probe(
         with run, ProgressBars(quiet) as bars:
             summary = run_probe(lm, facts, langs, out, bars.task("probe", len(facts)),
                                 batch_size, {"model": cfg.model, "dtype": cfg.dtype,
-                                             "data": cfg.data, "facts": len(facts)})
+                                             "data": cfg.data, "facts": len(facts)},
+                                resume=resume, run=run)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     console.print(probe_table(summary), markup=False, soft_wrap=True)

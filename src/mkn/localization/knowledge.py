@@ -152,6 +152,15 @@ class Knowledge:
     def median_p_gold(self) -> float:
         return statistics.median(q.p_gold for q in self.queries)
 
+    @classmethod
+    def from_record(cls, record: dict) -> Knowledge:
+        """The item of a :meth:`to_record` record (p(gold) as recorded, to 10 digits)."""
+        return cls(record["fact_id"], record["relation"], record["language"], record["object"],
+                   tuple(QueryKnowledge(q["prompt"], float(q["p_gold"]), bool(q["greedy"]),
+                                        q["rank"], int(q["candidates"]),
+                                        bool(q.get("copyable", False)))
+                         for q in record["queries"]))
+
     def to_record(self, criterion: str = DEFAULT_CRITERION) -> dict:
         return {"fact_id": self.fact_id, "relation": self.relation, "language": self.language,
                 "object": self.object, "known": self.marked(criterion), "criterion": criterion,

@@ -86,15 +86,38 @@ def _write(path: Path, text: str) -> None:
     write_atomic(path, text)
 
 
+PROBED = "probed"  # the store's record file: one record per (fact, language), per fact unit
+CHUNK = 16  # facts probed per stored step (a kill loses at most one chunk)
+
+
 def run_probe(lm: LanguageModel, facts: Sequence, languages: Sequence[str], out: Path,
               progress: Callable[[str], None] | None = None, batch_size: int = 16,
-              meta: dict | None = None) -> dict:
-    """Probe every fact in every language; write ``out``; returns the summary."""
-    knowledge = probe(lm, facts, languages, batch_size=batch_size, progress=progress)
-    summary = {**probe_summary(knowledge.values(), languages), **(meta or {})}
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out / "knowledge.jsonl", "".join(json.dumps(k.to_record(), ensure_ascii=False) + "\n"
-                                            for k in knowledge.values()))
+              meta: dict | None = None, resume: bool = False, run=None) -> dict:
+    """Probe every fact in every language, :data:`CHUNK` facts at a time, each fact stored as
+    it is done (:class:`mkn.runs.store.RunStore`: ``--resume`` after a kill probes only the
+    rest); then write ``knowledge.jsonl``, ``summary.json`` and ``knowledge.md`` from the
+    stored records (so a resumed run writes the same bytes); returns the summary."""
+    from mkn.runs.store import RunStore
+
+    identity = {"languages": list(languages), **(meta or {})}
+    with RunStore(out, identity, resume, (PROBED,), kind="probe", run=run) as store:
+        todo = [fact for fact in facts if not store.is_done(fact.id)]
+        for fact in facts:
+            if store.is_done(fact.id) and progress:
+                progress(fact.id)
+        for start in range(0, len(todo), CHUNK):
+            chunk = todo[start:start + CHUNK]
+            knowledge = probe(lm, chunk, languages, batch_size=batch_size, progress=progress)
+            for fact in chunk:
+                store.write(fact.id, {PROBED: [knowledge[(fact.id, lang)].to_record()
+                                               for lang in languages
+                                               if (fact.id, lang) in knowledge]})
+        store.finalize([fact.id for fact in facts])
+        records = [{k: v for k, v in r.items() if k != "unit"} for r in store.records(PROBED)]
+    items = [Knowledge.from_record(r) for r in records]
+    summary = {**probe_summary(items, languages), **(meta or {})}
+    _write(out / "knowledge.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                            for r in records))
     _write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     _write(out / "knowledge.md", probe_table(summary) + "\n")
     return summary

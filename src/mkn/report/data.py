@@ -11,6 +11,7 @@ from typing import Any
 from mkn.localization.run import RECORD_FILES
 from mkn.localization.stats import localization_stats
 from mkn.report.blocks import EXPERIMENTS, RUN_FILES
+from mkn.runs.directory import digest, read_manifest
 from mkn.runs.store import read_jsonl, verified_units
 
 # ----------------------------------------------------------------------------- run data
@@ -75,6 +76,14 @@ def _read_records(directory: Path, name: str, done: set[str] | None,
     return records
 
 
+def read_manifest_quietly(directory: Path) -> dict | None:
+    """The run's manifest, or None (missing or unreadable: the report notes other problems)."""
+    try:
+        return read_manifest(directory)
+    except ValueError:
+        return None
+
+
 def run_records(directory: Path, problems: list[str]) -> dict[str, list[dict]]:
     """The records of a locate run that ``--resume`` would keep (:func:`verified_units`: done,
     whole, unedited, tensors unchanged), per record file; what is left out is counted in
@@ -104,6 +113,11 @@ def load_run(run_dir: Path) -> RunData:
     if (directory / "config.json").exists():
         config = _read_json(directory / "config.json", problems)
         data.config = config if isinstance(config, dict) else None
+        written = ((read_manifest_quietly(directory) or {}).get("identity") or {}).get(
+            "config_digest")
+        if data.config is not None and written is not None and digest(data.config) != written:
+            problems.append("config.json was changed after the run wrote it: the settings "
+                            "shown are the edited ones, not those the run used")
     if (directory / "done.jsonl").exists():  # a locate run: what --resume would keep
         records = run_records(directory, problems)
         data.neurons, data.agnostic, data.degenerate, data.timings, data.knowledge = (

@@ -101,8 +101,9 @@ def read_jsonl(path: Path, skip_broken: bool = False) -> list[dict]:
 
 
 def unit_file_name(unit: str) -> str:
-    """A file-system-safe, collision-free name for a unit id."""
+    """A file-system-safe, collision-free name for a unit id, never hidden (no leading dot)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", unit)[:80]
+    safe = re.sub(r"^\.", "_", safe)
     return f"{safe}-{hashlib.sha1(unit.encode()).hexdigest()[:8]}"
 
 
@@ -198,6 +199,7 @@ class RunStore:
                                       "(--resume) or choose another output directory")
             write_atomic(self.dir / CONFIG, json.dumps(config, indent=2, ensure_ascii=False)
                          + "\n")
+            self.run.pin("config_digest", digest(config))  # readers can tell an edited one
             self.done: list[str] = []
             self._done_set: set[str] = set()
             self.repaired: dict[str, int] = {}
