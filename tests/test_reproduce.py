@@ -43,6 +43,13 @@ def test_interval_and_verdicts_on_hand_numbers():
     assert verdict({"value": -0.1, "ci95": [-0.2, -0.001], "n": 10}, 0.0) == "disagrees"
     assert verdict({"value": 0.6, "ci95": [0.4, 0.7], "n": 10}, 0.5) == "inconclusive"
     assert verdict({"value": None, "ci95": None, "n": 0}, 0.5) == "not measured"
+    from mkn.report.results import MIN_FACTS, reading, tested
+
+    few = {"value": 0.9, "ci95": [0.8, 1.0], "n": 12, "facts": MIN_FACTS - 1,
+           "p": {"0.5": 0.0}}
+    assert tested(few, 0.5)[0].startswith("untestable (the model knows too little here")
+    assert tested({**few, "facts": MIN_FACTS}, 0.5) == ["agrees", 0.0]
+    assert "Untestable here" in " ".join(reading([["C1", "c", "d", tested(few, 0.5)[0]]]))
 
 
 def test_holm_on_hand_made_p_values_and_corrected_verdicts():

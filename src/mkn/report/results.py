@@ -34,8 +34,18 @@ CAVEATS = """\
   every position). Effects are relative changes of p(gold): enhancements of small probabilities
   are unbounded, so medians, not means, summarise them.
 - **Controls.** Random sets have as many neurons in each layer as the set they control (2-3
-  seeded draws); unrelated facts are of other relations and known in the same language.
-  Selectivity and specificity are oriented so that higher is better.
+  draws, seeded by the set's content: the same set gets the same draws whichever method found
+  it); magnitude-matched sets (localization quality) are random neurons of the same layers
+  with a similar clean activation magnitude; unrelated facts are of other relations and known
+  in the same language, same-relation facts of the fact's own relation. Selectivity and
+  specificity are oriented so that higher is better.
+- **Hold-out.** Each part's generic-neuron reference sample is drawn from facts outside the
+  part's sample (the overlap is checked and printed above; a non-zero overlap stops the run);
+  the generic rule's threshold was chosen on facts disjoint from the study's
+  (benchmarks/bench_generic_rule.py, docs/BENCHMARKS.md).
+- **Copying.** An item is *copyable* when its gold object appears in its prompt before the
+  slot ("Toyota Isis" -> Toyota); every claim is judged on all items and again without the
+  facts that have one.
 - **MATRICE with one query.** MATRICE's uncertainty within a language is over its paraphrases;
   with one query per language (BMLAMA) its per-language ranking equals AMIG's (a tie on every
   item), and only its cross-language weighting differs.
@@ -126,11 +136,20 @@ def _tied(entry: dict) -> bool:
     return entry.get("value") == 0.5 and entry.get("ci95") == [0.5, 0.5]
 
 
+MIN_FACTS = 8  # a claim measured on fewer facts is untestable here (pre-registered)
+
+
 def tested(entry: dict | None, null: float) -> list:
     """``[verdict, p]``: the strict verdict of ``entry`` against ``null`` and its bootstrap
-    p-value (None where the entry has none: a study written before p-values)."""
-    p = (entry or {}).get("p", {}).get(str(float(null)))
-    return [verdict(entry, null), p]
+    p-value (None where the entry has none: a study written before p-values). Measured on
+    fewer than :data:`MIN_FACTS` facts (the model knows too little here), it is *untestable*
+    and left out of Holm."""
+    entry = entry or {}
+    facts = entry.get("facts", entry.get("n"))
+    if entry.get("value") is not None and facts is not None and facts < MIN_FACTS:
+        return [f"untestable (the model knows too little here: {facts} facts, fewer than "
+                f"{MIN_FACTS})", None]
+    return [verdict(entry, null), entry.get("p", {}).get(str(float(null)))]
 
 
 HOLM_ALPHA = 0.05
@@ -452,6 +471,7 @@ def reading(rows: list[list[str]]) -> list[str]:
                            ("disagrees", "Where they do not"),
                            ("inconclusive", "Where this sample cannot tell"),
                            ("untested", "Claims without a test here"),
+                           ("untestable", "Untestable here: the model knows too little"),
                            ("not", "Not measured or not applicable here")):
         matching = [f"{row[0]} ({row[2]})" for row in rows
                     if row[-1].split()[0] == label.split()[0]]
@@ -629,7 +649,8 @@ def claims_section(study: dict, earlier: list[dict] | None = None) -> list[str]:
            "claim's null; *p (Holm)* is Holm's step-down adjustment over every claim of the "
            "table with a p-value, and a verdict whose adjusted p is not below 0.05 is "
            "*inconclusive after Holm*. A method whose sets equal another's is *not applicable*, "
-           "not a second result. A study written before p-values has none (\"-\"): its "
+           f"not a second result; a claim measured on fewer than {MIN_FACTS} facts is "
+           "*untestable* (the model knows too little there), not a verdict. A study written before p-values has none (\"-\"): its "
            "verdicts stay uncorrected.", "", "### On all known items", "",
            markdown_table(header, [[r[0], *r[2:]] for r in rows]), "", *reading(rows), ""]
     clean = without_copyable(study)
