@@ -651,7 +651,8 @@ def claims_section(study: dict, earlier: list[dict] | None = None) -> list[str]:
            "*inconclusive after Holm*. A method whose sets equal another's is *not applicable*, "
            f"not a second result; a claim measured on fewer than {MIN_FACTS} facts is "
            "*untestable* (the model knows too little there), not a verdict. A study written "
-           "before p-values has none (\"-\"): its verdicts stay uncorrected.", "", "### On all known items", "",
+           "before p-values has none (\"-\"): its verdicts stay uncorrected.", "",
+           "### On all known items", "",
            markdown_table(header, [[r[0], *r[2:]] for r in rows]), "", *reading(rows), ""]
     clean = without_copyable(study)
     if clean is None:
