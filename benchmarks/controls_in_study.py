@@ -43,6 +43,11 @@ def rows(study: dict) -> list[list]:
                              "(a slim study.json); pass the run's own study.json")
         items = experiment["result"]["items"]
         for method in experiment["result"].get("methods", []):
+            same = part["localization"].get(method, {}).get("same_sets_as")
+            if same:  # identical sets get identical controls: not a separate row
+                out.append([part["part"]["name"], method, f"(the same sets as {same})",
+                            *[""] * (2 + len(EFFECTS) + len(DIFFERENCES) - 1)])
+                continue
             for mode in ("suppress", "enhance"):
                 measured = [(i["fact_id"], i[method][mode]) for i in items
                             if mode in i.get(method, {})]
