@@ -362,6 +362,12 @@ def test_locate_survives_twelve_kills_keyed_on_progress(tiny_dir, tmp_path):
     units = [json.loads(line)["unit"] for line in (out / "done.jsonl").read_text().splitlines()]
     assert len(units) == len(set(units)) == 60
     assert not list(out.rglob("*.tmp"))
+    # the README's promise, file by file: config.json and every score tensor, byte for byte
+    assert (out / "config.json").read_bytes() == (clean / "config.json").read_bytes()
+    tensors = sorted(p.name for p in (clean / "scores").iterdir())
+    assert tensors and sorted(p.name for p in (out / "scores").iterdir()) == tensors
+    assert all((out / "scores" / name).read_bytes() == (clean / "scores" / name).read_bytes()
+               for name in tensors)
 
 
 # --- one-line errors, markup ---------------------------------------------------------------
