@@ -272,7 +272,9 @@ def test_old_and_new_verdicts_come_with_a_reason():
     assert change_reason(None, now, nulls, 3).startswith("new claim")
     layer = ["C10/ig", "b17", "share of an item's knowledge neurons: -0.1 [-0.2, -0.05]",
              "disagrees", "0.001", "0.003", "disagrees"]
-    assert change_reason(rows[2], layer, nulls, 3) == "unchanged"
+    assert change_reason(rows[2], layer, nulls, 3).startswith("unchanged; tested now by")
+    few = [*now[:-1], "untestable (the model knows too little here: 2 facts, fewer than 8)"]
+    assert change_reason(rows[0], few, nulls, 3).startswith("now untestable")
 
 
 def test_a_study_file_that_is_not_one_is_a_one_line_error(tmp_path):

@@ -422,16 +422,22 @@ def change_reason(before: dict | None, now: list, nulls: dict[str, float], claim
     if before is None:
         return "new claim (not on the earlier page)"
     old, said, after = before["verdict"].split(" (")[0], now[-4], now[-1].split(" (")[0]
+    if before["measured"].startswith(("F1(DKN)", "share in the upper third")) and not \
+            after.startswith("not applicable"):
+        return ("unchanged; " if old == after else "") + (
+            f"tested now by {now[-5].split(':')[0]}; before by "
+            f"{before['measured'].split(':')[0]}"
+            + (" (pooled over neurons, no interval)" if "upper" in before["measured"]
+               else " (which an always-true judge beats)"))
     if old == after:
         return "unchanged"
     if after.startswith("not applicable"):
         return ("the two methods found identical sets here: not a separate result (identical "
                 "sets now get identical controls)")
-    if before["measured"].startswith(("F1(DKN)", "share in the upper third")):
-        return (f"tested now by {now[-5].split(':')[0]}; before by "
-                f"{before['measured'].split(':')[0]}"
-                + (" (pooled over neurons, no interval)" if "upper" in before["measured"]
-                   else " (which an always-true judge beats)"))
+    if after.startswith("untestable"):
+        return (f"now {now[-1]}"
+                + ("; transfer is counted only over the edits that took on their own query"
+                   if "edits that took" in now[-5] else ""))
     if said == old and after.startswith("inconclusive after Holm"):
         return f"Holm's correction over the page's {claims} claims (p {now[-3]}, Holm {now[-2]})"
     tested = _tested_interval(before["measured"])
