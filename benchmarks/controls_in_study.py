@@ -37,7 +37,9 @@ def rows(study: dict) -> list[list]:
     """One row per part, method and intervention (module docstring)."""
     out = []
     for part in study["parts"]:
-        experiment = part["experiments"].get("localization-quality", {})
+        if "localization-quality" not in part["experiments"]:
+            continue  # a part without the experiment (the audits-only part)
+        experiment = part["experiments"]["localization-quality"]
         if "result" not in experiment:
             raise ValueError(f"{part['part']['name']}: no raw localization-quality results "
                              "(a slim study.json); pass the run's own study.json")

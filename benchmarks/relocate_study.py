@@ -78,9 +78,10 @@ def main() -> None:
         for method, new in stats.items():
             old = saved["localization"][method]
             for key in ("language_agnostic", "per_language"):
-                if new[key] != old[key]:
-                    raise SystemExit(f"{part.name}/{method}: {key} differs from the study's: "
-                                     "not the same sets, nothing written")
+                if json.loads(json.dumps(new[key])) != old[key]:
+                    raise SystemExit(f"{part.name}/{method}: {key} differs from the study's "
+                                     f"({new[key]} vs {old[key]}): not the same sets, nothing "
+                                     "written")
             new["cost"] = old["cost"]  # the study's own timings
         saved["localization"] = stats
         print(f"{part.name}: sets equal the study's; per-item layer values added", flush=True)

@@ -480,7 +480,7 @@ def generic(
     known: KnownOpt = None,
     share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of other "
                                                 "relations' reference facts a neuron serves "
-                                                "from which it is generic (default 0.07).")]
+                                                "from which it is generic (default 0.05).")]
     = None,
     reference_facts: Annotated[int, typer.Option(min=2, help="Facts in the reference sample: "
                                                           "known in at least one language, "
