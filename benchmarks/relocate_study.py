@@ -31,7 +31,7 @@ from mkn.experiments.reproduce import (
 )
 from mkn.localization.knowledge import known_items
 from mkn.report.results import read_study
-from mkn.runs.directory import write_json
+from mkn.runs.directory import run_date, write_json
 from mkn.runs.store import ATTRIBUTIONS, verified_units
 
 
@@ -86,6 +86,8 @@ def main() -> None:
         saved["localization"] = stats
         print(f"{part.name}: sets equal the study's; per-item layer values added", flush=True)
     refresh_headlines(study)
+    study["localization_recomputed"] = {"by": "benchmarks/relocate_study.py",
+                                        "on": run_date(), "sets": "equal to the study's"}
     write_json(args.study, study)
     print(f"written: {args.study}")
 

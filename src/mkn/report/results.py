@@ -694,6 +694,10 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
         f"`{source}`"
         + (f" (statistics recomputed from its raw measurements by `mkn reproduce --render` on "
            f"{study['statistics_refreshed']})" if "statistics_refreshed" in study else "")
+        + (f"; its localization statistics were recomputed from the run's stored "
+           f"attributions by `{study['localization_recomputed']['by']}` on "
+           f"{study['localization_recomputed']['on']} (the located sets checked equal to the "
+           "run's)" if "localization_recomputed" in study else "")
         + "; do not edit by hand, rerun the command.",
         "",
         f"Setup: model {config['model']} ({study['model']['layers']} layers x "
