@@ -213,6 +213,13 @@ def test_probe_command_counts_what_the_model_knows(tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "| en | 5 | no candidates | 4 (80%) | 4 (80%) |" in result.output
     assert len((tmp_path / "probe" / "knowledge.jsonl").read_text().splitlines()) == 10
+    # a probe run is read by report and export like any run (its stored records)
+    exported = runner.invoke(app, ["export", str(tmp_path / "probe"), "--format", "csv"])
+    assert exported.exit_code == 0, exported.output
+    items = (tmp_path / "probe" / "export" / "items.csv").read_text().splitlines()
+    assert len(items) == 1 + 10
+    reported = runner.invoke(app, ["report", str(tmp_path / "probe")])
+    assert reported.exit_code == 0, reported.output
 
 
 def test_generic_command_builds_then_reuses_the_cached_list(tiny_dir, tmp_path):

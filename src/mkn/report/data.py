@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mkn.localization.probe import PROBED
 from mkn.localization.run import RECORD_FILES
 from mkn.localization.stats import localization_stats
 from mkn.report.blocks import EXPERIMENTS, RUN_FILES
@@ -88,10 +89,13 @@ def run_records(directory: Path, problems: list[str]) -> dict[str, list[dict]]:
     """The records of a locate run that ``--resume`` would keep (:func:`verified_units`: done,
     whole, unedited, tensors unchanged), per record file; what is left out is counted in
     ``problems``. Every reader (report, export) shows these and only these."""
-    kept = verified_units(directory, RECORD_FILES)
+    probe_run = (read_manifest_quietly(directory) or {}).get("kind") == "probe"
+    kept = verified_units(directory, (PROBED,) if probe_run else RECORD_FILES)
     if kept.dropped:
         problems.append(f"{len(kept.dropped)} facts left out: unfinished, or their records or "
                         "tensors changed since they were written (--resume recomputes them)")
+    if probe_run:  # a probe stores its knowledge records as PROBED
+        return {**{name: [] for name in RECORD_FILES}, "knowledge": kept.records(PROBED)}
     return {name: kept.records(name) for name in RECORD_FILES}
 
 
