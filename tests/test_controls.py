@@ -213,6 +213,18 @@ def test_a_planted_fact_neuron_is_selective_and_specific(planted):
     assert len(effect.random) == 3 and max(abs(r) for r in effect.random) < 0.05
     assert max(abs(u) for u in effect.unrelated) < 0.05
     assert effect.selectivity > 0.8 and effect.specificity > 0.8
+    # the same-relation control (other capitals) beside it: the planted neuron is the fact's
+    with torch_threads(1):
+        kin = controlled_effect(planted, [FACT_NEURON], "suppress", own, unrelated, draws=3,
+                                seed=0, same_relation=[[q[1:]] for q in QUERIES[1:3]])
+    assert kin.random == effect.random and kin.unrelated == effect.unrelated  # unchanged
+    assert len(kin.same_relation) == 2 and kin.relation_specificity > 0.8
+    # the generic neuron serves every fact: the same-relation facts move with it
+    with torch_threads(1):
+        generic = controlled_effect(planted, [GENERIC_NEURON], "suppress", own, unrelated,
+                                    draws=1, seed=0,
+                                    same_relation=[[q[1:]] for q in QUERIES[1:3]])
+    assert generic.relation_specificity < kin.relation_specificity
 
 
 def test_a_planted_neuron_of_every_fact_is_generic_and_not_specific(planted):

@@ -174,6 +174,10 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "| id | claim | tested by | statistic | null |" in page
     assert "### On all known items" in page and "### Without copyable items" in page
     assert "copyable_items" in saved["parts"][0]["knowledge"]
+    enhanced = [i for i in saved["parts"][0]["experiments"]["enhancement"]["result"]["items"]
+                if "controls" in i]  # the same-relation control beside the others (issue 20)
+    assert enhanced and all("same_relation" in i["controls"] for i in enhanced)
+    assert "relation_specificity" in saved["parts"][0]["experiments"]["enhancement"]["headline"]
     assert all("headline_without_copyable" in e for name, e in
                saved["parts"][0]["experiments"].items() if name != "audits")
     # an earlier page's verdicts beside the new ones: the same study, every verdict unchanged

@@ -27,6 +27,7 @@ from mkn.experiments.common import (
     locate_all,
     markdown_table,
     queries,
+    same_relation_facts,
     unrelated_facts,
 )
 from mkn.experiments.metrics import accuracy, clustered_interval
@@ -91,9 +92,12 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                         criterion)
                 controls = [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
                                                                       unrelated, seed)]
+                kin = [queries(g, lang) for g in same_relation_facts(fact, facts, lang,
+                                                                     unrelated, seed)]
                 item["controls"] = controlled_effect(
                     lm, neurons, "enhance", own, controls, draws,
-                    stable_seed(seed, fact.id, lang), factor, clean).to_dict()
+                    stable_seed(seed, fact.id, lang), factor, clean,
+                    same_relation=kin).to_dict()
             items.append(item)
         if progress:
             progress(fact.id)
@@ -162,4 +166,5 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
                                                             seed),
             **{key: clustered_interval([(i["fact_id"], i["controls"][key]) for i in measured
                                         if i.get("controls", {}).get(key) is not None],
-                                       seed=seed) for key in ("selectivity", "specificity")}}
+                                       seed=seed)
+               for key in ("selectivity", "specificity", "relation_specificity")}}

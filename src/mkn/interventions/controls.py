@@ -275,11 +275,13 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
                       own: Sequence[Query], unrelated: Sequence[Sequence[Query]] = (),
                       draws: int = DEFAULT_DRAWS, seed: int | str = 0, factor: float = 2.0,
                       clean: CleanProbs | None = None,
-                      positions: str = "all") -> ControlledEffect:
+                      positions: str = "all",
+                      same_relation: Sequence[Sequence[Query]] = ()) -> ControlledEffect:
     """The effect of suppressing or enhancing ``neurons`` on the ``own`` queries of a fact,
-    beside ``draws`` random sets of the same shape (seeded by ``seed``) and the queries of
-    ``unrelated`` facts (one query list per fact); ``clean`` reuses clean probabilities;
-    ``positions`` as in :func:`measure_sets`.
+    beside ``draws`` random sets of the same shape (seeded by ``seed``), the queries of
+    ``unrelated`` facts (one query list per fact) and of ``same_relation`` facts (other facts
+    of the fact's relation: the relation-specificity control); ``clean`` reuses clean
+    probabilities; ``positions`` as in :func:`measure_sets`.
 
     >>> controlled_effect(lm, [(12, 1542), (6, 35)], "suppress",
     ...                   own=[("The capital of France is", "Paris")],
@@ -293,7 +295,11 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
     clean = clean or CleanProbs(lm)
     drawn = random_sets(neurons, lm.n_neurons, draws, seed)
     changes = measure_sets(lm, [(neurons, mode, own), *[(neurons, mode, u) for u in unrelated],
-                                *[(r, mode, own) for r in drawn]], clean, factor, positions)
+                                *[(r, mode, own) for r in drawn],
+                                *[(neurons, mode, k) for k in same_relation]],
+                           clean, factor, positions)
     effect, others = changes[0], changes[1:1 + len(unrelated)]
+    start = 1 + len(unrelated)
     return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), effect,
-                            tuple(changes[1 + len(unrelated):]), tuple(others))
+                            tuple(changes[start:start + len(drawn)]), tuple(others),
+                            same_relation=tuple(changes[start + len(drawn):]))
