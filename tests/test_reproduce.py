@@ -159,6 +159,7 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "en 8/10, zh 4/10" in page and "the other 8 items are skipped" in page
     assert "selectivity" in page and "specificity" in page
     assert "Generic neurons (knowledge neurons of many reference facts" in page
+    assert "generic at a fact share of 0.05" in page  # the threshold the run used
     assert "Reading, generated from the verdicts after Holm's correction above" in page
     assert "| verdict after Holm |" in page
     assert "share of an item's knowledge neurons in the upper third of layers minus 1/3" in page

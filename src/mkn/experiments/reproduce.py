@@ -278,6 +278,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "generic": {m: g.summary(languages) for m, g in (generic or {}).items()},
            "generic_held_out": {m: g.source.get("held_out") for m, g in (generic or {}).items()},
            "generic_digest": digests,
+           "generic_threshold": {m: g.threshold for m, g in (generic or {}).items()},
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)

@@ -627,8 +627,12 @@ def generic_notes(study: dict) -> list[str]:
                      f"facts, overlap {max(h['overlap'] for h in held)} (checked)" if held else
                      "; the reference sample was not held out from the measured facts (a study "
                      "written before the hold-out)")
+        thresholds = sorted(set((part.get("generic_threshold") or {}).values()))
+        threshold_text = (f"; generic at a fact share of {', '.join(f'{t:g}' for t in thresholds)}"
+                          if thresholds else "; its threshold was not recorded (a study written "
+                          "before the field; docs/BENCHMARKS.md says which default it ran with)")
         lines.append(f"- {part['part']['name']}: {counts} (reference items located per language: "
-                     f"{items}{held_text}).")
+                     f"{items}{held_text}{threshold_text}).")
     if not lines:
         return []
     return ["Generic neurons (knowledge neurons of many reference facts of other relations; "
