@@ -49,6 +49,26 @@ def test_activation_interventions_change_only_their_neurons_and_undo(family):
     assert torch.equal(_acts(lm, 1), clean)
 
 
+def test_a_bool_mask_suppresses_exactly_its_neurons():
+    lm = build("gpt2")
+    clean = _acts(lm, 1)
+    mask = torch.zeros(lm.n_layers, lm.n_neurons, dtype=torch.bool)
+    mask[1, [3, 5]] = True
+    with suppress(lm, mask):
+        inside = _acts(lm, 1)
+    assert torch.all(inside[:, [3, 5]] == 0)
+    keep = [i for i in range(lm.n_neurons) if i not in (3, 5)]
+    assert torch.equal(inside[:, keep], clean[:, keep])
+    with suppress(lm, torch.tensor([[1, 3], [1, 5]])):  # integer pairs as a tensor
+        assert torch.equal(_acts(lm, 1), inside)
+    from mkn.interventions.controls import controlled_effect
+
+    own = [(PROMPT, "Paris")]
+    by_mask = controlled_effect(lm, mask, "suppress", own, draws=2, seed=0)
+    by_pairs = controlled_effect(lm, [(1, 3), (1, 5)], "suppress", own, draws=2, seed=0)
+    assert by_mask == by_pairs and by_mask.neurons == 2
+
+
 def test_activation_intervention_is_undone_on_error():
     lm = build("gpt2")
     clean = mkn.probability(lm, PROMPT, "Paris")
@@ -63,6 +83,12 @@ def test_activation_intervention_is_undone_on_error():
     ([(0, 10_000)], "index out of range"),
     ([], "empty neuron set"),
     ([(1,)], "a neuron is \\(layer, index\\)"),
+    # issue 22: tensors that are not pairs were read as pairs and hit neuron (0, 0)
+    (torch.rand(3, 64), "got a float32 tensor of shape \\(3, 64\\)"),
+    (torch.zeros(2, 3, dtype=torch.long), "integer tensor of shape \\(N, 2\\)"),
+    (torch.ones(3, 3, dtype=torch.bool), "a neuron mask has shape"),
+    ([(0.5, 1)], "a pair of integers"),
+    ([(True, 1)], "a pair of integers"),
 ])
 def test_bad_neurons_get_clear_errors(bad, message):
     lm = build("gpt2")

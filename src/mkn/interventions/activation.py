@@ -19,12 +19,42 @@ from mkn.models.loading import LanguageModel
 Neuron = tuple[int, int]
 
 
+def neuron_list(lm: LanguageModel, neurons) -> list:
+    """``neurons`` as (layer, index) pairs: pairs as given, or a bool mask of shape
+    ``(layers, neurons)`` (its True entries). Any other tensor or array (a float tensor, an
+    integer tensor that is not ``(N, 2)``, a mask of another shape) is refused: read as pairs it
+    would silently hit neuron (0, 0)."""
+    if hasattr(neurons, "shape") and hasattr(neurons, "dtype"):  # a tensor or an array
+        tensor = torch.as_tensor(neurons)
+        shape = tuple(tensor.shape)
+        if tensor.dtype == torch.bool:
+            if shape != (lm.n_layers, lm.n_neurons):
+                raise ValueError(f"a neuron mask has shape ({lm.n_layers}, {lm.n_neurons}) "
+                                 f"(layers, neurons of {lm.name}), got {shape}")
+            return [tuple(map(int, pair)) for pair in tensor.nonzero().tolist()]
+        if tensor.is_floating_point() or tensor.is_complex() or tensor.ndim != 2 \
+                or shape[1] != 2:
+            raise ValueError(f"neurons are (layer, index) pairs, an integer tensor of shape "
+                             f"(N, 2), or a bool mask of shape ({lm.n_layers}, {lm.n_neurons}); "
+                             f"got a {str(tensor.dtype).removeprefix('torch.')} tensor of shape "
+                             f"{shape}")
+        return [tuple(map(int, pair)) for pair in tensor.tolist()]
+    return list(neurons)
+
+
 def group_neurons(lm: LanguageModel, neurons: Iterable[Sequence[int]]) -> dict[int, list[int]]:
-    """``{layer: [indices]}`` after checking every neuron exists; rejects an empty set."""
+    """``{layer: [indices]}`` after checking every neuron exists (pairs of integers; a bool
+    mask is accepted, :func:`neuron_list`); rejects an empty set."""
     by_layer: dict[int, list[int]] = {}
-    for neuron in neurons:
-        if len(neuron) < 2:
+    for neuron in neuron_list(lm, neurons):
+        if isinstance(neuron, str | bytes) or len(neuron) < 2:
             raise ValueError(f"a neuron is (layer, index), got {neuron!r}")
+        try:
+            fractional = any(isinstance(x, bool) or float(x) != int(x) for x in neuron[:2])
+        except (TypeError, ValueError):
+            fractional = True
+        if fractional:
+            raise ValueError(f"a neuron is a pair of integers (layer, index), got {neuron!r}")
         layer, index = int(neuron[0]), int(neuron[1])
         if not 0 <= layer < lm.n_layers:
             raise ValueError(f"neuron {(layer, index)}: layer out of range "

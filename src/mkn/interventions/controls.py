@@ -35,7 +35,7 @@ import torch
 from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import EncodedQuery, encode
 from mkn.attribution.scoring import score_rows
-from mkn.interventions.activation import group_neurons
+from mkn.interventions.activation import group_neurons, neuron_list
 from mkn.models.loading import LanguageModel
 
 Neuron = tuple[int, int]
@@ -291,6 +291,7 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
         raise ValueError(f"unknown intervention {mode!r}; choose suppress or enhance")
     if not own:
         raise ValueError("no queries to measure the effect on")
+    neurons = neuron_list(lm, neurons)  # pairs (a bool mask becomes its True entries)
     group_neurons(lm, neurons)  # checks the set: in range, not empty
     clean = clean or CleanProbs(lm)
     drawn = random_sets(neurons, lm.n_neurons, draws, seed)
