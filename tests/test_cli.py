@@ -273,3 +273,10 @@ def test_reproduce_refuses_a_foreign_results_page_before_the_study(tmp_path):
     assert done.returncode == 2 and "exists and was not written by mkn" in done.stdout
     assert page.read_text(encoding="utf-8") == "# my own results\n"
     assert not (tmp_path / "study").exists()
+
+
+def test_version():
+    from mkn import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"mkn {__version__}"

@@ -25,6 +25,21 @@ app = typer.Typer(help="mkn: multilingual knowledge neurons (--debug: tracebacks
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 
+
+def _version(value: bool) -> None:
+    if value:
+        from mkn import __version__
+
+        print(f"mkn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print mkn's version and exit.")]
+        = False) -> None:
+    """mkn: multilingual knowledge neurons (--debug: tracebacks on errors)."""
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m",
                                        help="gemma-3-270m (embedded), a local HF dir or .gguf")]
 MethodOpt = Annotated[str, typer.Option(help="Attribution method: ig (zero baseline) or amig.")]

@@ -14,7 +14,7 @@ from mkn.attribution.engine import clean_run, integrated_gradients
 from mkn.attribution.queries import encode
 from mkn.attribution.rules import quadrature
 from mkn.attribution.scoring import Prediction, score_encoded
-from mkn.models.loading import LanguageModel
+from mkn.models.loading import LanguageModel, require_lm
 
 
 @dataclass
@@ -126,6 +126,7 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
         layers: layers to attribute (default all).
         batch_size: (layer, step) rows per forward/backward pass (default from the vocab size).
     """
+    require_lm(lm)
     if method not in BASELINES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     alphas, weights = quadrature(rule, steps)

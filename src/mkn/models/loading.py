@@ -121,6 +121,14 @@ class LanguageModel:
         return _get(self.model, self.adapter.mlm_head)
 
 
+def require_lm(lm: object) -> LanguageModel:
+    """``lm`` if it is a :class:`LanguageModel`; a one-line error saying how to get one."""
+    if not isinstance(lm, LanguageModel):
+        raise TypeError(f"expected an mkn LanguageModel, got a {type(lm).__name__}: use "
+                        "mkn.load_model(name_or_path) or mkn.wrap(model, tokenizer)")
+    return lm
+
+
 def wrap(model: nn.Module, tokenizer: object, name: str | None = None) -> LanguageModel:
     """Wrap an already-built transformers model (e.g. a tiny random one in a test)."""
     model_type = model.config.model_type
@@ -333,6 +341,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
     """
     from mkn.models.devices import parse_device_map, resolve_device, resolve_dtype
 
+    if isinstance(name_or_path, nn.Module):
+        raise TypeError(f"load_model takes a name or a path, got a {type(name_or_path).__name__} "
+                        "object; for a model already in memory use mkn.wrap(model, tokenizer)")
     device = resolve_device(str(device))
     if device_map is not None:
         device_map = parse_device_map(device_map)
