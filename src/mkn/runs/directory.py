@@ -24,7 +24,7 @@ import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,17 +66,17 @@ def with_path(error: OSError, path) -> OSError:
     return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
-def write_atomic(path: Path, text: str | bytes) -> Path:
-    """Write ``text`` (UTF-8) or bytes to ``path`` through a temporary file in the same
-    directory and a rename: readers see the old file or the new one, never a half-written one."""
+def replace_via_temp(path: Path, write: Callable[[str], None]) -> Path:
+    """Create ``path`` by ``write(tmp)`` on a fresh temporary file in the same directory, then
+    a rename: readers see the old file or the new one, never a half-written one, and a link
+    planted at any fixed temporary name is never written through. The temporary file is
+    removed on any failure; an ``OSError`` names ``path``."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it 0600)
-        with os.fdopen(handle, "wb") as out:
-            out.write(text.encode("utf-8") if isinstance(text, str) else text)
-            out.flush()
-            os.fsync(out.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
@@ -85,6 +85,17 @@ def write_atomic(path: Path, text: str | bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_atomic(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (UTF-8) or bytes to ``path``, fsynced, through :func:`replace_via_temp`."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as out:
+            out.write(text.encode("utf-8") if isinstance(text, str) else text)
+            out.flush()
+            os.fsync(out.fileno())
+
+    return replace_via_temp(path, write)
 
 
 def check_ours(path: Path, marker: str, replace: str) -> None:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, fields
@@ -40,6 +39,7 @@ from mkn.runs.directory import (
     canonical,
     claim,
     digest,
+    replace_via_temp,
     with_path,
     write_atomic,
 )
@@ -281,24 +281,17 @@ class RunStore:
                                         "link or a file); mkn does not write outside the run "
                                         "directory (remove it)")
             path.parent.mkdir(exist_ok=True)
-            handle, tmp = tempfile.mkstemp(prefix=f".{path.stem[:40]}.", suffix=".tmp",
-                                           dir=path.parent)  # a new file: never a planted link
-            os.close(handle)
             try:
-                save_file({k: v.contiguous() for k, v in tensors.items()}, tmp,
-                          metadata={"unit": unit})
-                os.replace(tmp, path)
+                replace_via_temp(path, lambda tmp: save_file(
+                    {k: v.contiguous() for k, v in tensors.items()}, tmp,
+                    metadata={"unit": unit}))
             except (OSError, SafetensorError) as error:  # a full disk: name the file
-                Path(tmp).unlink(missing_ok=True)
                 text = str(error)
                 full = "No space left" in text or getattr(error, "errno", None) == errno.ENOSPC
                 raise OSError(errno.ENOSPC if full else getattr(error, "errno", None) or 0,
                               "No space left on device" if full
                               else getattr(error, "strerror", None) or " ".join(text.split()),
                               str(path)) from None
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
             line["tensor_bytes"] = path.stat().st_size
             line["tensor_sha256"] = file_digest(path)
         normalized = {name: json.loads(json.dumps(rows)) for name, rows in records.items()}
