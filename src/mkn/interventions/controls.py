@@ -299,8 +299,8 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
                                 *[(r, mode, own) for r in drawn],
                                 *[(neurons, mode, k) for k in same_relation]],
                            clean, factor, positions)
-    effect, others = changes[0], changes[1:1 + len(unrelated)]
-    start = 1 + len(unrelated)
-    return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), effect,
-                            tuple(changes[start:start + len(drawn)]), tuple(others),
-                            same_relation=tuple(changes[start + len(drawn):]))
+    rest = iter(changes[1:])  # in the order of the jobs above
+    others = tuple(next(rest) for _ in unrelated)
+    random_effects = tuple(next(rest) for _ in drawn)
+    return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), changes[0],
+                            random_effects, others, same_relation=tuple(rest))

@@ -56,25 +56,15 @@ def _read_json(path: Path, problems: list[str]) -> Any:
         return None
 
 
-def _read_records(directory: Path, name: str, done: set[str] | None,
-                  problems: list[str]) -> list[dict]:
+def _read_records(directory: Path, name: str, problems: list[str]) -> list[dict]:
+    """The records of ``name``.jsonl as written (a run without done lines); an unreadable file
+    becomes a problem and no records."""
     path = directory / f"{name}.jsonl"
     try:
-        records = read_jsonl(path)
+        return read_jsonl(path)  # JSON objects only (anything else is an error)
     except (OSError, UnicodeDecodeError, ValueError) as error:
         problems.append(f"{path.name}: could not be read ({error})")
         return []
-    bad = [r for r in records if not isinstance(r, dict)]
-    if bad:
-        problems.append(f"{path.name}: {len(bad)} records are not JSON objects (ignored)")
-    records = [r for r in records if isinstance(r, dict)]
-    if done is not None:  # records of a unit not marked done belong to an interrupted fact
-        unfinished = [r for r in records if "unit" in r and r["unit"] not in done]
-        if unfinished:
-            problems.append(f"{path.name}: {len(unfinished)} records of unfinished facts "
-                            "(interrupted run) left out")
-        records = [r for r in records if not ("unit" in r and r["unit"] not in done)]
-    return records
 
 
 def read_manifest_quietly(directory: Path) -> dict | None:
@@ -85,11 +75,14 @@ def read_manifest_quietly(directory: Path) -> dict | None:
         return None
 
 
-def run_records(directory: Path, problems: list[str]) -> dict[str, list[dict]]:
+def run_records(directory: Path, problems: list[str],
+                manifest: dict | None = None) -> dict[str, list[dict]]:
     """The records of a locate run that ``--resume`` would keep (:func:`verified_units`: done,
     whole, unedited, tensors unchanged), per record file; what is left out is counted in
-    ``problems``. Every reader (report, export) shows these and only these."""
-    probe_run = (read_manifest_quietly(directory) or {}).get("kind") == "probe"
+    ``problems``. Every reader (report, export) shows these and only these. ``manifest``: the
+    run's, when the caller has read it."""
+    manifest = read_manifest_quietly(directory) if manifest is None else manifest
+    probe_run = (manifest or {}).get("kind") == "probe"
     kept = verified_units(directory, (PROBED,) if probe_run else RECORD_FILES)
     if kept.dropped:
         problems.append(f"{len(kept.dropped)} facts left out: unfinished, or their records or "
@@ -114,25 +107,21 @@ def load_run(run_dir: Path) -> RunData:
     directory = Path(run_dir)
     data = RunData(directory)
     problems = data.problems
+    manifest = read_manifest_quietly(directory) or {}
     if (directory / "config.json").exists():
         config = _read_json(directory / "config.json", problems)
         data.config = config if isinstance(config, dict) else None
-        written = ((read_manifest_quietly(directory) or {}).get("identity") or {}).get(
-            "config_digest")
+        written = (manifest.get("identity") or {}).get("config_digest")
         if data.config is not None and written is not None and digest(data.config) != written:
             problems.append("config.json was changed after the run wrote it: the settings "
                             "shown are the edited ones, not those the run used")
     if (directory / "done.jsonl").exists():  # a locate run: what --resume would keep
-        records = run_records(directory, problems)
-        data.neurons, data.agnostic, data.degenerate, data.timings, data.knowledge = (
-            records[name] for name in ("neurons", "language_agnostic", "degenerate",
-                                       "timings", "knowledge"))
+        records = run_records(directory, problems, manifest)
     else:  # records without done lines (written before them): read as they are
-        data.neurons = _read_records(directory, "neurons", None, problems)
-        data.agnostic = _read_records(directory, "language_agnostic", None, problems)
-        data.degenerate = _read_records(directory, "degenerate", None, problems)
-        data.timings = _read_records(directory, "timings", None, problems)
-        data.knowledge = _read_records(directory, "knowledge", None, problems)
+        records = {name: _read_records(directory, name, problems) for name in RECORD_FILES}
+    data.neurons, data.agnostic, data.degenerate, data.timings, data.knowledge = (
+        records[name] for name in ("neurons", "language_agnostic", "degenerate", "timings",
+                                   "knowledge"))
     summary_path = directory / "summary.json"
     if summary_path.exists():
         summary = _read_json(summary_path, problems)

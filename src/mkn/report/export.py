@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mkn.report.data import run_records
-from mkn.runs.directory import write_atomic
+from mkn.runs.directory import replace_via_temp, write_atomic
 from mkn.runs.store import file_digest as file_sha256
 from mkn.runs.store import read_jsonl
 
@@ -36,22 +34,26 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
-def _records(run: Path, name: str) -> list[dict]:
-    """A record file of ``run``: for a locate run, only what ``--resume`` would keep
-    (:func:`mkn.report.data.run_records`); otherwise as written."""
+RECORDS = ("neurons", "language_agnostic", "knowledge")  # the record files the tables read
+
+
+def read_records(run: Path) -> dict[str, list[dict]]:
+    """The record files of ``run`` the tables read, each once: for a locate or probe run, only
+    what ``--resume`` would keep (:func:`mkn.report.data.run_records`); otherwise as written."""
     if (run / "done.jsonl").exists():
-        return run_records(run, [])[name]
-    return read_jsonl(run / f"{name}.jsonl")
+        return run_records(run, [])
+    return {name: read_jsonl(run / f"{name}.jsonl") for name in RECORDS}
 
 
-def neuron_rows(run: Path) -> list[dict]:
-    """``neurons`` table: every knowledge neuron and left-out generic neuron of the run."""
+def neuron_rows(records: Mapping[str, list[dict]]) -> list[dict]:
+    """``neurons`` table: every knowledge neuron and left-out generic neuron of the run
+    (``records``: :func:`read_records`)."""
     agnostic = {}
-    for record in _records(run, "language_agnostic"):
+    for record in records["language_agnostic"]:
         agnostic[record["fact_id"]] = ({tuple(n) for n in record.get("neurons", [])},
                                        {tuple(n) for n in record.get("soft_neurons", [])})
     rows = []
-    for record in _records(run, "neurons"):
+    for record in records["neurons"]:
         strict, soft = agnostic.get(record["fact_id"], (set(), set()))
         for generic, key in ((False, "neurons"), (True, "generic")):
             for rank, (layer, index, score) in enumerate(record.get(key, []), 1):
@@ -66,12 +68,13 @@ def neuron_rows(run: Path) -> list[dict]:
     return rows
 
 
-def item_rows(run: Path) -> list[dict]:
-    """``items`` table: every (fact, language) the run probed."""
-    located = _records(run, "neurons")
+def item_rows(records: Mapping[str, list[dict]]) -> list[dict]:
+    """``items`` table: every (fact, language) the run probed (``records``:
+    :func:`read_records`)."""
+    located = records["neurons"]
     sizes = {(r["fact_id"], r["language"]): (len(r.get("neurons", [])), len(r.get("generic", [])))
              for r in located}
-    probed = _records(run, "knowledge") or [  # runs written before knowledge.jsonl
+    probed = records["knowledge"] or [  # runs written before knowledge.jsonl
         {"fact_id": r["fact_id"], "relation": r["relation"], "language": r["language"],
          "object": r.get("target"), "known": r.get("known", True), "located": True,
          "queries": [{"p_gold": p} for p in r.get("probs", [])]} for r in located]
@@ -152,14 +155,7 @@ def _write_parquet(rows: list[dict], path: Path) -> None:
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist(_uniform(rows)) if rows else pa.table({})
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)  # a new file of ours: never a planted link
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_via_temp(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
@@ -185,7 +181,8 @@ def export_run(run: str | Path, out: str | Path | None = None,
             run.glob("*.json")):
         raise ValueError(f"{run} holds no mkn results (neurons.jsonl or experiment JSON)")
     out = Path(out) if out is not None else run / "export"
-    tables = {"neurons": neuron_rows(run), "items": item_rows(run),
+    records = read_records(run)
+    tables = {"neurons": neuron_rows(records), "items": item_rows(records),
               "experiment_items": experiment_rows(run)}
     if not any(tables.values()):
         raise ValueError(f"{run} holds no mkn results (no records a resume would keep, no "
