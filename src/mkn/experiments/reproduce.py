@@ -282,6 +282,10 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
+    copyable = copyable_facts(out)
+    out["copyable_facts"] = sorted(copyable or ())
+    for stats in out["localization"].values():
+        layer_without_copyable(stats, copyable)
     stored = {} if store is None else {r["unit"]: r for r in store.records(RESULTS)}
     for name in part.experiments:
         module = EXPERIMENTS[name]
@@ -299,11 +303,13 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
             record = json.loads(json.dumps({
                 "seconds": time.perf_counter() - started, "result": result,
                 "table": module.table(result),
-                "headline": headline(name, result, languages, config)}))
+                **headlines(name, result, languages, config, copyable)}))
             if store is not None:
                 store.write(unit, {RESULTS: [record]})
         out["seconds"][name] = record["seconds"]
-        out["experiments"][name] = {k: record[k] for k in ("result", "table", "headline")}
+        out["experiments"][name] = {k: record[k] for k in ("result", "table", "headline",
+                                                           "headline_without_copyable")
+                                    if k in record}
         if on_experiment is not None:
             on_experiment(out)
     return out
@@ -314,10 +320,14 @@ def headline(name: str, result: dict, languages: list[str], config: StudyConfig)
     return EXPERIMENTS[name].headline(result, languages, config.seed)
 
 
-def copyable_facts(part: dict) -> set[str]:
+def copyable_facts(part: dict) -> set[str] | None:
     """Facts of ``part`` with an item whose gold object can be copied from its prompt
-    (:func:`mkn.localization.knowledge.copyable`, in the part's knowledge summary)."""
-    return {fact_id for fact_id, _ in part.get("knowledge", {}).get("copyable_items", [])}
+    (:func:`mkn.localization.knowledge.copyable`, in the part's knowledge summary); None for a
+    part probed before the flag."""
+    knowledge = part.get("knowledge", {})
+    if "copyable_items" not in knowledge:
+        return None
+    return {fact_id for fact_id, _ in knowledge["copyable_items"]}
 
 
 def without_facts(result: dict, facts: set[str]) -> dict:
@@ -332,28 +342,40 @@ def without_facts(result: dict, facts: set[str]) -> dict:
 PRECOMPUTED = ("audits",)
 
 
+def headlines(name: str, result: dict, languages: list[str], config: StudyConfig,
+              copyable: set[str] | None) -> dict:
+    """``headline`` of an experiment's raw ``result`` and, given the part's ``copyable`` facts
+    (None: not flagged), ``headline_without_copyable``: the same statistics without them (not
+    for :data:`PRECOMPUTED` experiments)."""
+    out = {"headline": headline(name, result, languages, config)}
+    if copyable is not None and name not in PRECOMPUTED:
+        out["headline_without_copyable"] = headline(name, without_facts(result, copyable),
+                                                    languages, config)
+    return out
+
+
+def layer_without_copyable(stats: dict, copyable: set[str] | None) -> None:
+    """Add ``upper_third_excess_without_copyable`` to a method's localization ``stats`` (where
+    it kept its per-item values and the part's facts are flagged)."""
+    if "upper_third_items" in stats and copyable is not None:
+        stats["upper_third_excess_without_copyable"] = clustered_interval(
+            [tuple(pair) for pair in stats["upper_third_items"] if pair[0] not in copyable],
+            statistics.fmean)
+
+
 def refresh_headlines(study: dict) -> dict:
     """Recompute every headline from the experiments' saved raw results (the measurements are
-    the run's; the statistics are this code's), in place; with each part's copyable facts
-    (:func:`copyable_facts`), also every headline and the layer statistic without them
-    (``headline_without_copyable``, ``upper_third_excess_without_copyable``): the claims on
-    all items and on the items that cannot be answered by copying."""
+    the run's; the statistics are this code's), in place, with the claims without copyable
+    facts (:func:`headlines`, :func:`layer_without_copyable`)."""
     config = StudyConfig(**study["config"])
     for part in study["parts"]:
         copyable = copyable_facts(part)
-        part["copyable_facts"] = sorted(copyable)
+        part["copyable_facts"] = sorted(copyable or ())
         for name, experiment in part["experiments"].items():
-            experiment["headline"] = headline(name, experiment["result"],
-                                              part["part"]["languages"], config)
-            if name not in PRECOMPUTED and "copyable_items" in part.get("knowledge", {}):
-                experiment["headline_without_copyable"] = headline(
-                    name, without_facts(experiment["result"], copyable),
-                    part["part"]["languages"], config)
+            experiment.update(headlines(name, experiment["result"], part["part"]["languages"],
+                                        config, copyable))
         for stats in part["localization"].values():
-            if "upper_third_items" in stats and "copyable_items" in part.get("knowledge", {}):
-                stats["upper_third_excess_without_copyable"] = clustered_interval(
-                    [tuple(pair) for pair in stats["upper_third_items"]
-                     if pair[0] not in copyable], statistics.fmean)
+            layer_without_copyable(stats, copyable)
     return study
 
 
@@ -430,6 +452,5 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
             study["parts"].append(run_part(lm, part, config, task, store, save, backend,
                                            samples[part.name]))
         study["complete"] = True
-        refresh_headlines(study)  # adds the headlines without copyable items
         save()
         return study
