@@ -280,3 +280,21 @@ def test_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"mkn {__version__}"
+
+
+def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`mkn reproduce --help | head -1`: the closed pipe ended in a three-part traceback
+    (mkn's handler named click's Abort, which typer's vendored click does not have)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "mkn.cli", "reproduce", "--help"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": "40"})
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()  # the reader goes away before the help is written
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=300)
+    assert "Traceback" not in err and "AttributeError" not in err, err

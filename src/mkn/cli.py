@@ -813,7 +813,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(error.format_message())}", soft_wrap=True,
                       highlight=False)
         raise SystemExit(error.exit_code) from None
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):  # typer's Abort (its vendored click has none)
         _say("interrupted")
         raise SystemExit(130) from None
     except Exception as error:
