@@ -298,3 +298,56 @@ def test_help_piped_into_a_reader_that_stops_early_ends_quietly():
     err = proc.stderr.read().decode()
     proc.wait(timeout=300)
     assert "Traceback" not in err and "AttributeError" not in err, err
+
+
+def test_every_option_shows_its_default_and_experiments_come_from_the_registry():
+    """Issue 22 item 9: --method, --steps, --seed, --limit and --data showed no default (they
+    default to None so that a --config file can set them; the help now says what None means,
+    from the run configuration's own defaults)."""
+    import re
+
+    from mkn.experiments import EXPERIMENTS
+    from mkn.localization.locate import LocateConfig
+
+    commands = ("attribute", "locate", "experiment", "probe", "generic", "reproduce", "demo",
+                "report", "export")
+    for command in commands:
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"},
+                               terminal_width=400)
+        assert result.exit_code == 0, result.output
+        options = [line for line in result.output.splitlines()
+                   if re.match(r"^│ +-", line) and "--help" not in line]
+        assert options, command
+        for line in options:
+            assert "default" in line, (command, line)
+    help_text = runner.invoke(app, ["locate", "--help"], env={"COLUMNS": "400"},
+                              terminal_width=400).output
+    assert f"[default: ({LocateConfig().method}, or --config's)]" in help_text
+    assert "--rule" in help_text
+    experiment_help = runner.invoke(app, ["experiment", "--help"], env={"COLUMNS": "400"},
+                                    terminal_width=400).output
+    for name in EXPERIMENTS:
+        assert name in experiment_help, name
+
+
+def test_a_heartbeat_line_at_least_every_period_when_piped(capsys):
+    """Issue 22 item 6: progress ticked once per finished item, so a long item printed
+    nothing for minutes when the output was not a terminal."""
+    import time
+
+    from mkn.cli import Heartbeat, ProgressBars
+
+    with Heartbeat("loading x", every=0.2):
+        time.sleep(0.75)
+    beats = [line for line in capsys.readouterr().out.splitlines() if "still working" in line]
+    assert len(beats) >= 2 and beats[0].startswith("loading x ... still working, elapsed")
+    ProgressBars.LOG_EVERY, saved = 0.2, ProgressBars.LOG_EVERY
+    try:
+        with ProgressBars() as bars:
+            tick = bars.task("locate", total=3)
+            tick("fact-1 en")
+            time.sleep(0.75)  # the second item takes long
+    finally:
+        ProgressBars.LOG_EVERY = saved
+    out = capsys.readouterr().out
+    assert "locate: 1/3 done (last: fact-1 en) ... still working" in out, out

@@ -138,13 +138,3 @@ def test_dai_edit_moves_probability_towards_new_object():
         assert mkn.probability(lm, PROMPT, "Rome") > new
         assert mkn.probability(lm, PROMPT, "Paris") < old
     assert mkn.probability(lm, PROMPT, "Paris") == old
-
-
-def test_a_raw_model_object_gets_a_one_line_pointer_to_wrap():
-    """Issue 22 item 3: load_model(model) dumped a module repr; attribute(model) raised an
-    AttributeError about n_layers."""
-    lm = build("gpt2")
-    with pytest.raises(TypeError, match="got a GPT2LMHeadModel object; .* mkn.wrap"):
-        mkn.load_model(lm.model)
-    with pytest.raises(TypeError, match="expected an mkn LanguageModel, got a GPT2LMHeadModel"):
-        mkn.attribute(lm.model, PROMPT, "Paris")

@@ -4,9 +4,19 @@ Find where a language model stores a fact, which of those neurons are shared acr
 and use them to edit, check and inject knowledge.
 """
 
-from mkn.attribution.api import METHODS, Attribution, attribute, predict, probability
+from mkn.attribution.api import (
+    METHODS,
+    Attribution,
+    Attributions,
+    attribute,
+    predict,
+    predict_many,
+    probability,
+)
+from mkn.models.families import register_family
 from mkn.models.loading import DEFAULT_MODEL, LanguageModel, load_model, wrap
 
-__all__ = ["DEFAULT_MODEL", "METHODS", "Attribution", "LanguageModel", "attribute", "load_model",
-           "predict", "probability", "wrap"]
+__all__ = ["DEFAULT_MODEL", "METHODS", "Attribution", "Attributions", "LanguageModel",
+           "attribute", "load_model", "predict", "predict_many", "probability",
+           "register_family", "wrap"]
 __version__ = "0.1.0"

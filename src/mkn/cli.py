@@ -8,7 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import typer
+try:
+    import typer
+except ImportError:  # the lean install: `pip install mkn-neurons` has no command line
+    raise SystemExit("error: mkn's command line needs its extra: pip install "
+                     "'mkn-neurons[cli]'") from None
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -23,7 +27,49 @@ from rich.table import Table
 
 app = typer.Typer(help="mkn: multilingual knowledge neurons (--debug: tracebacks on errors).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
+console = Console(soft_wrap=True)  # piped output: long lines stay whole, not cut at 80
+
+
+class Heartbeat:
+    """Where the console is not a terminal (CI logs, ``nohup``), a line at least every
+    ``every`` seconds while work runs: the last line :meth:`note` was given (phase, item,
+    counts) and the time since it. Silent on a terminal (bars and spinners show it there)."""
+
+    def __init__(self, what: str, every: float = 30.0):
+        import threading
+
+        self.every, self.line = every, what
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._last = self._start = _now()
+
+    def note(self, line: str, said: bool = False) -> None:
+        """What is being done now; ``said``: a line was just printed (the clock restarts)."""
+        self.line = line
+        if said:
+            self._last = _now()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self.every)):
+            if _now() - self._last >= self.every:
+                self._last = _now()
+                _say(f"{self.line} ... still working, elapsed {self._last - self._start:.0f} s")
+
+    def __enter__(self) -> Heartbeat:
+        if not console.is_terminal:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
 
 
 def _version(value: bool) -> None:
@@ -40,28 +86,77 @@ def _options(version: Annotated[bool, typer.Option(
         = False) -> None:
     """mkn: multilingual knowledge neurons (--debug: tracebacks on errors)."""
 
+def _run_default(name: str) -> str:
+    """What an unset run option means, from the run configuration's own defaults
+    (:class:`mkn.runs.config.RunConfig`, :class:`mkn.localization.locate.LocateConfig`), for
+    ``--help``: the flags default to None so that a ``--config`` file can set them."""
+    from mkn.localization.locate import LocateConfig
+    from mkn.runs.config import RunConfig
+
+    fields = {**LocateConfig.model_fields, **RunConfig.model_fields}
+    value = fields[name].get_default(call_default_factory=True)
+    if value is None:
+        return {"limit": "all facts", "relations": "all", "per_relation": "no cap",
+                "max_queries": "all", "device_map": "none (one device)"}[name]
+    if isinstance(value, bool):
+        return name.replace("_", "-") if value else f"no-{name.replace('_', '-')}"
+    return str(value)
+
+
+def _experiment_names() -> tuple[str, ...]:
+    from mkn.experiments import EXPERIMENTS
+
+    return tuple(EXPERIMENTS)
+
+
+EXPERIMENT_NAMES = _experiment_names()  # the registry's, for --help
+
+
+def _shown(name: str) -> str:
+    return f"{_run_default(name)}, or --config's"
+
+
 ModelOpt = Annotated[str, typer.Option("--model", "-m",
                                        help="gemma-3-270m (embedded), a local HF dir or .gguf")]
-MethodOpt = Annotated[str, typer.Option(help="Attribution method: ig (zero baseline) or amig.")]
+MethodOpt = Annotated[str, typer.Option(help="Attribution method: amig (architecture-adapted "
+                                              "baseline) or ig (zero baseline).")]
 StepsOpt = Annotated[int, typer.Option(min=1, help="Integration steps per layer.")]
 RuleOpt = Annotated[str, typer.Option(help="Quadrature rule: left, trapezoid, gauss-legendre.")]
 
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run configuration "
-                                                "(flags override it).")]
-DataOpt = Annotated[str | None, typer.Option(help="builtin, mlama:PATH, bmlama:PATH or "
-                                                  "jsonl:PATH (PATH relative to $MKN_DATA).")]
+RunMethodOpt = Annotated[str | None, typer.Option(show_default=_shown("method"),
+                                                 help="ig, amig or matrice.")]
+RunStepsOpt = Annotated[int | None, typer.Option(min=1, show_default=_shown("steps"),
+                                                 help="Integration steps.")]
+RunRuleOpt = Annotated[str | None, typer.Option(show_default=_shown("rule"),
+                                                help="Quadrature rule: left, trapezoid, "
+                                                     "gauss-legendre.")]
+LenientOpt = Annotated[bool | None, typer.Option(show_default=_shown("lenient"),
+                                                 help="Skip bad data records (reported) "
+                                                      "instead of stopping.")]
+WorkersOpt = Annotated[int | None, typer.Option(min=1, show_default=_shown("workers"),
+                                                help="Ray actors (model copies).")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", show_default="none", help="YAML run configuration (flags override it).")]
+DataOpt = Annotated[str | None, typer.Option(
+    show_default=_shown("data"),
+    help="builtin, mlama:PATH, bmlama:PATH or jsonl:PATH (PATH relative to $MKN_DATA).")]
 LanguagesOpt = Annotated[str | None, typer.Option(help="Comma-separated languages, e.g. en,fr,ja "
                                                        "(default: all of the data's).")]
-LimitOpt = Annotated[int | None, typer.Option(help="Use the first N facts.")]
-RelationsOpt = Annotated[str | None, typer.Option(help="Only these relations, comma-separated "
-                                                       "(e.g. P36,P37).")]
-PerRelationOpt = Annotated[int | None, typer.Option(min=1, help="At most N facts per relation, "
-                                                               "interleaved (balanced sample).")]
-ShuffleOpt = Annotated[bool | None, typer.Option(help="Sample facts at random (with --seed) "
-                                                      "instead of taking the first ones.")]
-MaxQueriesOpt = Annotated[int | None, typer.Option(min=1, help="Attribute at most N queries per "
-                                                              "fact and language.")]
+LimitOpt = Annotated[int | None, typer.Option(show_default=_shown("limit"),
+                                              help="Use the first N facts.")]
+RelationsOpt = Annotated[str | None, typer.Option(
+    show_default=_shown("relations"), help="Only these relations, comma-separated (e.g. "
+                                           "P36,P37).")]
+PerRelationOpt = Annotated[int | None, typer.Option(
+    min=1, show_default=_shown("per_relation"),
+    help="At most N facts per relation, interleaved (balanced sample).")]
+ShuffleOpt = Annotated[bool | None, typer.Option(
+    show_default=_shown("shuffle"),
+    help="Sample facts at random (with --seed) instead of taking the first ones.")]
+MaxQueriesOpt = Annotated[int | None, typer.Option(
+    min=1, show_default=_shown("max_queries"),
+    help="Attribute at most N queries per fact and language.")]
 DTYPE_HELP = ("auto (default: bfloat16 where the device computes it natively, i.e. a GPU or "
               "a CPU with AVX512-BF16/AMX; float32 elsewhere), float32, bfloat16 or float16.")
 RunDtypeOpt = Annotated[str | None, typer.Option(help=DTYPE_HELP)]
@@ -73,11 +168,13 @@ GpusOpt = Annotated[float | None, typer.Option(min=0.0, help="GPUs each Ray acto
                                                           "GPUs; 0: CPU actors).")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto (default: CUDA when present), cpu, "
                                                     "cuda or cuda:N.")]
-DeviceMapOpt = Annotated[str | None, typer.Option(help="Split the model over several devices "
-                                                        "with accelerate's device map (auto).")]
-SeedOpt = Annotated[int | None, typer.Option(help="Random seed (sampling, unrelated facts, "
-                                                  "splits).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DeviceMapOpt = Annotated[str | None, typer.Option(
+    show_default="none (one device)",
+    help="Split the model over several devices with accelerate's device map (auto).")]
+SeedOpt = Annotated[int | None, typer.Option(
+    show_default=_shown("seed"), help="Random seed (sampling, unrelated facts, splits).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", show_default="off",
+                                        help="No progress bar.")]
 KnownOpt = Annotated[str | None, typer.Option(
     help="Which (fact, language) items to work on: auto (default: the gold object ranks first "
          "among the candidates where the data has them, else greedy decoding gets it), rank, "
@@ -96,7 +193,8 @@ def _fail(error: Exception) -> typer.Exit:
 def _load(model: str, dtype: str | None, device: str | None = None, device_map=None):
     import mkn
 
-    with console.status(f"loading {escape(model)} (the first load converts the GGUF, ~1 min)"):
+    what = f"loading {model} (the first load converts the GGUF, ~1 min)"
+    with console.status(escape(what)), Heartbeat(what):
         lm = mkn.load_model(model, dtype=dtype, device=device or "auto", device_map=device_map)
     if lm.dtype_choice:  # said on stderr: --json output stays one JSON line
         Console(stderr=True).print(f"dtype {escape(lm.dtype_choice)}", highlight=False,
@@ -120,14 +218,15 @@ def attribute(
                                              "implied at the end.")],
     target: Annotated[str, typer.Option(help="The object, e.g. Paris.")],
     model: ModelOpt = "gemma-3-270m",
-    method: MethodOpt = "ig",
+    method: MethodOpt = "amig",
     steps: StepsOpt = 20,
     rule: RuleOpt = "left",
     top: Annotated[int, typer.Option(min=1, help="How many top neurons to show.")] = 10,
     dtype: RunDtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", show_default="off",
+                                          help="Print JSON for machines.")] = False,
 ) -> None:
     """Attribute p(target | prompt) to FFN neurons and show the top ones."""
     import mkn
@@ -142,8 +241,11 @@ def attribute(
         raise _fail(ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}"))
     try:
         lm = _load(model, dtype, device, device_map)
-        result = mkn.attribute(lm, prompt=prompt, target=target, method=method, steps=steps,
-                               rule=rule)
+        what = (f"attributing {prompt!r} -> {target!r} ({method}, {steps} steps x "
+                f"{lm.n_layers} layers)")
+        with console.status(escape(what)), Heartbeat(what):
+            result = mkn.attribute(lm, prompt=prompt, target=target, method=method,
+                                   steps=steps, rule=rule)
     except (ValueError, IndexError, TypeError) as error:
         raise _fail(error) from error
     lists = cached_lists(lm)
@@ -189,14 +291,17 @@ class ProgressBars:
 
     def __init__(self, quiet: bool = False):
         self.progress = None if quiet else Progress(*self.COLUMNS, console=console)
+        self.heartbeat = Heartbeat("starting", self.LOG_EVERY)
 
     def __enter__(self) -> ProgressBars:
         if self.progress:
             self.progress.start()
+            self.heartbeat.__enter__()  # within an item longer than LOG_EVERY: still a line
         return self
 
     def __exit__(self, *exc) -> None:
         if self.progress:
+            self.heartbeat.__exit__(*exc)
             self.progress.stop()
 
     def task(self, title: str, total: int) -> Callable[[str], None]:
@@ -206,14 +311,17 @@ class ProgressBars:
         progress = self.progress
         task = progress.add_task(title, total=total, rate="")
         logged = [0.0]
+        self.heartbeat.note(f"{title}: 0/{total} done")
 
         def tick(item: str) -> None:
             progress.advance(task)
             done, elapsed = progress.tasks[task].completed, progress.tasks[task].elapsed or 0.0
             rate = f"{elapsed / done:.1f} s/item" if done else ""
             progress.update(task, rate=rate, description=f"{title} ({item})")
-            if not console.is_terminal and (done >= total
-                                            or elapsed - logged[0] >= self.LOG_EVERY):
+            say = not console.is_terminal and (done >= total
+                                               or elapsed - logged[0] >= self.LOG_EVERY)
+            self.heartbeat.note(f"{title}: {done:g}/{total} done (last: {item})", said=say)
+            if say:
                 logged[0] = elapsed
                 left = (total - done) * elapsed / done if done else 0.0
                 _say(f"{title}: {done:g}/{total} done, {rate}, elapsed {elapsed:.0f} s, "
@@ -362,24 +470,24 @@ def locate(
                                                                      "gemma-3-270m).")] = None,
     data: DataOpt = None,
     languages: LanguagesOpt = None,
-    method: Annotated[str | None, typer.Option(help="ig, amig or matrice.")] = None,
+    method: RunMethodOpt = None,
     limit: LimitOpt = None,
     relations: RelationsOpt = None,
     per_relation: PerRelationOpt = None,
     shuffle: ShuffleOpt = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    steps: RunStepsOpt = None,
+    rule: RunRuleOpt = None,
     max_queries: MaxQueriesOpt = None,
     batch_size: BatchOpt = None,
     dtype: RunDtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
     seed: SeedOpt = None,
-    lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
-                                                      "instead of stopping.")] = None,
+    lenient: LenientOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run in OUT.")] = False,
     backend: Annotated[str | None, typer.Option(help="local (default) or ray: spread facts "
                                                      "over Ray actors.")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
+    workers: WorkersOpt = None,
     gpus_per_worker: GpusOpt = None,
     known: KnownOpt = None,
     generic: GenericOpt = None,
@@ -395,7 +503,8 @@ def locate(
         cfg, facts, langs, lm, meta, run = _prepare(
             config, dict(directory=out, kind="locate", resume=resume), model=model, data=data,
             languages=languages, method=method, limit=limit, relations=relations,
-            per_relation=per_relation, shuffle=shuffle, steps=steps, max_queries=max_queries,
+            per_relation=per_relation, shuffle=shuffle, steps=steps, rule=rule,
+            max_queries=max_queries,
             batch_size=batch_size, dtype=dtype, device=device, device_map=device_map, seed=seed,
             lenient=lenient,
             backend=backend, workers=workers, gpus_per_worker=gpus_per_worker, known=known,
@@ -447,8 +556,7 @@ def probe(
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
     seed: SeedOpt = None,
-    lenient: Annotated[bool | None, typer.Option(help="Skip bad data records (reported) "
-                                                      "instead of stopping.")] = None,
+    lenient: LenientOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per forward pass.")] = 16,
     resume: Annotated[bool, typer.Option(help="Continue a killed probe in OUT.")] = False,
     quiet: QuietOpt = False,
@@ -487,21 +595,25 @@ def generic(
                                                                      "gemma-3-270m).")] = None,
     data: DataOpt = None,
     languages: LanguagesOpt = None,
-    method: Annotated[str | None, typer.Option(help="ig, amig or matrice.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    method: RunMethodOpt = None,
+    steps: RunStepsOpt = None,
+    rule: RunRuleOpt = None,
     dtype: RunDtypeOpt = None,
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,
     known: KnownOpt = None,
-    share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of other "
-                                                "relations' reference facts a neuron serves "
-                                                "from which it is generic (default 0.05).")]
+    share: Annotated[float | None, typer.Option(min=0.0, max=1.0,
+                                                show_default=_shown("generic_share"),
+                                                help="Share of other relations' reference "
+                                                     "facts a neuron serves from which it is "
+                                                     "generic.")]
     = None,
     reference_facts: Annotated[int, typer.Option(min=2, help="Facts in the reference sample: "
                                                           "known in at least one language, "
                                                           "at most 4 per relation.")] = 48,
     rebuild: Annotated[bool, typer.Option(help="Recompute the cached list.")] = False,
-    out: Annotated[Path | None, typer.Option(help="Also write the list here (for --generic "
+    out: Annotated[Path | None, typer.Option(show_default="none", help="Also write the list "
+                                                  "here (for --generic "
                                                   "PATH).")] = None,
     top: Annotated[int, typer.Option(min=1, help="Generic neurons shown.")] = 10,
     quiet: QuietOpt = False,
@@ -515,6 +627,7 @@ def generic(
     try:
         cfg, _, langs, lm, _, _ = _prepare(
             config, model=model, data=data, languages=languages, method=method, steps=steps,
+            rule=rule,
             dtype=dtype, device=device, device_map=device_map, known=known, generic_share=share,
             limit=1)
         with ProgressBars(quiet) as bars:
@@ -543,21 +656,22 @@ def generic(
 
 @app.command()
 def experiment(
-    name: Annotated[str, typer.Argument(help="localization-quality, cross-lingual-editing, "
-                                             "fact-checking, enhancement or injection.")],
+    name: Annotated[str, typer.Argument(help=", ".join(EXPERIMENT_NAMES) + ".")],
     out: Annotated[Path | None, typer.Option(help="Output directory (default runs/NAME).")]
     = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
                                                                      "gemma-3-270m).")] = None,
     data: DataOpt = None,
     languages: LanguagesOpt = None,
-    method: Annotated[str | None, typer.Option(help="ig, amig or matrice (localization-quality "
-                                                    "compares all three).")] = None,
+    method: Annotated[str | None, typer.Option(
+        show_default=_shown("method"),
+        help="ig, amig or matrice (localization-quality compares all three).")] = None,
     limit: LimitOpt = None,
     relations: RelationsOpt = None,
     per_relation: PerRelationOpt = None,
     shuffle: ShuffleOpt = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Integration steps.")] = None,
+    steps: RunStepsOpt = None,
+    rule: RunRuleOpt = None,
     max_queries: MaxQueriesOpt = None,
     batch_size: BatchOpt = None,
     dtype: RunDtypeOpt = None,
@@ -565,8 +679,9 @@ def experiment(
     device_map: DeviceMapOpt = None,
     seed: SeedOpt = None,
     option: Annotated[list[str] | None, typer.Option(
-        "--set", help="An experiment's own option, NAME=VALUE, repeatable (e.g. lambda_new=8 "
-                      "for injection, factor=3 for enhancement, wrong=3 for fact-checking).")]
+        "--set", show_default="none",
+        help="An experiment's own option, NAME=VALUE, repeatable (e.g. lambda_new=8 for "
+             "injection, factor=3 for enhancement, wrong=3 for fact-checking).")]
     = None,
     known: KnownOpt = None,
     generic: GenericOpt = None,
@@ -575,7 +690,7 @@ def experiment(
     = False,
     backend: Annotated[str | None, typer.Option(help="local (default) or ray: attributions "
                                                      "computed on Ray actors.")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Ray actors (model copies).")] = None,
+    workers: WorkersOpt = None,
     gpus_per_worker: GpusOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -598,7 +713,7 @@ def experiment(
             config, dict(directory=out, kind="experiment", resume=resume,
                          identity={"experiment": name, "options": options}),
             model=model, data=data, languages=languages, method=method, limit=limit,
-            relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps,
+            relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps, rule=rule,
             max_queries=max_queries, batch_size=batch_size, dtype=dtype, device=device,
             device_map=device_map, seed=seed, known=known, generic=generic, backend=backend,
             workers=workers,
@@ -639,19 +754,22 @@ def reproduce(
     max_queries: Annotated[int, typer.Option(min=1, help="Queries attributed per fact and "
                                                          "language (the measurements use all "
                                                          "of them).")] = 4,
-    limit: Annotated[int | None, typer.Option(min=2, help="Smoke run: N facts per data part, "
+    limit: Annotated[int | None, typer.Option(min=2, show_default="the whole study",
+                                              help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
     known: Annotated[str, typer.Option(help="Knowledge filter: auto, rank, greedy or any.")]
     = "auto",
     generic: Annotated[str, typer.Option(help="auto (leave generic neurons out) or keep.")]
     = "auto",
-    render: Annotated[Path | None, typer.Option(help="Only render RESULTS from this study.json "
+    render: Annotated[Path | None, typer.Option(show_default="none: run the study",
+                                                help="Only render RESULTS from this study.json "
                                                      "or study.json.gz (headline statistics "
                                                      "recomputed from its raw results, where it "
                                                      "has them).")]
     = None,
-    before: Annotated[Path | None, typer.Option(help="An earlier RESULTS.md: its verdicts "
+    before: Annotated[Path | None, typer.Option(show_default="none",
+                                                help="An earlier RESULTS.md: its verdicts "
                                                      "are shown beside the new ones, with the "
                                                      "reason for each change.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed study in OUT (stored "
@@ -701,7 +819,8 @@ def reproduce(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A directory written by mkn locate / demo.")],
+    run_dir: Annotated[Path, typer.Argument(help="A directory written by mkn locate, "
+                                                 "experiment, probe or demo.")],
     out: Annotated[Path | None, typer.Option(help="HTML file (default RUN_DIR/report.html).")]
     = None,
 ) -> None:

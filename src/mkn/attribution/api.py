@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, overload
 
 import torch
 
@@ -14,7 +15,63 @@ from mkn.attribution.engine import clean_run, integrated_gradients
 from mkn.attribution.queries import encode
 from mkn.attribution.rules import quadrature
 from mkn.attribution.scoring import Prediction, score_encoded
-from mkn.models.loading import LanguageModel, require_lm
+from mkn.models.families import hook_name
+from mkn.models.loading import LanguageModel, as_lm
+
+if TYPE_CHECKING:
+    import pandas
+
+Progress = Callable[[str], None]
+"""A progress callback: called with one line (what was done, counts) as work finishes."""
+
+
+def progress_printer(progress: Progress | bool | None) -> Progress | None:
+    """``progress=`` of the Python API: a callable is used as it is, ``True`` prints each line
+    on stderr, ``None``/``False`` is silent."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        import sys
+
+        return lambda line: print(line, file=sys.stderr, flush=True)
+    if callable(progress):
+        return progress
+    raise TypeError(f"progress must be a callable, True or None, got {type(progress).__name__}")
+
+
+def neuron_frame(scores: torch.Tensor, **columns) -> pandas.DataFrame:
+    """One row per neuron of ``scores`` ``[layers, neurons]``: ``layer``, ``index``, ``hook``
+    (``blocks.{l}.mlp.hook_post``), ``score`` and ``rank`` (1 = highest score), plus constant
+    ``columns`` in front. Needs pandas (the ``frames`` extra)."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is an optional extra
+        raise ImportError("to_frame needs pandas: pip install pandas (or the 'frames' "
+                          "extra)") from None
+    layers, neurons = scores.shape
+    flat = scores.detach().float().flatten()
+    order = torch.argsort(flat, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, flat.numel() + 1)
+    layer = torch.arange(layers).repeat_interleave(neurons)
+    hooks = [hook_name(layer) for layer in range(layers)]
+    frame = pd.DataFrame({"layer": layer.numpy(), "index": torch.arange(neurons).repeat(
+        layers).numpy(), "hook": pd.Categorical.from_codes(layer.numpy(), hooks),
+        "score": flat.numpy(), "rank": rank.numpy()})
+    for offset, (name, value) in enumerate(columns.items()):
+        frame.insert(offset, name, value)
+    return frame
+
+
+def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """A bool mask ``[layers, neurons]`` of the ``k`` highest scores (ties: the first in flat
+    order), the neuron-set form every intervention accepts."""
+    if not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative int, got {k!r}")
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    order = torch.argsort(scores.detach().float().flatten(), descending=True, stable=True)
+    mask[order[:k]] = True
+    return mask.view(scores.shape)
 
 
 @dataclass
@@ -66,7 +123,17 @@ class Attribution:
         n = self.scores.shape[1]
         return [(int(i) // n, int(i) % n, float(v)) for v, i in zip(values, indices, strict=True)]
 
+    def to_mask(self, k: int) -> torch.Tensor:
+        """The top-``k`` neurons as a bool mask ``[layers, neurons]`` (for ``suppress`` etc.)."""
+        return top_mask(self.scores, k)
+
+    def to_frame(self) -> pandas.DataFrame:
+        """Every neuron's score, one row each: layer, index, hook, score, rank (1 = top)."""
+        return neuron_frame(self.scores)
+
     def to_dict(self, top: int = 20) -> dict:
+        """JSON-ready summary: the query, p(target), completeness and the ``top`` neurons
+        (``scores`` itself is in :meth:`to_frame`)."""
         return {
             "prompt": self.prompt, "target": self.target, "method": self.method,
             "steps": self.steps, "rule": self.rule, "prob": self.prob,
@@ -78,6 +145,28 @@ class Attribution:
         }
 
 
+class Attributions(list):
+    """The attributions of a batch of queries, in the order given (a list of
+    :class:`Attribution`), with the scores stacked."""
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[queries, layers, neurons]``."""
+        return torch.stack([a.scores for a in self])
+
+    def to_mask(self, k: int) -> torch.Tensor:
+        """Each query's top-``k`` neurons: ``[queries, layers, neurons]`` bool."""
+        return torch.stack([a.to_mask(k) for a in self])
+
+    def to_frame(self) -> pandas.DataFrame:
+        """:meth:`Attribution.to_frame` of every query, with ``item``, ``prompt`` and
+        ``target`` in front (long format)."""
+        import pandas as pd
+
+        return pd.concat([neuron_frame(a.scores, item=i, prompt=a.prompt, target=a.target)
+                          for i, a in enumerate(self)], ignore_index=True)
+
+
 METHODS = tuple(BASELINES)
 
 
@@ -87,8 +176,10 @@ def predict(lm: LanguageModel, prompt: str, target: str) -> Prediction:
     One unbatched pass per teacher-forced token: the reference :func:`predict_many` is tested
     against.
     """
+    lm = as_lm(lm)
     query = encode(lm, prompt, target)
-    runs = [clean_run(lm, step) for step in query.steps]
+    with lm.in_use():
+        runs = [clean_run(lm, step) for step in query.steps]
     return Prediction(prob=math.prod(r.prob for r in runs),
                       correct=[r.predicted_id for r in runs] == list(query.target_ids),
                       first_predicted_id=runs[0].predicted_id,
@@ -102,6 +193,7 @@ def predict_many(lm: LanguageModel, queries: Sequence[tuple[str, str]],
     forward pass). Active interventions apply. Same results as :func:`predict` up to
     floating-point noise from the batch shapes.
     """
+    lm = as_lm(lm)
     return score_encoded(lm, [encode(lm, prompt, target) for prompt, target in queries],
                          batch_size)
 
@@ -111,22 +203,38 @@ def probability(lm: LanguageModel, prompt: str, target: str) -> float:
     return predict(lm, prompt, target).prob
 
 
-def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", steps: int = 20,
-              rule: str = "left", layers: list[int] | None = None,
-              batch_size: int | None = None) -> Attribution:
+@overload
+def attribute(lm: LanguageModel, prompt: str, target: str, method: str = ..., steps: int = ...,
+              rule: str = ..., layers: list[int] | None = ..., batch_size: int | None = ..., *,
+              tokenizer: object = ..., progress: Progress | bool | None = ...) -> Attribution: ...
+
+
+@overload
+def attribute(lm: LanguageModel, prompt: Sequence[str], target: Sequence[str],
+              method: str = ..., steps: int = ..., rule: str = ...,
+              layers: list[int] | None = ..., batch_size: int | None = ..., *,
+              tokenizer: object = ..., progress: Progress | bool | None = ...) -> Attributions: ...
+
+
+def attribute(lm, prompt, target, method="amig", steps=20, rule="left", layers=None,
+              batch_size=None, *, tokenizer=None, progress=None):
     """Attribute p(target | prompt) to the FFN neurons of ``lm``.
 
     Args:
-        prompt: text with ``[Y]`` where the object goes, or with the object implied at the end.
-        target: the object label, e.g. ``Paris``.
-        method: ``ig`` (zero baseline, Dai et al. 2022) or ``amig`` (architecture-adapted
-            baseline, Chen et al. 2024).
+        lm: a model from :func:`mkn.load_model`, or a transformers model with ``tokenizer``.
+        prompt: text with ``[Y]`` where the object goes, or with the object implied at the end;
+            or a list of them (with a list of targets, one each): an :class:`Attributions`.
+        target: the object label, e.g. ``Paris`` (or a list).
+        method: ``amig`` (architecture-adapted baseline, Chen et al. 2024; the default) or
+            ``ig`` (zero baseline, Dai et al. 2022).
         steps: quadrature evaluations per layer.
         rule: ``left`` (Dai/AMIG), ``trapezoid`` or ``gauss-legendre``.
         layers: layers to attribute (default all).
         batch_size: (layer, step) rows per forward/backward pass (default from the vocab size).
+        tokenizer: the tokenizer of a transformers model passed as ``lm``.
+        progress: a callable given one line per finished query, or True to print them.
     """
-    require_lm(lm)
+    lm = as_lm(lm, tokenizer)
     if method not in BASELINES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     alphas, weights = quadrature(rule, steps)
@@ -134,6 +242,38 @@ def attribute(lm: LanguageModel, prompt: str, target: str, method: str = "ig", s
     for layer in layers:
         if not 0 <= layer < lm.n_layers:
             raise ValueError(f"layer {layer} out of range: {lm.name} has {lm.n_layers} layers")
+    say = progress_printer(progress)
+    if isinstance(prompt, str) and isinstance(target, str):
+        with lm.in_use():
+            result = _attribute_one(lm, prompt, target, method, steps, rule, layers, alphas,
+                                    weights, batch_size)
+        if say:
+            say(f"attribute: {prompt!r} -> {target!r} done in {result.seconds:.1f} s")
+        return result
+    if isinstance(prompt, str) or isinstance(target, str):
+        raise TypeError("prompt and target must both be strings or both be lists")
+    prompts, targets = list(prompt), list(target)
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+        if not isinstance(p, str) or not isinstance(t, str):
+            raise TypeError(f"item {i}: prompt and target must be strings, got "
+                            f"{type(p).__name__} and {type(t).__name__}")
+    results = Attributions()
+    start = time.perf_counter()
+    with lm.in_use():
+        for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+            results.append(_attribute_one(lm, p, t, method, steps, rule, layers, alphas,
+                                          weights, batch_size))
+            if say:
+                say(f"attribute: {i + 1}/{len(prompts)} done ({p!r} -> {t!r}), elapsed "
+                    f"{time.perf_counter() - start:.0f} s")
+    return results
+
+
+def _attribute_one(lm: LanguageModel, prompt: str, target: str, method: str, steps: int,
+                   rule: str, layers: list[int], alphas, weights,
+                   batch_size: int | None) -> Attribution:
     start = time.perf_counter()
     query = encode(lm, prompt, target)
     scores = torch.zeros(lm.n_layers, lm.n_neurons)

@@ -17,7 +17,7 @@ import torch
 
 from mkn.attribution.queries import PredictionStep
 from mkn.models.hooks import capture
-from mkn.models.loading import LanguageModel
+from mkn.models.loading import LanguageModel, uses_model
 
 
 def zero_baseline(lm: LanguageModel, step: PredictionStep, clean: torch.Tensor) -> torch.Tensor:
@@ -34,6 +34,7 @@ def replacement_token(lm: LanguageModel) -> int:
     return int(token_id)
 
 
+@uses_model
 def architecture_baseline(lm: LanguageModel, step: PredictionStep,
                           clean: torch.Tensor) -> torch.Tensor:
     """Mean neurons at the prediction position over the one-token replacements of the query."""

@@ -29,7 +29,7 @@ from mkn.attribution.queries import PredictionStep
 from mkn.models.devices import halving_on_oom, rows_per_pass
 from mkn.models.hooks import NeuronHook, capture, neuron_hooks
 from mkn.models.kv_cache import cache_kwarg, output_cache
-from mkn.models.loading import LanguageModel
+from mkn.models.loading import LanguageModel, uses_model
 
 
 def default_batch_size(lm: LanguageModel, sequence: int = 16) -> int:
@@ -357,6 +357,7 @@ class CleanRun:
     runner: StepRunner  # reusable for further rows of the same step
 
 
+@uses_model
 def clean_run(lm: LanguageModel, step: PredictionStep) -> CleanRun:
     """Clean neurons at the prediction position, p(target) and the greedy prediction."""
     runner = StepRunner(lm, step)
@@ -386,6 +387,7 @@ class PathIntegral:
     baseline_prob: torch.Tensor  # [layers]: F with the layer's neurons set to the baseline
 
 
+@uses_model
 def integrated_gradients(lm: LanguageModel, step: PredictionStep, clean: torch.Tensor,
                          baseline: torch.Tensor, layers: list[int], alphas: np.ndarray,
                          weights: np.ndarray, batch_size: int | None = None,

@@ -33,7 +33,7 @@ import torch
 from mkn.attribution.queries import EncodedQuery, PredictionStep
 from mkn.models.hooks import neuron_hooks
 from mkn.models.kv_cache import cache_kwarg, output_cache
-from mkn.models.loading import LanguageModel
+from mkn.models.loading import LanguageModel, uses_model
 
 # Floats of logits one pass may hold (rows x kept positions x vocab).
 LOGITS_BUDGET = 2**26
@@ -67,6 +67,7 @@ def _keeps_logits(lm: LanguageModel) -> bool:
     return lm.causal and "logits_to_keep" in inspect.signature(lm.model.forward).parameters
 
 
+@uses_model
 def score_steps(lm: LanguageModel, steps: Sequence[PredictionStep],
                 batch_size: int = 16) -> list[tuple[float, int]]:
     """``(p(target), greedy token id)`` at each step's prediction position, in padded batches.
@@ -261,6 +262,7 @@ def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention
 POSITIONS = ("all", "prediction")
 
 
+@uses_model
 def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                interventions: Sequence[RowIntervention | None],
                batch_size: int = 32, positions: str = "all") -> list[Prediction]:
@@ -319,6 +321,7 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
             for i, query in enumerate(encoded)]
 
 
+@uses_model
 def score_encoded(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                   batch_size: int = 16) -> list[Prediction]:
     """One :class:`Prediction` per encoded query (batched; see the module docstring)."""

@@ -31,11 +31,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mkn.attribution.api import METHODS, Attribution, attribute
+from mkn.attribution.api import (
+    METHODS,
+    Attribution,
+    Progress,
+    attribute,
+    neuron_frame,
+    progress_printer,
+)
 from mkn.attribution.rules import RULES
 from mkn.localization import matrice
 from mkn.localization.degenerate import DegenerateResult, degenerate_neurons
@@ -49,6 +57,9 @@ from mkn.localization.neurons import (
     threshold_for,
 )
 from mkn.models.loading import LanguageModel
+
+if TYPE_CHECKING:
+    import pandas
 
 LOCATE_METHODS = (*METHODS, "matrice")
 
@@ -141,6 +152,36 @@ class FactResult:
     combined_scores: torch.Tensor | None = None
     skipped: dict[str, Knowledge] = field(default_factory=dict)  # languages not known: not located
 
+    def to_frame(self, every_neuron: bool = False) -> pandas.DataFrame:
+        """Long format, one row per (located language, neuron): ``fact``, ``relation``,
+        ``language``, ``layer``, ``index``, ``hook``, ``score`` and ``rank`` (in that
+        language's scores, 1 = top), ``knowledge`` (in the language's knowledge-neuron set),
+        ``language_agnostic``, ``soft_language_agnostic``, ``degenerate`` (in one of the
+        language's degenerate pairs) and ``generic`` (left out as generic). Only the
+        knowledge neurons unless ``every_neuron``. Needs pandas."""
+        import pandas as pd
+
+        strict, soft = set(self.language_agnostic), set(self.soft_language_agnostic)
+        frames = []
+        for lang, result in self.languages.items():
+            frame = neuron_frame(result.scores, fact=self.fact_id, relation=self.relation,
+                                 language=lang)
+            pairs = self.degenerate[lang].pairs if lang in self.degenerate else []
+            flags = {"knowledge": set(result.neurons), "language_agnostic": strict,
+                     "soft_language_agnostic": soft,
+                     "degenerate": {n for pair in pairs for n in pair},
+                     "generic": set(result.generic)}
+            neurons = list(zip(frame["layer"], frame["index"], strict=True))
+            for name, members in flags.items():
+                frame[name] = [n in members for n in neurons]
+            frames.append(frame if every_neuron else frame[frame["knowledge"]])
+        if not frames:
+            return neuron_frame(torch.zeros(0, 0), fact=[], relation=[], language=[]).assign(
+                **{name: pd.Series(dtype=bool) for name in (
+                    "knowledge", "language_agnostic", "soft_language_agnostic", "degenerate",
+                    "generic")})
+        return pd.concat(frames, ignore_index=True)
+
 
 AttributionCache = dict[tuple, Attribution]
 
@@ -152,12 +193,15 @@ def attribution_key(prompt: str, target: str, config: LocateConfig) -> tuple:
 
 
 def _attribute(lm: LanguageModel, prompt: str, target: str, config: LocateConfig,
-               cache: AttributionCache | None) -> Attribution:
+               cache: AttributionCache | None, say: Progress | None = None) -> Attribution:
     key = attribution_key(prompt, target, config)
     if cache is not None and key in cache:
         return cache[key]
     result = attribute(lm, prompt, target, method=config.attribution_method, steps=config.steps,
                        rule=config.rule, batch_size=config.batch_size)
+    if say:
+        say(f"{prompt!r} -> {target!r} attributed ({config.attribution_method}) in "
+            f"{result.seconds:.1f} s")
     if cache is not None:
         cache[key] = result
     return result
@@ -165,9 +209,13 @@ def _attribute(lm: LanguageModel, prompt: str, target: str, config: LocateConfig
 
 def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
               config: LocateConfig, cache: AttributionCache | None = None,
-              generic: GenericNeurons | None = None) -> tuple[LanguageResult, list[Attribution]]:
+              generic: GenericNeurons | None = None,
+              say: Progress | None = None) -> tuple[LanguageResult, list[Attribution]]:
     start = time.perf_counter()
-    attributions = [_attribute(lm, prompt, target, config, cache) for prompt in prompts]
+    attributions = [
+        _attribute(lm, prompt, target, config, cache,
+                   say and (lambda line, i=i: say(f"{lang} query {i}/{len(prompts)}: {line}")))
+        for i, prompt in enumerate(prompts, 1)]
     t = threshold_for(lang, config.thresholds)
     confidences = [a.confidence for a in attributions]
     per_query = [coarse_neurons(a.scores, t) for a in attributions]
@@ -204,15 +252,20 @@ def top_neurons(scores: torch.Tensor, k: int, exclude: Iterable[Neuron] = ()) ->
 def locate_fact(lm: LanguageModel, fact, languages: list[str],
                 config: LocateConfig | None = None,
                 cache: AttributionCache | None = None, knowledge: KnownItems | None = None,
-                generic: GenericNeurons | None = None) -> FactResult:
+                generic: GenericNeurons | None = None,
+                progress: Progress | bool | None = None) -> FactResult:
     """Knowledge neurons of ``fact`` in the ``languages`` where the model knows it,
     language-agnostic and degenerate ones.
 
     ``cache`` (a dict) lets several calls share per-query attributions, e.g. ``amig`` and
     ``matrice`` on the same facts. ``knowledge``: the probe of the fact (probed here when None).
-    ``generic``: generic neurons to leave out (none when None).
+    ``generic``: generic neurons to leave out (none when None). ``progress``: a callable given
+    one line per attribution and per degenerate search (phase, fact, language, counts), or
+    True to print them on stderr.
     """
     config = config or LocateConfig()
+    printer = progress_printer(progress)
+    say = printer and (lambda line: printer(f"locate {fact.id}: {line}"))
     if not languages:
         raise ValueError("no languages given")
     missing = [lang for lang in languages if lang not in fact.languages]
@@ -232,7 +285,7 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
         if not prompts:
             raise ValueError(f"fact {fact.id!r} has no queries in {lang!r}")
         per_language[lang], _ = _language(lm, lang, prompts, fact.languages[lang].object, config,
-                                          cache, generic)
+                                          cache, generic, say)
         per_language[lang].knowledge = probed
         per_language[lang].known = probed.marked(knowledge.criterion)
     sets = {lang: r.neurons for lang, r in per_language.items()}
@@ -261,4 +314,7 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
             result.degenerate[lang] = degenerate_neurons(lm, queries, candidates,
                                                          config.t_low, config.t_high)
             lang_result.seconds += time.perf_counter() - start
+            if say:
+                say(f"{lang} degenerate search over {len(candidates)} candidates in "
+                    f"{time.perf_counter() - start:.1f} s")
     return result

@@ -68,6 +68,36 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
 _BY_MODEL_TYPE = {model_type: a for a in ADAPTERS for model_type in a.model_types}
 
 
+def register_family(family: str, model_types: str | tuple[str, ...], blocks: str,
+                    down_proj: str, causal: bool = True, *, conv1d: bool = False,
+                    mlm_head: str | None = None, ffn_output: str | None = None,
+                    replace: bool = False) -> FamilyAdapter:
+    """Teach mkn an architecture that is not in the table: name where its blocks and each
+    block's FFN output projection are (:class:`FamilyAdapter`), e.g. OPT::
+
+        register_family("OPT", "opt", blocks="model.decoder.layers", down_proj="fc2")
+
+    The neurons are the input of ``down_proj``, which must be an ``nn.Linear`` (or a GPT-2
+    ``Conv1D`` with ``conv1d=True``). A ``model_type`` already registered is refused unless
+    ``replace`` is True.
+    """
+    types = (model_types,) if isinstance(model_types, str) else tuple(model_types)
+    if not types or not all(isinstance(t, str) and t for t in types):
+        raise ValueError(f"register_family: model_types must name at least one "
+                         f"config.model_type, got {model_types!r}")
+    taken = [t for t in types if t in _BY_MODEL_TYPE]
+    if taken and not replace:
+        raise ValueError(f"register_family: {', '.join(taken)} already handled by "
+                         f"{_BY_MODEL_TYPE[taken[0]].family} (replace=True to override)")
+    if not causal and mlm_head is None:
+        raise ValueError("register_family: a masked LM (causal=False) needs mlm_head, the path "
+                         "of its LM head")
+    adapter = FamilyAdapter(family, types, causal, blocks, down_proj, conv1d=conv1d,
+                            mlm_head=mlm_head, ffn_output=ffn_output)
+    _BY_MODEL_TYPE.update(dict.fromkeys(types, adapter))
+    return adapter
+
+
 def supported_model_types() -> list[str]:
     return sorted(_BY_MODEL_TYPE)
 
@@ -77,12 +107,28 @@ def adapter_for(model_type: str) -> FamilyAdapter:
     try:
         return _BY_MODEL_TYPE[model_type]
     except KeyError:
-        families = ", ".join(f"{a.family} ({'/'.join(a.model_types)})" for a in ADAPTERS)
+        families = ", ".join(f"{a.family} ({'/'.join(a.model_types)})"
+                             for a in dict.fromkeys(_BY_MODEL_TYPE.values()))
         raise ValueError(
-            f"unsupported architecture {model_type!r}; supported families: {families}"
+            f"unsupported architecture {model_type!r}; supported families: {families} "
+            "(mkn.register_family adds one)"
         ) from None
 
 
 def hook_name(layer: int) -> str:
     """TransformerLens-style name of the neuron activations of ``layer``."""
     return f"blocks.{layer}.mlp.hook_post"
+
+
+def hook_layer(hook: int | str) -> int:
+    """The layer of a hook given as a layer number or a TransformerLens name
+    (``blocks.{l}.mlp.hook_post``); anything else is a one-line error."""
+    if isinstance(hook, int) and not isinstance(hook, bool):
+        return hook
+    if isinstance(hook, str):
+        parts = hook.split(".")
+        if len(parts) == 4 and parts[0] == "blocks" and parts[1].isdigit() and parts[2:] == [
+                "mlp", "hook_post"]:
+            return int(parts[1])
+    raise ValueError(f"hook {hook!r}: expected a layer number or blocks.{{l}}.mlp.hook_post "
+                     "(the FFN neurons are the only hook point)")

