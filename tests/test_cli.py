@@ -80,6 +80,11 @@ def test_locate_command_on_a_local_model_dir(tiny_dir, tmp_path):
             "--steps", "2", "--out", str(out), "--quiet"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    # issue 22: the default --generic auto on 3 other facts of 1 relation builds no list from
+    # them; the run says so and keeps the generic neurons
+    assert "has 3 facts of 1 relations, too few for a generic-neuron list" in result.output
+    assert "generic neurons are kept in this run's sets" in result.output
+    assert "probing" not in result.output
     neurons = [json.loads(line) for line in (out / "neurons.jsonl").read_text().splitlines()]
     assert [(r["fact_id"], r["language"]) for r in neurons] == [
         ("capital-france", "en"), ("capital-france", "zh"),
@@ -226,9 +231,14 @@ def test_generic_command_builds_then_reuses_the_cached_list(tiny_dir, tmp_path):
     args = ["generic", "--model", str(tiny_dir / "model"), "--data",
             f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en", "--steps", "2",
             "--known", "any", "--out", str(tmp_path / "list.json"), "--quiet"]
+    thin = runner.invoke(app, args)  # issue 22: 5 facts of 1 relation are refused at once
+    assert thin.exit_code == 2 and "has 5 facts of 1 relations, too few" in thin.output
+    assert "--allow-thin builds it anyway" in thin.output and "probing" not in thin.output
+    args.append("--allow-thin")
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "built:" in first.output and "rebuild with: mkn generic" in first.output
+    assert "reference facts of 1 relations, fewer than the 20" in first.output, first.output
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "cached:" in again.output
     assert json.loads((tmp_path / "list.json").read_text())["format"] == 2

@@ -251,6 +251,9 @@ def test_a_planted_neuron_of_every_fact_is_generic_and_not_specific(planted):
     assert effect.specificity < 0.3  # ...but moves the other relation's facts as well
 
 
+SMALL = {"min_facts": 2, "min_relations": 2}  # the tiny two-relation sample, below the default
+
+
 def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatch):
     """Issue 20: the generic-neuron list is never built on the facts a run evaluates; the
     overlap is counted (0) and a list that overlaps them, built or cached, is refused."""
@@ -269,7 +272,7 @@ def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatc
     with torch_threads(1):
         lm = knowing("llama")
         generic, path, built = reference_generic(lm, f"jsonl:{data}", ["en", "zh"], config,
-                                                 facts=6, held_out=evaluated)
+                                                 facts=6, held_out=evaluated, **SMALL)
     assert built and generic.source["facts"]
     assert not set(generic.source["facts"]) & set(evaluated)
     assert generic.source["held_out"] == {"facts": 4, "overlap": 0}
@@ -281,7 +284,7 @@ def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatc
     path.write_text(json.dumps(stored), encoding="utf-8")
     with pytest.raises(ValueError, match="overlaps the evaluated facts"):
         reference_generic(lm, f"jsonl:{data}", ["en", "zh"], config, facts=6,
-                          held_out=evaluated)
+                          held_out=evaluated, **SMALL)
 
 
 def test_magnitude_matched_sets_keep_layers_and_match_activation_ranks():

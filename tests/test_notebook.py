@@ -258,12 +258,12 @@ def test_hooks_by_transformerlens_name():
         lm.model(ids)
     assert zeroed[1].abs().sum() == 0 < by_number[1].abs().sum()  # the named hook ran first
     for bad in ("blocks.1.attn.hook_z", "blocks.x.mlp.hook_post", 1.5):
-        with pytest.raises(ValueError, match="expected a layer number or blocks"):
-            with neuron_hooks(lm, {bad: zero}):
-                pass
-    with pytest.raises(ValueError, match="a layer named twice"):
-        with capture(lm, layers=[1, "blocks.1.mlp.hook_post"]):
+        with pytest.raises(ValueError, match="expected a layer number or blocks"), \
+                neuron_hooks(lm, {bad: zero}):
             pass
+    with pytest.raises(ValueError, match="a layer named twice"), \
+            capture(lm, layers=[1, "blocks.1.mlp.hook_post"]):
+        pass
 
 
 def test_a_hub_id_in_the_local_cache_loads_without_network(tmp_path, monkeypatch):

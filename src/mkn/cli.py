@@ -419,7 +419,12 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
     run's facts (``held_out``: their ids; a list from a file is checked too). The run's
     identity records each list by content digest (``run.pin``: a resume with another list is
     refused)."""
-    from mkn.localization.generic import GenericNeurons, check_held_out, reference_generic
+    from mkn.localization.generic import (
+        GenericNeurons,
+        ThinReference,
+        check_held_out,
+        reference_generic,
+    )
 
     if cfg.generic == "keep":
         return None
@@ -435,8 +440,16 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
     lists, cache = {}, {}
     for method in methods or (cfg.locate.method,):
         config = cfg.locate.model_copy(update={"method": method})
-        generic, path, built = reference_generic(lm, cfg.data, languages, config, task=task,
-                                                 cache=cache, held_out=held_out)
+        try:
+            generic, path, built = reference_generic(lm, cfg.data, languages, config,
+                                                     task=task, cache=cache, held_out=held_out)
+        except ThinReference as error:
+            _say(f"warning: {error}: generic neurons are kept in this run's sets (as with "
+                 "--generic keep); --generic FILE takes a list built on other data (mkn generic "
+                 "--data ... --out FILE)")
+            if run is not None:
+                run.pin("generic_digest", "kept: the reference sample is too small")
+            return None
         held = generic.source.get("held_out", {})
         console.print(f"generic neurons ({method}, share >= {generic.threshold:g}, "
                       f"{generic.facts} reference facts, the run's {held.get('facts', 0)} "
@@ -612,6 +625,10 @@ def generic(
                                                           "known in at least one language, "
                                                           "at most 4 per relation.")] = 48,
     rebuild: Annotated[bool, typer.Option(help="Recompute the cached list.")] = False,
+    allow_thin: Annotated[bool, typer.Option(
+        "--allow-thin", show_default="off",
+        help="Build the list even from fewer than 20 reference facts or 4 relations (with a "
+             "warning): a neuron's share across relations says little there.")] = False,
     out: Annotated[Path | None, typer.Option(show_default="none", help="Also write the list "
                                                   "here (for --generic "
                                                   "PATH).")] = None,
@@ -622,7 +639,12 @@ def generic(
     """The generic neurons of a model on a data source: knowledge neurons of many facts of
     different relations, left out of knowledge-neuron sets by default. Computed on a reference
     sample (mkn.localization.generic), cached; --rebuild recomputes it."""
-    from mkn.localization.generic import reference_generic
+    from mkn.localization.generic import (
+        MIN_REFERENCE_FACTS,
+        MIN_REFERENCE_RELATIONS,
+        ThinReference,
+        reference_generic,
+    )
 
     try:
         cfg, _, langs, lm, _, _ = _prepare(
@@ -631,11 +653,18 @@ def generic(
             dtype=dtype, device=device, device_map=device_map, known=known, generic_share=share,
             limit=1)
         with ProgressBars(quiet) as bars:
+            thin = {"min_facts": 1, "min_relations": 1} if allow_thin else {}
             found, path, built = reference_generic(lm, cfg.data, langs, cfg.locate,
                                                    rebuild=rebuild, task=bars.task,
-                                                   facts=reference_facts)
+                                                   facts=reference_facts, **thin)
+        if found.facts < MIN_REFERENCE_FACTS or found.relations < MIN_REFERENCE_RELATIONS:
+            _say(f"warning: {found.facts} reference facts of {found.relations} relations, "
+                 f"fewer than the {MIN_REFERENCE_FACTS} facts of {MIN_REFERENCE_RELATIONS} "
+                 "relations a meaningful list needs (built because of --allow-thin)")
         if out is not None:
             found.save(out)
+    except ThinReference as error:
+        raise _fail(ValueError(f"{error}; --allow-thin builds it anyway")) from error
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     table = Table("language", "reference facts known and located", title=f"reference sample: "

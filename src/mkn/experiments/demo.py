@@ -21,7 +21,7 @@ from mkn.attribution.api import Attribution, attribute
 from mkn.data import load_facts
 from mkn.experiments import cross_lingual_editing
 from mkn.experiments.common import Setup, write_result
-from mkn.localization.generic import GenericNeurons, reference_generic
+from mkn.localization.generic import MIN_REFERENCE_FACTS, GenericNeurons, reference_generic
 from mkn.localization.knowledge import known_items
 from mkn.localization.locate import LocateConfig
 from mkn.localization.run import run_locate
@@ -61,10 +61,15 @@ def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
     say(known.describe())
     generic, path, built = reference_generic(lm, "builtin", LANGUAGES, config, task=progress,
                                              cache=cache, facts=REFERENCE_FACTS,
+                                             min_facts=min(REFERENCE_FACTS, MIN_REFERENCE_FACTS),
                                              held_out=[f.id for f in facts])
     say(f"generic neurons (left out of every set): {len(generic.neurons())} from "
         f"{generic.facts} known reference facts, the {len(facts)} demo facts held out "
         f"({'built' if built else 'cached'} at {path})")
+    if generic.facts < MIN_REFERENCE_FACTS:
+        say(f"warning: {generic.facts} reference facts are fewer than the "
+            f"{MIN_REFERENCE_FACTS} a meaningful list needs (the built-in data is small); the "
+            "demo builds it anyway to show the step, and its specificity reflects that")
     meta = {"job": "demo", "model": model_name, "data": "builtin", "limit": FACTS, "seed": 0,
             "fact_ids": [f.id for f in facts], "generic": "auto"}
     say(f"locating {len(facts)} built-in facts in {', '.join(LANGUAGES)} ({STEPS} steps)")

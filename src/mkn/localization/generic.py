@@ -63,10 +63,27 @@ MIN_FACTS = 3  # facts outside its own relation a generic neuron must serve
 REFERENCE_FACTS = 48
 REFERENCE_PER_RELATION = 4
 REFERENCE_POOL = 1024  # at most this many facts probed to find the reference sample
+MIN_REFERENCE_FACTS = 20  # below this, or
+MIN_REFERENCE_RELATIONS = 4  # below this, a list says little: not built unless asked
 PROBE_CHUNK = 64
 FORMAT = 2  # version of the cached file
 
 _PROBED: dict[str, tuple] = {}  # reference samples probed in this process, by key
+
+
+class ThinReference(ValueError):
+    """A reference sample too small for a meaningful generic-neuron list."""
+
+
+def check_reference_size(facts: int, relations: int, where: str,
+                         min_facts: int = MIN_REFERENCE_FACTS,
+                         min_relations: int = MIN_REFERENCE_RELATIONS) -> None:
+    """:class:`ThinReference` (one line) when ``facts`` or ``relations`` is below the minimum:
+    a neuron's share across relations means little on a handful of facts (issue 22)."""
+    if facts < min_facts or relations < min_relations:
+        raise ThinReference(f"{where} has {facts} facts of {relations} relations, too few for "
+                            f"a generic-neuron list (at least {min_facts} facts of "
+                            f"{min_relations} relations)")
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,11 @@ class GenericNeurons:
     def facts(self) -> int:
         """Reference facts (with at least one located language)."""
         return len({item.fact_id for item in self.items})
+
+    @property
+    def relations(self) -> int:
+        """Relations of the reference facts."""
+        return len({item.relation for item in self.items})
 
     def shares(self, language: str | None = None) -> dict[Neuron, float]:
         """Share of every neuron seen in the reference sample (the same for every language)."""
@@ -326,7 +348,9 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                       task: Callable[[str, int], Callable[[str], None]] | None = None,
                       cache: dict | None = None,
                       facts: int = REFERENCE_FACTS,
-                      held_out: Iterable[str] = ()) -> tuple[GenericNeurons, Path, bool]:
+                      held_out: Iterable[str] = (), min_facts: int = MIN_REFERENCE_FACTS,
+                      min_relations: int = MIN_REFERENCE_RELATIONS,
+                      ) -> tuple[GenericNeurons, Path, bool]:
     """The cached generic-neuron list of ``lm`` on ``data`` (built on first use from a
     reference sample of up to ``facts`` known facts, none of them in ``held_out``: the facts
     the run evaluates, so the list is never tuned on them; the overlap is checked, 0 or an
@@ -335,11 +359,16 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
     Returns ``(list, path, built)``; ``task(title, total)`` makes a progress callback.
     ``config.generic_share`` sets the threshold (the cached items do not depend on it).
     ``cache`` shares attributions between the lists of several methods, which also share the
-    probed reference sample (kept in this process).
+    probed reference sample (kept in this process). A pool, or a sample of known facts,
+    smaller than ``min_facts`` facts of ``min_relations`` relations is :class:`ThinReference`
+    (before anything is probed, where the pool already is).
     """
     everything = reference_pool(data, languages)
     held = set(held_out)
     pool = [fact for fact in everything if fact.id not in held]
+    check_reference_size(len(pool), len({f.relation for f in pool}),
+                         f"the reference pool of {data} (the run's facts held out)",
+                         min_facts, min_relations)
     key = _reference_key(lm, data, languages, config, pool, facts)
     path = reference_path(key)
     if path.exists() and not rebuild:
@@ -347,6 +376,8 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
         # the key says what it was built from; the digest, that it was not edited since
         if found.source.get("key") == key and found.source.get("digest") == found.digest:
             check_held_out(found.source.get("facts", []), held)
+            check_reference_size(found.facts, found.relations, f"the reference sample at {path}",
+                                 min_facts, min_relations)
             return found.with_threshold(config.generic_share), path, False
     sample_key = digest({**key, "settings": config.known})  # the same for every method
     if sample_key in _PROBED:  # probed for another method of the run
@@ -372,7 +403,10 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                                            "overlap": 0},
                               "rebuild": rebuild_command(key)})
     generic.source["digest"] = generic.digest  # checked when the cache is read
-    generic.save(path)
+    generic.save(path)  # cached even when thin: the probing and attributions are not redone
+    check_reference_size(generic.facts, generic.relations,
+                         f"the reference sample of {data} (the facts the model knows)",
+                         min_facts, min_relations)
     return generic, path, True
 
 
