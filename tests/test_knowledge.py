@@ -221,3 +221,33 @@ def test_a_huge_prompt_is_refused_at_once_not_run():
     assert time.perf_counter() - started < 1.0
     with pytest.raises(ValueError, match="longer than the context"):  # fits by characters only
         encode(lm, "the " * 80 + "capital is [Y] .", "Paris")
+
+
+def test_items_the_rank_criterion_drops_while_greedy_decoding_is_right_are_named():
+    """Issue 22 item 10: fr "Le Kenya se trouve en [Y]." decodes "Afrique" (p = 0.77) but the
+    3-token candidate "Amérique du Sud" has a higher mean log-prob per token, so the item was
+    "not known", silently."""
+    afrique = prediction(0.77, correct=True)
+    amerique = prediction(0.9, 0.95, 0.99)  # mean log p above log 0.77
+    query = _query_knowledge("Le Kenya se trouve en [Y].", afrique, [amerique])
+    assert query.rank == 2 and query.greedy
+    assert not query.known("auto") and not query.known("rank")
+    assert query.known("either") and query.known("greedy")
+    neither = _query_knowledge("q", prediction(0.1), [prediction(0.5)])
+    assert not neither.known("either")
+    kenya = Knowledge("kenya", "P30", "fr", "Afrique", (query,))
+    paris = Knowledge("paris", "P36", "fr", "Paris", (_query_knowledge(
+        "q", prediction(0.6, correct=True), [prediction(0.1)]),))
+    known = KnownItems("auto", ["fr"], {("kenya", "fr"): kenya, ("paris", "fr"): paris})
+    assert known.rank_drops_greedy() == [("kenya", "fr")]
+    line = known.describe()
+    assert "1 skipped although greedy decoding gets the object (kenya/fr" in line
+    assert "--known either keeps them" in line
+    assert KnownItems("either", ["fr"], known.knowledge).counts()["fr"]["known"] == 2
+    assert KnownItems("either", ["fr"], known.knowledge).rank_drops_greedy() == []
+    summary = probe_summary([kenya, paris], ["fr"])
+    assert summary["skipped_greedy_right"] == [["kenya", "fr"]]
+    assert summary["per_language"]["fr"]["skipped_greedy_right"] == 1
+    table = probe_table(summary)
+    assert "1 items are skipped by the default criterion although greedy decoding gets" in table
+    assert "kenya/fr" in table and "skipped although greedy decoding gets it" in table

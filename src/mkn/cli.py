@@ -178,7 +178,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", show_default="off",
 KnownOpt = Annotated[str | None, typer.Option(
     help="Which (fact, language) items to work on: auto (default: the gold object ranks first "
          "among the candidates where the data has them, else greedy decoding gets it), rank, "
-         "greedy, or any (no filter).")]
+         "greedy, either (rank or greedy: keeps what the rank criterion drops while greedy "
+         "decoding gets the object), or any (no filter).")]
 GenericOpt = Annotated[str | None, typer.Option(
     help="Generic neurons (knowledge neurons of many relations' facts): auto (default: left "
          "out, using the cached reference list of this model and data, built on first use), "
@@ -787,7 +788,8 @@ def reproduce(
                                               help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
     seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
-    known: Annotated[str, typer.Option(help="Knowledge filter: auto, rank, greedy or any.")]
+    known: Annotated[str, typer.Option(help="Knowledge filter: auto, rank, greedy, either or "
+                                            "any.")]
     = "auto",
     generic: Annotated[str, typer.Option(help="auto (leave generic neurons out) or keep.")]
     = "auto",

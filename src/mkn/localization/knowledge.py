@@ -17,6 +17,9 @@ A query is *known* under a criterion:
 - ``rank``: the gold object ranks first among the candidates (queries without candidates: never);
 - ``greedy``: greedy decoding gets the object;
 - ``auto`` (the default): ``rank`` where the query has candidates, else ``greedy``;
+- ``either``: ``rank`` or ``greedy`` (a model that decodes the object although a multi-token
+  wrong candidate has a higher mean log-prob per token, e.g. fr "Afrique" p = 0.77 against
+  "Amérique du Sud", is counted as knowing it);
 - ``any``: every query counts as known, i.e. no filter (Dai et al. and AMIG locate every fact);
   items are still *marked* known or not by ``auto``.
 
@@ -27,7 +30,9 @@ dropped, so every claim can be read with and without them.
 
 A language knows a fact when more than half of its queries are known (1 of 1, 2 of 3, 3 of 5).
 Facts and languages the model does not know are skipped by ``locate``, the experiments and the
-study, and counted per language (:class:`KnownItems`), never dropped silently.
+study, and counted per language (:class:`KnownItems`), never dropped silently; the items that the
+rank criterion drops while greedy decoding gets the object are counted and named apart
+(:meth:`KnownItems.rank_drops_greedy`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from mkn.attribution.queries import EncodedQuery, encode, spaceless, split_promp
 from mkn.attribution.scoring import Prediction, score_encoded
 from mkn.models.loading import LanguageModel
 
-CRITERIA = ("auto", "rank", "greedy", "any")
+CRITERIA = ("auto", "rank", "greedy", "either", "any")
 DEFAULT_CRITERION = "auto"
 # what "known" means in words, for tables and error messages
 CRITERION_TEXT = {
@@ -49,6 +54,7 @@ CRITERION_TEXT = {
             "decoding gets it",
     "rank": "gold ranked first among the candidates",
     "greedy": "greedy decoding gets the gold object",
+    "either": "gold ranked first among the candidates, or greedy decoding gets it",
     "any": "no filter",
 }
 
@@ -103,6 +109,8 @@ class QueryKnowledge:
         check_criterion(criterion)
         if criterion == "any":
             return True
+        if criterion == "either":
+            return self.greedy or self.rank == 1
         if criterion == "greedy" or (criterion == "auto" and self.rank is None):
             return self.greedy
         return self.rank == 1
@@ -271,11 +279,26 @@ class KnownItems:
                          "known": sum(k.known(self.criterion) for k in items)}
         return out
 
-    def describe(self) -> str:
-        """One line: the criterion and per-language counts."""
+    def rank_drops_greedy(self) -> list[tuple[str, str]]:
+        """The ``(fact, language)`` items this criterion skips although greedy decoding gets
+        the gold object (by the same majority of queries): the rank criterion's drops that a
+        reader may want to see, and that ``either`` keeps."""
+        return [key for key, k in self.knowledge.items()
+                if not k.known(self.criterion) and k.known("greedy")]
+
+    def describe(self, named: int = 5) -> str:
+        """One line: the criterion, per-language counts, and the items skipped although greedy
+        decoding gets them (the first ``named`` named)."""
         counts = ", ".join(f"{lang} {c['known']}/{c['items']}" for lang, c in self.counts().items())
-        return (f"known by {self.criterion} ({CRITERION_TEXT[self.criterion]}): {counts}"
+        line = (f"known by {self.criterion} ({CRITERION_TEXT[self.criterion]}): {counts}"
                 + ("" if self.criterion == "any" else "; the rest is skipped"))
+        drops = self.rank_drops_greedy()
+        if drops:
+            shown = ", ".join(f"{fact_id}/{lang}" for fact_id, lang in drops[:named])
+            line += (f"; {len(drops)} skipped although greedy decoding gets the object ("
+                     f"{shown}{', ...' if len(drops) > named else ''}; --known either keeps "
+                     "them)")
+        return line
 
     def require_some(self, what: str = "items", advice: str | None = None) -> None:
         """A clear error when the criterion leaves nothing to work on (``advice``: what to do
@@ -292,7 +315,9 @@ class KnownItems:
         return {"criterion": self.criterion, "definition": CRITERION_TEXT[self.criterion],
                 "per_language": self.counts(), "copyable": self.copyable_counts(),
                 "copyable_items": sorted([fact_id, lang] for (fact_id, lang), k
-                                         in self.knowledge.items() if k.copyable)}
+                                         in self.knowledge.items() if k.copyable),
+                "skipped_greedy_right": sorted([fact_id, lang] for fact_id, lang
+                                               in self.rank_drops_greedy())}
 
 
 def known_items(lm: LanguageModel, facts: Sequence, languages: Sequence[str],

@@ -29,6 +29,7 @@ def _count(items: list[Knowledge]) -> dict:
         "known_rank": sum(bool(k.known_rank) for k in with_candidates),
         "known_greedy": sum(k.known_greedy for k in items),
         "known": sum(k.known("auto") for k in items),
+        "skipped_greedy_right": sum(k.known_greedy and not k.known("auto") for k in items),
         "copyable": sum(k.copyable for k in items),
         "known_copyable": sum(k.known("auto") and k.copyable for k in items),
         "median_p_gold": statistics.median(k.median_p_gold for k in items) if items else None,
@@ -47,6 +48,9 @@ def probe_summary(items: Iterable[Knowledge], languages: Sequence[str]) -> dict:
                                                   and k.language == lang])
                                     for lang in languages}
                          for relation in relations},
+        # skipped by the default (rank) criterion although greedy decoding gets the object
+        "skipped_greedy_right": [[k.fact_id, k.language] for k in items
+                                 if k.known_greedy and not k.known("auto")],
     }
 
 
@@ -62,12 +66,15 @@ def probe_table(summary: dict) -> str:
                      if c["with_candidates"] else "no candidates",
                      _share(c["known_greedy"], c["facts"]), _share(c["known"], c["facts"]),
                      _share(c.get("copyable", 0), c["facts"]),
-                     _share(c.get("known_copyable", 0), c["known"]), c["median_p_gold"]])
+                     _share(c.get("known_copyable", 0), c["known"]),
+                     _share(c.get("skipped_greedy_right", 0), c["facts"]), c["median_p_gold"]])
     per_language = markdown_table(["language", "facts", "known by rank (gold first among "
                                    "candidates)", "known by greedy decoding",
                                    "known (default: rank, else greedy)",
                                    "copyable (gold object in the prompt)",
-                                   "copyable among the known", "median p(gold)"], rows)
+                                   "copyable among the known",
+                                   "skipped although greedy decoding gets it",
+                                   "median p(gold)"], rows)
     languages = summary["languages"]
     relation_rows = [[relation, *[f"{by[lang]['known']}/{by[lang]['facts']}"
                                   for lang in languages],
@@ -76,8 +83,14 @@ def probe_table(summary: dict) -> str:
     relation_rows.sort(key=lambda row: -row[-1])
     per_relation = markdown_table(["relation", *languages, "known items, all languages"],
                                   relation_rows)
-    return (f"{per_language}\n\nKnown items (default criterion) per relation and language, "
-            f"relations the model knows best first:\n\n{per_relation}")
+    drops = summary.get("skipped_greedy_right", [])
+    named = ", ".join(f"{fact_id}/{lang}" for fact_id, lang in drops[:10])
+    dropped = (f"\n\n{len(drops)} items are skipped by the default criterion although greedy "
+               f"decoding gets the gold object (a wrong candidate has a higher mean log-prob "
+               f"per token): {named}{', ...' if len(drops) > 10 else ''}; --known either keeps "
+               "them." if drops else "")
+    return (f"{per_language}{dropped}\n\nKnown items (default criterion) per relation and "
+            f"language, relations the model knows best first:\n\n{per_relation}")
 
 
 def _write(path: Path, text: str) -> None:
