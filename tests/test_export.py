@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from mkn.cli import app
-from mkn.report.export import flatten, hook_name
+from mkn.interventions.controls import ControlledEffect
+from mkn.report.export import SCHEMAS, hook_name
 from tests.test_report import fake_locate_run
 
 runner = CliRunner()
@@ -43,14 +44,22 @@ def test_parquet_tables_round_trip_every_neuron(tmp_path):
                                                                 for r in neurons}
 
 
-def test_csv_tables_and_experiment_items(tmp_path):
+def test_csv_tables_and_experiment_items_in_long_format(tmp_path):
+    """Issue 22 item 11: experiment_items was wide, the language baked into column names
+    (suppress_controls.en.effect), and the sets an experiment used were nowhere."""
     run = tmp_path / "run"
     fake_locate_run(run)
     (run / "experiments").mkdir()
-    (run / "experiments" / "enhancement.json").write_text(json.dumps({
-        "setup": {"experiment": "enhancement"}, "result": {"items": [
-            {"fact_id": "a", "controls": {"enhance": {"selectivity": 0.5}}, "sizes": [1, 2]},
-            {"fact_id": "b", "controls": {"enhance": {"selectivity": 1}}, "sizes": []}]}}))
+
+    def effect(value: float) -> dict:
+        return ControlledEffect.record("suppress", [(1, 3), (0, 2)], value, [0.1, -0.1],
+                                       [-0.2], [[(1, 9), (0, 5)], [(1, 4), (0, 7)]]).to_dict()
+
+    (run / "experiments" / "cross-lingual-editing.json").write_text(json.dumps({
+        "setup": {"experiment": "cross-lingual-editing", "languages": ["en", "zh"]},
+        "result": {"items": [{"fact_id": "a", "source": "en", "neurons": 2,
+                              "suppress_controls": {"en": effect(-0.5), "zh": effect(-0.25)},
+                              "targets": ["en", "zh"]}]}}))
     out = tmp_path / "tables"
     assert runner.invoke(app, ["export", str(run), "--format", "csv", "--out",
                                str(out)]).exit_code == 0
@@ -58,10 +67,43 @@ def test_csv_tables_and_experiment_items(tmp_path):
         assert len(list(csv.DictReader(handle))) == len(_neurons_of(run))
     with (out / "experiment_items.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert rows[0]["controls.enhance.selectivity"] == "0.5" and rows[0]["sizes"] == "[1, 2]"
-    assert flatten({"a": {"b": 1}, "c": [1]}) == {"a.b": 1, "c": "[1]"}
+    assert list(rows[0]) == list(SCHEMAS["experiment_items"])
+    assert not any("." in column for column in rows[0])  # nothing baked into column names
+    effects = [r for r in rows if r["measure"] == "effect"]
+    # per language: the set itself, two random draws and one unrelated fact
+    assert [(r["language"], r["control"], r["draw"], r["value"]) for r in effects] == [
+        (lang, control, draw, value) for lang, own in (("en", "-0.5"), ("zh", "-0.25"))
+        for control, draw, value in (("none", "", own), ("random", "0", "0.1"),
+                                     ("random", "1", "-0.1"), ("unrelated_fact", "0", "-0.2"))]
+    assert {r["set"] for r in effects} == {"suppress_controls"}
+    assert json.loads(effects[0]["neurons"]) == [[0, 2], [1, 3]]  # the set, sorted
+    assert json.loads(effects[1]["neurons"]) == [[0, 5], [1, 9]]  # its first random draw
+    others = {r["measure"]: (r["value"], r["text"]) for r in rows if r["measure"] != "effect"}
+    assert others["source"] == ("", "en") and others["neurons"] == ("2.0", "")
+    assert others["targets"] == ("", '["en", "zh"]')
     bad = runner.invoke(app, ["export", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "not a run directory" in bad.output
+
+
+def test_empty_tables_keep_their_columns(tmp_path):
+    """Issue 22 item 5: an export of a probe-only run wrote tables with no columns."""
+    run = tmp_path / "run"
+    fake_locate_run(run)
+    for fmt in ("parquet", "csv"):
+        out = tmp_path / fmt
+        assert runner.invoke(app, ["export", str(run), "--format", fmt, "--out",
+                                   str(out)]).exit_code == 0
+        path = out / f"experiment_items.{fmt}"
+        if fmt == "parquet":
+            table = pq.read_table(path)
+            assert table.num_rows == 0
+            assert table.schema.names == list(SCHEMAS["experiment_items"])
+            assert str(table.schema.field("value").type) == "double"
+        else:
+            header = path.read_text(encoding="utf-8").splitlines()
+            assert header == [",".join(SCHEMAS["experiment_items"])]
+    neurons = pq.read_table(tmp_path / "parquet" / "neurons.parquet")
+    assert set(SCHEMAS["neurons"]) == set(neurons.schema.names)
 
 
 def test_export_shows_only_what_resume_keeps_and_never_overwrites_foreign_tables(tmp_path):

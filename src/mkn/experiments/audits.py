@@ -130,8 +130,8 @@ def symmetry(lm: LanguageModel, facts: Sequence[Fact], languages: list[str],
                                             (forward, "suppress", reverse),
                                             *[(r, "suppress", reverse) for r in drawn]], clean)
                 record["own_effect"] = changes[0]
-                record["reversed"] = ControlledEffect("suppress", len(forward), changes[1],
-                                                      tuple(changes[2:]), ()).to_dict()
+                record["reversed"] = ControlledEffect.record("suppress", forward, changes[1],
+                                                             changes[2:], (), drawn).to_dict()
             records.append(record)
     return records
 

@@ -81,8 +81,9 @@ class EditEverywhere:
         for _ in self.drawn:
             for lang in languages:
                 drawn[lang].append(next(changes))
-        return {lang: ControlledEffect(self.mode, len(self.neurons), effects[lang],
-                                       tuple(drawn[lang]), tuple(unrelated[lang])).to_dict()
+        return {lang: ControlledEffect.record(self.mode, self.neurons, effects[lang],
+                                              drawn[lang], unrelated[lang],
+                                              self.drawn).to_dict()
                 for lang in languages}
 
 

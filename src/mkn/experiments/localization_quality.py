@@ -70,12 +70,12 @@ def measure(lm: LanguageModel, neurons: list, own: list, sr_unrelated: list,
     unrelated fact, same-relation fact and random draw of both modes in one batched pass).
     ``activations`` (the clean neurons of the fact's first query) add magnitude-matched random
     draws (:func:`magnitude_matched_sets`) beside the layer-matched ones."""
-    jobs, layout = [], {}
+    jobs, layout, sets = [], {}, {}
     for mode in MODES:
         drawn = random_sets(neurons, lm.n_neurons, draws, f"{seed}/{mode}")
         matched = ([] if activations is None else
                    magnitude_matched_sets(neurons, activations, draws, f"{seed}/{mode}"))
-        layout[mode] = len(jobs)
+        layout[mode], sets[mode] = len(jobs), (drawn, matched)
         jobs += [(neurons, mode, own), (neurons, mode, sr_unrelated),
                  *[(neurons, mode, c) for c in controls], *[(r, mode, own) for r in drawn],
                  *[(r, mode, own) for r in matched],
@@ -91,9 +91,9 @@ def measure(lm: LanguageModel, neurons: list, own: list, sr_unrelated: list,
         matched_effects = [next(rest) for _ in range(n_matched)]
         relation_changes = [next(rest) for _ in same_relation]
         entry[f"{mode}_related"], entry[f"{mode}_unrelated"] = effect, sr_change
-        entry[mode] = ControlledEffect(mode, len(neurons), effect, tuple(random_effects),
-                                       tuple(control_changes), tuple(matched_effects),
-                                       tuple(relation_changes)).to_dict()
+        entry[mode] = ControlledEffect.record(
+            mode, neurons, effect, random_effects, control_changes, sets[mode][0],
+            matched_effects, sets[mode][1], relation_changes).to_dict()
     entry["sr"] = success_ratio(entry["enhance_related"], entry["enhance_unrelated"],
                                 entry["suppress_related"], entry["suppress_unrelated"])
     return entry

@@ -74,16 +74,16 @@ def item_curves(lm: LanguageModel, rankings: Mapping[str, list], own: list, cont
                 continue
             for mode in MODES:
                 drawn = random_sets(neurons, lm.n_neurons, draws, f"{seed}/{mode}")
-                layout.append((method, k, mode, len(jobs)))
+                layout.append((method, k, mode, len(jobs), neurons, drawn))
                 jobs += [(neurons, mode, own), *[(neurons, mode, c) for c in controls],
                          *[(r, mode, own) for r in drawn]]
     changes = measure_sets(lm, jobs, clean)
     out: dict = {}
-    for method, k, mode, at in layout:
+    for method, k, mode, at, neurons, drawn_sets in layout:
         unrelated = changes[at + 1:at + 1 + len(controls)]
         drawn = changes[at + 1 + len(controls):at + 1 + len(controls) + draws]
-        out.setdefault(method, {}).setdefault(str(k), {})[mode] = ControlledEffect(
-            mode, k, changes[at], tuple(drawn), tuple(unrelated)).to_dict()
+        out.setdefault(method, {}).setdefault(str(k), {})[mode] = ControlledEffect.record(
+            mode, neurons, changes[at], drawn, unrelated, drawn_sets).to_dict()
     return out
 
 

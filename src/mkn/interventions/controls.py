@@ -98,6 +98,9 @@ class ControlledEffect:
     unrelated: tuple[float, ...]  # per unrelated fact (of other relations)
     matched: tuple[float, ...] = ()  # per magnitude-matched random draw (same layers)
     same_relation: tuple[float, ...] = ()  # per other fact of the same relation
+    neuron_set: tuple[Neuron, ...] = ()  # the set intervened on, sorted (what was done)
+    random_sets: tuple[tuple[Neuron, ...], ...] = ()  # its random draws, in ``random``'s order
+    matched_sets: tuple[tuple[Neuron, ...], ...] = ()  # its magnitude-matched draws
 
     @property
     def random_effect(self) -> float | None:
@@ -149,7 +152,28 @@ class ControlledEffect:
                 "matched_effect": self.matched_effect,
                 "same_relation_effect": self.same_relation_effect,
                 "matched_selectivity": self.matched_selectivity,
-                "relation_specificity": self.relation_specificity}
+                "relation_specificity": self.relation_specificity,
+                "set": [list(n) for n in self.neuron_set],
+                "random_sets": [[list(n) for n in drawn] for drawn in self.random_sets],
+                "matched_sets": [[list(n) for n in drawn] for drawn in self.matched_sets]}
+
+    @classmethod
+    def record(cls, mode: str, neurons: Sequence[Sequence[int]], effect: float,
+               random: Sequence[float], unrelated: Sequence[float],
+               random_sets: Sequence[Sequence[Sequence[int]]] = (),
+               matched: Sequence[float] = (),
+               matched_sets: Sequence[Sequence[Sequence[int]]] = (),
+               same_relation: Sequence[float] = ()) -> ControlledEffect:
+        """One effect with the sets it was measured with (each sorted as pairs)."""
+        return cls(mode, len(sorted_set(neurons)), effect, tuple(random), tuple(unrelated),
+                   tuple(matched), tuple(same_relation), sorted_set(neurons),
+                   tuple(sorted_set(d) for d in random_sets),
+                   tuple(sorted_set(d) for d in matched_sets))
+
+
+def sorted_set(neurons: Iterable[Sequence[int]]) -> tuple[Neuron, ...]:
+    """The distinct neurons of a set as sorted ``(layer, index)`` pairs."""
+    return tuple(sorted({(int(n[0]), int(n[1])) for n in neurons}))
 
 
 class CleanProbs:
@@ -302,5 +326,5 @@ def controlled_effect(lm: LanguageModel, neurons: Sequence[Sequence[int]], mode:
     rest = iter(changes[1:])  # in the order of the jobs above
     others = tuple(next(rest) for _ in unrelated)
     random_effects = tuple(next(rest) for _ in drawn)
-    return ControlledEffect(mode, len({(int(n[0]), int(n[1])) for n in neurons}), changes[0],
-                            random_effects, others, same_relation=tuple(rest))
+    return ControlledEffect.record(mode, neurons, changes[0], random_effects, others, drawn,
+                                   same_relation=tuple(rest))

@@ -9,9 +9,18 @@ Tables (one file each, ``OUT/<table>.parquet`` or ``.csv``):
   ``soft_language_agnostic`` say whether the fact's shared sets hold it.
 - ``items``: one row per (fact, language) probed: known or not, by which criterion, the mean
   p(gold) of its queries, whether it was located and how many neurons it has.
-- ``experiment_items``: one row per item of each experiment in ``RUN/experiments/`` (or the
-  run itself when it is an experiment directory), its scalar fields flattened with dots
-  (``controls.suppress.selectivity``), lists as JSON text.
+- ``experiment_items`` (long): for each item of each experiment in ``RUN/experiments/`` (or
+  the run itself when it is an experiment directory), one row per (language, set, control
+  draw) of every intervention the item measured: ``set`` names the intervention without the
+  language (``ig.suppress``, ``suppress_controls``, ``curves.amig.8.suppress``), ``control``
+  is ``none`` (the set itself), ``random``, ``magnitude_matched``, ``unrelated_fact`` or
+  ``same_relation_fact``, ``draw`` numbers the control, ``value`` is the relative change of
+  p(gold) and ``neurons`` the set intervened on (JSON pairs, where recorded). The item's other
+  fields are rows too (``control`` empty, ``measure`` their dotted name, ``value`` a number or
+  ``text`` JSON).
+
+Every table keeps its columns when it has no rows (a probe-only run exports empty ``neurons``
+and ``experiment_items`` tables with their schema).
 """
 
 from __future__ import annotations
@@ -95,20 +104,71 @@ def item_rows(records: Mapping[str, list[dict]]) -> list[dict]:
     return rows
 
 
-def flatten(value, prefix: str = "") -> dict:
-    """Nested dicts -> one level with dotted keys; lists -> JSON text (a cell stays a scalar)."""
-    if isinstance(value, dict):
-        out = {}
-        for key, inner in value.items():
-            out.update(flatten(inner, f"{prefix}{key}."))
-        return out
-    if isinstance(value, list | tuple):
-        return {prefix[:-1]: json.dumps(value, ensure_ascii=False)}
-    return {prefix[:-1]: value}
+CONTROLS = (("none", "effect", None), ("random", "random", "random_sets"),
+            ("magnitude_matched", "matched", "matched_sets"),
+            ("unrelated_fact", "unrelated", None), ("same_relation_fact", "same_relation", None))
+EXPERIMENT_COLUMNS = ("experiment", "item", "fact_id", "language", "set", "mode", "control",
+                      "draw", "measure", "value", "text", "neurons")
+
+
+def is_controlled_effect(value) -> bool:
+    """A :meth:`mkn.interventions.controls.ControlledEffect.to_dict` record."""
+    return isinstance(value, dict) and {"mode", "effect", "random", "unrelated"} <= set(value)
+
+
+def _effect_rows(effect: dict) -> list[dict]:
+    rows = []
+    for control, key, sets_key in CONTROLS:
+        values = [effect[key]] if control == "none" else list(effect.get(key) or [])
+        sets = ([effect.get("set")] if control == "none" else
+                list(effect.get(sets_key) or []) if sets_key else [])
+        for draw, value in enumerate(values):
+            neuron_set = sets[draw] if draw < len(sets) and sets[draw] else None
+            rows.append({"mode": effect["mode"], "control": control,
+                         "draw": None if control == "none" else draw, "measure": "effect",
+                         "value": None if value is None else float(value),
+                         "neurons": None if neuron_set is None else json.dumps(neuron_set)})
+    return rows
+
+
+def item_long_rows(item: dict, languages: set[str]) -> list[dict]:
+    """One experiment item in long format (module docstring): the language found in a field's
+    path moves to ``language``; controlled effects become one row per control draw."""
+    rows: list[dict] = []
+    base = {"fact_id": item.get("fact_id"), "language": item.get("language")}
+
+    def walk(value, path: list[str], language) -> None:
+        if is_controlled_effect(value):
+            for row in _effect_rows(value):
+                rows.append({**base, "language": language, "set": ".".join(path), **row})
+            return
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                key = str(key)
+                if key in languages and language == base["language"]:
+                    walk(inner, path, key)
+                else:
+                    walk(inner, [*path, key], language)
+            return
+        if path in (["fact_id"], ["language"]):
+            return
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else (
+            float(value) if isinstance(value, bool) else None)
+        rows.append({**base, "language": language, "set": ".".join(path[:-1]) or None,
+                     "mode": None, "control": None, "draw": None, "measure": path[-1],
+                     "value": None if number is None else float(number),
+                     "text": None if number is not None or value is None else (
+                         value if isinstance(value, str) else json.dumps(value,
+                                                                          ensure_ascii=False)),
+                     "neurons": None})
+
+    walk(item, [], base["language"])
+    return rows
 
 
 def experiment_rows(run: Path) -> list[dict]:
-    """``experiment_items`` table: the items of every experiment result found in the run."""
+    """``experiment_items`` table (long, module docstring): every item of every experiment
+    result found in the run."""
     folders = [run / "experiments", run]
     rows = []
     for folder in folders:
@@ -119,15 +179,37 @@ def experiment_rows(run: Path) -> list[dict]:
                 continue
             if not (isinstance(saved, dict) and isinstance(saved.get("result"), dict)):
                 continue
-            name = saved.get("setup", {}).get("experiment", path.stem)
+            setup = saved.get("setup") if isinstance(saved.get("setup"), dict) else {}
+            name = setup.get("experiment", path.stem)
+            languages = set(setup.get("languages") or [])
             for number, item in enumerate(saved["result"].get("items", [])):
                 if isinstance(item, dict):
-                    rows.append({"experiment": name, "item": number, **flatten(item)})
+                    for row in item_long_rows(item, languages):
+                        rows.append({column: row.get(column) for column in EXPERIMENT_COLUMNS}
+                                    | {"experiment": name, "item": number})
     return rows
 
 
-def _columns(rows: Iterable[dict]) -> list[str]:
-    return list(dict.fromkeys(key for row in rows for key in row))
+# Each table's columns and Parquet types: an empty table keeps them.
+SCHEMAS: dict[str, dict[str, str]] = {
+    "neurons": {"fact_id": "string", "relation": "string", "language": "string",
+                "target": "string", "known": "bool", "hook": "string", "layer": "int64",
+                "index": "int64", "score": "float64", "rank": "int64", "generic": "bool",
+                "language_agnostic": "bool", "soft_language_agnostic": "bool"},
+    "items": {"fact_id": "string", "relation": "string", "language": "string",
+              "object": "string", "known": "bool", "criterion": "string",
+              "known_greedy": "bool", "known_rank": "bool", "queries": "int64",
+              "mean_p_gold": "float64", "located": "bool", "neurons": "int64",
+              "generic_left_out": "int64"},
+    "experiment_items": {"experiment": "string", "item": "int64", "fact_id": "string",
+                         "language": "string", "set": "string", "mode": "string",
+                         "control": "string", "draw": "int64", "measure": "string",
+                         "value": "float64", "text": "string", "neurons": "string"},
+}
+
+
+def _columns(rows: Iterable[dict], schema: Mapping[str, str] | None = None) -> list[str]:
+    return list(dict.fromkeys([*(schema or {}), *(key for row in rows for key in row)]))
 
 
 def _uniform(rows: list[dict]) -> list[dict]:
@@ -150,18 +232,22 @@ def _uniform(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _write_parquet(rows: list[dict], path: Path) -> None:
+def _write_parquet(rows: list[dict], path: Path, schema: Mapping[str, str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(_uniform(rows)) if rows else pa.table({})
+    if rows:
+        table = pa.Table.from_pylist(_uniform(rows))
+    else:
+        table = pa.schema([(name, pa.type_for_alias(kind)) for name, kind in schema.items()
+                           ]).empty_table()
     replace_via_temp(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
+def _write_csv(rows: list[dict], path: Path, schema: Mapping[str, str]) -> None:
     import io
 
-    columns = _columns(rows)
+    columns = _columns(rows, schema)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -199,7 +285,7 @@ def export_run(run: str | Path, out: str | Path | None = None,
     paths = {}
     for name, rows in tables.items():
         path = out / f"{name}.{fmt}"
-        writer(rows, path)
+        writer(rows, path, SCHEMAS[name])
         paths[name] = path
         written[path.name] = file_sha256(path)
         write_atomic(out / WRITTEN, json.dumps(written, indent=1) + "\n")
