@@ -38,8 +38,8 @@ FACTS = [("capital-france", "Paris", "巴黎", True, True),
          (EVIL, EVIL, "柏林", True, False),
          ("capital-japan", "Tokyo", "东京", False, True)]
 SECTIONS = ("config", "overview", "neurons", "agnostic", "degenerate", "experiments")
-# layers / overlap / agnostic + one figure per experiment
-LOCATE_PLOTS, EXPERIMENT_PLOTS = 3, 5
+# layers / overlap / agnostic + one figure per experiment, + the controls of three of them
+LOCATE_PLOTS, EXPERIMENT_PLOTS = 3, 8  # each experiment with controls: + its controls plot
 
 
 def _neurons(seed: int, count: int) -> list[list[int]]:
@@ -86,8 +86,10 @@ def _setup(name: str) -> Setup:
 
 
 def _effect(mode: str, effect: float) -> dict:
-    """An effect beside made-up controls (three random draws, two unrelated facts)."""
-    return ControlledEffect(mode, 3, effect, (0.01, -0.02, 0.0), (-0.05, 0.03)).to_dict()
+    """An effect of a three-neuron set beside made-up controls (three random draws, two
+    unrelated facts)."""
+    return ControlledEffect.record(mode, [(0, 1), (1, 5), (1, 7)], effect, (0.01, -0.02, 0.0),
+                                   (-0.05, 0.03), [[(0, 2), (1, 1), (1, 2)]] * 3).to_dict()
 
 
 KNOWLEDGE = {"criterion": "auto", "definition": CRITERION_TEXT["auto"],
@@ -567,3 +569,37 @@ def test_report_never_replaces_a_page_it_did_not_write(fake_run, tmp_path):
     with torch_threads(1):
         ours = write_report(fake_run, tmp_path / "other" / "r.html")
         write_report(fake_run, ours)  # its own output is replaced
+
+
+def test_experiment_reports_show_their_sets_controls_and_small_samples(tmp_path):
+    """Issue 22 item 11: the sets an experiment intervened on were in neither its report nor
+    its export; controls were only in tables; intervals on 2-3 facts had no warning; an
+    experiment directory's overview said "nothing was located here"."""
+    fake_experiments(tmp_path)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "nothing was located here" not in page
+    assert "An experiment run (localization-quality" in page
+    assert page.count("Effect beside its controls") >= 3  # one plot per experiment with them
+    assert "The neuron sets this experiment suppressed, enhanced or edited" in page
+    assert "(0, 1), (1, 5), (1, 7)" in page and "3 random, 2 unrelated fact" in page
+    assert "(! only 3 facts)" in page  # every interval here rests on the 3 fake facts
+
+
+def test_log_axes_label_their_ticks_as_numbers():
+    """Issue 22 item 11: the log formatter emitted mathtext ($\\mathdefault{10^{1}}$), shown
+    raw because the reports turn mathtext off."""
+    from mkn.report.plots import _figure, _grouped_bars, _with_rc
+
+    @_with_rc
+    def labels(values, **kind) -> list[str]:
+        fig, axes = _figure(4, 3)
+        _grouped_bars(axes[0], ["en", "zh", "fr"], {"x": values}, "y", "t", **kind)
+        fig.canvas.draw()
+        return [t.get_text() for t in axes[0].get_yticklabels() if t.get_text()]
+
+    for values, kind in (([0.001, 10.0, 3.0], {"log": True}),
+                         ([140.0, 2.0, 0.5], {"changes": True})):
+        shown = labels(values, **kind)
+        assert shown and not any("$" in text or "mathdefault" in text for text in shown), shown
+        assert all(float(text.replace("\u2212", "-")) == float(text.replace("\u2212", "-"))
+                   for text in shown)

@@ -173,12 +173,22 @@ def control_summary(effects: Sequence[tuple[str, dict]], seed: int = 0) -> dict:
     return out
 
 
+FEW_FACTS = 5  # an interval resting on fewer facts than this carries a visible warning
+
+
+def few_facts(facts: int | None) -> str:
+    """`` (! only N facts)`` when an interval rests on fewer than :data:`FEW_FACTS` facts."""
+    return f" (! only {facts} fact{'s' * (facts != 1)})" if facts is not None and \
+        facts < FEW_FACTS else ""
+
+
 def fmt_ci(entry: dict | None) -> str:
-    """``median [low, high]`` of a :func:`control_summary` entry ("" when empty)."""
+    """``median [low, high]`` of a :func:`control_summary` entry ("" when empty), with a
+    warning when it rests on fewer than :data:`FEW_FACTS` facts."""
     if not entry or entry.get("value") is None:
         return ""
     low, high = entry["ci95"]
-    return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]"
+    return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]{few_facts(entry.get('facts'))}"
 
 
 CONTROL_HEADER = ["intervention", "items", "effect (median)", "random set", "unrelated facts",

@@ -145,6 +145,7 @@ def summarize(items: list[dict], methods: tuple[str, ...], seed: int = 0) -> dic
         srs = [i[method]["sr"] for i in items if i[method]["sr"] is not None]
         summary[method] = {
             "items": len(srs), "without_neurons": len(items) - len(srs),
+            "facts": len({i["fact_id"] for i in items if i[method]["sr"] is not None}),
             "median_sr": statistics.median(srs) if srs else None,
             "median_sr_ci95": clustered_interval(  # resampling facts, as every interval does
                 [(i["fact_id"], i[method]["sr"]) for i in items

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 
-from mkn.experiments.common import fmt_ci
+from mkn.experiments.common import few_facts, fmt_ci
 from mkn.report.blocks import (
     AGNOSTIC,
     SOFT_AGNOSTIC,
@@ -14,6 +15,7 @@ from mkn.report.blocks import (
     Section,
     Table,
     Text,
+    _capped,
     _cells,
     _fmt,
     _number,
@@ -25,11 +27,12 @@ from mkn.report.plots import (
     _grouped_bars,
     _legend,
     _log_sizes,
+    _plain_ticks,
     _png,
     _with_rc,
     plot_size_curves,
 )
-from mkn.report.sections import _controls_table, _knowledge_text
+from mkn.report.sections import _knowledge_text, controls_blocks
 
 # ----------------------------------------------------------------------------- experiments
 
@@ -64,6 +67,7 @@ def _localization_quality(result: dict) -> list:
     positive = [v for v in medians if isinstance(v, int | float) and v > 0]
     if positive and max(positive) > 50 * min(positive):
         axes[0].set_yscale("log")
+        _plain_ticks(axes[0].yaxis)
     axes[0].set_xlabel("method")
     _grouped_bars(axes[1], methods, {
         "suppress (x0)": [summary[m].get("median_suppress_related") for m in methods],
@@ -78,7 +82,8 @@ def _localization_quality(result: dict) -> list:
         ci = s.get("median_sr_ci95")
         rows.append(_cells([m, s.get("items"), s.get("without_neurons"),
                             s.get("median_neurons"), s.get("median_sr"),
-                            f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else None, s.get("mean_sr"),
+                            f"[{_fmt(ci[0])}, {_fmt(ci[1])}]{few_facts(s.get('facts'))}"
+                            if ci else None, s.get("mean_sr"),
                             s.get("median_suppress_related"),
                             s.get("median_enhance_related")]))
     controls = [(m, mode, summary[m]["controls"][mode]) for m in methods
@@ -88,7 +93,7 @@ def _localization_quality(result: dict) -> list:
                  "neurons move their fact more than an unrelated one."),
             Table(["method", "items", "no neurons", "median #neurons", "median SR", "95% CI",
                    "mean SR", "median d_rel suppress", "median d_rel enhance"], rows),
-            *([_controls_table(controls, "method")] if controls else []),
+            *(controls_blocks(controls, "method") if controls else []),
             *_knowledge_text(result)]
 
 
@@ -124,9 +129,9 @@ def _cross_lingual_editing(result: dict) -> list:
                  "one language's neurons mostly that language."),
             Table(["neurons of", "intervention", "facts with neurons",
                    *[f"d p(gold) {t}" for t in targets]], rows),
-            *([_controls_table([(labels[s], mode, summary[s]["controls"][mode])
-                                for s in sources for mode in ("suppress", "enhance")],
-                               "neurons of")]
+            *(controls_blocks([(labels[s], mode, summary[s]["controls"][mode])
+                               for s in sources for mode in ("suppress", "enhance")],
+                              "neurons of")
               if all("controls" in summary[s] for s in sources) else []),
             *_knowledge_text(result)]
 
@@ -190,7 +195,7 @@ def _enhancement(result: dict) -> list:
                              "knows the fact, measured in the language where it does not."),
             Table(["queries", "accuracy before", "accuracy after", "median p(gold) before",
                    "median p(gold) after"], rows),
-            *([_controls_table([("shared neurons", "enhance", s["controls"])], "neurons of")]
+            *(controls_blocks([("shared neurons", "enhance", s["controls"])], "neurons of")
               if "controls" in s else []),
             *_knowledge_text(result, "strong languages are the known ones, weak ones the "
                                      "others")]
@@ -324,8 +329,45 @@ def _experiment_sections(data: RunData) -> list[Section]:
         else:
             section.blocks += _guarded(lambda view=view, experiment=experiment:
                                        view(experiment.result), title)
+        section.blocks += _guarded(lambda experiment=experiment: _sets_table(
+            experiment.result, experiment.setup), f"{title}: sets")
         sections.append(section)
     return sections
+
+
+def _sets_table(result: dict, setup: dict) -> list:
+    """The neuron sets the experiment intervened on, per item, language and set, with how
+    many control draws each was measured against (``mkn export``'s experiment_items has every
+    draw's set)."""
+    from mkn.report.export import item_long_rows
+
+    languages = set(setup.get("languages") or [])
+    rows, draws = [], {}
+    for number, item in enumerate(result.get("items") or []):
+        if not isinstance(item, dict):
+            continue
+        for row in item_long_rows(item, languages):
+            key = (number, row["language"], row["set"], row["mode"])
+            if row["control"] == "none" and row["neurons"]:
+                rows.append((key, item.get("fact_id"), row))
+            elif row["control"] not in (None, "none"):
+                draws.setdefault(key, Counter())[row["control"]] += 1
+    if not rows:
+        return []
+    table = []
+    for key, fact_id, row in rows:
+        neurons = json.loads(row["neurons"])
+        shown = ", ".join(f"({layer}, {index})" for layer, index in neurons[:12])
+        controls = ", ".join(f"{count} {name.replace('_', ' ')}"
+                             for name, count in sorted(draws.get(key, {}).items()))
+        table.append(_cells([fact_id, row["language"], row["set"], row["mode"], len(neurons),
+                             shown + (f" and {len(neurons) - 12} more" if len(neurons) > 12
+                                      else ""), controls]))
+    shown_rows, notes = _capped(table, "sets")
+    return [Table(["fact", "language", "set", "intervention", "size", "neurons (layer, index)",
+                   "controls measured"], shown_rows,
+                  caption="The neuron sets this experiment suppressed, enhanced or edited, per "
+                          "item (mkn export: every control draw's set too)"), *notes]
 
 
 def _guarded(build: Callable[[], list], what: str) -> list:

@@ -105,8 +105,10 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence], ylabel
     ax.axhline(0, color="0.3", linewidth=0.8)
     if log and tops and min(tops) > 0:
         ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
     elif changes and tops and max(abs(t) for t in tops) > 10:
         ax.set_yscale("symlog", linthresh=1.0)
+        _plain_ticks(ax.yaxis)
         ax.set_ylabel(f"{ylabel} (symmetric log scale)")
     elif unit_range:
         ax.set_ylim(0, 1.1)
@@ -115,6 +117,16 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, Sequence], ylabel
         span = (high - low) or 1.0
         ax.set_ylim(low - 0.1 * span * (low < 0), high + 0.1 * span)
     ax.grid(axis="y", alpha=0.3)
+
+
+def _plain_ticks(axis) -> None:
+    """Tick labels as plain numbers (10, 0.01, 1e+06): matplotlib's log formatters emit
+    mathtext (``$\\mathdefault{10^{1}}$``), which the reports' data-safe settings
+    (``text.parse_math`` off) would show as raw text."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _legend(fig: Figure, ax) -> None:
@@ -251,3 +263,46 @@ def plot_size_curves(result: dict, key: str = "selectivity", mode: str = "suppre
                 "are compared at the same k.")
 
 
+
+
+CONTROL_SERIES = (("effect", "the set"), ("random_effect", "random set (same layers)"),
+                  ("matched_effect", "magnitude-matched set"),
+                  ("unrelated_effect", "unrelated facts (other relations)"),
+                  ("same_relation_effect", "same-relation facts"))
+
+
+@_with_rc
+def plot_controls(rows: Sequence[tuple[str, str, dict]], first: str) -> Plot:
+    """Each effect beside its controls: one group per ``(label, intervention, control
+    summary)`` row (:func:`mkn.experiments.common.control_summary`), a bar per control the
+    experiment measured, with its 95% interval over facts; a group resting on fewer than 5
+    facts is marked "(! n facts)"."""
+    from mkn.experiments.common import few_facts
+
+    keys = [(key, name) for key, name in CONTROL_SERIES
+            if any((summary.get(key) or {}).get("value") is not None for *_, summary in rows)]
+    groups = []
+    for label, mode, summary in rows:
+        facts = (summary.get("effect") or {}).get("facts")
+        groups.append(f"{label}\n{mode}{few_facts(facts)}")
+    series, errors = {}, {}
+    for key, name in keys:
+        values, low, high = [], [], []
+        for *_, summary in rows:
+            entry = summary.get(key) or {}
+            value, ci = entry.get("value"), entry.get("ci95")
+            values.append(value)
+            low.append(max(value - ci[0], 0) if value is not None and ci else 0)
+            high.append(max(ci[1] - value, 0) if value is not None and ci else 0)
+        series[name], errors[name] = values, [low, high]
+    fig, axes = _figure(max(5.0, 1.6 * len(rows) + 2), 3.8)
+    _grouped_bars(axes[0], groups, series, "median relative change of p(gold)",
+                  "Effect beside its controls (95% CI over facts)", annotate=False,
+                  errors=errors, emphasis="the set", changes=True)
+    axes[0].set_xlabel(first)
+    _legend(fig, axes[0])
+    return Plot("Effect beside its controls", _png(fig),
+                "The set's median relative change of p(gold) beside the same change for random "
+                "sets of its shape, magnitude-matched sets and the facts it should leave alone, "
+                "where the experiment measured them; an effect is a result only where it stands "
+                "clear of its controls.")

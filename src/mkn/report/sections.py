@@ -26,7 +26,7 @@ from mkn.report.blocks import (
 )
 from mkn.report.data import RunData
 from mkn.report.pages import PAGES, fact_href
-from mkn.report.plots import plot_agnostic, plot_layers, plot_overlap
+from mkn.report.plots import plot_agnostic, plot_controls, plot_layers, plot_overlap
 
 # ----------------------------------------------------------------------------- sections
 
@@ -77,7 +77,13 @@ def _overview_section(data: RunData) -> Section:
     summary = data.summary
     if data.summary_note:
         section.blocks.append(Text(data.summary_note, "note"))
-    if summary is None:
+    if summary is None and data.experiments:  # an experiment locates inside its own run
+        names = ", ".join(dict.fromkeys(e.name for e in data.experiments))
+        section.blocks.append(Text(
+            f"An experiment run ({names}): the neurons each experiment located and intervened "
+            "on are in its section below (with their controls), not in a neurons.jsonl of "
+            "this directory.", "note"))
+    elif summary is None:
         section.blocks.append(Text("No localization records (neurons.jsonl) in this directory: "
                                    "nothing was located here.", "note"))
     else:
@@ -133,6 +139,12 @@ def _knowledge_blocks(data: RunData) -> list:
     return [Table(["language", "items probed", "located (known)", "skipped (not known)"], rows,
                   caption=f"Only knowledge the model has: items known by {criterion} are "
                           "located, the others are skipped and counted here")]
+
+
+def controls_blocks(rows: Iterable[tuple[str, str, dict]], first: str) -> list:
+    """The effects beside their controls, drawn (:func:`plot_controls`) and tabulated."""
+    rows = list(rows)
+    return [plot_controls(rows, first), _controls_table(rows, first)]
 
 
 def _controls_table(rows: Iterable[tuple[str, str, dict]], first: str) -> Table:
