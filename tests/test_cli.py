@@ -361,3 +361,15 @@ def test_a_heartbeat_line_at_least_every_period_when_piped(capsys):
         ProgressBars.LOG_EVERY = saved
     out = capsys.readouterr().out
     assert "locate: 1/3 done (last: fact-1 en) ... still working" in out, out
+
+
+def test_attribute_output_is_not_cut_at_80_columns_when_piped(tiny_dir):
+    """Issue 22 item 6: piped output wrapped long lines at 80 columns."""
+    prompt = ("The capital of France is , the old city of the French king and the first city "
+              "of France , is")
+    result = runner.invoke(app, ["attribute", "--model", str(tiny_dir / "model"), "--prompt",
+                                 prompt, "--target", "Paris", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "->" in line)
+    assert repr(prompt) in header and "'Paris'" in header and len(header) > 100
+    assert "method amig" in result.output  # the default, as locate's
