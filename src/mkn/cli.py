@@ -112,20 +112,27 @@ def _experiment_names() -> tuple[str, ...]:
 EXPERIMENT_NAMES = _experiment_names()  # the registry's, for --help
 
 
+def _methods() -> tuple[str, ...]:
+    from mkn.attribution.methods import method_names
+
+    return method_names()
+
+
 def _shown(name: str) -> str:
     return f"{_run_default(name)}, or --config's"
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m",
                                        help="gemma-3-270m (embedded), a local HF dir or .gguf")]
-MethodOpt = Annotated[str, typer.Option(help="Attribution method: amig (architecture-adapted "
-                                              "baseline) or ig (zero baseline).")]
+MethodOpt = Annotated[str, typer.Option(
+    help=f"Attribution method: {', '.join(_methods())} (mkn.attribution.methods; amig: "
+         "architecture-adapted baseline, ig: zero baseline).")]
 StepsOpt = Annotated[int, typer.Option(min=1, help="Integration steps per layer.")]
 RuleOpt = Annotated[str, typer.Option(help="Quadrature rule: left, trapezoid, gauss-legendre.")]
 
 
 RunMethodOpt = Annotated[str | None, typer.Option(show_default=_shown("method"),
-                                                 help="ig, amig or matrice.")]
+                                                 help=f"{', '.join(_methods())} or matrice.")]
 RunStepsOpt = Annotated[int | None, typer.Option(min=1, show_default=_shown("steps"),
                                                  help="Integration steps.")]
 RunRuleOpt = Annotated[str | None, typer.Option(show_default=_shown("rule"),
@@ -231,10 +238,12 @@ def attribute(
 ) -> None:
     """Attribute p(target | prompt) to FFN neurons and show the top ones."""
     import mkn
+    from mkn.attribution.methods import get_method
 
-    if method not in mkn.METHODS:  # checked before the model loads
-        raise _fail(ValueError(f"unknown method {method!r}; choose one of "
-                               f"{', '.join(mkn.METHODS)}"))
+    try:
+        get_method(method)  # checked before the model loads
+    except ValueError as error:
+        raise _fail(error) from error
     from mkn.attribution.rules import RULES
     from mkn.localization.generic import cached_lists
 
@@ -262,14 +271,18 @@ def attribute(
         return
     console.print(f"[bold]{escape(model)}[/] {escape(repr(prompt))} -> {escape(repr(target))} "
                   f"(tokens {escape(str(result.target_tokens))})")
-    console.print(f"p(target) = {result.prob:.4g}   method {method}, {steps} steps, rule {rule}")
+    path = get_method(method).path
+    console.print(f"p(target) = {result.prob:.4g}   method {method}"
+                  + (f", {steps} steps, rule {rule}" if path else ""))
     table = Table("rank", "layer", "neuron", "score", "generic", title=f"top {top} neurons")
     for rank, (layer, index, score) in enumerate(top_neurons, 1):
         table.add_row(str(rank), str(layer), str(index), f"{score:.4g}",
                       "generic" if (layer, index) in generic else "")
     console.print(table)
-    console.print(f"completeness gap: max relative {result.relative_completeness_gap:.3g} "
-                  "(|sum of a layer's scores - (p(x) - p(baseline))| / |p(x) - p(baseline)|)")
+    if path:
+        console.print(f"completeness gap: max relative {result.relative_completeness_gap:.3g} "
+                      "(|sum of a layer's scores - (p(x) - p(baseline))| / "
+                      "|p(x) - p(baseline)|)")
     if lists:
         _say(f"generic neurons (knowledge neurons of many relations' facts) from {lists[0][1]}")
     else:
@@ -695,7 +708,8 @@ def experiment(
     languages: LanguagesOpt = None,
     method: Annotated[str | None, typer.Option(
         show_default=_shown("method"),
-        help="ig, amig or matrice (localization-quality compares all three).")] = None,
+        help=f"{', '.join(_methods())} or matrice (localization-quality compares ig, amig and "
+             "matrice by default; --set methods=... others).")] = None,
     limit: LimitOpt = None,
     relations: RelationsOpt = None,
     per_relation: PerRelationOpt = None,

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, overload
 
 import torch
 
-from mkn.attribution.baselines import BASELINES
-from mkn.attribution.engine import clean_run, integrated_gradients
+from mkn.attribution.engine import clean_run
+from mkn.attribution.methods import Method, Settings, get_method, method_names
 from mkn.attribution.queries import encode
-from mkn.attribution.rules import quadrature
 from mkn.attribution.scoring import Prediction, score_encoded
 from mkn.models.families import hook_name
 from mkn.models.loading import LanguageModel, as_lm
@@ -76,11 +75,13 @@ def top_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 @dataclass
 class Attribution:
-    """Neuron attributions of p(target | prompt).
+    """Neuron attributions of p(target | prompt) by one registered method.
 
-    ``scores[l, i]`` is the IG attribution of neuron ``i`` of layer ``l``; for multi-token targets
-    the mean over the teacher-forced tokens. ``completeness_gap[l] = sum_i scores[l, i] -
-    (p(x) - p(baseline_l))`` (means over tokens), which IG drives to 0 as ``steps`` grows.
+    ``scores[l, i]`` is the attribution of neuron ``i`` of layer ``l``; for multi-token targets
+    the mean over the teacher-forced tokens. For path methods (IG) ``completeness_gap[l] =
+    sum_i scores[l, i] - (p(x) - p(baseline_l))`` (means over tokens), which IG drives to 0 as
+    ``steps`` grows; other methods have no baseline: ``baseline_prob`` and ``completeness_gap``
+    are NaN there.
     """
 
     prompt: str
@@ -139,10 +140,16 @@ class Attribution:
             "steps": self.steps, "rule": self.rule, "prob": self.prob,
             "token_probs": self.token_probs, "target_tokens": self.target_tokens,
             "correct": self.correct,
-            "completeness_gap": [float(self.completeness_gap[layer]) for layer in self.layers],
-            "relative_completeness_gap": self.relative_completeness_gap,
+            "completeness_gap": [_finite(self.completeness_gap[layer]) for layer in self.layers],
+            "relative_completeness_gap": _finite(self.relative_completeness_gap),
             "top_neurons": [list(t) for t in self.top(top)],
         }
+
+
+def _finite(value) -> float | None:
+    """A float for JSON, None for NaN (methods without a baseline have no completeness gap)."""
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 class Attributions(list):
@@ -167,7 +174,7 @@ class Attributions(list):
                           for i, a in enumerate(self)], ignore_index=True)
 
 
-METHODS = tuple(BASELINES)
+METHODS = method_names()  # at import; the registry (mkn.attribution.methods) is the live list
 
 
 def predict(lm: LanguageModel, prompt: str, target: str) -> Prediction:
@@ -225,9 +232,10 @@ def attribute(lm, prompt, target, method="amig", steps=20, rule="left", layers=N
         prompt: text with ``[Y]`` where the object goes, or with the object implied at the end;
             or a list of them (with a list of targets, one each): an :class:`Attributions`.
         target: the object label, e.g. ``Paris`` (or a list).
-        method: ``amig`` (architecture-adapted baseline, Chen et al. 2024; the default) or
-            ``ig`` (zero baseline, Dai et al. 2022).
-        steps: quadrature evaluations per layer.
+        method: a registered method (:mod:`mkn.attribution.methods`): ``amig``
+            (architecture-adapted baseline, Chen et al. 2024; the default), ``ig`` (zero
+            baseline, Dai et al. 2022), ``grad-x-act``, ...
+        steps: quadrature evaluations per layer (path methods).
         rule: ``left`` (Dai/AMIG), ``trapezoid`` or ``gauss-legendre``.
         layers: layers to attribute (default all).
         batch_size: (layer, step) rows per forward/backward pass (default from the vocab size).
@@ -235,9 +243,10 @@ def attribute(lm, prompt, target, method="amig", steps=20, rule="left", layers=N
         progress: a callable given one line per finished query, or True to print them.
     """
     lm = as_lm(lm, tokenizer)
-    if method not in BASELINES:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    alphas, weights = quadrature(rule, steps)
+    chosen = get_method(method)
+    settings = Settings(steps, rule, batch_size)
+    if chosen.path:
+        settings.quadrature  # noqa: B018  (checks steps and rule now, with one line)
     layers = list(range(lm.n_layers)) if layers is None else sorted(set(layers))
     for layer in layers:
         if not 0 <= layer < lm.n_layers:
@@ -245,8 +254,7 @@ def attribute(lm, prompt, target, method="amig", steps=20, rule="left", layers=N
     say = progress_printer(progress)
     if isinstance(prompt, str) and isinstance(target, str):
         with lm.in_use():
-            result = _attribute_one(lm, prompt, target, method, steps, rule, layers, alphas,
-                                    weights, batch_size)
+            result = _attribute_one(lm, prompt, target, chosen, settings, layers)
         if say:
             say(f"attribute: {prompt!r} -> {target!r} done in {result.seconds:.1f} s")
         return result
@@ -263,17 +271,15 @@ def attribute(lm, prompt, target, method="amig", steps=20, rule="left", layers=N
     start = time.perf_counter()
     with lm.in_use():
         for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
-            results.append(_attribute_one(lm, p, t, method, steps, rule, layers, alphas,
-                                          weights, batch_size))
+            results.append(_attribute_one(lm, p, t, chosen, settings, layers))
             if say:
                 say(f"attribute: {i + 1}/{len(prompts)} done ({p!r} -> {t!r}), elapsed "
                     f"{time.perf_counter() - start:.0f} s")
     return results
 
 
-def _attribute_one(lm: LanguageModel, prompt: str, target: str, method: str, steps: int,
-                   rule: str, layers: list[int], alphas, weights,
-                   batch_size: int | None) -> Attribution:
+def _attribute_one(lm: LanguageModel, prompt: str, target: str, method: Method,
+                   settings: Settings, layers: list[int]) -> Attribution:
     start = time.perf_counter()
     query = encode(lm, prompt, target)
     scores = torch.zeros(lm.n_layers, lm.n_neurons)
@@ -281,11 +287,10 @@ def _attribute_one(lm: LanguageModel, prompt: str, target: str, method: str, ste
     token_probs, predicted = [], []
     for step in query.steps:
         clean = clean_run(lm, step)
-        baseline = BASELINES[method](lm, step, clean.activations)
-        result = integrated_gradients(lm, step, clean.activations, baseline, layers, alphas,
-                                      weights, batch_size, runner=clean.runner)
-        scores += result.scores
-        baseline_prob += result.baseline_prob
+        result = method.score_step(lm, step, clean, layers, settings)
+        scores += result.scores.float().cpu()
+        if result.baseline_prob is not None:
+            baseline_prob += result.baseline_prob.float().cpu()
         token_probs.append(clean.prob)
         predicted.append(clean.predicted_id)
     n = len(query.steps)
@@ -293,10 +298,14 @@ def _attribute_one(lm: LanguageModel, prompt: str, target: str, method: str, ste
     baseline_prob /= n
     mean_prob = sum(token_probs) / n
     gap = torch.full((lm.n_layers,), float("nan"))
-    gap[layers] = scores[layers].sum(-1) - (mean_prob - baseline_prob[layers])
+    if method.path:
+        gap[layers] = scores[layers].sum(-1) - (mean_prob - baseline_prob[layers])
+    else:
+        baseline_prob = torch.full((lm.n_layers,), float("nan"))
     return Attribution(
-        prompt=prompt, target=target, method=method, steps=steps, rule=rule, scores=scores,
-        prob=math.prod(token_probs), token_probs=token_probs, target_ids=list(query.target_ids),
-        target_tokens=list(query.target_tokens), layers=layers, baseline_prob=baseline_prob,
-        completeness_gap=gap, predicted_ids=predicted, seconds=time.perf_counter() - start,
+        prompt=prompt, target=target, method=method.name, steps=settings.steps,
+        rule=settings.rule, scores=scores, prob=math.prod(token_probs), token_probs=token_probs,
+        target_ids=list(query.target_ids), target_tokens=list(query.target_tokens),
+        layers=layers, baseline_prob=baseline_prob, completeness_gap=gap,
+        predicted_ids=predicted, seconds=time.perf_counter() - start,
     )

@@ -16,11 +16,11 @@ from mkn.interventions.controls import stable_seed
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import (
-    LOCATE_METHODS,
     AttributionCache,
     FactResult,
     LocateConfig,
     locate_fact,
+    locate_methods,
 )
 from mkn.models.loading import LanguageModel
 from mkn.runs.directory import run_date, write_atomic
@@ -242,8 +242,8 @@ OPTION_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lambda_old": (lambda v: v >= 0, "0 or more"),
     "lambda_new": (lambda v: v >= 0, "0 or more"),
     "sizes": (lambda v: len(v) > 0 and all(k >= 1 for k in v), "positive integers"),
-    "methods": (lambda v: len(v) > 0 and set(v) <= set(LOCATE_METHODS),
-                f"one or more of {', '.join(LOCATE_METHODS)}"),
+    "methods": (lambda v: len(v) > 0 and set(v) <= set(locate_methods()),
+                lambda: f"one or more of {', '.join(locate_methods())}"),
     "rankings": (lambda v: len(v) > 0, "at least one ranking"),
 }
 
@@ -281,7 +281,7 @@ def experiment_options(run: Callable, pairs: Sequence[str]) -> dict:
                 raise ValueError("must be a finite number")
             check = OPTION_RANGES.get(name)
             if check is not None and not check[0](value):
-                raise ValueError(f"must be {check[1]}")
+                raise ValueError(f"must be {check[1]() if callable(check[1]) else check[1]}")
             if name == "rankings" and not set(value) <= set(default):  # the known rankings
                 raise ValueError(f"must be among {', '.join(default)}")
         except ValueError as error:

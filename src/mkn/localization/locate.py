@@ -41,6 +41,7 @@ from mkn.attribution.api import (
     Attribution,
     Progress,
     attribute,
+    method_names,
     neuron_frame,
     progress_printer,
 )
@@ -61,7 +62,12 @@ from mkn.models.loading import LanguageModel
 if TYPE_CHECKING:
     import pandas
 
-LOCATE_METHODS = (*METHODS, "matrice")
+LOCATE_METHODS = (*METHODS, "matrice")  # at import; locate_methods() is the live list
+
+
+def locate_methods() -> tuple[str, ...]:
+    """Every registered attribution method, and ``matrice`` (which aggregates one of them)."""
+    return (*method_names(), "matrice")
 
 
 class LocateConfig(BaseModel):
@@ -80,7 +86,8 @@ class LocateConfig(BaseModel):
     agnostic_fraction: float = Field(0.5, gt=0, le=1, description="q of the soft version")
     agnostic_threshold: float = Field(0.2, ge=0, le=1, description="t on MATRICE's score")
     matrice_lambda: float = Field(1.0, ge=0)
-    matrice_baseline: str = Field("amig", description="per-query IG of matrice: amig or ig")
+    matrice_baseline: str = Field("amig", description="per-query method MATRICE aggregates "
+                                  "(any registered one; AMIG by default)")
     matrice_uniform: bool = False
     degenerate: bool = True
     degenerate_top_k: int = Field(20, ge=2)
@@ -96,7 +103,7 @@ class LocateConfig(BaseModel):
     @field_validator("method", "rule", "matrice_baseline", "known")
     @classmethod
     def _known(cls, value: str, info) -> str:
-        choices = {"method": LOCATE_METHODS, "rule": RULES, "matrice_baseline": METHODS,
+        choices = {"method": locate_methods(), "rule": RULES, "matrice_baseline": method_names(),
                    "known": CRITERIA}[info.field_name]
         if value not in choices:
             raise ValueError(f"unknown {info.field_name} {value!r}; choose one of "
