@@ -44,11 +44,11 @@ def hand_grad_x_act(lm, prompt: str, target: str) -> torch.Tensor:
         for layer in range(lm.n_layers):
             kept = {}
 
-            def swap(x, kept=kept):
-                leaf = x[:, step.position].detach().clone().requires_grad_(True)
+            def swap(x, kept=kept, position=step.position):
+                leaf = x[:, position].detach().clone().requires_grad_(True)
                 kept["leaf"] = leaf
                 out = x.clone()
-                out[:, step.position] = leaf
+                out[:, position] = leaf
                 return out
 
             with torch.enable_grad(), neuron_hooks(lm, {layer: swap}):
