@@ -319,8 +319,8 @@ def test_every_option_shows_its_default_and_experiments_come_from_the_registry()
     from mkn.experiments import EXPERIMENTS
     from mkn.localization.locate import LocateConfig
 
-    commands = ("attribute", "locate", "experiment", "probe", "generic", "reproduce", "demo",
-                "report", "export")
+    commands = ("attribute", "trace", "locate", "experiment", "probe", "generic", "reproduce",
+                "demo", "report", "export")
     for command in commands:
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"},
                                terminal_width=400)

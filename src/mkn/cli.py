@@ -291,6 +291,62 @@ def attribute(
              "them)")
 
 
+@app.command()
+def trace(
+    prompt: Annotated[str, typer.Option(help="Text with [Y] for the object, or the object "
+                                             "implied at the end.")],
+    target: Annotated[str, typer.Option(help="The object, e.g. Paris.")],
+    subject: Annotated[str, typer.Option(help="The subject as written in the prompt, e.g. "
+                                              "France: its tokens are corrupted.")],
+    model: ModelOpt = "gemma-3-270m",
+    samples: Annotated[int, typer.Option(min=1, help="Noise draws.")] = 10,
+    noise: Annotated[float, typer.Option(min=0.0, help="Noise scale, times the embeddings' "
+                                                       "std (ROME: 3).")] = 3.0,
+    window: Annotated[int, typer.Option(min=1, help="Layers restored together for mlp and "
+                                                    "attn (ROME: 10).")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", show_default="off",
+                                          help="Print JSON for machines.")] = False,
+) -> None:
+    """Causal tracing (ROME, Meng et al. 2022): how much restoring one layer's hidden state,
+    MLP output or attention output at one position recovers p(target) when the subject is
+    corrupted with noise."""
+    from mkn.localization.tracing import causal_trace
+
+    try:
+        lm = _load(model, dtype, device)
+        what = f"tracing {prompt!r} -> {target!r} ({lm.n_layers} layers x 3 kinds)"
+        with console.status(escape(what)), Heartbeat(what):
+            found = causal_trace(lm, prompt, target, subject, samples=samples, noise=noise,
+                                 window=window, seed=seed)
+    except (ValueError, IndexError) as error:
+        raise _fail(error) from error
+    if as_json:
+        typer.echo(json.dumps({
+            "model": model, "prompt": prompt, "target": target, "subject": subject,
+            "tokens": found.tokens, "subject_positions": found.subject_positions,
+            "clean_prob": found.clean_prob, "corrupted_prob": found.corrupted_prob,
+            "samples": samples, "noise": noise, "window": window,
+            "effects": {kind: grid.tolist() for kind, grid in found.effects.items()}},
+            ensure_ascii=False))
+        return
+    _say(f"p(target): clean {found.clean_prob:.4g}, subject corrupted {found.corrupted_prob:.4g} "
+         f"({samples} draws, noise {noise:g} x the embeddings' std); tokens {found.tokens}, "
+         f"subject at {found.subject_positions}")
+    table = Table("layer", *[f"{kind} (last subject token)" for kind in found.effects],
+                  title="indirect effect: p(restored) - p(corrupted)")
+    for layer in range(lm.n_layers):
+        table.add_row(str(layer), *[f"{float(found.layer_profile(kind)[layer]):.3g}"
+                                    for kind in found.effects])
+    console.print(table)
+    for kind in found.effects:
+        layer, position, value = found.peak(kind)
+        _say(f"{kind}: largest effect {value:.3g} at layer {layer}, token {position} "
+             f"({found.tokens[position]!r})")
+
+
 class ProgressBars:
     """Rich progress bars (items done, rate, ETA), one task per phase; silent when quiet.
 
