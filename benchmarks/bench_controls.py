@@ -82,7 +82,7 @@ def measure(args) -> dict:
                 controls = [queries(g, lang) for g in pick_unrelated(fact, facts, lang,
                                                                      args.unrelated, args.seed,
                                                                      known)]
-                kept, dropped = generic[method].split(lang, result.neurons)
+                kept, dropped = generic[method].split(result.neurons)
                 for variant, neurons in (("kept", result.neurons), ("left out", kept)):
                     if not neurons:
                         continue

@@ -99,7 +99,7 @@ def measure(args) -> dict:
                 fact, evaluation, lang, args.unrelated, args.seed, known)]
             for threshold in measured:
                 neurons = (result.neurons if threshold is None
-                           else rules[threshold].split(lang, result.neurons)[0])
+                           else rules[threshold].split(result.neurons)[0])
                 if not neurons:  # every neuron generic: counted, no set to suppress
                     measured[threshold].append({"fact_id": fact.id, "size": 0})
                     continue

@@ -141,20 +141,20 @@ def test_generic_neurons_count_facts_over_languages_need_min_facts_and_round_tri
     generic = GenericNeurons(items, threshold=0.3)
     assert generic.facts == 9
     assert generic.shares()[(1, 1)] == 1.0 and generic.shares()[(4, 4)] == pytest.approx(1 / 6)
-    assert generic.neurons("en") == generic.neurons("ja") == {(1, 1): 1.0}
+    assert generic.neurons() == {(1, 1): 1.0}
     assert generic.with_threshold(0.1).neurons() == {(1, 1): 1.0}  # (4, 4): too few facts
-    assert generic.split("en", [(2, 0), (1, 1), (3, 3)]) == ([(2, 0), (3, 3)], [(1, 1)])
+    assert generic.split([(2, 0), (1, 1), (3, 3)]) == ([(2, 0), (3, 3)], [(1, 1)])
     assert generic.summary(["en", "ja", "ko"]) == {
         "en": {"reference_items": 6, "generic": 1}, "ja": {"reference_items": 5, "generic": 1},
         "ko": {"reference_items": 0, "generic": 1}}
     path = generic.save(tmp_path / "g.json")
     again = GenericNeurons.load(path)
-    assert again.items == generic.items and again.neurons("en") == generic.neurons("en")
+    assert again.items == generic.items and again.neurons() == generic.neurons()
     # the digest a run's identity records: the content, not where it came from
     assert again.digest == generic.digest == GenericNeurons(items, 0.3, {"a": 1}).digest
     assert generic.with_threshold(0.1).digest != generic.digest
     assert GenericNeurons(items[1:], 0.3).digest != generic.digest
-    assert again.with_threshold(1.1).neurons("en") == {}
+    assert again.with_threshold(1.1).neurons() == {}
     (tmp_path / "bad.json").write_text('{"format": 2, "items": [{"fact_id": 1}]}')
     with pytest.raises(ValueError, match="bad.json: not a generic-neuron list"):
         GenericNeurons.load(tmp_path / "bad.json")
@@ -237,7 +237,7 @@ def test_a_planted_neuron_of_every_fact_is_generic_and_not_specific(planted):
     assert all(GENERIC_NEURON in item.neurons for item in items)
     assert FACT_NEURON in items[0].neurons
     generic = GenericNeurons(items)
-    assert GENERIC_NEURON in generic.neurons("en") and FACT_NEURON not in generic.neurons("en")
+    assert GENERIC_NEURON in generic.neurons() and FACT_NEURON not in generic.neurons()
 
     # left out of the fact's set when the list is given, and listed as generic
     with torch_threads(1):

@@ -259,8 +259,7 @@ def attribute(
     except (ValueError, IndexError, TypeError) as error:
         raise _fail(error) from error
     lists = cached_lists(lm)
-    generic = {n for lang in {i.language for i in lists[0][0].items}
-               for n in lists[0][0].neurons(lang)} if lists else set()
+    generic = set(lists[0][0].neurons()) if lists else set()
     top_neurons = result.top(top)
     if as_json:
         payload = {"model": model, **result.to_dict(top=top),
@@ -975,7 +974,7 @@ def demo(
                                                                       _say, directory)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         raise _fail(error) from error
-    flagged = set(generic.neurons("en"))
+    flagged = set(generic.neurons())
     top = ", ".join(f"({layer}, {index})" + (" generic" if (layer, index) in flagged else "")
                     for layer, index, _ in example.top(5))
     console.print(f"\n[bold]1. one fact[/]: {escape(repr(example.prompt))} -> "

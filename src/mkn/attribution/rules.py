@@ -10,11 +10,8 @@ A rule gives the nodes ``alpha_k`` and weights ``w_k`` on [0, 1] (weights sum to
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 
-Rule = Literal["left", "trapezoid", "gauss-legendre"]
 RULES: tuple[str, ...] = ("left", "trapezoid", "gauss-legendre")
 
 

@@ -135,7 +135,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         for name in {n.partition("-")[0] for n in rankings}:
             listed = generic_for(generic, name)
             if listed is not None:
-                exclude |= {n for lang in targets for n in listed.neurons(lang)}
+                exclude |= set(listed.neurons())
         own = {lang: queries(fact, lang)[:measure_queries or None] for lang in targets}
         controls = {lang: [queries(g, lang)[:1] for g in unrelated_facts(
             fact, facts, lang, unrelated, seed, known)] for lang in targets}

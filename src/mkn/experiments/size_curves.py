@@ -116,7 +116,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             rankings = {}
             for method in methods:
                 listed = generic_for(generic, method)
-                exclude = listed.neurons(lang) if listed is not None else ()
+                exclude = listed.neurons() if listed is not None else ()
                 rankings[method] = top_neurons(located[method].languages[lang].scores,
                                                sizes[-1], exclude)
             rankings[RANDOM] = random_ranking(lm.n_layers, lm.n_neurons, sizes[-1], item_seed)

@@ -16,8 +16,6 @@ import torch
 from mkn.models.hooks import NeuronHook, neuron_hooks
 from mkn.models.loading import LanguageModel
 
-Neuron = tuple[int, int]
-
 
 def neuron_list(lm: LanguageModel, neurons) -> list:
     """``neurons`` as (layer, index) pairs: pairs as given, or a bool mask of shape

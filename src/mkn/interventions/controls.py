@@ -36,9 +36,9 @@ from mkn.attribution.engine import clean_run
 from mkn.attribution.queries import EncodedQuery, encode
 from mkn.attribution.scoring import score_rows
 from mkn.interventions.activation import group_neurons, neuron_list
+from mkn.models.families import Neuron
 from mkn.models.loading import LanguageModel
 
-Neuron = tuple[int, int]
 Query = tuple[str, str]  # (prompt, gold object)
 
 DEFAULT_DRAWS = 3
@@ -80,11 +80,6 @@ def relative_change(before: float, after: float) -> float:
     return (after - before) / before
 
 
-def mean_change(before: Sequence[float], after: Sequence[float]) -> float:
-    """Mean relative change over queries; p(gold) before is floored at :data:`MIN_PROB` (a
-    probability that underflowed to 0 gives a large but finite change)."""
-    return statistics.fmean(relative_change(max(b, MIN_PROB), a)
-                            for b, a in zip(before, after, strict=True))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mkn.attribution.queries import encode
-from mkn.interventions.activation import Neuron, group_neurons
+from mkn.interventions.activation import group_neurons
+from mkn.models.families import Neuron
 from mkn.models.loading import LanguageModel
 
 

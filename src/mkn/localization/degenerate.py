@@ -20,9 +20,8 @@ from itertools import combinations
 import torch
 
 from mkn.interventions.rows import row_probabilities
+from mkn.models.families import Neuron
 from mkn.models.loading import LanguageModel
-
-Neuron = tuple[int, int]
 
 
 @dataclass

@@ -53,10 +53,9 @@ from functools import cached_property
 from pathlib import Path
 
 from mkn.localization.knowledge import KnownItems, known_items
+from mkn.models.families import Neuron
 from mkn.models.loading import LanguageModel, cache_dir
 from mkn.runs.directory import data_fingerprint, digest, write_atomic
-
-Neuron = tuple[int, int]
 
 DEFAULT_THRESHOLD = 0.05
 MIN_FACTS = 3  # facts outside its own relation a generic neuron must serve
@@ -160,8 +159,8 @@ class GenericNeurons:
         """Relations of the reference facts."""
         return len({item.relation for item in self.items})
 
-    def shares(self, language: str | None = None) -> dict[Neuron, float]:
-        """Share of every neuron seen in the reference sample (the same for every language)."""
+    def shares(self) -> dict[Neuron, float]:
+        """Share of every neuron seen in the reference sample."""
         return self._shares.share
 
     @cached_property
@@ -171,15 +170,14 @@ class GenericNeurons:
                    if s >= self.threshold and shares.outside[n] >= MIN_FACTS}
         return dict(sorted(generic.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def neurons(self, language: str | None = None) -> dict[Neuron, float]:
-        """The generic neurons and their shares, highest first (one list for every language:
-        ``language`` is accepted so that callers need not know)."""
+    def neurons(self) -> dict[Neuron, float]:
+        """The generic neurons and their shares, highest first (one list for every
+        language)."""
         return self._generic
 
-    def split(self, language: str | None, neurons: Iterable[Neuron]) -> tuple[list[Neuron],
-                                                                               list[Neuron]]:
+    def split(self, neurons: Iterable[Neuron]) -> tuple[list[Neuron], list[Neuron]]:
         """``(kept, generic)``: ``neurons`` without and with the generic ones, order kept."""
-        generic = self.neurons(language)
+        generic = self.neurons()
         neurons = list(neurons)
         return ([n for n in neurons if n not in generic], [n for n in neurons if n in generic])
 

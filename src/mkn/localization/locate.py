@@ -236,8 +236,8 @@ def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
         neurons.sort(key=lambda n: -float(scores[n]))
     removed: list[Neuron] = []
     if generic is not None:
-        neurons, removed = generic.split(lang, neurons)
-        per_query = [generic.split(lang, query)[0] for query in per_query]
+        neurons, removed = generic.split(neurons)
+        per_query = [generic.split(query)[0] for query in per_query]
     result = LanguageResult(
         language=lang, target=target, prompts=prompts, probs=[a.prob for a in attributions],
         correct=[a.correct for a in attributions], neurons=neurons, scores=scores,
@@ -315,7 +315,7 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
     if config.degenerate:
         for lang, lang_result in per_language.items():
             queries = [(prompt, lang_result.target) for prompt in lang_result.prompts]
-            exclude = generic.neurons(lang) if generic is not None else ()
+            exclude = generic.neurons() if generic is not None else ()
             candidates = top_neurons(lang_result.scores, config.degenerate_top_k, exclude)
             start = time.perf_counter()
             result.degenerate[lang] = degenerate_neurons(lm, queries, candidates,

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-Neuron = tuple[int, int]
+from mkn.models.families import Neuron
 
 DEFAULT_THRESHOLDS = {"en": 0.3, "zh": 0.2}
 DEFAULT_THRESHOLD = 0.2

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+Neuron = tuple[int, int]
+"""One FFN neuron: ``(layer, index)`` (the one definition; every module imports it)."""
+
 
 @dataclass(frozen=True)
 class FamilyAdapter:
@@ -97,9 +100,6 @@ def register_family(family: str, model_types: str | tuple[str, ...], blocks: str
     _BY_MODEL_TYPE.update(dict.fromkeys(types, adapter))
     return adapter
 
-
-def supported_model_types() -> list[str]:
-    return sorted(_BY_MODEL_TYPE)
 
 
 def adapter_for(model_type: str) -> FamilyAdapter:

@@ -30,17 +30,13 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from mkn.models.families import hook_name
 from mkn.report.data import run_records
 from mkn.runs.directory import replace_via_temp, write_atomic
 from mkn.runs.store import file_digest as file_sha256
 from mkn.runs.store import read_jsonl
 
 FORMATS = ("parquet", "csv")
-
-
-def hook_name(layer: int) -> str:
-    """The TransformerLens name of layer ``layer``'s FFN neurons (post-activation)."""
-    return f"blocks.{layer}.mlp.hook_post"
 
 
 RECORDS = ("neurons", "language_agnostic", "knowledge")  # the record files the tables read

@@ -22,7 +22,9 @@ experiment), :mod:`~mkn.report.pages` (a page per fact and per neuron) and the j
 
 Whatever is missing is left out with a short note; a file that cannot be read is named in a note
 and never stops the report. Plots are PNG from matplotlib (``Figure`` objects, Agg, no pyplot
-state) inlined as ``data:`` URIs; the page has no script and loads nothing from elsewhere. Every
+state) inlined as ``data:`` URIs; the page's only script is ``templates/tables.js`` (sorting and
+filtering tables, allowed by its SHA-256 in the Content-Security-Policy), and it loads nothing
+from elsewhere. Every
 text that comes from the data is HTML-escaped (jinja2 with autoescaping on).
 """
 

@@ -5,7 +5,7 @@ neuron page), the generic neurons left out, its language-agnostic and degenerate
 ``RUN/report/neurons/L<layer>-N<index>.html``: what else a neuron does: the facts, relations
 and languages it is a knowledge neuron of (each a link back), its scores and ranks, whether it
 was left out as generic, where it sits. ``RUN/report/neurons.html`` lists every neuron by how
-many facts it serves. Pages use the report's template (escaped, offline, no script).
+many facts it serves. Pages use the report's template (escaped, offline, only its table script).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mkn.models.families import hook_name
 from mkn.report.blocks import Cell, Section, Table, Text
 from mkn.runs.directory import write_atomic
 from mkn.runs.store import unit_file_name
@@ -24,9 +25,6 @@ PAGES = "report"  # folder of the pages, next to report.html
 def neuron_slug(layer: int, index: int) -> str:
     return f"L{int(layer)}-N{int(index)}"
 
-
-def hook_name(layer: int) -> str:
-    return f"blocks.{int(layer)}.mlp.hook_post"
 
 
 def fact_href(fact_id: str, prefix: str = f"{PAGES}/") -> str:
