@@ -13,10 +13,10 @@ import pytest
 from safetensors.torch import load_file
 
 from mkn.data.schema import Fact
+from mkn.localization.backends import LocalBackend, RayBackend, load_spec, make_backend
 from mkn.localization.generic import GenericNeurons, ReferenceItem
 from mkn.localization.locate import LocateConfig
 from mkn.localization.run import run_locate
-from mkn.runs.backends import LocalBackend, RayBackend, load_spec, make_backend
 from tests.tiny_models import build, knowing, torch_threads, two_relation_facts
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -167,7 +167,7 @@ def test_ray_errors_reach_the_caller(ray_backend):
 
 
 def test_local_backend_needs_no_ray():
-    code = ("import sys, mkn.localization.run, mkn.runs.backends; "
+    code = ("import sys, mkn.localization.run, mkn.localization.backends; "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -199,8 +199,8 @@ def test_ray_backend_serves_an_experiment_with_the_same_results(ray_backend, mod
     """``experiment``/``reproduce`` with ``--backend ray``: every attribution is computed on the
     actors (none locally), and the result is the same as a local run's, byte for byte."""
     from mkn.experiments import cross_lingual_editing
+    from mkn.localization.backends import attribution_keys, prefetch
     from mkn.localization.knowledge import known_items
-    from mkn.runs.backends import attribution_keys, prefetch
 
     sample, generic = facts(), generic_list()
     with torch_threads(1):

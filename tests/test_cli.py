@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mkn.cli import app
-from mkn.runs.config import load_run_config
+from mkn.jobs.config import load_run_config
 from tests.test_experiments import tiny_facts
 
 runner = CliRunner()

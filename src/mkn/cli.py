@@ -88,10 +88,10 @@ def _options(version: Annotated[bool, typer.Option(
 
 def _run_default(name: str) -> str:
     """What an unset run option means, from the run configuration's own defaults
-    (:class:`mkn.runs.config.RunConfig`, :class:`mkn.localization.locate.LocateConfig`), for
+    (:class:`mkn.jobs.config.RunConfig`, :class:`mkn.localization.locate.LocateConfig`), for
     ``--help``: the flags default to None so that a ``--config`` file can set them."""
+    from mkn.jobs.config import RunConfig
     from mkn.localization.locate import LocateConfig
-    from mkn.runs.config import RunConfig
 
     fields = {**LocateConfig.model_fields, **RunConfig.model_fields}
     value = fields[name].get_default(call_default_factory=True)
@@ -405,7 +405,7 @@ def _prepare(config: Path | None, claim: dict | None = None, **flags):
     the facts (the sample pinned into the identity), load the model (its weights pinned). A
     failure leaves a new directory as it was."""
     from mkn.data import load_facts
-    from mkn.runs.config import load_run_config
+    from mkn.jobs.config import load_run_config
     from mkn.runs.directory import claim as claim_directory
     from mkn.runs.directory import data_fingerprint
 
@@ -534,7 +534,7 @@ def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...]
 def _prefetch(cfg, lm, facts, languages: list[str], methods: tuple[str, ...], known, cache,
               bars: ProgressBars) -> None:
     """Compute every attribution the run will need on the configured backend (Ray actors)."""
-    from mkn.runs.backends import attribution_keys, make_backend, prefetch
+    from mkn.localization.backends import attribution_keys, make_backend, prefetch
 
     keys = attribution_keys(facts, languages, cfg.locate, methods or (cfg.locate.method,),
                             known)
@@ -578,8 +578,8 @@ def locate(
 ) -> None:
     """Knowledge neurons per fact and language the model knows, language-agnostic and
     degenerate neurons."""
+    from mkn.localization.backends import make_backend
     from mkn.localization.run import run_locate
-    from mkn.runs.backends import make_backend
 
     try:
         cfg, facts, langs, lm, meta, run = _prepare(
@@ -888,8 +888,8 @@ def reproduce(
     import sys
 
     from mkn.experiments.reproduce import StudyConfig, run_study
+    from mkn.localization.backends import make_backend
     from mkn.report.results import RESULTS_MARKER, write_results
-    from mkn.runs.backends import make_backend
     from mkn.runs.directory import check_ours, check_writable
 
     try:
@@ -962,7 +962,7 @@ def demo(
     device: DeviceOpt = None,
 ) -> None:
     """The main job: attribute, locate across languages, edit, report (about 5-10 min)."""
-    from mkn.experiments import demo as demo_job
+    from mkn.jobs import demo as demo_job
     from mkn.runs.directory import claim
 
     try:

@@ -22,6 +22,7 @@ from mkn.localization.locate import (
     locate_fact,
     locate_methods,
 )
+from mkn.localization.stats import markdown_table  # noqa: F401  (re-exported)
 from mkn.models.loading import LanguageModel
 from mkn.runs.directory import run_date, write_atomic
 
@@ -53,7 +54,7 @@ class Setup:
     @classmethod
     def of(cls, experiment: str, cfg, languages: list[str], facts: Sequence,
            options: dict | None = None) -> Setup:
-        """The setup of ``experiment`` run with a :class:`mkn.runs.config.RunConfig`."""
+        """The setup of ``experiment`` run with a :class:`mkn.jobs.config.RunConfig`."""
         return cls(experiment=experiment, model=cfg.model, data=cfg.data, languages=languages,
                    limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
                    steps=cfg.locate.steps, facts=[f.id for f in facts], dtype=cfg.dtype,
@@ -290,13 +291,3 @@ def experiment_options(run: Callable, pairs: Sequence[str]) -> dict:
     return options
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    """A GitHub-flavoured markdown table; floats with 3 significant digits."""
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.3g}"
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mkn.data import load_facts
 from mkn.experiments import EXPERIMENTS
 from mkn.experiments.metrics import clustered_interval
+from mkn.localization.backends import Backend, attribution_keys, prefetch
 from mkn.localization.generic import REFERENCE_FACTS, GenericNeurons, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
@@ -47,7 +48,6 @@ from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.devices import cpu_summary
 from mkn.models.loading import LanguageModel
-from mkn.runs.backends import Backend, attribution_keys, prefetch
 from mkn.runs.directory import data_fingerprint, run_date, write_json
 from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 

@@ -16,8 +16,8 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from mkn.experiments.common import markdown_table
 from mkn.localization.knowledge import Knowledge, probe
+from mkn.localization.stats import markdown_table
 from mkn.models.loading import LanguageModel
 
 

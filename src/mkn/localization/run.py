@@ -14,11 +14,11 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mkn.localization.backends import Backend, LocalBackend
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig
 from mkn.localization.stats import localization_stats
-from mkn.runs.backends import Backend, LocalBackend
 from mkn.runs.directory import RunDirectory, write_atomic
 from mkn.runs.store import RunStore
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from mkn.localization.neurons import jaccard, layer_histogram
 
@@ -98,3 +98,15 @@ def localization_stats(neuron_records: Iterable[dict], agnostic_records: Iterabl
             "median_seconds": statistics.median(seconds) if seconds else None,
         },
     }
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
+    """A GitHub-flavoured markdown table; floats with 3 significant digits."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
