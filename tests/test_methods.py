@@ -169,3 +169,10 @@ def test_a_method_and_an_experiment_each_in_one_file_run_through_the_cli(toys, t
     bad = runner.invoke(app, ["experiment", "toy-suppression", "--model", model, "--data", data,
                               "--set", "top=x", "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "option top='x'" in bad.output
+
+
+def test_every_registered_experiment_has_a_report_view_and_cli_choice():
+    from mkn.cli import EXPERIMENT_NAMES
+    from mkn.report.experiment_views import EXPERIMENT_VIEWS
+
+    assert set(EXPERIMENTS) == set(EXPERIMENT_VIEWS) == set(EXPERIMENT_NAMES)

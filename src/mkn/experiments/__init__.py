@@ -18,6 +18,7 @@ from mkn.experiments import (
     localization_quality,
     shared_sets,
     size_curves,
+    tracing_vs_neurons,
 )
 
 EXPERIMENTS = {
@@ -29,6 +30,7 @@ EXPERIMENTS = {
     "size-curves": size_curves,
     "shared-sets": shared_sets,
     "audits": audits,
+    "tracing-vs-neurons": tracing_vs_neurons,
 }
 
 

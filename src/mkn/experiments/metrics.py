@@ -181,3 +181,33 @@ def clustered_interval(pairs: Sequence[tuple[str, float]],
     stats = bootstrap_distribution(clusters, on_sample, seed=seed)
     return {"value": statistic(pooled), "ci95": list(percentile_ci(stats)),
             "n": len(pooled), "facts": len(clusters), "p": p_values(stats)}
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            out[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation: Pearson's r of the (tie-averaged) ranks; None when either
+    side is constant (no ranking to compare)."""
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError(f"spearman needs two sequences of the same length >= 2, got "
+                         f"{len(x)} and {len(y)}")
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    if sx == 0 or sy == 0:
+        return None
+    return sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True)) / (sx * sy)

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REPORT_NAME = "report.html"
-EXPERIMENTS = ("localization-quality", "size-curves", "shared-sets", "cross-lingual-editing",
-               "fact-checking", "enhancement", "injection", "audits")
 RUN_FILES = ("config.json", "summary.json", "mkn-run.json")  # not experiment results
 MAX_ROWS = 300  # rows per table; the rest is counted in a note
 MAX_NEURONS = 12  # neurons listed per table cell

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mkn.experiments import EXPERIMENTS
 from mkn.localization.probe import PROBED
 from mkn.localization.run import RECORD_FILES
 from mkn.localization.stats import localization_stats
-from mkn.report.blocks import EXPERIMENTS, RUN_FILES
+from mkn.report.blocks import RUN_FILES
 from mkn.runs.directory import digest, read_manifest
 from mkn.runs.store import read_jsonl, verified_units
 

@@ -292,6 +292,21 @@ def _audits(result: dict) -> list:
             *_knowledge_text(result)]
 
 
+def _tracing_vs_neurons(result: dict) -> list:
+    s = result["summary"]
+    names = {"agreement": f"agreement: Spearman(tracing MLP profile, {result.get('method')} "
+                          "neurons per layer)",
+             "unrelated_agreement": "control: the same trace vs an unrelated fact's neurons",
+             "specificity": "specificity = agreement - control",
+             "attention_share": "attention share of the indirect effect (Geva et al. 2023)"}
+    rows = [_cells([label, (s.get(key) or {}).get("facts"), fmt_ci(s.get(key))])
+            for key, label in names.items()]
+    return [Table(["measure (median over items)", "facts", "median [95% CI]"], rows,
+                  caption=f"Causal tracing (ROME) beside the knowledge neurons: {s['items']} "
+                          f"items, {s.get('flat', 0)} without a ranking to compare"),
+            *_knowledge_text(result)]
+
+
 EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "localization-quality": ("Localization quality (ig vs amig vs matrice)",
                              _localization_quality),
@@ -302,6 +317,7 @@ EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "size-curves": ("Methods at equal size (deletion / insertion curves)", _size_curves),
     "shared-sets": ("Language-agnostic sets at equal size (MATRICE's claim)", _shared_sets),
     "audits": ("Audits of the knowledge-neuron thesis", _audits),
+    "tracing-vs-neurons": ("Causal tracing vs knowledge neurons", _tracing_vs_neurons),
 }
 
 

@@ -1,0 +1,53 @@
+"""The tracing-vs-neurons experiment on a tiny model with a planted mechanism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mkn.experiments import EXPERIMENTS
+from mkn.experiments import tracing_vs_neurons as tvn
+from mkn.experiments.metrics import ranks, spearman
+from mkn.localization.locate import LocateConfig
+from tests import tiny_models as tm
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with tm.torch_threads(1):
+        yield
+
+
+def test_spearman_and_ranks():
+    assert ranks([3.0, 1.0, 1.0, 2.0]) == [4.0, 1.5, 1.5, 3.0]
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    with pytest.raises(ValueError, match="same length"):
+        spearman([1, 2], [1])
+
+
+def test_tracing_and_neurons_agree_where_one_mlp_carries_every_fact():
+    """All MLPs off but layer 2's: the trace of the MLP output and the knowledge neurons can
+    only be in layer 2, so they agree perfectly (rho = 1) on every item with neurons."""
+    lm = tm.build("llama", cached=False, num_hidden_layers=4)
+    with torch.no_grad():
+        for layer in (0, 1, 3):
+            lm.down_proj(layer).weight.zero_()
+    facts = tm.two_relation_facts()[:6]
+    config = LocateConfig(method="grad-x-act", known="any", thresholds={"*": 0.1})
+    result = tvn.run(lm, facts, ["en"], config, samples=4)
+    assert "tracing-vs-neurons" in EXPERIMENTS
+    items = [i for i in result["items"] if i["neurons"]]
+    assert items
+    for item in items:
+        assert {layer for layer, share in enumerate(item["neuron_profile"]) if share} == {2}
+        assert item["peak_layer"] == 2 and item["agreement"] == pytest.approx(1.0)
+        assert item["attention_share"] is None or 0 <= item["attention_share"] <= 1
+    assert result["summary"]["agreement"]["value"] == pytest.approx(1.0)
+    assert "agreement: Spearman(tracing MLP profile, grad-x-act neurons" in tvn.table(result)
+
+
+def test_masked_models_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="needs a causal LM"):
+        tvn.run(tm.tiny("bert"), tm.two_relation_facts()[:2], ["en"], LocateConfig())
