@@ -51,3 +51,28 @@ def test_tracing_and_neurons_agree_where_one_mlp_carries_every_fact():
 def test_masked_models_are_refused_in_one_line():
     with pytest.raises(ValueError, match="needs a causal LM"):
         tvn.run(tm.tiny("bert"), tm.two_relation_facts()[:2], ["en"], LocateConfig())
+
+
+def test_localization_predicts_editing_where_one_mlp_carries_every_fact():
+    """Hase et al.'s question on a planted model (all MLPs off but layer 2's): an edit of a
+    switched-off layer's neurons cannot move anything, so editing works only at layer 2, where
+    tracing, the neurons and the attribution mass all are."""
+    from mkn.experiments import localization_vs_editing as lve
+
+    lm = tm.build("llama", cached=False, num_hidden_layers=4)
+    with torch.no_grad():
+        for layer in (0, 1, 3):
+            lm.down_proj(layer).weight.zero_()
+    facts = tm.capital_facts()[:4]
+    config = LocateConfig(method="grad-x-act", known="any", thresholds={"*": 0.1})
+    result = lve.run(lm, facts, ["en"], config, k=4, samples=4)
+    assert "localization-vs-editing" in EXPERIMENTS and result["items"]
+    for item in result["items"]:
+        assert [g for layer, g in enumerate(item["gain"]) if layer != 2] == [0.0, 0.0, 0.0]
+        assert item["gain"][2] != 0 and len(item["random_gain"]) == 4
+        if item["gain"][2] > 0:
+            assert item["best_edit_layer"] == 2
+            assert item["rho_neuron_share"] == pytest.approx(1.0)
+            assert item["best_tracing_agrees"] and item["best_attribution_mass_agrees"]
+    text = lve.table(result)
+    assert "Spearman(edit gain, tracing) over layers" in text and "chance 0.25" in text

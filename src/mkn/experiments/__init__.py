@@ -16,6 +16,7 @@ from mkn.experiments import (
     fact_checking,
     injection,
     localization_quality,
+    localization_vs_editing,
     shared_sets,
     size_curves,
     tracing_vs_neurons,
@@ -31,6 +32,7 @@ EXPERIMENTS = {
     "shared-sets": shared_sets,
     "audits": audits,
     "tracing-vs-neurons": tracing_vs_neurons,
+    "localization-vs-editing": localization_vs_editing,
 }
 
 

@@ -307,6 +307,25 @@ def _tracing_vs_neurons(result: dict) -> list:
             *_knowledge_text(result)]
 
 
+def _localization_vs_editing(result: dict) -> list:
+    s = result["summary"]
+    rows = []
+    for name in ("tracing", "neuron_share", "attribution_mass"):
+        label = name.replace("_", " ")
+        rows.append(_cells([f"Spearman(edit gain, {label})", fmt_ci(s.get(f"rho_{name}"))]))
+        rows.append(_cells([f"largest {label} = best layer to edit (chance "
+                            f"{_fmt(s.get('chance_best_layer'))})",
+                            fmt_ci(s.get(f"best_{name}_agrees"))]))
+    rows.append(_cells([f"efficacy, top-{result.get('k')} neurons per layer",
+                        fmt_ci(s.get("efficacy"))]))
+    rows.append(_cells(["control: random neurons of the same layer",
+                        fmt_ci(s.get("random_efficacy"))]))
+    return [Table(["measure", "median or mean [95% CI]"], rows,
+                  caption=f"Does localization predict where editing works (Hase et al. 2023)? "
+                          f"{s['items']} items, each edited at every layer"),
+            *_knowledge_text(result)]
+
+
 EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "localization-quality": ("Localization quality (ig vs amig vs matrice)",
                              _localization_quality),
@@ -318,6 +337,8 @@ EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "shared-sets": ("Language-agnostic sets at equal size (MATRICE's claim)", _shared_sets),
     "audits": ("Audits of the knowledge-neuron thesis", _audits),
     "tracing-vs-neurons": ("Causal tracing vs knowledge neurons", _tracing_vs_neurons),
+    "localization-vs-editing": ("Localization vs editing (Hase et al.)",
+                                _localization_vs_editing),
 }
 
 

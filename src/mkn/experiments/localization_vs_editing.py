@@ -1,0 +1,159 @@
+"""Localization vs editing (Hase et al., NeurIPS 2023, "Does Localization Inform Editing?").
+
+Per known item (fact, language; its first query) and a counterfactual object (another fact of
+the same relation, as in injection), the fact is edited *at each layer in turn*: mkn's neuron
+edit (:func:`mkn.interventions.weights.replace_object`, Dai et al.) on the item's ``k``
+highest-scoring neurons of that layer (by the run's method). Per layer:
+
+- ``gain``: log p(new) after the edit - log p(new) before, on the edited query;
+- ``efficacy``: p(new) > p(old) after the edit (the criterion by which an item counts as known:
+  the new object ranks above the old one);
+- the control: the same edit on ``k`` random neurons of the same layer (``draws`` draws);
+- the localization signals of the layer: the causal trace's |indirect effect| of its MLP output
+  at the subject's last token (:mod:`mkn.localization.tracing`), its share of the item's
+  knowledge neurons, and its share of the item's positive attribution mass.
+
+Per item, Spearman's correlation over layers between the gain and each signal says whether
+localization predicts where editing works; ``best_layer_agrees``: the layer with the largest
+signal is the layer with the largest gain (chance: 1 / layers). Medians over items with bootstrap
+95% intervals over facts.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import torch
+
+from mkn.attribution.api import predict_many
+from mkn.experiments.common import (
+    Progress,
+    knowledge_line,
+    locate_all,
+    markdown_table,
+    probe_known,
+)
+from mkn.experiments.injection import counterfactual
+from mkn.experiments.metrics import clustered_interval, spearman
+from mkn.experiments.tracing_vs_neurons import denoised, neuron_profile
+from mkn.interventions.controls import random_like, stable_seed
+from mkn.interventions.weights import edited, replace_object
+from mkn.localization.generic import GenericNeurons
+from mkn.localization.knowledge import KnownItems
+from mkn.localization.locate import AttributionCache, LocateConfig
+from mkn.localization.tracing import causal_trace
+from mkn.models.loading import LanguageModel
+
+PHASES = 2  # progress ticks per fact: locating, then editing layer by layer
+SIGNALS = ("tracing", "neuron_share", "attribution_mass")
+
+
+def _edit_scores(lm: LanguageModel, neurons, prompt: str, old: str, new: str) -> tuple:
+    """(log p(new), p(new) > p(old)) on ``prompt`` with ``neurons`` edited old -> new."""
+    with edited(replace_object(lm, neurons, prompt, old, new)):
+        p_new, p_old = predict_many(lm, [(prompt, new), (prompt, old)])
+    return math.log(max(p_new.prob, 1e-30)), p_new.prob > p_old.prob
+
+
+def mass_profile(scores: torch.Tensor) -> list[float]:
+    """Each layer's share of the positive attribution mass."""
+    positive = scores.float().clamp_min(0).sum(-1)
+    total = float(positive.sum())
+    return [float(v) / total if total else 0.0 for v in positive]
+
+
+def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
+        seed: int = 0, k: int = 8, draws: int = 1, samples: int = 10,
+        progress: Progress | None = None, cache: AttributionCache | None = None,
+        known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
+    if not lm.causal:
+        raise ValueError(f"localization-vs-editing needs a causal LM; {lm.name} is a masked LM")
+    known = probe_known(lm, facts, languages, config, known)
+    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
+                         progress, cache, known, generic)
+    items, skipped = [], []
+    for fact in facts:
+        other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
+        for lang in located[fact.id].languages:
+            if other is None or lang not in other.languages:
+                skipped.append({"fact_id": fact.id, "language": lang,
+                                "reason": "no counterfactual of the same relation"})
+                continue
+            result = located[fact.id].languages[lang]
+            prompt, old = fact.prompts(lang)[0], fact.languages[lang].object
+            new, subject = other.languages[lang].object, fact.languages[lang].subject
+            trace = causal_trace(lm, prompt, old, subject, kinds=("mlp",), samples=samples,
+                                 seed=stable_seed(seed, fact.id, lang, "trace"))
+            signals = {"tracing": denoised(trace.layer_profile("mlp").abs().tolist()),
+                       "neuron_share": neuron_profile(result.neurons, lm.n_layers),
+                       "attribution_mass": mass_profile(result.scores)}
+            before = math.log(max(predict_many(lm, [(prompt, new)])[0].prob, 1e-30))
+            rng = random.Random(stable_seed(seed, fact.id, lang, "random-edit"))
+            gains, efficacy, random_gains, random_efficacy = [], [], [], []
+            for layer in range(lm.n_layers):
+                order = torch.argsort(result.scores[layer].float(), descending=True)
+                chosen = [(layer, int(i)) for i in order[:k]]
+                log_new, took = _edit_scores(lm, chosen, prompt, old, new)
+                gains.append(log_new - before)
+                efficacy.append(took)
+                drawn = [_edit_scores(lm, random_like(chosen, lm.n_neurons, rng), prompt, old,
+                                      new) for _ in range(draws)]
+                random_gains.append(statistics.fmean(g - before for g, _ in drawn))
+                random_efficacy.append(statistics.fmean(t for _, t in drawn))
+            best_edit = max(range(lm.n_layers), key=gains.__getitem__)
+            items.append({
+                "fact_id": fact.id, "language": lang, "new_from": other.id, "k": k,
+                "gain": gains, "efficacy": efficacy, "random_gain": random_gains,
+                "random_efficacy": random_efficacy, "signals": signals,
+                "best_edit_layer": best_edit,
+                **{f"rho_{name}": spearman(gains, profile) if any(profile) else None
+                   for name, profile in signals.items()},
+                **{f"best_{name}_agrees": (max(range(lm.n_layers), key=profile.__getitem__)
+                                           == best_edit) if any(profile) else None
+                   for name, profile in signals.items()}})
+        if progress:
+            progress(fact.id)
+    return {"items": items, "skipped": skipped, "k": k, "draws": draws, "samples": samples,
+            "method": config.method, "layers": lm.n_layers,
+            "summary": summarize(items, lm.n_layers, seed), "knowledge": known.to_summary()}
+
+
+def summarize(items: list[dict], layers: int, seed: int = 0) -> dict:
+    out: dict = {"items": len(items), "chance_best_layer": 1 / layers if layers else None}
+    for name in SIGNALS:
+        out[f"rho_{name}"] = clustered_interval([(i["fact_id"], i[f"rho_{name}"]) for i in items
+                                                 if i[f"rho_{name}"] is not None], seed=seed)
+        out[f"best_{name}_agrees"] = clustered_interval(
+            [(i["fact_id"], float(i[f"best_{name}_agrees"])) for i in items
+             if i[f"best_{name}_agrees"] is not None], statistics.fmean, seed=seed)
+    out["efficacy"] = clustered_interval([(i["fact_id"], statistics.fmean(i["efficacy"]))
+                                          for i in items], statistics.fmean, seed=seed)
+    out["random_efficacy"] = clustered_interval(
+        [(i["fact_id"], statistics.fmean(i["random_efficacy"])) for i in items],
+        statistics.fmean, seed=seed)
+    return out
+
+
+def table(result: dict) -> str:
+    s = result["summary"]
+
+    def cells(label: str, key: str) -> list:
+        entry = s[key]
+        ci = entry.get("ci95")
+        return [label, entry.get("facts"), entry.get("value"),
+                f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""]
+
+    rows = [cells(f"Spearman(edit gain, {name.replace('_', ' ')}) over layers", f"rho_{name}")
+            for name in SIGNALS]
+    rows += [cells(f"largest {name.replace('_', ' ')} is the best layer to edit "
+                   f"(chance {s['chance_best_layer']:.3g})", f"best_{name}_agrees")
+             for name in SIGNALS]
+    rows += [cells(f"efficacy of the top-{result['k']} neuron edit, mean over layers",
+                   "efficacy"),
+             cells(f"control: {result['k']} random neurons of the same layer",
+                   "random_efficacy")]
+    return (markdown_table(["measure", "facts", "value", "95% CI"], rows)
+            + f"\n\n{s['items']} items ({len(result['skipped'])} skipped: no counterfactual). "
+            + knowledge_line(result["knowledge"]))
