@@ -424,7 +424,8 @@ def test_experiment_options_are_range_checked_before_the_model_loads():
     # issue 21: methods and rankings are checked too, before the model loads (all named)
     result = invoke("experiment", "size-curves", "--set", "methods=ig,foo", "--model",
                     "/no/such/model")
-    assert result.exit_code == 2 and "ig, amig, grad-x-act, matrice" in one_line(result.output)
+    assert result.exit_code == 2 and "ig, amig, grad-x-act, patching, matrice" in one_line(
+        result.output)
     result = invoke("experiment", "shared-sets", "--set", "rankings=amig,bogus", "--model",
                     "/no/such/model")
     assert result.exit_code == 2 and "must be among matrice, amig" in one_line(result.output)

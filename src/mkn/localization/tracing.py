@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mkn.attribution.noise import embedding_sigma
 from mkn.attribution.queries import encode, split_prompt
 from mkn.models.loading import LanguageModel, uses_model
 
@@ -79,16 +80,6 @@ def subject_positions(lm: LanguageModel, before: str, subject: str) -> list[int]
     if last <= first:
         raise ValueError(f"subject {subject!r} has no tokens of its own in {before!r}")
     return list(range(first, last))
-
-
-def embedding_sigma(lm: LanguageModel, sample: int = 4096) -> float:
-    """Standard deviation of the input embedding module's outputs over ``sample`` token ids
-    spread evenly over the vocabulary (scaled embeddings, as Gemma's, included)."""
-    embed = lm.model.get_input_embeddings()
-    vocab = int(embed.weight.shape[0])
-    ids = torch.linspace(0, vocab - 1, min(sample, vocab)).long().to(lm.device)
-    with torch.no_grad():
-        return float(embed(ids[None]).float().std())
 
 
 def attention_of(block: torch.nn.Module) -> torch.nn.Module:
