@@ -33,10 +33,9 @@ def main() -> None:
     import torch
 
     import mkn
-    from mkn.models.devices import cpu_bf16_flags, cpu_summary, native_bf16
+    from mkn.models.devices import cpu_summary
 
-    print(f"CPU: {cpu_summary()}; bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}; "
-          f"native bf16: {native_bf16('cpu')}; torch threads {torch.get_num_threads()}")
+    print(cpu_summary())
     prompts = [p for p, _ in PROMPTS[:args.items]]
     targets = [t for _, t in PROMPTS[:args.items]]
     print("| dtype | items | single (s/item) | batched (s/item) | batched/single | "

@@ -29,17 +29,15 @@ def main() -> None:
     parser.add_argument("--known", default="auto")
     args = parser.parse_args()
 
-    import torch
 
     import mkn
     from mkn.attribution.methods import get_method, method_names
     from mkn.data import load_facts
     from mkn.localization.knowledge import known_items
     from mkn.localization.tracing import causal_trace
-    from mkn.models.devices import cpu_bf16_flags, cpu_summary, native_bf16
+    from mkn.models.devices import cpu_summary
 
-    print(f"CPU: {cpu_summary()}; bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}; "
-          f"native bf16: {native_bf16('cpu')}; torch threads {torch.get_num_threads()}")
+    print(cpu_summary())
     lm = mkn.load_model("gemma-3-270m")
     print(f"model gemma-3-270m, dtype {lm.dtype_choice}; {lm.n_layers} layers x "
           f"{lm.n_neurons} neurons")
