@@ -67,6 +67,11 @@ def main() -> None:
     rows = {name: (f"{lm.n_layers} x {args.steps} IG rows (+ baseline passes)"
                    if get_method(name).path else f"{lm.n_layers} rows (one per layer)")
             for name in method_names()}
+    if "patching" in rows:
+        from mkn.attribution.methods.patching import CANDIDATES, SAMPLES
+
+        rows["patching"] = (f"a {SAMPLES}-row noised pass, {lm.n_layers} attribution-patching "
+                            f"rows, {CANDIDATES} candidate rows (each from its own layer)")
     rows["causal-trace"] = (f"3 kinds x {lm.n_layers} passes of positions x {args.samples} "
                             "rows, + 2")
     print("\n| method | queries | seconds per query (median) | min | max | rows it needs |")

@@ -28,6 +28,7 @@ import torch
 
 from mkn.attribution.noise import embedding_sigma
 from mkn.attribution.queries import encode, split_prompt
+from mkn.models.hooks import head_on_last_position
 from mkn.models.loading import LanguageModel, uses_model
 
 KINDS = ("hidden", "mlp", "attn")
@@ -155,8 +156,8 @@ def causal_trace(lm: LanguageModel, prompt: str, target: str, subject: str,
         return hook
 
     def prob(rows: int, hooks) -> torch.Tensor:
-        with torch.no_grad(), _hooks(hooks):
-            logits = lm.model(input_ids=ids[None].expand(rows, -1)).logits[:, last]
+        with torch.no_grad(), _hooks(hooks), head_on_last_position(lm):
+            logits = lm.model(input_ids=ids[None].expand(rows, -1).contiguous()).logits[0]
         return torch.softmax(logits.float(), -1)[:, step.target_id]
 
     clean: dict[tuple[str, int], torch.Tensor] = {}

@@ -52,7 +52,7 @@ def corrupted_neurons(lm, step, samples: int = SAMPLES, noise: float = NOISE,
     handle = embed.register_forward_hook(corrupt)
     try:
         with torch.no_grad(), capture(lm, position=step.position) as store:
-            lm.model(input_ids=ids)
+            lm.model.base_model(input_ids=ids.contiguous())  # the neurons only: no LM head
     finally:
         handle.remove()
     return torch.stack([store[layer].float().mean(0) for layer in range(lm.n_layers)])
