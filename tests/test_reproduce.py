@@ -158,8 +158,11 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "`mkn reproduce --test`" in page
     assert "en 8/10, zh 4/10" in page and "the other 8 items are skipped" in page
     assert "selectivity" in page and "specificity" in page
-    assert "Generic neurons (knowledge neurons of many reference facts" in page
-    assert "generic at a fact share of 0.05" in page  # the threshold the run used
+    # every fact of the tiny data is measured, so no reference pool is left (issue 22: a list
+    # is not built from too few facts; the part keeps its generic neurons and says why)
+    assert "- tiny: none left out (the reference pool of jsonl:" in page
+    assert "has 0 facts of 0 relations, too few for a generic-neuron list" in page
+    assert study["parts"][0]["generic_kept"] and not study["parts"][0]["generic"]
     assert "Reading, generated from the verdicts after Holm's correction above" in page
     assert "| verdict after Holm |" in page
     assert "share of an item's knowledge neurons in the upper third of layers minus 1/3" in page

@@ -136,6 +136,11 @@ def summarize(items: list[dict], layers: int, seed: int = 0) -> dict:
     return out
 
 
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """The study's summary: every correlation, best-layer rate and efficacy with its control."""
+    return {key: value for key, value in result["summary"].items() if isinstance(value, dict)}
+
+
 def table(result: dict) -> str:
     s = result["summary"]
 

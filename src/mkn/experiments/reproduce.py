@@ -41,7 +41,12 @@ from mkn.data import load_facts
 from mkn.experiments import EXPERIMENTS
 from mkn.experiments.metrics import clustered_interval
 from mkn.localization.backends import Backend, attribution_keys, prefetch
-from mkn.localization.generic import REFERENCE_FACTS, GenericNeurons, reference_generic
+from mkn.localization.generic import (
+    REFERENCE_FACTS,
+    GenericNeurons,
+    ThinReference,
+    reference_generic,
+)
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.run import fact_records
@@ -176,19 +181,24 @@ def locate_every_method(lm: LanguageModel, facts: list, languages: list[str],
 
 def generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache: dict,
                   task: TaskFactory, held_out: Sequence[str] = ()
-                  ) -> dict[str, GenericNeurons] | None:
+                  ) -> tuple[dict[str, GenericNeurons] | None, str | None]:
     """One cached reference list of generic neurons per method (None: keep them), its reference
-    sample disjoint from the part's measured facts (``held_out``; checked)."""
+    sample disjoint from the part's measured facts (``held_out``; checked); and why they are
+    kept where the reference pool or sample is too small for a list (:class:`ThinReference`).
+    """
     if config.generic == "keep":
-        return None
+        return None, None
     lists = {}
     # a smoke run (limit) draws a reference sample as small as its own sample
     size = REFERENCE_FACTS if config.limit is None else min(REFERENCE_FACTS, 2 * config.limit)
-    for method in config.methods:
-        lists[method], _, _ = reference_generic(lm, part.data, part.languages,
-                                                config.locate_config(method), task=task,
-                                                cache=cache, facts=size, held_out=held_out)
-    return lists
+    try:
+        for method in config.methods:
+            lists[method], _, _ = reference_generic(lm, part.data, part.languages,
+                                                    config.locate_config(method), task=task,
+                                                    cache=cache, facts=size, held_out=held_out)
+    except ThinReference as error:
+        return None, f"{error}: generic neurons are kept in this part's sets"
+    return lists, None
 
 
 def upper_third_excess(result, n_layers: int) -> list[tuple[str, float]]:
@@ -261,7 +271,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
     known = known_items(lm, facts, languages, config.known,
                         progress=task(f"{part.name}: probe", len(facts)))
     known.require_some(f"(fact, language) items in {part.name}")
-    generic = generic_lists(lm, part, config, cache, task, [f.id for f in facts])
+    generic, kept = generic_lists(lm, part, config, cache, task, [f.id for f in facts])
     digests = {m: g.digest for m, g in (generic or {}).items()}
     if store is not None and generic is not None:  # a resume must use the same lists
         store.run.pin(f"generic/{part.name}", digests)
@@ -279,6 +289,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "generic_held_out": {m: g.source.get("held_out") for m, g in (generic or {}).items()},
            "generic_digest": digests,
            "generic_threshold": {m: g.threshold for m, g in (generic or {}).items()},
+           "generic_kept": kept,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)

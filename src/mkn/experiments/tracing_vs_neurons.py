@@ -120,6 +120,12 @@ def summarize(items: list[dict], seed: int = 0) -> dict:
     return out
 
 
+def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
+    """The study's summary: the agreement, its control, specificity and the attention share."""
+    return {key: result["summary"][key] for key in ("agreement", "unrelated_agreement",
+                                                    "specificity", "attention_share")}
+
+
 def table(result: dict) -> str:
     s = result["summary"]
 

@@ -616,6 +616,8 @@ def generic_notes(study: dict) -> list[str]:
     lines = []
     for part in study["parts"]:
         lists = part.get("generic") or {}
+        if part.get("generic_kept"):
+            lines.append(f"- {part['part']['name']}: none left out ({part['generic_kept']}).")
         if not lists:
             continue
         counts = ", ".join(f"{method} {max(c['generic'] for c in per_language.values())}"
