@@ -27,13 +27,21 @@ def test_spearman_and_ranks():
         spearman([1, 2], [1])
 
 
+def one_live_mlp(live: int = 2, layers: int = 4):
+    """A tiny llama whose MLPs all output nothing (output projection zero) but layer
+    ``live``'s."""
+    lm = tm.build("llama", cached=False, num_hidden_layers=layers)
+    with torch.no_grad():
+        for layer in range(layers):
+            if layer != live:
+                lm.down_proj(layer).weight.zero_()
+    return lm
+
+
 def test_tracing_and_neurons_agree_where_one_mlp_carries_every_fact():
     """All MLPs off but layer 2's: the trace of the MLP output and the knowledge neurons can
     only be in layer 2, so they agree perfectly (rho = 1) on every item with neurons."""
-    lm = tm.build("llama", cached=False, num_hidden_layers=4)
-    with torch.no_grad():
-        for layer in (0, 1, 3):
-            lm.down_proj(layer).weight.zero_()
+    lm = one_live_mlp()
     facts = tm.two_relation_facts()[:6]
     config = LocateConfig(method="grad-x-act", known="any", thresholds={"*": 0.1})
     result = tvn.run(lm, facts, ["en"], config, samples=4)
@@ -59,10 +67,7 @@ def test_localization_predicts_editing_where_one_mlp_carries_every_fact():
     tracing, the neurons and the attribution mass all are."""
     from mkn.experiments import localization_vs_editing as lve
 
-    lm = tm.build("llama", cached=False, num_hidden_layers=4)
-    with torch.no_grad():
-        for layer in (0, 1, 3):
-            lm.down_proj(layer).weight.zero_()
+    lm = one_live_mlp()
     facts = tm.capital_facts()[:4]
     config = LocateConfig(method="grad-x-act", known="any", thresholds={"*": 0.1})
     result = lve.run(lm, facts, ["en"], config, k=4, samples=4)

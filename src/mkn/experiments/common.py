@@ -137,6 +137,19 @@ def locate_all(lm: LanguageModel, facts: Iterable, languages: list[str], config:
     return located
 
 
+def locate_known(lm: LanguageModel, facts: Sequence, languages: list[str], config: LocateConfig,
+                 progress: Progress | None = None, cache: AttributionCache | None = None,
+                 known: KnownItems | None = None,
+                 generic: GenericNeurons | Mapping[str, GenericNeurons] | None = None
+                 ) -> tuple[KnownItems, dict[str, FactResult]]:
+    """The items kept under ``config.known`` (:func:`probe_known`) and every fact located
+    there without the degenerate search (what the experiments that edit or trace need)."""
+    known = probe_known(lm, facts, languages, config, known)
+    return known, locate_all(lm, facts, languages,
+                             config.model_copy(update={"degenerate": False}), progress, cache,
+                             known, generic)
+
+
 def generic_for(generic: GenericNeurons | Mapping[str, GenericNeurons] | None,
                 method: str) -> GenericNeurons | None:
     """The generic-neuron list of ``method`` (lists may be given per method)."""
@@ -207,6 +220,15 @@ def control_row(mode: str, summary: dict) -> list:
             value("unrelated_effect"), fmt_ci(summary.get("selectivity")),
             fmt_ci(summary.get("specificity")), value("matched_effect"),
             value("same_relation_effect"), fmt_ci(summary.get("relation_specificity"))]
+
+
+def interval_row(label: str, entry: dict | None) -> list:
+    """A markdown row ``[label, facts, value, [low, high]]`` of a :func:`clustered_interval`
+    entry (empty cells where it has none)."""
+    entry = entry or {}
+    ci = entry.get("ci95")
+    return [label, entry.get("facts"), entry.get("value"),
+            f"[{ci[0]:.3g}, {ci[1]:.3g}]{few_facts(entry.get('facts'))}" if ci else ""]
 
 
 def knowledge_line(summary: dict, rest: str = "the others are not measured") -> str:

@@ -25,9 +25,8 @@ from mkn.experiments.common import (
     control_row,
     control_summary,
     knowledge_line,
-    locate_all,
+    locate_known,
     markdown_table,
-    probe_known,
     queries,
     unrelated_facts,
 )
@@ -100,9 +99,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
     if len(languages) < 2:
         raise ValueError("cross-lingual editing needs at least 2 languages")
-    known = probe_known(lm, facts, languages, config, known)
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache, known, generic)
+    known, located = locate_known(lm, facts, languages, config, progress, cache, known,
+                                  generic)
     clean = CleanProbs(lm)
     items, single_language = [], []
     for fact in facts:

@@ -32,9 +32,8 @@ from mkn.attribution.api import predict_many
 from mkn.experiments.common import (
     Progress,
     knowledge_line,
-    locate_all,
+    locate_known,
     markdown_table,
-    probe_known,
     queries,
 )
 from mkn.experiments.metrics import accuracy, interval
@@ -89,9 +88,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     source = source or languages[0]
     if source not in languages:
         raise ValueError(f"source language {source!r} is not among {languages}")
-    known = probe_known(lm, facts, languages, config, known)
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache, known, generic)
+    known, located = locate_known(lm, facts, languages, config, progress, cache, known,
+                                  generic)
     items, skipped = [], []
     for fact in facts:
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))

@@ -30,10 +30,10 @@ import torch
 from mkn.attribution.api import predict_many
 from mkn.experiments.common import (
     Progress,
+    interval_row,
     knowledge_line,
-    locate_all,
+    locate_known,
     markdown_table,
-    probe_known,
 )
 from mkn.experiments.injection import counterfactual
 from mkn.experiments.metrics import clustered_interval, spearman
@@ -70,9 +70,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
     if not lm.causal:
         raise ValueError(f"localization-vs-editing needs a causal LM; {lm.name} is a masked LM")
-    known = probe_known(lm, facts, languages, config, known)
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache, known, generic)
+    known, located = locate_known(lm, facts, languages, config, progress, cache, known,
+                                  generic)
     items, skipped = [], []
     for fact in facts:
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
@@ -145,10 +144,7 @@ def table(result: dict) -> str:
     s = result["summary"]
 
     def cells(label: str, key: str) -> list:
-        entry = s[key]
-        ci = entry.get("ci95")
-        return [label, entry.get("facts"), entry.get("value"),
-                f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""]
+        return interval_row(label, s[key])
 
     rows = [cells(f"Spearman(edit gain, {name.replace('_', ' ')}) over layers", f"rho_{name}")
             for name in SIGNALS]

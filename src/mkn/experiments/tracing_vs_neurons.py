@@ -28,10 +28,10 @@ import torch
 
 from mkn.experiments.common import (
     Progress,
+    interval_row,
     knowledge_line,
-    locate_all,
+    locate_known,
     markdown_table,
-    probe_known,
     unrelated_facts,
 )
 from mkn.experiments.metrics import clustered_interval, spearman
@@ -74,9 +74,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
     if not lm.causal:
         raise ValueError(f"tracing-vs-neurons needs a causal LM; {lm.name} is a masked LM")
-    known = probe_known(lm, facts, languages, config, known)
-    located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False}),
-                         progress, cache, known, generic)
+    known, located = locate_known(lm, facts, languages, config, progress, cache, known,
+                                  generic)
     profiles = {(fact_id, lang): neuron_profile(result.languages[lang].neurons, lm.n_layers)
                 for fact_id, result in located.items() for lang in result.languages}
     items = []
@@ -130,10 +129,7 @@ def table(result: dict) -> str:
     s = result["summary"]
 
     def row(name: str, key: str) -> list:
-        entry = s[key]
-        ci = entry.get("ci95")
-        return [name, entry.get("facts"), entry.get("value"),
-                f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else ""]
+        return interval_row(name, s[key])
 
     body = markdown_table(["measure (median over items)", "facts", "value", "95% CI"], [
         row(f"agreement: Spearman(tracing MLP profile, {result['method']} neurons per layer)",
