@@ -51,6 +51,7 @@ def test_tracing_and_neurons_agree_where_one_mlp_carries_every_fact():
     for item in items:
         assert {layer for layer, share in enumerate(item["neuron_profile"]) if share} == {2}
         assert item["peak_layer"] == 2 and item["agreement"] == pytest.approx(1.0)
+        assert item["agreement_at_prediction"] in (None, pytest.approx(1.0))
         assert item["attention_share"] is None or 0 <= item["attention_share"] <= 1
     assert result["summary"]["agreement"]["value"] == pytest.approx(1.0)
     assert "agreement: Spearman(tracing MLP profile, grad-x-act neurons" in tvn.table(result)

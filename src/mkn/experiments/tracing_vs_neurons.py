@@ -13,6 +13,8 @@ Per known item (fact, language; its first query), on a causal LM:
 - the control ``unrelated_agreement``: the same trace against the neuron profile of a fact of
   another relation known in the language (if localization is specific to the fact, its own
   neurons agree better than another fact's); ``specificity`` = agreement - unrelated agreement;
+- ``agreement_at_prediction``: the same correlation with the MLP trace at the prediction
+  position, where the knowledge neurons are read;
 - ``attention_share`` (Geva et al. 2023): at the prediction position, the summed positive
   indirect effect of the attention outputs over that of attention and MLP outputs: how much of
   the recall runs through attention, which FFN neurons cannot see.
@@ -86,6 +88,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                                  samples=samples, noise=noise,
                                  seed=stable_seed(seed, fact.id, lang, "trace"))
             trace = denoised(found.layer_profile("mlp").abs().tolist())
+            at_prediction = denoised(found.layer_profile(
+                "mlp", len(found.tokens) - 1).abs().tolist())
             own = profiles[(fact.id, lang)]
             others = [g for g in unrelated_facts(fact, facts, lang, len(facts), seed, known)
                       if (g.id, lang) in profiles and any(profiles[(g.id, lang)])]
@@ -100,6 +104,9 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                 "peak_layer": int(torch.tensor(trace).argmax()),
                 "clean_prob": found.clean_prob, "corrupted_prob": found.corrupted_prob,
                 "agreement": agreement, "unrelated_fact": other.id if other else None,
+                "prediction_profile": at_prediction,
+                "agreement_at_prediction": spearman(at_prediction, own)
+                if any(own) and any(at_prediction) else None,
                 "unrelated_agreement": unrelated,
                 "specificity": None if agreement is None or unrelated is None
                 else agreement - unrelated,
@@ -112,7 +119,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
 
 def summarize(items: list[dict], seed: int = 0) -> dict:
     out: dict = {"items": len(items)}
-    for key in ("agreement", "unrelated_agreement", "specificity", "attention_share"):
+    for key in ("agreement", "unrelated_agreement", "specificity", "agreement_at_prediction",
+                "attention_share"):
         out[key] = clustered_interval([(i["fact_id"], i[key]) for i in items
                                        if i[key] is not None], seed=seed)
     out["flat"] = sum(i["agreement"] is None for i in items)
@@ -121,8 +129,7 @@ def summarize(items: list[dict], seed: int = 0) -> dict:
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
     """The study's summary: the agreement, its control, specificity and the attention share."""
-    return {key: result["summary"][key] for key in ("agreement", "unrelated_agreement",
-                                                    "specificity", "attention_share")}
+    return {key: value for key, value in result["summary"].items() if isinstance(value, dict)}
 
 
 def table(result: dict) -> str:
@@ -136,6 +143,7 @@ def table(result: dict) -> str:
             "agreement"),
         row("control: the same trace vs an unrelated fact's neurons", "unrelated_agreement"),
         row("specificity = agreement - control", "specificity"),
+        row("agreement with the MLP trace at the prediction position", "agreement_at_prediction"),
         row("attention share of the indirect effect (Geva et al. 2023)", "attention_share")])
     return (f"{body}\n\n{s['items']} items; {s['flat']} without a ranking to compare (no "
             f"neurons or no effect). {knowledge_line(result['knowledge'])}")

@@ -298,6 +298,8 @@ def _tracing_vs_neurons(result: dict) -> list:
                           "neurons per layer)",
              "unrelated_agreement": "control: the same trace vs an unrelated fact's neurons",
              "specificity": "specificity = agreement - control",
+             "agreement_at_prediction": "agreement with the MLP trace at the prediction "
+                                        "position",
              "attention_share": "attention share of the indirect effect (Geva et al. 2023)"}
     rows = [_cells([label, (s.get(key) or {}).get("facts"), fmt_ci(s.get(key))])
             for key, label in names.items()]
