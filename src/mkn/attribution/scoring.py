@@ -164,10 +164,12 @@ def _score_causal(lm: LanguageModel, encoded: Sequence[EncodedQuery],
 
 
 @contextmanager
-def _head_at(lm: LanguageModel, rows: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
+def head_at(lm: LanguageModel, rows: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
     """Run the LM head only on the hidden states at ``(rows[i], positions[i])``: the model's
     logits become ``[1, len(rows), vocab]`` (whatever the model applies after its head, such as
-    Gemma's soft-capping, still applies)."""
+    Gemma's soft-capping, still applies). Over a large vocabulary this saves the logits of every
+    other position, and a ``[rows, 1, hidden]`` input, which some CPU matmul kernels expand per
+    row into a copy of the whole head, is never formed."""
     def gather(module, args):
         return (args[0][rows, positions][None], *args[1:])
 
@@ -211,7 +213,7 @@ def _continue(lm: LanguageModel, encoded: Sequence[EncodedQuery], rows: list[tup
         selected = copy.deepcopy(cache) if end < len(rows) or start else cache
         selected.batch_select_indices(torch.tensor([row for row, _ in chunk],
                                                    device=lm.device))
-        with _head_at(lm, torch.tensor(where_rows, device=lm.device),
+        with head_at(lm, torch.tensor(where_rows, device=lm.device),
                       torch.tensor(where_positions, device=lm.device)), torch.no_grad():
             logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                               **cache_kwarg(selected), use_cache=True).logits[0]
@@ -310,7 +312,7 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
             at = torch.zeros((len(chunk), width))
             at[torch.tensor(where_rows), torch.tensor(where_positions)] = 1.0
         hooks = _multiplier_hooks(lm, [interventions[owner] for owner, _, _ in chunk], at)
-        with neuron_hooks(lm, hooks), _head_at(lm, torch.tensor(where_rows, device=lm.device),
+        with neuron_hooks(lm, hooks), head_at(lm, torch.tensor(where_rows, device=lm.device),
                                                 torch.tensor(where_positions,
                                                              device=lm.device)), \
                 torch.no_grad():

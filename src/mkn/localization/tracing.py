@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mkn.attribution.noise import embedding_sigma
+from mkn.attribution.noise import add_noise, noise_draws
 from mkn.attribution.queries import encode, split_prompt
-from mkn.models.hooks import head_on_last_position
+from mkn.attribution.scoring import head_at
 from mkn.models.loading import LanguageModel, uses_model
 
 KINDS = ("hidden", "mlp", "attn")
@@ -139,24 +139,15 @@ def causal_trace(lm: LanguageModel, prompt: str, target: str, subject: str,
     length, last = len(step.input_ids), step.position
     if positions[-1] > last:
         raise ValueError(f"subject {subject!r} lies after the prediction position")
-    generator = torch.Generator().manual_seed(seed)
-    hidden_size = lm.model.get_input_embeddings().weight.shape[1]
-    draws = torch.randn(samples, len(positions), hidden_size, generator=generator)
-    draws = (draws * noise * embedding_sigma(lm)).to(device=lm.device, dtype=lm.dtype)
-    where = torch.tensor(positions, device=lm.device)
+    draws = noise_draws(lm, samples, len(positions), noise, seed)
 
     def corrupt(rows_per_draw: int):
-        noise_rows = draws.repeat_interleave(rows_per_draw, dim=0)  # row r: draw r // rows
-
-        def hook(module, args, output):
-            out = output.clone()
-            out[:, where] += noise_rows
-            return out
-
-        return hook
+        return add_noise(lm, positions, draws, rows_per_draw)  # row r: draw r // rows_per_draw
 
     def prob(rows: int, hooks) -> torch.Tensor:
-        with torch.no_grad(), _hooks(hooks), head_on_last_position(lm):
+        on_last = torch.arange(rows, device=lm.device), torch.full((rows,), last,
+                                                                   device=lm.device)
+        with torch.no_grad(), _hooks(hooks), head_at(lm, *on_last):
             logits = lm.model(input_ids=ids[None].expand(rows, -1).contiguous()).logits[0]
         return torch.softmax(logits.float(), -1)[:, step.target_id]
 

@@ -70,20 +70,3 @@ def capture(lm: LanguageModel, position: int | None = None,
     with neuron_hooks(lm, {key: make(key) for key in keys}):
         yield store
 
-
-@contextmanager
-def head_on_last_position(lm: LanguageModel) -> Iterator[None]:
-    """The LM head reads only each row's last position, as one ``[1, rows, hidden]`` batch: the
-    model's logits become ``[1, rows, vocab]`` (what the model applies after its head, such as
-    Gemma's soft-capping, still applies). Over a large vocabulary this saves the logits of every
-    other position, and a ``[rows, 1, hidden]`` input, which some CPU matmul kernels expand per
-    row into a copy of the whole head, is never formed."""
-
-    def gather(module, args):
-        return (args[0][:, -1][None], *args[1:])
-
-    handle = lm.model.get_output_embeddings().register_forward_pre_hook(gather)
-    try:
-        yield
-    finally:
-        handle.remove()

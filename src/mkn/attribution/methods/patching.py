@@ -21,7 +21,7 @@ import torch
 from mkn.attribution.engine import integrated_gradients, replace_position
 from mkn.attribution.methods.ig import IG  # noqa: F401  (ig and amig are listed first)
 from mkn.attribution.methods.registry import Method, StepScores, register_method
-from mkn.attribution.noise import embedding_sigma
+from mkn.attribution.noise import add_noise, noise_draws
 from mkn.models.hooks import capture
 
 SAMPLES = 10
@@ -38,18 +38,8 @@ def corrupted_neurons(lm, step, samples: int = SAMPLES, noise: float = NOISE,
     if not context:
         raise ValueError("patching needs context tokens before the prediction position")
     ids = torch.tensor(step.input_ids, device=lm.device)[None].expand(samples, -1)
-    embed = lm.model.get_input_embeddings()
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randn(samples, len(context), embed.weight.shape[1], generator=generator)
-    draws = (draws * noise * embedding_sigma(lm)).to(device=lm.device, dtype=lm.dtype)
-    where = torch.tensor(context, device=lm.device)
-
-    def corrupt(module, args, output):
-        out = output.clone()
-        out[:, where] += draws
-        return out
-
-    handle = embed.register_forward_hook(corrupt)
+    draws = noise_draws(lm, samples, len(context), noise, seed)
+    handle = lm.model.get_input_embeddings().register_forward_hook(add_noise(lm, context, draws))
     try:
         with torch.no_grad(), capture(lm, position=step.position) as store:
             lm.model.base_model(input_ids=ids.contiguous())  # the neurons only: no LM head
