@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -41,18 +43,18 @@ class Heartbeat:
         self.every, self.line = every, what
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
-        self._last = self._start = _now()
+        self._last = self._start = time.monotonic()
 
     def note(self, line: str, said: bool = False) -> None:
         """What is being done now; ``said``: a line was just printed (the clock restarts)."""
         self.line = line
         if said:
-            self._last = _now()
+            self._last = time.monotonic()
 
     def _beat(self) -> None:
         while not self._stop.wait(min(1.0, self.every)):
-            if _now() - self._last >= self.every:
-                self._last = _now()
+            if time.monotonic() - self._last >= self.every:
+                self._last = time.monotonic()
                 _say(f"{self.line} ... still working, elapsed {self._last - self._start:.0f} s")
 
     def __enter__(self) -> Heartbeat:
@@ -66,10 +68,11 @@ class Heartbeat:
             self._thread.join()
 
 
-def _now() -> float:
-    import time
-
-    return time.monotonic()
+@contextmanager
+def _working(what: str) -> Iterator[None]:
+    """A spinner on a terminal, a :class:`Heartbeat` line elsewhere, while ``what`` runs."""
+    with console.status(escape(what)), Heartbeat(what):
+        yield
 
 
 def _version(value: bool) -> None:
@@ -201,8 +204,7 @@ def _fail(error: Exception) -> typer.Exit:
 def _load(model: str, dtype: str | None, device: str | None = None, device_map=None):
     import mkn
 
-    what = f"loading {model} (the first load converts the GGUF, ~1 min)"
-    with console.status(escape(what)), Heartbeat(what):
+    with _working(f"loading {model} (the first load converts the GGUF, ~1 min)"):
         lm = mkn.load_model(model, dtype=dtype, device=device or "auto", device_map=device_map)
     if lm.dtype_choice:  # said on stderr: --json output stays one JSON line
         Console(stderr=True).print(f"dtype {escape(lm.dtype_choice)}", highlight=False,
@@ -251,9 +253,8 @@ def attribute(
         raise _fail(ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}"))
     try:
         lm = _load(model, dtype, device, device_map)
-        what = (f"attributing {prompt!r} -> {target!r} ({method}, {steps} steps x "
-                f"{lm.n_layers} layers)")
-        with console.status(escape(what)), Heartbeat(what):
+        with _working(f"attributing {prompt!r} -> {target!r} ({method}, {steps} steps x "
+                      f"{lm.n_layers} layers)"):
             result = mkn.attribute(lm, prompt=prompt, target=target, method=method,
                                    steps=steps, rule=rule)
     except (ValueError, IndexError, TypeError) as error:
@@ -316,8 +317,7 @@ def trace(
 
     try:
         lm = _load(model, dtype, device)
-        what = f"tracing {prompt!r} -> {target!r} ({lm.n_layers} layers x 3 kinds)"
-        with console.status(escape(what)), Heartbeat(what):
+        with _working(f"tracing {prompt!r} -> {target!r} ({lm.n_layers} layers x 3 kinds)"):
             found = causal_trace(lm, prompt, target, subject, samples=samples, noise=noise,
                                  window=window, seed=seed)
     except (ValueError, IndexError) as error:
