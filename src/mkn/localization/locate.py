@@ -37,7 +37,6 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mkn.attribution.api import (
-    METHODS,
     Attribution,
     Progress,
     attribute,
@@ -61,9 +60,6 @@ from mkn.models.loading import LanguageModel
 
 if TYPE_CHECKING:
     import pandas
-
-LOCATE_METHODS = (*METHODS, "matrice")  # at import; locate_methods() is the live list
-
 
 def locate_methods() -> tuple[str, ...]:
     """Every registered attribution method, and ``matrice`` (which aggregates one of them)."""
