@@ -196,13 +196,19 @@ def few_facts(facts: int | None) -> str:
         facts < FEW_FACTS else ""
 
 
+def ci_text(entry: dict) -> str:
+    """``[low, high]`` of an interval entry, with a warning when it rests on fewer than
+    :data:`FEW_FACTS` facts."""
+    low, high = entry["ci95"]
+    return f"[{low:.3g}, {high:.3g}]{few_facts(entry.get('facts'))}"
+
+
 def fmt_ci(entry: dict | None) -> str:
     """``median [low, high]`` of a :func:`control_summary` entry ("" when empty), with a
     warning when it rests on fewer than :data:`FEW_FACTS` facts."""
     if not entry or entry.get("value") is None:
         return ""
-    low, high = entry["ci95"]
-    return f"{entry['value']:.3g} [{low:.3g}, {high:.3g}]{few_facts(entry.get('facts'))}"
+    return f"{entry['value']:.3g} {ci_text(entry)}"
 
 
 CONTROL_HEADER = ["intervention", "items", "effect (median)", "random set", "unrelated facts",
@@ -226,9 +232,8 @@ def interval_row(label: str, entry: dict | None) -> list:
     """A markdown row ``[label, facts, value, [low, high]]`` of a :func:`clustered_interval`
     entry (empty cells where it has none)."""
     entry = entry or {}
-    ci = entry.get("ci95")
     return [label, entry.get("facts"), entry.get("value"),
-            f"[{ci[0]:.3g}, {ci[1]:.3g}]{few_facts(entry.get('facts'))}" if ci else ""]
+            ci_text(entry) if entry.get("ci95") else ""]
 
 
 def knowledge_line(summary: dict, rest: str = "the others are not measured") -> str:
