@@ -80,8 +80,6 @@ def relative_change(before: float, after: float) -> float:
     return (after - before) / before
 
 
-
-
 @dataclass(frozen=True)
 class ControlledEffect:
     """The effect of one intervention on a fact, beside its controls (module docstring)."""
@@ -160,8 +158,9 @@ class ControlledEffect:
                matched_sets: Sequence[Sequence[Sequence[int]]] = (),
                same_relation: Sequence[float] = ()) -> ControlledEffect:
         """One effect with the sets it was measured with (each sorted as pairs)."""
-        return cls(mode, len(sorted_set(neurons)), effect, tuple(random), tuple(unrelated),
-                   tuple(matched), tuple(same_relation), sorted_set(neurons),
+        pairs = sorted_set(neurons)
+        return cls(mode, len(pairs), effect, tuple(random), tuple(unrelated),
+                   tuple(matched), tuple(same_relation), pairs,
                    tuple(sorted_set(d) for d in random_sets),
                    tuple(sorted_set(d) for d in matched_sets))
 
