@@ -29,9 +29,9 @@ from mkn.data import load_facts
 from mkn.experiments.common import control_summary, fmt_ci, markdown_table, queries
 from mkn.experiments.common import unrelated_facts as pick_unrelated
 from mkn.interventions.controls import CleanProbs, controlled_effect, stable_seed
-from mkn.localization.generic import REFERENCE_POOL, reference_facts, reference_generic
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.localization.reference import REFERENCE_POOL, reference_facts, reference_generic
 from mkn.models.devices import cpu_summary
 
 MODES = ("suppress", "enhance")

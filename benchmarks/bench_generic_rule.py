@@ -4,7 +4,7 @@ The generic-neuron threshold (:mod:`mkn.localization.generic`) is a rule tuned o
 chosen here on facts the study never measures (issue 20: the 0.07 of an earlier session was
 chosen on 32 bmlama17 facts, 28 of them in the study's sample):
 
-1. The study's facts on ``--data`` (every part of :data:`mkn.experiments.reproduce.DEFAULT_PARTS`
+1. The study's facts on ``--data`` (every part of :data:`mkn.jobs.study.DEFAULT_PARTS`
    that reads it, seeded as the study draws them) are removed from the data set.
 2. From the rest, a *reference* sample of known facts (:func:`reference_facts`, as the library
    draws it) gives every rule its generic neurons; an *evaluation* sample of other known facts
@@ -35,16 +35,11 @@ import torch
 import mkn
 from mkn.experiments.common import markdown_table, queries, unrelated_facts
 from mkn.experiments.metrics import clustered_interval
-from mkn.experiments.reproduce import StudyConfig, part_facts
 from mkn.interventions.controls import CleanProbs, controlled_effect
-from mkn.localization.generic import (
-    GenericNeurons,
-    build_reference,
-    check_held_out,
-    reference_facts,
-    reference_pool,
-)
+from mkn.jobs.study import StudyConfig, part_facts
+from mkn.localization.generic import GenericNeurons, check_held_out
 from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.localization.reference import build_reference, reference_facts, reference_pool
 from mkn.models.devices import cpu_summary
 
 OWN_DROP = -0.8  # the criterion: a rule must keep the median own change at or below this

@@ -6,7 +6,7 @@ study computed is in its run directory (``attributions.jsonl`` and ``scores/``, 
 :func:`mkn.runs.store.verified_units`, exactly what ``--resume`` would keep). Per part, the
 sample is drawn and probed again, the generic-neuron lists are taken from the cache (their
 content digests must equal the ones the study recorded), every method locates from the stored
-attributions, and :func:`mkn.experiments.reproduce.layer_and_cost` runs with this code. The new
+attributions, and :func:`mkn.jobs.study.layer_and_cost` runs with this code. The new
 statistics replace the old only if the located sets are the same (every layer histogram equal);
 the study's headlines are then recomputed (:func:`refresh_headlines`).
 
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import mkn
 from mkn.attribution.api import Attribution
-from mkn.experiments.reproduce import (
+from mkn.experiments.headlines import refresh_headlines
+from mkn.jobs.study import (
     StudyConfig,
-    generic_lists,
     layer_and_cost,
     locate_every_method,
     part_facts,
-    refresh_headlines,
+    part_generic_lists,
 )
 from mkn.localization.knowledge import known_items
 from mkn.report.results import read_study
@@ -66,13 +66,14 @@ def main() -> None:
         facts = part_facts(part, config)
         assert [f.id for f in facts] == saved["facts"], part.name
         known = known_items(lm, facts, part.languages, config.known)
-        generic = generic_lists(lm, part, config, cache, task, [f.id for f in facts])
-        digests = {m: g.digest for m, g in (generic or {}).items()}
+        generic = part_generic_lists(lm, part, config, cache, task, print,
+                                     [f.id for f in facts])
+        digests = generic.digests
         if saved.get("generic_digest") and digests != saved["generic_digest"]:
             raise SystemExit(f"{part.name}: generic lists differ from the study's "
                              f"({digests} vs {saved['generic_digest']})")
         located = locate_every_method(lm, facts, part.languages, config, dict(cache),
-                                      lambda item: None, known, generic)
+                                      lambda item: None, known, generic.lists)
         stats = layer_and_cost(located, lm.n_layers,
                                config.locate_config(config.experiment_method).agnostic_fraction)
         for method, new in stats.items():

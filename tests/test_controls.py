@@ -168,8 +168,7 @@ def test_the_reference_sample_is_facts_the_model_knows_balanced_and_probed_lazil
     probing stops at the chunk where enough were found; unscorable facts are listed."""
     from types import SimpleNamespace
 
-    import mkn.attribution.queries as queries_module
-    from mkn.localization import generic as generic_module
+    from mkn.localization import reference as generic_module
     from mkn.localization.knowledge import KnownItems
 
     pool = [SimpleNamespace(id=f"f{i}", relation=f"P{i % 5}") for i in range(400)]
@@ -182,7 +181,7 @@ def test_the_reference_sample_is_facts_the_model_knows_balanced_and_probed_lazil
         return KnownItems(criterion, list(languages), knows)
 
     monkeypatch.setattr(generic_module, "known_items", fake_known_items)
-    monkeypatch.setattr(queries_module, "encoding_problems",
+    monkeypatch.setattr(generic_module, "encoding_problems",
                         lambda lm, chunk, languages: {"f3": "target is empty"}
                         if any(f.id == "f3" for f in chunk) else {})
     chosen, known, problems = generic_module.reference_facts(None, pool, ["en", "ja"], "auto",
@@ -260,7 +259,8 @@ def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatc
     import json
 
     from mkn.data import write_facts
-    from mkn.localization.generic import check_held_out, reference_generic
+    from mkn.localization.generic import check_held_out
+    from mkn.localization.reference import reference_generic
     from tests.tiny_models import knowing, torch_threads, two_relation_facts
 
     monkeypatch.setenv("MKN_GENERIC_CACHE", str(tmp_path / "cache"))

@@ -35,3 +35,41 @@ def test_every_import_points_down_the_layers():
     assert not upward, upward
     assert set(rank) >= {p.name for p in SRC.iterdir() if p.is_dir() and p.name != "__pycache__"
                          } | {"cli"}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the mkn modules it imports (``from mkn.a.b import c`` counts ``mkn.a.b.c``
+    where that is a module, else ``mkn.a.b``), lazy imports included."""
+    modules = {".".join(("mkn", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(
+        ".__init__") for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        name = ".".join(("mkn", *path.relative_to(SRC).with_suffix("").parts)).removesuffix(
+            ".__init__")
+        found = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mkn"):
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    """No file cycle (e.g. generic.py <-> locate.py, issue 23), package __init__ files aside
+    (they gather what is below them)."""
+    graph = {m: {t for t in targets if t != m} for m, targets in module_imports().items()}
+    packages = {m for m in graph if (SRC.parent / (m.replace(".", "/")) / "__init__.py").exists()}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [t for t in graph[start] if t not in packages]
+        while todo:
+            node = todo.pop()
+            if node in seen or node in packages or node not in graph:
+                continue
+            seen.add(node)
+            todo += graph[node]
+        return seen
+
+    cycles = sorted(m for m in graph if m not in packages and m in reach(m))
+    assert not cycles, cycles

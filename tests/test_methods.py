@@ -171,6 +171,42 @@ def test_a_method_and_an_experiment_each_in_one_file_run_through_the_cli(toys, t
     assert bad.exit_code == 2 and "option top='x'" in bad.output
 
 
+def test_the_study_takes_a_registered_method_and_experiment(toys, tiny_dir, tmp_path):
+    """``mkn reproduce --config`` runs any registered experiment on any data, with any
+    registered method located and compared (localization-quality takes the study's methods),
+    and renders RESULTS.md from it."""
+    import yaml
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"parts": [{
+        "name": "tiny", "data": f"jsonl:{tiny_dir / 'facts.jsonl'}", "languages": ["en", "zh"],
+        "relations": ["P36"], "per_relation": 5,
+        "experiments": ["toy-suppression", "localization-quality"],
+        "options": {"toy-suppression": {"top": 2}}, "chosen": "the tiny capitals"}]}))
+    out, page = tmp_path / "study", tmp_path / "RESULTS.md"
+    ran = runner.invoke(app, ["reproduce", "--config", str(config), "--model",
+                              str(tiny_dir / "model"), "--methods", f"{TOY.name},amig",
+                              "--steps", "2", "--max-queries", "1", "--generic", "keep",
+                              "--out", str(out), "--results", str(page), "--quiet"])
+    assert ran.exit_code == 0, ran.output
+    study = json.loads((out / "study.json").read_text())
+    assert study["config"]["methods"] == [TOY.name, "amig"]
+    assert study["config"]["experiment_method"] == "amig"
+    part = study["parts"][0]
+    assert set(part["localization"]) == {TOY.name, "amig"}
+    toy = part["experiments"]["toy-suppression"]["result"]
+    assert toy["items"] and all(len(i["neurons"]) == 2 for i in toy["items"])
+    compared = part["experiments"]["localization-quality"]["result"]
+    assert TOY.name in json.dumps(compared)
+    text = page.read_text()
+    assert TOY.name in text and "## Experiment: toy-suppression" in text
+    assert toy_table(toy) in text  # its own table, from the registry
+    wrong = runner.invoke(app, ["reproduce", "--config", str(config), "--methods", "nope",
+                                "--out", str(tmp_path / "x"), "--results", str(tmp_path / "x.md")])
+    assert wrong.exit_code == 2 and "methods must be distinct names of" in wrong.output
+    assert len(wrong.output.strip().splitlines()) == 1
+
+
 def test_every_registered_experiment_has_a_report_view_and_cli_choice():
     from mkn.cli import EXPERIMENT_NAMES
     from mkn.report.experiment_views import EXPERIMENT_VIEWS

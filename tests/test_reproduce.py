@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from mkn.experiments.cross_lingual_editing import headline as editing_headline
+from mkn.experiments.headlines import without_raw_results
 from mkn.experiments.localization_quality import headline as sr_headline
 from mkn.experiments.metrics import accuracy, interval
-from mkn.experiments.reproduce import DataPart, StudyConfig, run_study, without_raw_results
+from mkn.jobs.study import DataPart, StudyConfig, run_study
 from mkn.report.results import (
     read_study,
     render,
@@ -227,7 +228,7 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
 
 def test_claims_are_recomputed_without_a_planted_copyable_fact():
     """Issue 20: every claim on all items and without copyable items."""
-    from mkn.experiments.reproduce import refresh_headlines, without_copyable, without_facts
+    from mkn.experiments.headlines import refresh_headlines, without_copyable, without_facts
 
     items = [{"fact_id": f"f{i}", "ig": {"sr": 1.0}, "amig": {"sr": 2.0 if i else 0.5}}
              for i in range(6)]
@@ -360,7 +361,7 @@ def test_unknown_experiment_in_a_part_fails_before_any_work():
 def test_layer_statistic_per_item_and_identical_sets_are_detected():
     from types import SimpleNamespace as NS
 
-    from mkn.experiments.reproduce import same_sets, upper_third_excess
+    from mkn.jobs.study import same_sets, upper_third_excess
 
     def fact(fact_id, **sets):
         return NS(fact_id=fact_id, languages={lang: NS(neurons=n) for lang, n in sets.items()})

@@ -268,7 +268,7 @@ STUDY = textwrap.dedent("""
     import sys
     from pathlib import Path
     import mkn
-    from mkn.experiments.reproduce import DataPart, StudyConfig, run_study
+    from mkn.jobs.study import DataPart, StudyConfig, run_study
     model, data, out, resume = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4] == "1"
     part = DataPart(name="tiny", data="jsonl:" + data, languages=["en", "zh"],
                     relations=["P36"], per_relation=6,

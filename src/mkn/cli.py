@@ -212,16 +212,6 @@ def _load(model: str, dtype: str | None, device: str | None = None, device_map=N
     return lm
 
 
-def _concrete_dtype(dtype: str | None, device: str | None) -> str:
-    """``auto``/None -> the dtype it gives on ``device`` (a run records a concrete dtype, so a
-    resume on another CPU cannot mix two)."""
-    from mkn.models.devices import default_dtype, resolve_device, resolve_dtype
-
-    if dtype in (None, "auto"):
-        return default_dtype(resolve_device(device))
-    return str(resolve_dtype(dtype)[0]).removeprefix("torch.")
-
-
 @app.command()
 def attribute(
     prompt: Annotated[str, typer.Option(help="Text with [Y] for the object, or the object "
@@ -247,7 +237,7 @@ def attribute(
     except ValueError as error:
         raise _fail(error) from error
     from mkn.attribution.rules import RULES
-    from mkn.localization.generic import cached_lists
+    from mkn.localization.reference import cached_lists
 
     if rule not in RULES:
         raise _fail(ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}"))
@@ -400,149 +390,18 @@ class ProgressBars:
 
 
 def _prepare(config: Path | None, claim: dict | None = None, **flags):
-    """Resolve the configuration, claim the run directory (``claim``: keyword arguments of
-    :func:`mkn.runs.directory.claim`, its ``identity`` extended with the configuration), load
-    the facts (the sample pinned into the identity), load the model (its weights pinned). A
-    failure leaves a new directory as it was."""
-    from mkn.data import load_facts
-    from mkn.jobs.config import load_run_config
-    from mkn.runs.directory import claim as claim_directory
-    from mkn.runs.directory import data_fingerprint
+    """:func:`mkn.jobs.pipeline.prepare` with this command line's model loading and printing."""
+    from mkn.jobs.pipeline import prepare
 
-    for key in ("languages", "relations"):
-        if flags.get(key) is not None:
-            flags[key] = [x.strip() for x in flags[key].split(",") if x.strip()]
-    cfg = load_run_config(config, **flags)
-    asked, cfg.dtype = cfg.dtype, _concrete_dtype(cfg.dtype, cfg.device)
-    settings = cfg.model_dump(exclude={"locate", "backend", "workers", "gpus_per_worker",
-                                       "device", "device_map"})
-    run = None
-    if claim is not None:  # the lock first: a second writer fails at once, before any read
-        identity = {**claim.get("identity", {}), "locate": cfg.locate.model_dump(), **settings}
-        run = claim_directory(**{**claim, "identity": identity})
-    try:
-        facts = load_facts(cfg.data, cfg.languages, cfg.limit, cfg.lenient,
-                           seed=cfg.seed if cfg.shuffle else None, relations=cfg.relations,
-                           per_relation=cfg.per_relation)
-        if not facts:
-            raise ValueError(f"no facts to work on: {facts.summary()}")
-        languages = cfg.languages or facts.languages
-        _say(f"data: {facts.summary()}")
-        for skipped in facts.skipped:
-            _say(f"skipped {skipped}")
-        sample = {"facts": len(facts), "fact_ids": [f.id for f in facts],
-                  "data_fingerprint": data_fingerprint(facts),
-                  "skipped": [str(s) for s in facts.skipped], "unaligned": facts.unaligned}
-        meta = {**settings, "languages": languages, **sample}
-        if run is not None:  # the sample by content: a resume on edited data is refused
-            run.pin_all(sample)
-        lm = _load(cfg.model, asked, cfg.device, cfg.device_map)  # says why auto chose
-        if run is not None:  # the weights by content: a resume against others is refused
-            run.pin("weights", lm.weights_digest())
-        facts = _encodable(lm, facts, languages, cfg.lenient, meta)
-    except BaseException:
-        if run is not None:
-            run.abandon()  # a failed start leaves the directory as it was
-        raise
-    return cfg, facts, languages, lm, meta, run
-
-
-def _encodable(lm, facts, languages: list[str], lenient: bool, meta: dict):
-    """The facts whose every query the model can score: a fact that cannot be (its target
-    tokenizes to nothing...) is an error naming it, or, ``lenient``, skipped, named and counted
-    (in ``meta`` too)."""
-    from mkn.attribution.queries import encoding_problems
-
-    problems = encoding_problems(lm, facts, languages)
-    if not problems:
-        return facts
-    if not lenient:
-        fact_id, reason = next(iter(problems.items()))
-        more = f" (and {len(problems) - 1} more facts)" if len(problems) > 1 else ""
-        raise ValueError(f"fact {fact_id}: {reason}{more}; --lenient skips such facts")
-    kept = facts.without(problems)
-    for fact_id, reason in problems.items():
-        _say(f"skipped fact {fact_id}: {reason}")
-    if not kept:
-        raise ValueError(f"no facts left: all {len(facts)} have queries the model cannot score")
-    meta.update({"facts": len(kept), "fact_ids": [f.id for f in kept],
-                 "skipped": [str(s) for s in kept.skipped]})
-    return kept
+    p = prepare(config, _load, _say, claim, **flags)
+    return p.cfg, p.facts, p.languages, p.lm, p.meta, p.run
 
 
 def _probe(lm, facts, languages: list[str], criterion: str, bars: ProgressBars):
     """Which items the model knows (a progress bar, then one line of counts)."""
-    from mkn.localization.knowledge import known_items
+    from mkn.jobs.pipeline import probe
 
-    known = known_items(lm, facts, languages, criterion,
-                        progress=bars.task("probe: does the model know it?", len(facts)))
-    console.print(known.describe(), markup=False, highlight=False, soft_wrap=True)
-    known.require_some("(fact, language) items")  # before any other work
-    return known
-
-
-def _generic_lists(cfg, lm, languages: list[str], task, methods: tuple[str, ...] = (),
-                   held_out=(), run=None):
-    """The generic-neuron list of the run (None with ``--generic keep``), one per method when
-    ``methods`` are given (experiments comparing methods); its reference sample holds out the
-    run's facts (``held_out``: their ids; a list from a file is checked too). The run's
-    identity records each list by content digest (``run.pin``: a resume with another list is
-    refused)."""
-    from mkn.localization.generic import (
-        GenericNeurons,
-        ThinReference,
-        check_held_out,
-        reference_generic,
-    )
-
-    if cfg.generic == "keep":
-        return None
-    if cfg.generic != "auto":
-        loaded = GenericNeurons.load(Path(cfg.generic)).with_threshold(cfg.locate.generic_share)
-        try:
-            check_held_out([item.fact_id for item in loaded.items], held_out)
-        except ValueError as error:
-            raise ValueError(f"{cfg.generic}: {error}") from None
-        if run is not None:
-            run.pin("generic_digest", loaded.digest)
-        return loaded
-    lists, cache = {}, {}
-    for method in methods or (cfg.locate.method,):
-        config = cfg.locate.model_copy(update={"method": method})
-        try:
-            generic, path, built = reference_generic(lm, cfg.data, languages, config,
-                                                     task=task, cache=cache, held_out=held_out)
-        except ThinReference as error:
-            _say(f"warning: {error}: generic neurons are kept in this run's sets (as with "
-                 "--generic keep); --generic FILE takes a list built on other data (mkn generic "
-                 "--data ... --out FILE)")
-            if run is not None:
-                run.pin("generic_digest", "kept: the reference sample is too small")
-            return None
-        held = generic.source.get("held_out", {})
-        console.print(f"generic neurons ({method}, share >= {generic.threshold:g}, "
-                      f"{generic.facts} reference facts, the run's {held.get('facts', 0)} "
-                      f"facts held out: overlap {held.get('overlap', 0)}): "
-                      f"{len(generic.neurons())}; {'built' if built else 'cached'} at {path}",
-                      markup=False, highlight=False, soft_wrap=True)
-        lists[method] = generic
-    if run is not None:
-        run.pin("generic_digest", {method: g.digest for method, g in lists.items()})
-    return lists if methods else lists[cfg.locate.method]
-
-
-def _prefetch(cfg, lm, facts, languages: list[str], methods: tuple[str, ...], known, cache,
-              bars: ProgressBars) -> None:
-    """Compute every attribution the run will need on the configured backend (Ray actors)."""
-    from mkn.localization.backends import attribution_keys, make_backend, prefetch
-
-    keys = attribution_keys(facts, languages, cfg.locate, methods or (cfg.locate.method,),
-                            known)
-    with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
-                      lm=lm, gpus_per_worker=cfg.gpus_per_worker) as backend:
-        prefetch(backend, keys, cache, bars.task(f"attributions ({cfg.backend}, "
-                                                 f"{cfg.workers} workers)", len(keys)),
-                 cfg.locate.batch_size)
+    return probe(lm, facts, languages, criterion, bars.task, _say)
 
 
 @app.command()
@@ -578,7 +437,7 @@ def locate(
 ) -> None:
     """Knowledge neurons per fact and language the model knows, language-agnostic and
     degenerate neurons."""
-    from mkn.localization.backends import make_backend
+    from mkn.jobs.pipeline import backend_for, generic_lists
     from mkn.localization.run import run_locate
 
     try:
@@ -593,10 +452,11 @@ def locate(
             generic=generic)
         with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-            generic_list = _generic_lists(cfg, lm, langs, bars.task,
-                                          held_out=[f.id for f in facts], run=run)
-            with make_backend(cfg.backend, cfg.workers, model_spec=cfg.model, dtype=cfg.dtype,
-                              lm=lm, gpus_per_worker=cfg.gpus_per_worker) as runner:
+            generic_list = generic_lists(lm, cfg.data, langs, cfg.locate, [cfg.locate.method],
+                                         cfg.generic, task=bars.task, say=_say,
+                                         held_out=[f.id for f in facts], run=run
+                                         ).of(cfg.locate.method)
+            with backend_for(cfg, lm) as runner:
                 summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
                                      on_fact=bars.task(f"locate ({cfg.locate.method})",
                                                        len(facts)),
@@ -708,7 +568,7 @@ def generic(
     """The generic neurons of a model on a data source: knowledge neurons of many facts of
     different relations, left out of knowledge-neuron sets by default. Computed on a reference
     sample (mkn.localization.generic), cached; --rebuild recomputes it."""
-    from mkn.localization.generic import (
+    from mkn.localization.reference import (
         MIN_REFERENCE_FACTS,
         MIN_REFERENCE_RELATIONS,
         ThinReference,
@@ -799,6 +659,7 @@ def experiment(
 
     from mkn.experiments import EXPERIMENTS
     from mkn.experiments.common import Setup, experiment_options, methods_of, write_result
+    from mkn.jobs.pipeline import backend_for, generic_lists, prefetch_attributions
     from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
     if name not in EXPERIMENTS:
@@ -825,14 +686,19 @@ def experiment(
             cache = StoredAttributions(store)
             with ProgressBars(quiet) as bars:
                 known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-                methods = methods_of(module.run, options)
-                generic_list = _generic_lists(cfg, lm, langs, bars.task, methods,
-                                              held_out=[f.id for f in facts], run=run)
+                methods = methods_of(module.run, options) or (cfg.locate.method,)
+                lists = generic_lists(lm, cfg.data, langs, cfg.locate, methods, cfg.generic,
+                                      task=bars.task, say=_say, held_out=[f.id for f in facts],
+                                      run=run)
                 if cfg.backend != "local":  # attributions on the workers, measures here
-                    _prefetch(cfg, lm, facts, langs, methods, known_sample, cache, bars)
+                    with backend_for(cfg, lm) as runner:
+                        prefetch_attributions(runner, facts, langs, cfg.locate, methods,
+                                              known_sample, cache, bars.task,
+                                              f"attributions ({cfg.backend}, {cfg.workers} "
+                                              "workers)")
                 result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
                                     progress=bars.task(name, len(facts) * module.PHASES),
-                                    cache=cache, known=known_sample, generic=generic_list,
+                                    cache=cache, known=known_sample, generic=lists.lists,
                                     **options)
             result["config"] = {"locate": cfg.locate.model_dump(), **meta}
             path = write_result(out, setup, result, module.table(result))
@@ -847,21 +713,35 @@ def reproduce(
     out: Annotated[Path, typer.Option(help="Directory for study.json.")] = Path("runs/reproduce"),
     results: Annotated[Path, typer.Option(help="Markdown page to write.")]
     = Path("docs/RESULTS.md"),
-    model: ModelOpt = "gemma-3-270m",
-    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "auto",
-    steps: Annotated[int, typer.Option(min=1, help="Integration steps.")] = 12,
-    max_queries: Annotated[int, typer.Option(min=1, help="Queries attributed per fact and "
-                                                         "language (the measurements use all "
-                                                         "of them).")] = 4,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", show_default="gemma-3-270m",
+        help="gemma-3-270m (embedded), a local HF dir or .gguf")] = None,
+    dtype: Annotated[str | None, typer.Option(show_default="auto", help=DTYPE_HELP)] = None,
+    steps: Annotated[int | None, typer.Option(min=1, show_default="12",
+                                              help="Integration steps.")] = None,
+    max_queries: Annotated[int | None, typer.Option(
+        min=1, show_default="4", help="Queries attributed per fact and language (the "
+                                       "measurements use all of them).")] = None,
     limit: Annotated[int | None, typer.Option(min=2, show_default="the whole study",
                                               help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
-    seed: Annotated[int, typer.Option(help="Sampling, splits, counterfactuals, bootstrap.")] = 0,
-    known: Annotated[str, typer.Option(help="Knowledge filter: auto, rank, greedy, either or "
-                                            "any.")]
-    = "auto",
-    generic: Annotated[str, typer.Option(help="auto (leave generic neurons out) or keep.")]
-    = "auto",
+    seed: Annotated[int | None, typer.Option(
+        show_default="0", help="Sampling, splits, counterfactuals, bootstrap.")] = None,
+    known: Annotated[str | None, typer.Option(
+        show_default="auto", help="Knowledge filter: auto, rank, greedy, either or any.")]
+    = None,
+    generic: Annotated[str | None, typer.Option(
+        show_default="auto", help="auto (leave generic neurons out) or keep.")] = None,
+    methods: Annotated[str | None, typer.Option(
+        show_default="ig,amig,matrice",
+        help=f"Methods located on every part: {', '.join(_methods())} or matrice.")] = None,
+    experiment_method: Annotated[str | None, typer.Option(
+        show_default="amig", help="The method whose neurons the experiments use (one of "
+                                  "--methods).")] = None,
+    study_config: Annotated[Path | None, typer.Option(
+        "--config", show_default="none: the built-in study",
+        help="YAML of the study's settings and data parts (any registered experiment); flags "
+             "override it.")] = None,
     render: Annotated[Path | None, typer.Option(show_default="none: run the study",
                                                 help="Only render RESULTS from this study.json "
                                                      "or study.json.gz (headline statistics "
@@ -887,16 +767,20 @@ def reproduce(
     import shlex
     import sys
 
-    from mkn.experiments.reproduce import StudyConfig, run_study
+    from mkn.jobs.pipeline import concrete_dtype
+    from mkn.jobs.study import load_study_config, run_study
     from mkn.localization.backends import make_backend
     from mkn.report.results import RESULTS_MARKER, write_results
     from mkn.runs.directory import check_ours, check_writable
 
     try:
         if render is None:
-            asked, dtype = dtype, _concrete_dtype(dtype, device)
-            config = StudyConfig(model=model, dtype=dtype, steps=steps, max_queries=max_queries,
-                                 limit=limit, seed=seed, known=known, generic=generic)
+            config = load_study_config(
+                study_config, model=model, dtype=dtype, steps=steps, max_queries=max_queries,
+                limit=limit, seed=seed, known=known, generic=generic,
+                methods=methods and [m.strip() for m in methods.split(",") if m.strip()],
+                experiment_method=experiment_method)
+            asked, config.dtype = config.dtype, concrete_dtype(config.dtype, device)
             check_writable(results.parent)
             check_ours(results, RESULTS_MARKER, "choose another --results, or delete that "
                        "file yourself to have mkn write it")  # before the study, not after
@@ -908,7 +792,7 @@ def reproduce(
                     backend, workers, model_spec=config.model, dtype=config.dtype, lm=lm,
                     gpus_per_worker=gpus_per_worker) as runner:
                 run_study(lm, config, out, bars.task, command.strip(), resume,
-                          None if backend == "local" else runner)
+                          None if backend == "local" else runner, _say)
             path = write_results(out / "study.json", results, before=before)
         else:
             path = write_results(render, results, refresh=True, before=before)

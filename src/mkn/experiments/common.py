@@ -156,6 +156,23 @@ def generic_for(generic: GenericNeurons | Mapping[str, GenericNeurons] | None,
     return generic.get(method) if isinstance(generic, Mapping) else generic
 
 
+MATRICE_ABLATIONS = ("lambda0", "uniform", "min")
+
+
+def parse_ranking(name: str) -> tuple[str, str]:
+    """``(method, variant)`` of a ranking name: a registered method (or matrice) alone
+    (variant ""), ``METHOD-source`` or a MATRICE ablation (``matrice-lambda0``...); a one-line
+    error otherwise. Method names may contain '-' (``grad-x-act-source``)."""
+    base, _, variant = name.rpartition("-")
+    if name in locate_methods():
+        return name, ""
+    if base in locate_methods() and (variant == "source" or (
+            base == "matrice" and variant in MATRICE_ABLATIONS)):
+        return base, variant
+    raise ValueError(f"unknown ranking {name!r}: a method ({', '.join(locate_methods())}), "
+                     f"METHOD-source, or matrice-{{{','.join(MATRICE_ABLATIONS)}}}")
+
+
 def methods_of(run: Callable, options: Mapping) -> tuple[str, ...]:
     """The localization methods an experiment's ``run`` compares (each needs its own generic
     neuron list): its ``methods`` option, or the bases of its ``rankings``; () for one method."""
@@ -164,7 +181,7 @@ def methods_of(run: Callable, options: Mapping) -> tuple[str, ...]:
         return tuple(options.get("methods", defaults["methods"]))
     if "rankings" in defaults:
         rankings = options.get("rankings", defaults["rankings"])
-        return tuple(dict.fromkeys(name.partition("-")[0] for name in rankings))
+        return tuple(dict.fromkeys(parse_ranking(name)[0] for name in rankings))
     return ()
 
 

@@ -40,6 +40,7 @@ from mkn.experiments.common import (
     generic_for,
     knowledge_line,
     markdown_table,
+    parse_ranking,
     probe_known,
     queries,
     unrelated_facts,
@@ -56,11 +57,16 @@ from mkn.interventions.controls import (
 from mkn.localization import matrice
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
-from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact, top_neurons
+from mkn.localization.locate import (
+    AttributionCache,
+    LocateConfig,
+    locate_fact,
+    top_neurons,
+)
 from mkn.models.loading import LanguageModel
 
 RANKINGS = ("matrice", "amig", "ig", "matrice-lambda0", "matrice-uniform", "matrice-min",
-            "amig-source")
+            "amig-source")  # the default; any registered method and METHOD-source are accepted
 SIZES = (1, 2, 5, 10, 20)
 MODES = ("suppress", "enhance")
 MOVED = -0.5  # a language is moved when suppression lowers p(gold) by more than half
@@ -84,7 +90,7 @@ def cross_language_scores(lm: LanguageModel, fact, languages: list[str], config:
     """The cross-language score of every ranking for ``fact`` (attributions from ``cache``)."""
     scores: dict[str, torch.Tensor] = {}
     for name in rankings:
-        base, _, ablation = name.partition("-")
+        base, ablation = parse_ranking(name)
         if ablation == "source":
             result = _located(lm, fact, languages, config, cache, known,
                               generic_for(generic, base), method=base)
@@ -111,10 +117,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         measure_queries: int = 0, progress: Progress | None = None,
         cache: AttributionCache | None = None, known: KnownItems | None = None,
         generic: GenericNeurons | Mapping[str, GenericNeurons] | None = None) -> dict:
-    unknown = [name for name in rankings if name not in RANKINGS]
-    if unknown:
-        raise ValueError(f"unknown ranking(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(RANKINGS)}")
+    for name in rankings:
+        parse_ranking(name)  # a bad name fails before any work
     sizes = tuple(sorted({k for k in sizes if 1 <= k <= lm.n_neurons // 2}))
     if not sizes:
         raise ValueError(f"sizes must be between 1 and {lm.n_neurons // 2}")
@@ -132,7 +136,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         scores = cross_language_scores(lm, fact, languages, config, rankings, cache, known,
                                        generic)
         exclude = set()
-        for name in {n.partition("-")[0] for n in rankings}:
+        for name in {parse_ranking(n)[0] for n in rankings}:
             listed = generic_for(generic, name)
             if listed is not None:
                 exclude |= set(listed.neurons())

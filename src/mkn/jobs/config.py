@@ -104,30 +104,40 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return f"not valid YAML ({where}{' '.join(str(problem).split())})"
 
 
+def read_settings(path: str | Path) -> tuple[dict[str, Any], str]:
+    """The mapping of settings in the YAML file ``path`` and its name, or a one-line error
+    saying what is wrong with the file."""
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: "
+                         f"{error.reason})") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: {yaml_problem(error)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+    return dict(loaded or {}), str(path)
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], source: str):
+    """``model(**data)``, or a one-line error naming the bad setting and ``source``."""
+    try:
+        return model(**data)
+    except ValidationError as error:
+        raise ValueError(_describe(error, source)) from None
+
+
 def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     """The configuration from ``path`` (YAML) with ``overrides`` (non-None flags) applied.
 
     ``overrides`` keys are RunConfig fields, or LocateConfig fields (method, steps, ...).
     """
-    data: dict[str, Any] = {}
-    source = "flags"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"config file {path} does not exist") from None
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: "
-                             f"{error.reason})") from None
-        except OSError as error:
-            raise ValueError(f"{path}: cannot read ({error.strerror or error})") from None
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: {yaml_problem(error)}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
-        data = dict(loaded or {})
+    data, source = read_settings(path) if path is not None else ({}, "flags")
     locate = dict(data.pop("locate", None) or {})
     for key, value in overrides.items():
         if value is None:
@@ -138,7 +148,4 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
             locate[key] = value
         else:
             raise ValueError(f"unknown setting {key!r}")
-    try:
-        return RunConfig(**data, locate=locate)
-    except ValidationError as error:
-        raise ValueError(_describe(error, source)) from None
+    return validated(RunConfig, {**data, "locate": locate}, source)

@@ -21,9 +21,10 @@ from mkn.attribution.api import Attribution, attribute
 from mkn.data import load_facts
 from mkn.experiments import cross_lingual_editing
 from mkn.experiments.common import Setup, write_result
-from mkn.localization.generic import MIN_REFERENCE_FACTS, GenericNeurons, reference_generic
-from mkn.localization.knowledge import known_items
+from mkn.jobs.pipeline import TaskFactory, generic_lists, probe
+from mkn.localization.generic import GenericNeurons
 from mkn.localization.locate import LocateConfig
+from mkn.localization.reference import MIN_REFERENCE_FACTS
 from mkn.localization.run import run_locate
 from mkn.models.loading import LanguageModel
 from mkn.report import write_report
@@ -33,9 +34,6 @@ LANGUAGES = ["en", "zh", "fr", "es"]
 FACTS = 4
 STEPS = 12
 REFERENCE_FACTS = 16  # the generic-neuron reference sample (built once, then cached)
-
-TaskFactory = Callable[[str, int], Callable[[str], None]]
-
 
 CONFIG = LocateConfig(method="amig", steps=STEPS)
 
@@ -49,7 +47,7 @@ def identity(model_name: str, dtype: str = "float32") -> dict:
 
 def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
         say: Callable[[str], None],
-        directory: RunDirectory) -> tuple[Attribution, dict, dict, Path, GenericNeurons]:
+        directory: RunDirectory) -> tuple[Attribution, dict, dict, Path, GenericNeurons | None]:
     """Run the demo into ``out``, claimed by the caller (``directory``: an earlier demo of the
     same identity is continued, its finished facts kept); ``progress(title, total)`` returns a
     per-fact callback."""
@@ -57,16 +55,12 @@ def run(lm: LanguageModel, out: Path, model_name: str, progress: TaskFactory,
     facts = load_facts("builtin", LANGUAGES, limit=FACTS, per_relation=1)  # 4 relations
     config = CONFIG
     cache: dict = {}
-    known = known_items(lm, facts, LANGUAGES, config.known, progress("probe", len(facts)))
-    say(known.describe())
-    generic, path, built = reference_generic(lm, "builtin", LANGUAGES, config, task=progress,
-                                             cache=cache, facts=REFERENCE_FACTS,
-                                             min_facts=min(REFERENCE_FACTS, MIN_REFERENCE_FACTS),
-                                             held_out=[f.id for f in facts])
-    say(f"generic neurons (left out of every set): {len(generic.neurons())} from "
-        f"{generic.facts} known reference facts, the {len(facts)} demo facts held out "
-        f"({'built' if built else 'cached'} at {path})")
-    if generic.facts < MIN_REFERENCE_FACTS:
+    known = probe(lm, facts, LANGUAGES, config.known, progress, say, "probe")
+    lists = generic_lists(lm, "builtin", LANGUAGES, config, [config.method], task=progress,
+                          say=say, held_out=[f.id for f in facts], cache=cache,
+                          facts=REFERENCE_FACTS, min_facts=REFERENCE_FACTS)
+    generic = lists.of(config.method)
+    if generic is not None and generic.facts < MIN_REFERENCE_FACTS:
         say(f"warning: {generic.facts} reference facts are fewer than the "
             f"{MIN_REFERENCE_FACTS} a meaningful list needs (the built-in data is small); the "
             "demo builds it anyway to show the step, and its specificity reflects that")

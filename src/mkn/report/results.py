@@ -1,4 +1,4 @@
-"""``docs/RESULTS.md`` from a study's ``study.json`` alone (see :mod:`mkn.experiments.reproduce`).
+"""``docs/RESULTS.md`` from a study's ``study.json`` alone (see :mod:`mkn.jobs.study`).
 
 Every number in the page comes from the JSON; the verdicts on the papers' claims are computed
 from the bootstrap intervals by :func:`verdict`, so rerunning the study rewrites the reading too.
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mkn.experiments import EXPERIMENTS
 from mkn.experiments.common import markdown_table
 from mkn.experiments.metrics import holm
 from mkn.runs.directory import check_ours, read_json, write_atomic, write_json
@@ -646,7 +647,7 @@ def claims_section(study: dict, earlier: list[dict] | None = None) -> list[str]:
     """The pre-registered claims, their verdicts on all items and without copyable items
     (each with Holm's correction over its own table), and, given an ``earlier`` page's rows
     (:func:`parse_claim_rows`), the old and new verdicts side by side."""
-    from mkn.experiments.reproduce import without_copyable
+    from mkn.experiments.headlines import without_copyable
 
     rows = with_holm(claims(study))
     header = ["id", "data", "measured", "verdict", "p", "p (Holm)", "verdict after Holm"]
@@ -741,6 +742,8 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
                 ""]
     for key, title, text in SECTIONS[3:]:
         out += section(study, key, title, text)
+    for key, title, text in other_sections(study):
+        out += section(study, key, title, text)
     out += ["## 6. Cost", "",
             "Attribution seconds per (fact, language) (all its attributed queries), per method; "
             "`matrice` reuses `amig`'s per-query attributions, so its cost is AMIG's plus a "
@@ -748,6 +751,24 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
             "(locating once with every method, then each experiment on the cached attributions):",
             "", phase_table(study), "", "## Caveats", "", CAVEATS]
     return "\n".join(out)
+
+
+def other_sections(study: dict) -> list[tuple[str, str, str]]:
+    """A section for every experiment the study ran that has none of its own above (any
+    registered experiment a study configuration names): its name, and the first paragraph of
+    its module's docstring."""
+    named = {key for key, _, _ in SECTIONS}
+    ran = dict.fromkeys(name for part in study["parts"] for name in part["experiments"])
+    out = []
+    for name in ran:
+        if name in named:
+            continue
+        module = EXPERIMENTS.get(name)
+        doc = (vars(module).get("__doc__") if module is not None else None) or ""
+        doc = doc.strip().split("\n\n")[0]
+        out.append((name, f"Experiment: {name}", " ".join(doc.split()) or
+                    "(an experiment registered without a description)"))
+    return out
 
 
 def section(study: dict, key: str, title: str, text: str) -> list[str]:
@@ -798,7 +819,7 @@ def write_results(study_json: Path, out: Path, refresh: bool = False,
                          "experiments finished); continue it with mkn reproduce --resume and the "
                          "same options")
     if refresh and study.get("raw_results", True):  # a study kept without them: as saved
-        from mkn.experiments.reproduce import refresh_headlines
+        from mkn.experiments.headlines import refresh_headlines
 
         refresh_headlines(study)
         study["statistics_refreshed"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -35,30 +35,34 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mkn.data import load_facts
 from mkn.experiments import EXPERIMENTS
+from mkn.experiments.headlines import copyable_facts, headlines, layer_without_copyable
 from mkn.experiments.metrics import clustered_interval
-from mkn.localization.backends import Backend, attribution_keys, prefetch
-from mkn.localization.generic import (
-    REFERENCE_FACTS,
-    GenericNeurons,
-    ThinReference,
-    reference_generic,
+from mkn.jobs.config import read_settings, validated
+from mkn.jobs.pipeline import (
+    GenericLists,
+    Say,
+    TaskFactory,
+    generic_lists,
+    prefetch_attributions,
+    probe,
 )
-from mkn.localization.knowledge import KnownItems, known_items
-from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.localization.backends import Backend
+from mkn.localization.knowledge import KnownItems
+from mkn.localization.locate import LocateConfig, locate_fact, locate_methods
+from mkn.localization.reference import REFERENCE_FACTS
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.devices import cpu_summary
 from mkn.models.loading import LanguageModel
-from mkn.runs.directory import data_fingerprint, run_date, write_json
+from mkn.runs.directory import RunDirectory, data_fingerprint, run_date, write_json
 from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
 RESULTS = "results"  # one record per finished (part, experiment)
 
-TaskFactory = Callable[[str, int], Callable[[str], None]]  # (title, total) -> tick(item)
 
 
 class DataPart(BaseModel):
@@ -136,13 +140,35 @@ class StudyConfig(BaseModel):
                              "mLAMA part's time; the measurements use all of them)")
     limit: int | None = Field(None, ge=2, description="smoke runs: N facts per part, 2 per "
                                                       "relation")
-    methods: list[str] = ["ig", "amig", "matrice"]
-    experiment_method: str = Field("amig", description="neurons used by experiments 3-5")
+    methods: list[str] = Field(["ig", "amig", "matrice"], min_length=1, description="located "
+                               "on every part and compared where an experiment compares "
+                               "methods: any registered method, or matrice")
+    experiment_method: str | None = Field(None, description="neurons used by experiments 3-5: "
+                                          "amig where it is one of the methods, else the "
+                                          "first")
     known: str = Field("auto", description="knowledge filter (mkn.localization.knowledge)")
     generic: str = Field("auto", description="auto: leave generic neurons out (cached "
                          "reference list per method); keep: leave them in")
     parts: list[DataPart] = Field(default_factory=lambda: [p.model_copy() for p in
                                                            DEFAULT_PARTS])
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in locate_methods()]
+        if unknown or len(set(value)) < len(value):
+            raise ValueError(f"methods must be distinct names of {', '.join(locate_methods())}; "
+                             f"got {', '.join(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _experiment_method(self) -> StudyConfig:
+        if self.experiment_method is None:
+            self.experiment_method = "amig" if "amig" in self.methods else self.methods[0]
+        if self.experiment_method not in self.methods:
+            raise ValueError(f"experiment_method {self.experiment_method!r} is not one of the "
+                             f"study's methods ({', '.join(self.methods)})")
+        return self
 
     @field_validator("generic")
     @classmethod
@@ -163,6 +189,15 @@ class StudyConfig(BaseModel):
         return part.relations[: max(1, self.limit // 2)], 2, self.limit
 
 
+def load_study_config(path: str | Path | None = None, **overrides) -> StudyConfig:
+    """The study's configuration: a YAML file of :class:`StudyConfig` fields (``parts`` too:
+    any data, any registered experiment) with ``overrides`` (non-None flags) applied; a
+    one-line error naming a bad setting."""
+    data, source = read_settings(path) if path is not None else ({}, "flags")
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    return validated(StudyConfig, data, source)
+
+
 # --- the study ----------------------------------------------------------------------------------
 
 def locate_every_method(lm: LanguageModel, facts: list, languages: list[str],
@@ -179,26 +214,16 @@ def locate_every_method(lm: LanguageModel, facts: list, languages: list[str],
     return located
 
 
-def generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache: dict,
-                  task: TaskFactory, held_out: Sequence[str] = ()
-                  ) -> tuple[dict[str, GenericNeurons] | None, str | None]:
-    """One cached reference list of generic neurons per method (None: keep them), its reference
-    sample disjoint from the part's measured facts (``held_out``; checked); and why they are
-    kept where the reference pool or sample is too small for a list (:class:`ThinReference`).
-    """
-    if config.generic == "keep":
-        return None, None
-    lists = {}
-    # a smoke run (limit) draws a reference sample as small as its own sample
+def part_generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache,
+                       task: TaskFactory, say: Say, held_out: Sequence[str],
+                       run: RunDirectory | None = None) -> GenericLists:
+    """The generic-neuron list of each method for ``part`` (:func:`mkn.jobs.pipeline.
+    generic_lists`), its reference sample disjoint from the part's facts (``held_out``); a smoke
+    run (``limit``) draws a reference sample as small as its own sample."""
     size = REFERENCE_FACTS if config.limit is None else min(REFERENCE_FACTS, 2 * config.limit)
-    try:
-        for method in config.methods:
-            lists[method], _, _ = reference_generic(lm, part.data, part.languages,
-                                                    config.locate_config(method), task=task,
-                                                    cache=cache, facts=size, held_out=held_out)
-    except ThinReference as error:
-        return None, f"{error}: generic neurons are kept in this part's sets"
-    return lists, None
+    return generic_lists(lm, part.data, part.languages, config.locate_config(config.methods[0]),
+                         config.methods, config.generic, task=task, say=say, held_out=held_out,
+                         cache=cache, facts=size, run=run, pin=f"generic/{part.name}")
 
 
 def upper_third_excess(result, n_layers: int) -> list[tuple[str, float]]:
@@ -259,7 +284,8 @@ def part_facts(part: DataPart, config: StudyConfig) -> list:
 
 def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskFactory,
              store: RunStore | None = None, on_experiment: Callable[[dict], None] | None = None,
-             backend: Backend | None = None, facts: list | None = None) -> dict:
+             backend: Backend | None = None, facts: list | None = None,
+             say: Say = lambda line: None) -> dict:
     """One part of the study (``facts``: its sample, drawn here when None). With a ``store``
     (a resumable run), attributions are stored as they are computed and each experiment's
     result once it is finished; a resumed part takes them from there. ``on_experiment(out)``
@@ -268,28 +294,26 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
     languages = part.languages
     cache = {} if store is None else StoredAttributions(store)
     started = time.perf_counter()
-    known = known_items(lm, facts, languages, config.known,
-                        progress=task(f"{part.name}: probe", len(facts)))
-    known.require_some(f"(fact, language) items in {part.name}")
-    generic, kept = generic_lists(lm, part, config, cache, task, [f.id for f in facts])
-    digests = {m: g.digest for m, g in (generic or {}).items()}
-    if store is not None and generic is not None:  # a resume must use the same lists
-        store.run.pin(f"generic/{part.name}", digests)
+    known = probe(lm, facts, languages, config.known, task, say, f"{part.name}: probe",
+                  f"(fact, language) items in {part.name}")
+    generic = part_generic_lists(lm, part, config, cache, task, say, [f.id for f in facts],
+                                 None if store is None else store.run)
     if backend is not None:  # every attribution on the backend's workers first
-        keys = attribution_keys(facts, languages, config.locate_config(config.methods[0]),
-                                config.methods, known)
-        prefetch(backend, keys, cache, task(f"{part.name}: attributions", len(keys)))
+        prefetch_attributions(backend, facts, languages,
+                              config.locate_config(config.methods[0]), config.methods, known,
+                              cache, task, f"{part.name}: attributions")
     located = locate_every_method(lm, facts, languages, config, cache,
                                   task(f"{part.name}: locate ({', '.join(config.methods)})",
-                                       len(facts)), known, generic)
+                                       len(facts)), known, generic.lists)
     out = {"part": part.model_dump(), "facts": [f.id for f in facts],
            "relations": sorted({f.relation for f in facts}),
            "knowledge": known.to_summary(),
-           "generic": {m: g.summary(languages) for m, g in (generic or {}).items()},
-           "generic_held_out": {m: g.source.get("held_out") for m, g in (generic or {}).items()},
-           "generic_digest": digests,
-           "generic_threshold": {m: g.threshold for m, g in (generic or {}).items()},
-           "generic_kept": kept,
+           "generic": {m: g.summary(languages) for m, g in (generic.lists or {}).items()},
+           "generic_held_out": {m: g.source.get("held_out")
+                                for m, g in (generic.lists or {}).items()},
+           "generic_digest": generic.digests,
+           "generic_threshold": {m: g.threshold for m, g in (generic.lists or {}).items()},
+           "generic_kept": None if config.generic == "keep" else generic.kept,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
@@ -310,11 +334,11 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
             options = {"methods": tuple(config.methods)} if takes_methods else {}
             options.update(part.options.get(name, {}))
             result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
-                                cache=cache, known=known, generic=generic, **options)
+                                cache=cache, known=known, generic=generic.lists, **options)
             record = json.loads(json.dumps({
                 "seconds": time.perf_counter() - started, "result": result,
                 "table": module.table(result),
-                **headlines(name, result, languages, config, copyable)}))
+                **headlines(name, result, languages, config.seed, copyable)}))
             if store is not None:
                 store.write(unit, {RESULTS: [record]})
         out["seconds"][name] = record["seconds"]
@@ -324,99 +348,6 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
         if on_experiment is not None:
             on_experiment(out)
     return out
-
-
-def headline(name: str, result: dict, languages: list[str], config: StudyConfig) -> dict:
-    """The headline intervals of one experiment (each module's ``headline``)."""
-    return EXPERIMENTS[name].headline(result, languages, config.seed)
-
-
-def copyable_facts(part: dict) -> set[str] | None:
-    """Facts of ``part`` with an item whose gold object can be copied from its prompt
-    (:func:`mkn.localization.knowledge.copyable`, in the part's knowledge summary); None for a
-    part probed before the flag."""
-    knowledge = part.get("knowledge", {})
-    if "copyable_items" not in knowledge:
-        return None
-    return {fact_id for fact_id, _ in knowledge["copyable_items"]}
-
-
-def without_facts(result: dict, facts: set[str]) -> dict:
-    """An experiment's raw ``result`` without the items and judgments of ``facts``."""
-    return {key: [row for row in value if row.get("fact_id") not in facts]
-            if key in ("items", "judgments") and isinstance(value, list) else value
-            for key, value in result.items()}
-
-
-# Whose headline is not a statistic of its raw items (the audit's summary is computed in the
-# run): not recomputed without copyable items.
-PRECOMPUTED = ("audits",)
-
-
-def headlines(name: str, result: dict, languages: list[str], config: StudyConfig,
-              copyable: set[str] | None) -> dict:
-    """``headline`` of an experiment's raw ``result`` and, given the part's ``copyable`` facts
-    (None: not flagged), ``headline_without_copyable``: the same statistics without them (not
-    for :data:`PRECOMPUTED` experiments)."""
-    out = {"headline": headline(name, result, languages, config)}
-    if copyable is not None and name not in PRECOMPUTED:
-        out["headline_without_copyable"] = headline(name, without_facts(result, copyable),
-                                                    languages, config)
-    return out
-
-
-def layer_without_copyable(stats: dict, copyable: set[str] | None) -> None:
-    """Add ``upper_third_excess_without_copyable`` to a method's localization ``stats`` (where
-    it kept its per-item values and the part's facts are flagged)."""
-    if "upper_third_items" in stats and copyable is not None:
-        stats["upper_third_excess_without_copyable"] = clustered_interval(
-            [tuple(pair) for pair in stats["upper_third_items"] if pair[0] not in copyable],
-            statistics.fmean)
-
-
-def refresh_headlines(study: dict) -> dict:
-    """Recompute every headline from the experiments' saved raw results (the measurements are
-    the run's; the statistics are this code's), in place, with the claims without copyable
-    facts (:func:`headlines`, :func:`layer_without_copyable`)."""
-    config = StudyConfig(**study["config"])
-    for part in study["parts"]:
-        copyable = copyable_facts(part)
-        part["copyable_facts"] = sorted(copyable or ())
-        for name, experiment in part["experiments"].items():
-            experiment.update(headlines(name, experiment["result"], part["part"]["languages"],
-                                        config, copyable))
-        for stats in part["localization"].values():
-            layer_without_copyable(stats, copyable)
-    return study
-
-
-def without_copyable(study: dict) -> dict | None:
-    """``study`` with the headlines computed without copyable facts in place of the others
-    (None when it has none: a study written before); the claims of :mod:`mkn.report.results`
-    read from it are the claims without copyable items. An experiment or statistic with no
-    such headline is left out (not measured)."""
-    if not any("copyable_facts" in part for part in study["parts"]):
-        return None
-    parts = []
-    for part in study["parts"]:
-        experiments = {name: {**experiment, "headline": experiment["headline_without_copyable"]}
-                       for name, experiment in part["experiments"].items()
-                       if "headline_without_copyable" in experiment}
-        localization = {method: {**stats, "upper_third_excess": stats.get(
-            "upper_third_excess_without_copyable", {"value": None, "ci95": None, "n": 0})}
-                        for method, stats in part["localization"].items()}
-        parts.append({**part, "experiments": experiments, "localization": localization})
-    return {**study, "parts": parts}
-
-
-def without_raw_results(study: dict) -> dict:
-    """``study`` without the experiments' per-item raw results: every number RESULTS.md shows
-    (headlines and tables), in a file small enough to commit (docs/results/study.json); its
-    headlines can be rendered again but not recomputed."""
-    parts = [{**part, "experiments": {name: {k: v for k, v in experiment.items() if k != "result"}
-                                      for name, experiment in part["experiments"].items()}}
-             for part in study["parts"]]
-    return {**study, "raw_results": False, "parts": parts}
 
 
 def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, list]) -> dict:
@@ -431,7 +362,8 @@ def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, li
 
 
 def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFactory,
-              command: str, resume: bool = False, backend: Backend | None = None) -> dict:
+              command: str, resume: bool = False, backend: Backend | None = None,
+              say: Say = lambda line: None) -> dict:
     """Run every part into the run directory ``out`` (claimed: :mod:`mkn.runs.directory`).
 
     Attributions and each finished experiment are stored as they come (``--resume`` after a
@@ -461,7 +393,7 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
 
         for part in config.parts:
             study["parts"].append(run_part(lm, part, config, task, store, save, backend,
-                                           samples[part.name]))
+                                           samples[part.name], say))
         study["complete"] = True
         save()
         return study
