@@ -273,3 +273,16 @@ def test_patching_finds_a_planted_neuron():
     others = result.scores.clone()
     others[1, 7] = 0
     assert others.abs().max() < 1e-6 * abs(float(result.scores[1, 7]))
+
+
+def test_rankings_name_any_registered_method_even_with_dashes():
+    from mkn.experiments.common import methods_of, parse_ranking
+    from mkn.experiments.shared_sets import run as shared_sets_run
+
+    assert parse_ranking("grad-x-act") == ("grad-x-act", "")
+    assert parse_ranking("grad-x-act-source") == ("grad-x-act", "source")
+    assert parse_ranking("matrice-lambda0") == ("matrice", "lambda0")
+    with pytest.raises(ValueError, match="unknown ranking 'amig-lambda0'"):
+        parse_ranking("amig-lambda0")
+    assert methods_of(shared_sets_run, {"rankings": ["grad-x-act-source", "patching", "amig"]}
+                      ) == ("grad-x-act", "patching", "amig")
