@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mkn.models.families import FamilyAdapter, adapter_for
+from mkn.models.named import NAMED_MODELS, assemble
 
 log = logging.getLogger(__name__)
 
@@ -312,12 +313,13 @@ def gguf_file_type(gguf: Path) -> str:
         return "unknown"
 
 
-def write_source_note(gguf: Path, target: Path) -> None:
+def write_source_note(gguf: Path, target: Path, dtype: torch.dtype = torch.float32) -> None:
     """Record in ``target`` that its weights are ``gguf``'s, dequantized (issue 20: a study
     states the quantization of its weights)."""
     import json
 
-    note = {"gguf": gguf.name, "file_type": gguf_file_type(gguf), "dequantized_to": "float32"}
+    note = {"gguf": gguf.name, "file_type": gguf_file_type(gguf),
+            "dequantized_to": str(dtype).removeprefix("torch.")}
     (target / SOURCE_NOTE).write_text(json.dumps(note) + "\n", encoding="utf-8")
 
 
@@ -333,30 +335,46 @@ def weights_note(path: Path) -> str:
         return "safetensors"
 
 
-def convert_gguf(gguf: Path, target: Path) -> Path:
-    """Dequantize ``gguf`` into a safetensors model directory ``target``, atomically."""
+def convert_gguf(gguf: Path, target: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Dequantize ``gguf`` into a safetensors model directory ``target`` (weights in ``dtype``),
+    atomically: streamed tensor by tensor (:mod:`mkn.models.convert`, bounded memory) where the
+    architecture allows it, else through transformers' in-memory GGUF loader."""
     import importlib.util
 
     import transformers
+
+    from mkn.models.convert import NotStreamable, write_streamed
 
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"{gguf}: reading GGUF files needs the model extra: pip install "
                          "'mkn-neurons[model]'")
 
-    log.info("converting %s to safetensors (about a minute, once)", gguf.name)
+    log.info("converting %s to safetensors (once)", gguf.name)
     config = transformers.AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     auto = _auto_class(config.model_type)
-    model = auto.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        try:
+            write_streamed(gguf, tmp / "model.safetensors", auto, config, dtype)
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.architectures = config.architectures or [
+                auto._model_mapping[type(config)].__name__]
+            config.dtype = dtype
+            config.save_pretrained(tmp)
+            transformers.GenerationConfig.from_model_config(config).save_pretrained(tmp)
+        except NotStreamable as why:  # e.g. MoE experts: transformers' loader, all in memory
+            log.info("%s: converted in memory (%s)", gguf.name, why)
+            model = auto.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+            model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp, safe_serialization=True)
+            del model
         tokenizer.save_pretrained(tmp)
-        write_source_note(gguf, tmp)
+        write_source_note(gguf, tmp, dtype)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first
@@ -383,6 +401,15 @@ def _embedded_gguf(name: str) -> Path:
 def resolve(name_or_path: str | os.PathLike) -> Path:
     """A local safetensors model directory for ``name_or_path``, converting GGUF on first use."""
     text = str(name_or_path)
+    if text in NAMED_MODELS:  # chunk packages, assembled and checked, then converted
+        target = cache_dir() / "models" / text
+        if (target / "config.json").exists():
+            return target
+        try:
+            gguf = assemble(NAMED_MODELS[text], cache_dir() / "gguf")
+        except ValueError as error:
+            raise ModelError(str(error)) from None
+        return convert_gguf(gguf, target)
     if text in EMBEDDED_MODELS:
         target = cache_dir() / "models" / text
         if (target / "config.json").exists():
@@ -404,7 +431,7 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     cached = hub_cache_snapshot(text)
     if cached is not None:
         return cached
-    known = ", ".join(EMBEDDED_MODELS)
+    known = ", ".join([*EMBEDDED_MODELS, *NAMED_MODELS])
     raise ModelError(f"unknown model {text!r}: not an embedded model ({known}), no such local "
                      "path, and not in the local Hugging Face cache (nothing is downloaded; "
                      "pass a local directory or .gguf file)")
