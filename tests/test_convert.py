@@ -115,6 +115,10 @@ def test_streamed_bfloat16_and_the_in_memory_fallback(tmp_path, monkeypatch):
     weight = half.model.model.layers[0].mlp.down_proj.weight
     assert weight.dtype == torch.bfloat16
     assert torch.equal(weight, expected["model.layers.0.mlp.down_proj.weight"].bfloat16())
+    monkeypatch.setattr(convert, "BLOCK_BYTES", 4 * 32 * 3)  # 3 rows dequantized at a time
+    blocks = load_model(convert_gguf(path, tmp_path / "blocks"), dtype="float32")
+    for name, value in blocks.model.state_dict().items():
+        assert torch.equal(value, expected[name]), name
     monkeypatch.setattr(convert, "STREAMABLE", ())  # as for an MoE architecture
     fallback = load_model(convert_gguf(path, tmp_path / "fallback"), dtype="float32")
     assert torch.equal(fallback.model.model.layers[1].mlp.up_proj.weight,

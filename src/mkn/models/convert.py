@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ import torch
 # architectures whose per-tensor processing keeps GGUF names (streamable); others (MoE experts
 # split or merged across tensors) fall back to transformers' in-memory loader
 STREAMABLE = ("TensorProcessor", "LlamaTensorProcessor", "Gemma2TensorProcessor")
+BLOCK_BYTES = 1 << 26  # float32 bytes dequantized at a time (64 MiB)
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
@@ -45,7 +46,6 @@ def tensor_plan(gguf: Path, auto_class, config) -> tuple[list[tuple[object, str,
         TENSOR_PROCESSORS,
         TensorProcessor,
         get_gguf_hf_weights_map,
-        load_gguf_checkpoint,
         read_field,
     )
 
@@ -55,8 +55,11 @@ def tensor_plan(gguf: Path, auto_class, config) -> tuple[list[tuple[object, str,
     if processor_class.__name__ not in STREAMABLE:
         raise NotStreamable(f"{architecture}: {processor_class.__name__} reshapes tensors "
                             "across names")
-    parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
-    processor = processor_class(config=parsed.get("config", {}))
+    # what the processors read (Llama: head counts), from the config already parsed, rather than
+    # parsing the GGUF's metadata (the whole vocabulary) a second time
+    processor = processor_class(config={
+        key: getattr(config, key) for key in ("num_attention_heads", "num_key_value_heads")
+        if getattr(config, key, None) is not None})
     with init_empty_weights():
         empty = auto_class.from_config(config)
     names = get_gguf_hf_weights_map(empty, processor)
@@ -86,6 +89,21 @@ def header(plan: list[tuple[object, str, tuple]], dtype: torch.dtype) -> bytes:
     return struct.pack("<Q", len(text)) + text.encode()
 
 
+def row_blocks(tensor) -> Iterator[np.ndarray]:
+    """The raw (quantized) rows of a GGUF ``tensor`` in blocks of about :data:`BLOCK_BYTES`
+    once dequantized, so that no whole large tensor (the embedding) is ever in memory in
+    float32; attention q/k (which Llama's processor un-permutes across rows) and 1-D tensors
+    come whole."""
+    data = tensor.data
+    if data.ndim != 2 or ".attn_q." in tensor.name or ".attn_k." in tensor.name:
+        yield data
+        return
+    row_values = int(tensor.shape[0])  # GGUF lists dimensions innermost first
+    step = max(1, BLOCK_BYTES // (4 * row_values))
+    for start in range(0, data.shape[0], step):
+        yield data[start:start + step]
+
+
 def write_streamed(gguf: Path, out: Path, auto_class, config,
                    dtype: torch.dtype = torch.float32,
                    progress: Callable[[str], None] | None = None) -> int:
@@ -100,19 +118,23 @@ def write_streamed(gguf: Path, out: Path, auto_class, config,
     with open(out, "wb") as file:
         file.write(header(plan, dtype))
         for tensor, name, shape in plan:
-            raw = dequantize(tensor.data, tensor.tensor_type)
-            result = processor.process(weights=raw, name=tensor.name)
-            if result.name != tensor.name:
-                raise NotStreamable(f"{tensor.name} was renamed to {result.name}")
-            weights = np.ascontiguousarray(result.weights)
-            if not weights.flags.writeable:  # an F32 tensor is a view of the mapped file
-                weights = weights.copy()
-            if weights.size != int(np.prod(shape, dtype=np.int64)):
-                raise ValueError(f"{gguf.name}: tensor {tensor.name} has {weights.size} values, "
+            total = int(np.prod(shape, dtype=np.int64))
+            written = 0
+            for block in row_blocks(tensor):
+                result = processor.process(weights=dequantize(block, tensor.tensor_type),
+                                           name=tensor.name)
+                if result.name != tensor.name:
+                    raise NotStreamable(f"{tensor.name} was renamed to {result.name}")
+                weights = np.ascontiguousarray(result.weights)
+                if not weights.flags.writeable:  # an F32 tensor is a view of the mapped file
+                    weights = weights.copy()
+                values = torch.from_numpy(weights.reshape(-1)).to(dtype)
+                file.write(values.view(torch.uint8).numpy())  # no copy
+                written += values.numel()
+                del result, weights, values
+            if written != total:
+                raise ValueError(f"{gguf.name}: tensor {tensor.name} has {written} values, "
                                  f"{name} needs {list(shape)}")
-            values = torch.from_numpy(weights).reshape(shape).to(dtype).contiguous()
-            file.write(values.reshape(-1).view(torch.uint8).numpy())  # no copy
-            del raw, result, weights, values
             if progress:
                 progress(name)
     return len(plan)
