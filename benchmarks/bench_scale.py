@@ -1,6 +1,7 @@
 """How mkn scales: the real model's locate throughput, and bigger models' cost per attribution.
 
-1. gemma-3-270m, ``locate_fact`` with ``amig`` on built-in facts in two languages (every item,
+1. a real model (``--real-model``, default gemma-3-270m), ``locate_fact`` with ``amig`` on
+   built-in facts in two languages (every item,
    ``known=any``), at 12 and 20 steps, float32 and bfloat16: attributions per second and
    (fact, language) items per hour.
 2. Random-weight models built from the configurations of real multilingual models (no
@@ -83,14 +84,14 @@ def random_model(name: str, dtype: str, device: str) -> dict:
             "peak_gib": round(_peak_bytes(device) / 2**30, 2)}
 
 
-def gemma_locate(steps: int, dtype: str, device: str, facts: int) -> dict:
-    """``locate_fact`` throughput on the real model."""
+def real_locate(model: str, steps: int, dtype: str, device: str, facts: int) -> dict:
+    """``locate_fact`` throughput on the real ``model``."""
     import mkn
     from mkn.data import load_facts
     from mkn.localization.knowledge import known_items
     from mkn.localization.locate import LocateConfig, locate_fact
 
-    lm = mkn.load_model("gemma-3-270m", dtype=dtype, device=device)
+    lm = mkn.load_model(model, dtype=dtype, device=device)
     languages = ["en", "fr"]
     sample = load_facts("builtin", languages, limit=facts, per_relation=2)
     config = LocateConfig(method="amig", steps=steps, max_queries=2, known="any",
@@ -104,7 +105,7 @@ def gemma_locate(steps: int, dtype: str, device: str, facts: int) -> dict:
         attributions += sum(len(r.prompts) for r in result.languages.values())
     seconds = time.perf_counter() - started
     items = len(sample) * len(languages)
-    return {"model": "gemma-3-270m", "steps": steps, "dtype": dtype, "device": device,
+    return {"model": model, "steps": steps, "dtype": dtype, "device": device,
             "items": items, "attributions": attributions, "seconds": round(seconds, 1),
             "attributions_per_second": round(attributions / seconds, 2),
             "items_per_hour": round(items / seconds * 3600),
@@ -115,7 +116,7 @@ def _child(kind: str, *args: str) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", kind, *args],
                           capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
-        return {"model": args[0] if kind == "random" else "gemma-3-270m",
+        return {"model": args[0],
                 "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -125,8 +126,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="random-weight models' dtype")
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(CPU_MODELS))
-    parser.add_argument("--facts", type=int, default=8, help="gemma locate sample")
-    parser.add_argument("--skip-gemma", action="store_true")
+    parser.add_argument("--real-model", default="gemma-3-270m",
+                        help="the real model of part 1 (any name mkn.load_model takes)")
+    parser.add_argument("--facts", type=int, default=8, help="real-model locate sample")
+    parser.add_argument("--skip-gemma", "--skip-real", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -135,20 +138,22 @@ def main() -> None:
         if kind == "random":
             print(json.dumps(random_model(rest[0], rest[1], rest[2])))
         else:
-            print(json.dumps(gemma_locate(int(rest[0]), rest[1], rest[2], int(rest[3]))))
+            print(json.dumps(real_locate(rest[0], int(rest[1]), rest[2], rest[3], int(rest[4]))))
         return
 
     from mkn.models.devices import cpu_summary
 
     print(f"# {cpu_summary()}; device {args.device}", flush=True)
-    results = {"gemma": [], "random": []}
+    results = {"real": [], "random": []}
     if not args.skip_gemma:
-        print("| steps | dtype | items | attributions | seconds | attributions/s | "
-              "items/hour | peak GiB |\n|---|---|---|---|---|---|---|---|", flush=True)
+        print(f"{args.real_model}:\n| steps | dtype | items | attributions | seconds | "
+              "attributions/s | items/hour | peak GiB |\n|---|---|---|---|---|---|---|---|",
+              flush=True)
         for steps in (12, 20):
             for dtype in ("float32", "bfloat16"):
-                row = _child("gemma", str(steps), dtype, args.device, str(args.facts))
-                results["gemma"].append(row)
+                row = _child("real", args.real_model, str(steps), dtype, args.device,
+                             str(args.facts))
+                results["real"].append(row)
                 print(f"| {steps} | {dtype} | {row.get('items')} | {row.get('attributions')} | "
                       f"{row.get('seconds')} | {row.get('attributions_per_second')} | "
                       f"{row.get('items_per_hour')} | {row.get('peak_gib')} |"
