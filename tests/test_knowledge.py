@@ -174,6 +174,19 @@ def test_a_gold_object_that_cannot_be_encoded_names_the_fact():
         known_items(lm, [broken], ["en"])
 
 
+def test_an_implied_object_with_its_own_leading_space_is_not_given_a_second():
+    """``--target " Paris"`` after "The capital of France is" scores the same tokens as
+    ``--target Paris`` (the joining space is added once, not twice)."""
+    from mkn.attribution.queries import encode, split_prompt
+
+    assert split_prompt("The capital of France is", " Paris") == ("The capital of France is", "")
+    assert split_prompt("The capital of France is", "Paris") == ("The capital of France is ", "")
+    lm = knowing("llama")
+    spaced = encode(lm, "The capital of France is", " Paris")
+    plain = encode(lm, "The capital of France is", "Paris")
+    assert [s.input_ids for s in spaced.steps] == [s.input_ids for s in plain.steps]
+
+
 def test_a_planted_copyable_item_is_flagged_and_counted():
     """The gold object in the prompt before its slot ("Toyota ... [Y]" -> Toyota) flags the item
     copyable (issue 20), in the records, the summary and the probe table; others are not."""

@@ -66,7 +66,7 @@ def split_prompt(prompt: str, target: str) -> tuple[str, str]:
         before, after = prompt.split(OBJECT)
         return before, after
     if not prompt or prompt[-1].isspace() or spaceless(prompt[-1]) or (
-        target and spaceless(target[0])
+        target and (spaceless(target[0]) or target[0].isspace())  # " Paris" brings its own
     ):
         return prompt, ""
     return prompt + " ", ""
