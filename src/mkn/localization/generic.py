@@ -102,16 +102,15 @@ def fact_rows(items: Iterable[ReferenceItem]) -> list[tuple[str, set[Neuron]]]:
 
 
 @dataclass
-class GenericNeurons:
-    """Generic neurons, from the knowledge neurons of a reference sample (module docstring)."""
+class ReferenceList:
+    """Neurons found on a reference sample (``items``, with a ``threshold`` and where the sample
+    came from, ``source``): what generic and relation neurons share, their reference facts,
+    content digest and file form. Subclasses say which neurons the list holds."""
 
     items: list[ReferenceItem]
     threshold: float = DEFAULT_THRESHOLD
     source: dict = field(default_factory=dict)  # what the reference sample was (provenance)
-
-    @cached_property
-    def _shares(self) -> Shares:
-        return relation_shares(fact_rows(self.items))
+    KIND = "reference list"
 
     @property
     def facts(self) -> int:
@@ -122,6 +121,59 @@ class GenericNeurons:
     def relations(self) -> int:
         """Relations of the reference facts."""
         return len({item.relation for item in self.items})
+
+    def with_threshold(self, threshold: float):
+        return type(self)(self.items, threshold, self.source)
+
+    @property
+    def digest(self) -> str:
+        """Content digest of the list (threshold and reference items): what a run's identity
+        records, so that a resume cannot mix two lists that both came from "auto"."""
+        return digest({k: v for k, v in self.to_json().items() if k != "source"})
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "threshold": self.threshold, "source": self.source,
+                "items": [{"fact_id": i.fact_id, "relation": i.relation, "language": i.language,
+                           "neurons": [list(n) for n in i.neurons]} for i in self.items]}
+
+    @classmethod
+    def from_json(cls, data: dict, where: str | None = None):
+        try:
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+            items = [ReferenceItem(str(i["fact_id"]), str(i["relation"]), str(i["language"]),
+                                   tuple((int(n[0]), int(n[1])) for n in i["neurons"]))
+                     for i in data["items"]]
+            return cls(items, float(data["threshold"]), dict(data.get("source") or {}))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            raise ValueError(f"{where or cls.KIND}: not a {cls.KIND} ({error})") from None
+
+    def save(self, path: Path) -> Path:
+        """Write atomically (temporary file, then rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+                            + "\n")
+
+    @classmethod
+    def load(cls, path: Path):
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: cannot read a {cls.KIND} ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a {cls.KIND}")
+        return cls.from_json(data, str(path))
+
+
+@dataclass
+class GenericNeurons(ReferenceList):
+    """Generic neurons, from the knowledge neurons of a reference sample (module docstring)."""
+
+    KIND = "generic-neuron list"
+
+    @cached_property
+    def _shares(self) -> Shares:
+        return relation_shares(fact_rows(self.items))
 
     def shares(self) -> dict[Neuron, float]:
         """Share of every neuron seen in the reference sample."""
@@ -145,53 +197,11 @@ class GenericNeurons:
         neurons = list(neurons)
         return ([n for n in neurons if n not in generic], [n for n in neurons if n in generic])
 
-    def with_threshold(self, threshold: float) -> GenericNeurons:
-        return GenericNeurons(self.items, threshold, self.source)
-
-    @property
-    def digest(self) -> str:
-        """Content digest of the list (threshold and reference items): what a run's identity
-        records, so that a resume cannot mix two lists that both came from "auto"."""
-        return digest({k: v for k, v in self.to_json().items() if k != "source"})
-
     def summary(self, languages: Sequence[str]) -> dict:
         """Per language: reference items (facts located in it) and generic neurons."""
         items = Counter(i.language for i in self.items)
         return {lang: {"reference_items": items.get(lang, 0), "generic": len(self._generic)}
                 for lang in languages}
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "threshold": self.threshold, "source": self.source,
-                "items": [{"fact_id": i.fact_id, "relation": i.relation, "language": i.language,
-                           "neurons": [list(n) for n in i.neurons]} for i in self.items]}
-
-    @classmethod
-    def from_json(cls, data: dict, where: str = "generic-neuron list") -> GenericNeurons:
-        try:
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
-            items = [ReferenceItem(str(i["fact_id"]), str(i["relation"]), str(i["language"]),
-                                   tuple((int(n[0]), int(n[1])) for n in i["neurons"]))
-                     for i in data["items"]]
-            return cls(items, float(data["threshold"]), dict(data.get("source") or {}))
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-            raise ValueError(f"{where}: not a generic-neuron list ({error})") from None
-
-    def save(self, path: Path) -> Path:
-        """Write atomically (temporary file, then rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return write_atomic(path, json.dumps(self.to_json(), ensure_ascii=False, indent=1)
-                            + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> GenericNeurons:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: cannot read a generic-neuron list ({error})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a generic-neuron list")
-        return cls.from_json(data, str(path))
 
 
 def check_held_out(reference: Iterable[str], evaluated: Iterable[str]) -> int:
