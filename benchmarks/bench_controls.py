@@ -5,10 +5,11 @@ For a fact sample of one data source (and languages), every (fact, language) ite
 (``known=any``), so that known and unknown items can be set side by side. Each item's
 knowledge-neuron set is then suppressed (x0) and enhanced (x2), with and without the generic
 neurons of the cached reference list (:mod:`mkn.localization.generic`), and measured beside its
-controls (:mod:`mkn.interventions.controls`): random sets with as many neurons per layer, and
-unrelated facts of other relations known in the same language. Reported per group: median
-effect on the fact's own p(gold), on random sets, |change| of unrelated facts, selectivity and
-specificity with bootstrap 95% intervals over facts.
+controls (:mod:`mkn.interventions.controls`): random sets with as many neurons per layer,
+unrelated facts of other relations and other facts of the *same* relation, known in the same
+language. Reported per group, each a median with a bootstrap 95% interval over facts: the
+relative change of the fact's own p(gold), of p(gold) under random sets, of unrelated and of
+same-relation facts, selectivity, specificity and relation specificity.
 
     .venv/bin/python benchmarks/bench_controls.py --data bmlama:bmlama17 --languages en,zh,fr,es \\
         --relations P37,P176,P1412 --per-relation 6 --markdown /tmp/controls-bm.md
@@ -26,7 +27,13 @@ import torch
 
 import mkn
 from mkn.data import load_facts
-from mkn.experiments.common import control_summary, fmt_ci, markdown_table, queries
+from mkn.experiments.common import (
+    control_summary,
+    fmt_ci,
+    markdown_table,
+    queries,
+    same_relation_facts,
+)
 from mkn.experiments.common import unrelated_facts as pick_unrelated
 from mkn.interventions.controls import CleanProbs, controlled_effect, stable_seed
 from mkn.localization.knowledge import KnownItems, known_items
@@ -82,6 +89,8 @@ def measure(args) -> dict:
                 controls = [queries(g, lang) for g in pick_unrelated(fact, facts, lang,
                                                                      args.unrelated, args.seed,
                                                                      known)]
+                kin = [queries(g, lang) for g in same_relation_facts(
+                    fact, facts, lang, args.same_relation, args.seed, known)]
                 kept, dropped = generic[method].split(result.neurons)
                 for variant, neurons in (("kept", result.neurons), ("left out", kept)):
                     if not neurons:
@@ -90,7 +99,7 @@ def measure(args) -> dict:
                         effect = controlled_effect(
                             lm, neurons, mode, queries(fact, lang), controls, args.draws,
                             stable_seed(args.seed, fact.id, lang, method, variant), clean=clean,
-                            positions=args.positions)
+                            positions=args.positions, same_relation=kin)
                         rows.append({"fact_id": fact.id, "relation": fact.relation,
                                      "language": lang, "known": is_known, "method": method,
                                      "generic": variant, "generic_in_set": len(dropped),
@@ -102,6 +111,7 @@ def measure(args) -> dict:
             "left_out_in_reference": len(sample) - len(held_out),
             "relations": sorted({f.relation for f in facts}), "steps": args.steps,
             "max_queries": args.max_queries, "draws": args.draws, "unrelated": args.unrelated,
+            "same_relation": args.same_relation,
             "knowledge": known.to_summary(), "seconds": time.perf_counter() - started,
             "seconds_reference": seconds_reference, "rows": rows}
 
@@ -116,13 +126,15 @@ def table(result: dict) -> str:
                                             kv[0][3] != "suppress")):
         s = control_summary([(r["fact_id"], r) for r in rows])
         lines.append([method, variant, "known" if is_known else "unknown", mode, s["items"],
-                      s["effect"]["value"], s["random_effect"]["value"],
-                      s["unrelated_moved"]["value"], fmt_ci(s["selectivity"]),
-                      fmt_ci(s["specificity"])])
+                      fmt_ci(s["effect"]), fmt_ci(s["random_effect"]),
+                      fmt_ci(s["unrelated_effect"]), fmt_ci(s["same_relation_effect"]),
+                      fmt_ci(s["selectivity"]), fmt_ci(s["specificity"]),
+                      fmt_ci(s["relation_specificity"])])
     return markdown_table(["method", "generic neurons", "items", "intervention", "n",
-                           "median effect (own p)", "median random set",
-                           "median unrelated |change|", "selectivity [95% CI]",
-                           "specificity [95% CI]"], lines)
+                           "own p(gold) [95% CI]", "random set [95% CI]",
+                           "unrelated facts [95% CI]", "same-relation facts [95% CI]",
+                           "selectivity [95% CI]", "specificity [95% CI]",
+                           "relation specificity [95% CI]"], lines)
 
 
 def main() -> None:
@@ -145,6 +157,8 @@ def main() -> None:
                         help="queries attributed per language (0: all, the library default)")
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--unrelated", type=int, default=3)
+    parser.add_argument("--same-relation", type=int, default=3,
+                        help="other facts of the fact's relation measured beside it")
     parser.add_argument("--positions", choices=("all", "prediction"), default="all",
                         help="where interventions apply: every position (the library's "
                              "default) or the prediction positions only")
@@ -159,7 +173,8 @@ def main() -> None:
             f"({result['dtype']}), {args.steps} steps, "
             + (f"at most {args.max_queries} queries" if args.max_queries else "every query")
             + " attributed; "
-            f"{args.draws} random draws, {args.unrelated} unrelated facts; "
+            f"{args.draws} random draws, {args.unrelated} unrelated facts, "
+            f"{args.same_relation} same-relation facts; "
             f"{result['seconds'] / 60:.1f} min ({result['seconds_reference'] / 60:.1f} for the "
             "generic-neuron reference lists)\n\n" + table(result))
     print(text)
