@@ -4,6 +4,7 @@ reference samples."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mkn.localization.generic import ReferenceItem
 from mkn.localization.relations import MIN_RELATION_FACTS, RelationNeurons
@@ -47,3 +48,68 @@ def test_the_threshold_decides_and_the_list_round_trips(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": 2, "items": 3}')
     with pytest.raises(ValueError, match="bad.json: not a relation-neuron list"):
         RelationNeurons.load(tmp_path / "bad.json")
+
+
+# -- a planted relation neuron and a planted fact neuron on a tiny GPT-2 ----------------------
+
+RELATION_NEURON = (1, 13)
+REFERENCE_CAPITALS = [("Italy", "Rome"), ("Spain", "Madrid"), ("England", "London"),
+                      ("Russia", "Moscow")]
+
+
+def test_a_planted_relation_neuron_is_flagged_and_the_fact_neuron_stays_in_the_fact_set(
+        tmp_path):
+    """RELATION_NEURON is always on and raises every capital (a neuron of the relation P36);
+    FACT_NEURON fires on "France" and raises Paris only. On a reference sample of *other*
+    capitals and official languages, the first is a relation neuron of P36 (not of P37); France's
+    fact set keeps FACT_NEURON and its relation set holds RELATION_NEURON."""
+    from mkn.data import write_facts
+    from mkn.data.schema import Fact
+    from mkn.localization.locate import LocateConfig, locate_fact
+    from mkn.localization.reference import reference_relations
+    from tests.test_controls import FACT_NEURON, QUERIES, _unit, facts, planted_facts_gpt2
+    from tests.tiny_models import torch_threads
+
+    with torch_threads(1):
+        lm = planted_facts_gpt2()
+        token = lm.tokenizer.convert_tokens_to_ids
+        wte = lm.model.transformer.wte.weight
+        mlp = lm.blocks[1].mlp
+        capitals = [gold for relation, _, gold in QUERIES if relation == "P36"] + [
+            gold for _, gold in REFERENCE_CAPITALS]
+        with torch.no_grad():
+            mlp.c_fc.weight[:, RELATION_NEURON[1]] = 0
+            mlp.c_fc.bias[RELATION_NEURON[1]] = 5.0  # always on
+            golds = sum(_unit(wte[token(gold)]) for gold in capitals)
+            mlp.c_proj.weight[RELATION_NEURON[1]] = 12 * golds / golds.norm()
+            mlp.c_proj.weight[FACT_NEURON[1]] *= 0.3  # a fact neuron no stronger than it
+        reference = [Fact(id=f"ref-{country}", relation="P36", languages={"en": {
+            "subject": country, "object": gold, "queries": [f"The capital of {country} [Y] ."]}})
+            for country, gold in REFERENCE_CAPITALS] + [
+            fact.model_copy(update={"id": f"ref-{fact.id}"}) for fact in facts()
+            if fact.relation == "P37"]
+        # ig (zero baseline): an always-on neuron has no attribution under AMIG's baseline
+        config = LocateConfig(method="ig", steps=4, known="any", degenerate=False,
+                              thresholds={"en": 0.1})
+        france = facts()[0]
+        write_facts([*reference, france], tmp_path / "facts.jsonl")
+        data = f"jsonl:{tmp_path / 'facts.jsonl'}"
+        found, path, built = reference_relations(lm, data, ["en"], config, ["P36", "P37"],
+                                                 held_out=[france.id])
+        assert built and france.id not in found.source["facts"]  # held out
+        assert found.source["held_out"] == {"facts": 1, "overlap": 0}
+        again, same, built = reference_relations(lm, data, ["en"], config, ["P36", "P37"],
+                                                 held_out=[france.id])
+        assert not built and same == path and again.digest == found.digest  # cached
+        other, _, built = reference_relations(lm, data, ["en"], config, ["P36", "P37"],
+                                              held_out=[france.id, "ref-Italy"])
+        assert built and "ref-Italy" not in other.source["facts"]  # another sample, rebuilt
+        assert RELATION_NEURON in found.neurons("P36")
+        assert RELATION_NEURON not in found.neurons("P37")
+        assert FACT_NEURON not in found.neurons("P36")  # France is not in the reference
+        located = locate_fact(lm, france, ["en"], config, relations=found)
+        result = located.languages["en"]
+        assert FACT_NEURON in result.neurons and RELATION_NEURON in result.relation
+        assert RELATION_NEURON not in result.neurons
+        kept = locate_fact(lm, france, ["en"], config).languages["en"]  # no list: as before
+        assert {FACT_NEURON, RELATION_NEURON} <= set(kept.neurons) and not kept.relation

@@ -56,6 +56,8 @@ from mkn.localization.neurons import (
     shared_neurons,
     threshold_for,
 )
+from mkn.localization.relations import DEFAULT_THRESHOLD as RELATION_THRESHOLD
+from mkn.localization.relations import RelationNeurons
 from mkn.models.loading import LanguageModel
 
 if TYPE_CHECKING:
@@ -95,6 +97,9 @@ class LocateConfig(BaseModel):
     generic_share: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="share of other "
                                  "relations' reference facts a neuron serves from which it is "
                                  "generic (mkn.localization.generic)")
+    relation_share: float = Field(RELATION_THRESHOLD, gt=0, le=1, description="share of its "
+                                  "relation's reference facts a neuron serves from which it is "
+                                  "a relation neuron (mkn.localization.relations)")
 
     @field_validator("method", "rule", "matrice_baseline", "known")
     @classmethod
@@ -137,6 +142,7 @@ class LanguageResult:
     known: bool = False  # the model knows the fact here (mkn.localization.knowledge)
     knowledge: Knowledge | None = None  # the probe of every query of the language
     generic: list[Neuron] = field(default_factory=list)  # knowledge neurons left out as generic
+    relation: list[Neuron] = field(default_factory=list)  # left out as relation neurons
     query_neurons: list[list[Neuron]] = field(default_factory=list)  # coarse set of each query
 
     def neuron_records(self, neurons: list[Neuron] | None = None) -> list[list[float]]:
@@ -160,7 +166,8 @@ class FactResult:
         ``language``, ``layer``, ``index``, ``hook``, ``score`` and ``rank`` (in that
         language's scores, 1 = top), ``knowledge`` (in the language's knowledge-neuron set),
         ``language_agnostic``, ``soft_language_agnostic``, ``degenerate`` (in one of the
-        language's degenerate pairs) and ``generic`` (left out as generic). Only the
+        language's degenerate pairs), ``generic`` (left out as generic) and ``relation`` (left
+        out as a relation neuron of the fact's relation: its relation set). Only the
         knowledge neurons unless ``every_neuron``. Needs pandas."""
         import pandas as pd
 
@@ -173,7 +180,7 @@ class FactResult:
             flags = {"knowledge": set(result.neurons), "language_agnostic": strict,
                      "soft_language_agnostic": soft,
                      "degenerate": {n for pair in pairs for n in pair},
-                     "generic": set(result.generic)}
+                     "generic": set(result.generic), "relation": set(result.relation)}
             neurons = list(zip(frame["layer"], frame["index"], strict=True))
             for name, members in flags.items():
                 frame[name] = [n in members for n in neurons]
@@ -182,7 +189,7 @@ class FactResult:
             return neuron_frame(torch.zeros(0, 0), fact=[], relation=[], language=[]).assign(
                 **{name: pd.Series(dtype=bool) for name in (
                     "knowledge", "language_agnostic", "soft_language_agnostic", "degenerate",
-                    "generic")})
+                    "generic", "relation")})
         return pd.concat(frames, ignore_index=True)
 
 
@@ -213,7 +220,8 @@ def _attribute(lm: LanguageModel, prompt: str, target: str, config: LocateConfig
 def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
               config: LocateConfig, cache: AttributionCache | None = None,
               generic: GenericNeurons | None = None,
-              say: Progress | None = None) -> tuple[LanguageResult, list[Attribution]]:
+              say: Progress | None = None, relations: RelationNeurons | None = None,
+              relation: str = "") -> tuple[LanguageResult, list[Attribution]]:
     start = time.perf_counter()
     attributions = [
         _attribute(lm, prompt, target, config, cache,
@@ -234,12 +242,16 @@ def _language(lm: LanguageModel, lang: str, prompts: list[str], target: str,
     if generic is not None:
         neurons, removed = generic.split(neurons)
         per_query = [generic.split(query)[0] for query in per_query]
+    of_relation: list[Neuron] = []
+    if relations is not None:  # the fact set; the relation set is kept beside it
+        neurons, of_relation = relations.split(relation, neurons)
+        per_query = [relations.split(relation, query)[0] for query in per_query]
     result = LanguageResult(
         language=lang, target=target, prompts=prompts, probs=[a.prob for a in attributions],
         correct=[a.correct for a in attributions], neurons=neurons, scores=scores,
         confidence=sum(confidences) / len(confidences), seconds=time.perf_counter() - start,
         attribution_seconds=sum(a.seconds for a in attributions), generic=removed,
-        query_neurons=per_query)
+        relation=of_relation, query_neurons=per_query)
     return result, attributions
 
 
@@ -256,13 +268,16 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
                 config: LocateConfig | None = None,
                 cache: AttributionCache | None = None, knowledge: KnownItems | None = None,
                 generic: GenericNeurons | None = None,
-                progress: Progress | bool | None = None) -> FactResult:
+                progress: Progress | bool | None = None,
+                relations: RelationNeurons | None = None) -> FactResult:
     """Knowledge neurons of ``fact`` in the ``languages`` where the model knows it,
     language-agnostic and degenerate ones.
 
     ``cache`` (a dict) lets several calls share per-query attributions, e.g. ``amig`` and
     ``matrice`` on the same facts. ``knowledge``: the probe of the fact (probed here when None).
-    ``generic``: generic neurons to leave out (none when None). ``progress``: a callable given
+    ``generic``: generic neurons to leave out (none when None); ``relations``: relation neurons
+    of the fact's relation to leave out (its fact set; the relation set is kept in
+    ``LanguageResult.relation``; none when None). ``progress``: a callable given
     one line per attribution and per degenerate search (phase, fact, language, counts), or
     True to print them on stderr.
     """
@@ -288,7 +303,7 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
         if not prompts:
             raise ValueError(f"fact {fact.id!r} has no queries in {lang!r}")
         per_language[lang], _ = _language(lm, lang, prompts, fact.languages[lang].object, config,
-                                          cache, generic, say)
+                                          cache, generic, say, relations, fact.relation)
         per_language[lang].knowledge = probed
         per_language[lang].known = probed.marked(knowledge.criterion)
     sets = {lang: r.neurons for lang, r in per_language.items()}
@@ -311,7 +326,8 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
     if config.degenerate:
         for lang, lang_result in per_language.items():
             queries = [(prompt, lang_result.target) for prompt in lang_result.prompts]
-            exclude = generic.neurons() if generic is not None else ()
+            exclude = set(generic.neurons() if generic is not None else ()) | set(
+                relations.neurons(fact.relation) if relations is not None else ())
             candidates = top_neurons(lang_result.scores, config.degenerate_top_k, exclude)
             start = time.perf_counter()
             result.degenerate[lang] = degenerate_neurons(lm, queries, candidates,

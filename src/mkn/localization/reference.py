@@ -26,6 +26,7 @@ from mkn.data import load_facts
 from mkn.localization.generic import FORMAT, GenericNeurons, ReferenceItem, check_held_out
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import locate_fact
+from mkn.localization.relations import RelationNeurons
 from mkn.models.loading import LanguageModel, cache_dir
 from mkn.runs.directory import data_fingerprint, digest
 
@@ -35,6 +36,7 @@ REFERENCE_POOL = 1024  # at most this many facts probed to find the reference sa
 MIN_REFERENCE_FACTS = 20  # below this, or
 MIN_REFERENCE_RELATIONS = 4  # below this, a list says little: not built unless asked
 PROBE_CHUNK = 64
+RELATION_REFERENCE_FACTS = 6  # known reference facts sought per relation for its list
 _PROBED: dict[str, tuple] = {}  # reference samples probed in this process, by key
 
 
@@ -63,11 +65,19 @@ def reference_pool(data: str, languages: Sequence[str], seed: int = 0):
 
 def reference_facts(lm: LanguageModel, pool: Sequence, languages: Sequence[str], criterion: str,
                     facts: int = REFERENCE_FACTS,
-                    progress: Callable[[str], None] | None = None) -> tuple[list, KnownItems,
-                                                                            dict[str, str]]:
+                    progress: Callable[[str], None] | None = None,
+                    per_relation: int = REFERENCE_PER_RELATION,
+                    relations: Iterable[str] | None = None) -> tuple[list, KnownItems,
+                                                                     dict[str, str]]:
     """The reference sample: up to ``facts`` facts of ``pool`` known in at least one language,
-    at most :data:`REFERENCE_PER_RELATION` per relation, interleaved by relation (module
-    docstring). Returns ``(facts, their probe, {fact id: why it cannot be scored})``."""
+    at most ``per_relation`` per relation, interleaved by relation (module docstring); with
+    ``relations``, only facts of those, and probing stops once each has ``per_relation`` (the
+    sample of relation neurons). Returns ``(facts, their probe, {fact id: why it cannot be
+    scored})``."""
+    wanted = None if relations is None else set(relations)
+    if wanted is not None:
+        pool = [fact for fact in pool if fact.relation in wanted]
+        facts = per_relation * len(wanted)
     by_relation: dict[str, list] = defaultdict(list)
     knowledge: dict = {}
     problems: dict[str, str] = {}
@@ -79,12 +89,11 @@ def reference_facts(lm: LanguageModel, pool: Sequence, languages: Sequence[str],
         known = known_items(lm, chunk, languages, criterion, progress)
         knowledge.update(known.knowledge)
         for fact in chunk:
-            if known.languages_of(fact.id) and len(by_relation[fact.relation]) < \
-                    REFERENCE_PER_RELATION:
+            if known.languages_of(fact.id) and len(by_relation[fact.relation]) < per_relation:
                 by_relation[fact.relation].append(fact)
         if sum(len(group) for group in by_relation.values()) >= facts:
             break
-    chosen = [group[k] for k in range(REFERENCE_PER_RELATION) for group in by_relation.values()
+    chosen = [group[k] for k in range(per_relation) for group in by_relation.values()
               if k < len(group)][:facts]
     return chosen, KnownItems(criterion, list(languages), knowledge), problems
 
@@ -101,9 +110,10 @@ def _reference_key(lm: LanguageModel, data: str, languages: Sequence[str], confi
                        "pool": REFERENCE_POOL, "content": data_fingerprint(pool)}}
 
 
-def reference_path(key: dict) -> Path:
-    """Where the list of ``key`` is cached: ``$MKN_GENERIC_CACHE`` or ``$MKN_CACHE/generic``."""
-    folder = Path(os.environ.get("MKN_GENERIC_CACHE") or cache_dir() / "generic")
+def reference_path(key: dict, kind: str = "") -> Path:
+    """Where the list of ``key`` is cached: ``$MKN_GENERIC_CACHE`` or ``$MKN_CACHE/generic``
+    (relation-neuron lists: its ``relations`` folder, ``kind``)."""
+    folder = Path(os.environ.get("MKN_GENERIC_CACHE") or cache_dir() / "generic") / kind
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in
                    f"{Path(key['model']).name}-{key['data']}")[:60]
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
@@ -210,6 +220,50 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                          f"the reference sample of {data} (the facts the model knows)",
                          min_facts, min_relations)
     return generic, path, True
+
+
+def reference_relations(lm: LanguageModel, data: str, languages: Sequence[str], config,
+                        relations: Iterable[str], held_out: Iterable[str] = (),
+                        per_relation: int = RELATION_REFERENCE_FACTS, rebuild: bool = False,
+                        task: Callable[[str, int], Callable[[str], None]] | None = None,
+                        cache: dict | None = None) -> tuple[RelationNeurons, Path, bool]:
+    """The cached relation-neuron list of ``lm`` for ``relations`` of ``data``
+    (:mod:`mkn.localization.relations`): up to ``per_relation`` known facts of each, none of
+    them in ``held_out`` (the evaluated facts; the overlap is checked, 0 or an error), located
+    like the generic-neuron sample. A relation with too few known facts is listed as not
+    covered, not refused. Returns ``(list, path, built)``; ``config.relation_share`` sets the
+    threshold."""
+    relations = sorted(set(relations))
+    held = set(held_out)
+    everything = reference_pool(data, languages)
+    pool = [f for f in everything if f.id not in held and f.relation in relations]
+    key = {**_reference_key(lm, data, languages, config, pool, per_relation * len(relations)),
+           "kind": "relations", "relations": relations}
+    key["sample"]["per_relation"] = per_relation
+    path = reference_path(key, "relations")
+    if path.exists() and not rebuild:
+        found = RelationNeurons.load(path)
+        if found.source.get("key") == key and found.source.get("digest") == found.digest:
+            check_held_out(found.source.get("facts", []), held)
+            return found.with_threshold(config.relation_share), path, False
+    most = min(len(pool), REFERENCE_POOL)
+    probing = task(f"relation neurons: probing for {per_relation} known facts of each of "
+                   f"{len(relations)} relations (of at most {most})", most) if task else None
+    chosen, known, problems = reference_facts(lm, pool, languages, config.known,
+                                              progress=probing, per_relation=per_relation,
+                                              relations=relations)
+    tick = task("relation neurons: reference sample", len(chosen)) if task else None
+    items = build_reference(lm, chosen, languages, config, known, tick, cache)
+    check_held_out((f.id for f in chosen), held)
+    found = RelationNeurons(items, config.relation_share,
+                            {"key": key, "facts": [f.id for f in chosen],
+                             "skipped": [f"fact {i}: {r}" for i, r in problems.items()],
+                             "probed": len(known.facts()),
+                             "held_out": {"facts": len(held & {f.id for f in everything}),
+                                          "overlap": 0}})
+    found.source["digest"] = found.digest
+    found.save(path)
+    return found, path, True
 
 
 def rebuild_command(key: dict) -> str:
