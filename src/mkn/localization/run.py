@@ -43,6 +43,7 @@ def fact_records(result: FactResult, soft_fraction: float,
             "target": r.target, "queries": len(r.prompts), "prompts": r.prompts,
             "probs": [round(p, 8) for p in r.probs], "correct": r.correct, "known": r.known,
             "neurons": r.neuron_records(), "generic": r.neuron_records(r.generic),
+            "relation_set": r.neuron_records(r.relation),
         })
         timings.append({"fact_id": result.fact_id, "language": lang,
                         "seconds": round(r.seconds, 3)})

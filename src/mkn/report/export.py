@@ -2,8 +2,9 @@
 
 Tables (one file each, ``OUT/<table>.parquet`` or ``.csv``):
 
-- ``neurons``: one row per (fact, language, knowledge neuron), and per generic neuron left out
-  (``generic`` true): ``hook`` names the neuron the TransformerLens way
+- ``neurons``: one row per (fact, language, knowledge neuron), per generic neuron left out
+  (``generic`` true) and per relation neuron left out of the fact set (``relation_neuron``
+  true: the fact's relation set, :mod:`mkn.localization.relations`): ``hook`` names the neuron the TransformerLens way
   (``blocks.{layer}.mlp.hook_post``) beside ``layer`` and ``index``, so the rows join with other
   tools' data; ``rank`` is the neuron's place in its set by score; ``language_agnostic`` /
   ``soft_language_agnostic`` say whether the fact's shared sets hold it.
@@ -60,14 +61,15 @@ def neuron_rows(records: Mapping[str, list[dict]]) -> list[dict]:
     rows = []
     for record in records["neurons"]:
         strict, soft = agnostic.get(record["fact_id"], (set(), set()))
-        for generic, key in ((False, "neurons"), (True, "generic")):
+        for generic, relation, key in ((False, False, "neurons"), (True, False, "generic"),
+                                       (False, True, "relation_set")):
             for rank, (layer, index, score) in enumerate(record.get(key, []), 1):
                 rows.append({
                     "fact_id": record["fact_id"], "relation": record["relation"],
                     "language": record["language"], "target": record["target"],
                     "known": bool(record.get("known", True)), "hook": hook_name(int(layer)),
                     "layer": int(layer), "index": int(index), "score": float(score),
-                    "rank": rank, "generic": generic,
+                    "rank": rank, "generic": generic, "relation_neuron": relation,
                     "language_agnostic": (layer, index) in strict,
                     "soft_language_agnostic": (layer, index) in soft})
     return rows
@@ -191,7 +193,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
     "neurons": {"fact_id": "string", "relation": "string", "language": "string",
                 "target": "string", "known": "bool", "hook": "string", "layer": "int64",
                 "index": "int64", "score": "float64", "rank": "int64", "generic": "bool",
-                "language_agnostic": "bool", "soft_language_agnostic": "bool"},
+                "relation_neuron": "bool", "language_agnostic": "bool",
+                "soft_language_agnostic": "bool"},
     "items": {"fact_id": "string", "relation": "string", "language": "string",
               "object": "string", "known": "bool", "criterion": "string",
               "known_greedy": "bool", "known_rank": "bool", "queries": "int64",
