@@ -4,10 +4,11 @@ Tables (one file each, ``OUT/<table>.parquet`` or ``.csv``):
 
 - ``neurons``: one row per (fact, language, knowledge neuron), per generic neuron left out
   (``generic`` true) and per relation neuron left out of the fact set (``relation_neuron``
-  true: the fact's relation set, :mod:`mkn.localization.relations`): ``hook`` names the neuron the TransformerLens way
-  (``blocks.{layer}.mlp.hook_post``) beside ``layer`` and ``index``, so the rows join with other
-  tools' data; ``rank`` is the neuron's place in its set by score; ``language_agnostic`` /
-  ``soft_language_agnostic`` say whether the fact's shared sets hold it.
+  true: the fact's relation set, :mod:`mkn.localization.relations`): ``hook`` names the
+  neuron the TransformerLens way (``blocks.{layer}.mlp.hook_post``) beside ``layer`` and
+  ``index``, so the rows join with other tools' data; ``rank`` is the neuron's place in its
+  set by score; ``language_agnostic`` / ``soft_language_agnostic`` say whether the fact's
+  shared sets hold it.
 - ``items``: one row per (fact, language) probed: known or not, by which criterion, the mean
   p(gold) of its queries, whether it was located and how many neurons it has.
 - ``experiment_items`` (long): for each item of each experiment in ``RUN/experiments/`` (or
