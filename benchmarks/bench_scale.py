@@ -125,7 +125,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="random-weight models' dtype")
-    parser.add_argument("--models", type=lambda s: s.split(","), default=list(CPU_MODELS))
+    parser.add_argument("--models", type=lambda s: [m for m in s.split(",") if m],
+                        default=list(CPU_MODELS), help="random-weight models (\"\": none)")
     parser.add_argument("--real-model", default="gemma-3-270m",
                         help="the real model of part 1 (any name mkn.load_model takes)")
     parser.add_argument("--facts", type=int, default=8, help="real-model locate sample")
