@@ -99,14 +99,15 @@ def reference_facts(lm: LanguageModel, pool: Sequence, languages: Sequence[str],
 
 
 def _reference_key(lm: LanguageModel, data: str, languages: Sequence[str], config,
-                   pool: Sequence, facts: int) -> dict:
+                   pool: Sequence, facts: int, per_relation: int = REFERENCE_PER_RELATION
+                   ) -> dict:
     settings = config.model_dump(include={"method", "steps", "rule", "thresholds", "refine_p",
                                           "matrice_lambda", "matrice_baseline",
                                           "matrice_uniform", "known"})
     return {"format": FORMAT, "model": lm.name, "dtype": str(lm.dtype).removeprefix("torch."),
             "shape": [lm.n_layers, lm.n_neurons], "data": data, "languages": sorted(languages),
             "settings": settings,
-            "sample": {"facts": facts, "per_relation": REFERENCE_PER_RELATION,
+            "sample": {"facts": facts, "per_relation": per_relation,
                        "pool": REFERENCE_POOL, "content": data_fingerprint(pool)}}
 
 
@@ -155,6 +156,40 @@ def build_reference(lm: LanguageModel, facts: Sequence, languages: Sequence[str]
     return items
 
 
+def _cached_list(cls, path: Path, key: dict, held: set[str], rebuild: bool):
+    """The list cached at ``path`` when it was built from ``key`` (what it was built from) and
+    not edited since (its digest), its reference facts checked disjoint from ``held``; None
+    when there is none to reuse."""
+    if rebuild or not path.exists():
+        return None
+    found = cls.load(path)
+    if found.source.get("key") != key or found.source.get("digest") != found.digest:
+        return None
+    check_held_out(found.source.get("facts", []), held)
+    return found
+
+
+def _built_list(cls, lm: LanguageModel, chosen: Sequence, languages: Sequence[str], config,
+                known: KnownItems, threshold: float, key: dict, path: Path, held: set[str],
+                everything, problems: dict[str, str], tick: Callable[[str], None] | None,
+                cache: dict | None, **source):
+    """Locate the reference sample ``chosen`` (:func:`build_reference`), check it disjoint from
+    ``held``, and save the list with its provenance (``source`` adds to it) and digest at
+    ``path``."""
+    items = build_reference(lm, chosen, languages, config, known, tick, cache)
+    check_held_out((f.id for f in chosen), held)
+    skipped = [str(s) for s in everything.skipped] + [f"fact {i}: {r}"
+                                                       for i, r in problems.items()]
+    found = cls(items, threshold,
+                {"key": key, "facts": [f.id for f in chosen], "skipped": skipped,
+                 "probed": len(known.facts()),
+                 "held_out": {"facts": len(held & {f.id for f in everything}), "overlap": 0},
+                 **source})
+    found.source["digest"] = found.digest  # checked when the cache is read
+    found.save(path)
+    return found
+
+
 def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], config,
                       rebuild: bool = False,
                       task: Callable[[str, int], Callable[[str], None]] | None = None,
@@ -183,14 +218,11 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                          min_facts, min_relations)
     key = _reference_key(lm, data, languages, config, pool, facts)
     path = reference_path(key)
-    if path.exists() and not rebuild:
-        found = GenericNeurons.load(path)
-        # the key says what it was built from; the digest, that it was not edited since
-        if found.source.get("key") == key and found.source.get("digest") == found.digest:
-            check_held_out(found.source.get("facts", []), held)
-            check_reference_size(found.facts, found.relations, f"the reference sample at {path}",
-                                 min_facts, min_relations)
-            return found.with_threshold(config.generic_share), path, False
+    found = _cached_list(GenericNeurons, path, key, held, rebuild)
+    if found is not None:
+        check_reference_size(found.facts, found.relations, f"the reference sample at {path}",
+                             min_facts, min_relations)
+        return found.with_threshold(config.generic_share), path, False
     sample_key = digest({**key, "settings": config.known})  # the same for every method
     if sample_key in _PROBED:  # probed for another method of the run
         chosen, known, problems = _PROBED[sample_key]
@@ -204,18 +236,10 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
             _PROBED.clear()
         _PROBED[sample_key] = chosen, known, problems
     tick = task("generic neurons: reference sample", len(chosen)) if task else None
-    items = build_reference(lm, chosen, languages, config, known, tick, cache)
-    skipped = [str(s) for s in everything.skipped] + [f"fact {i}: {r}"
-                                                       for i, r in problems.items()]
-    check_held_out((f.id for f in chosen), held)
-    generic = GenericNeurons(items, config.generic_share,
-                             {"key": key, "facts": [f.id for f in chosen], "skipped": skipped,
-                              "probed": len(known.facts()),
-                              "held_out": {"facts": len(held & {f.id for f in everything}),
-                                           "overlap": 0},
-                              "rebuild": rebuild_command(key)})
-    generic.source["digest"] = generic.digest  # checked when the cache is read
-    generic.save(path)  # cached even when thin: the probing and attributions are not redone
+    # cached even when thin: the probing and attributions are not redone
+    generic = _built_list(GenericNeurons, lm, chosen, languages, config, known,
+                          config.generic_share, key, path, held, everything, problems, tick,
+                          cache, rebuild=rebuild_command(key))
     check_reference_size(generic.facts, generic.relations,
                          f"the reference sample of {data} (the facts the model knows)",
                          min_facts, min_relations)
@@ -237,15 +261,12 @@ def reference_relations(lm: LanguageModel, data: str, languages: Sequence[str], 
     held = set(held_out)
     everything = reference_pool(data, languages)
     pool = [f for f in everything if f.id not in held and f.relation in relations]
-    key = {**_reference_key(lm, data, languages, config, pool, per_relation * len(relations)),
-           "kind": "relations", "relations": relations}
-    key["sample"]["per_relation"] = per_relation
+    key = {**_reference_key(lm, data, languages, config, pool, per_relation * len(relations),
+                            per_relation), "kind": "relations", "relations": relations}
     path = reference_path(key, "relations")
-    if path.exists() and not rebuild:
-        found = RelationNeurons.load(path)
-        if found.source.get("key") == key and found.source.get("digest") == found.digest:
-            check_held_out(found.source.get("facts", []), held)
-            return found.with_threshold(config.relation_share), path, False
+    found = _cached_list(RelationNeurons, path, key, held, rebuild)
+    if found is not None:
+        return found.with_threshold(config.relation_share), path, False
     most = min(len(pool), REFERENCE_POOL)
     probing = task(f"relation neurons: probing for {per_relation} known facts of each of "
                    f"{len(relations)} relations (of at most {most})", most) if task else None
@@ -253,16 +274,9 @@ def reference_relations(lm: LanguageModel, data: str, languages: Sequence[str], 
                                               progress=probing, per_relation=per_relation,
                                               relations=relations)
     tick = task("relation neurons: reference sample", len(chosen)) if task else None
-    items = build_reference(lm, chosen, languages, config, known, tick, cache)
-    check_held_out((f.id for f in chosen), held)
-    found = RelationNeurons(items, config.relation_share,
-                            {"key": key, "facts": [f.id for f in chosen],
-                             "skipped": [f"fact {i}: {r}" for i, r in problems.items()],
-                             "probed": len(known.facts()),
-                             "held_out": {"facts": len(held & {f.id for f in everything}),
-                                          "overlap": 0}})
-    found.source["digest"] = found.digest
-    found.save(path)
+    found = _built_list(RelationNeurons, lm, chosen, languages, config, known,
+                        config.relation_share, key, path, held, everything, problems, tick,
+                        cache)
     return found, path, True
 
 
