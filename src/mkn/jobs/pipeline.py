@@ -139,7 +139,7 @@ def probe(lm: LanguageModel, facts: Sequence, languages: list[str], criterion: s
 @dataclass
 class GenericLists:
     """The generic-neuron list of each method (``lists``: None when they are kept in the sets)
-    and, when kept, why (``kept``)."""
+    and, when kept for want of a reference sample, why (``kept``)."""
 
     lists: dict[str, GenericNeurons] | None
     kept: str | None = None
@@ -165,7 +165,7 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
     ``pin`` (a resume with another list is refused)."""
     held_out = list(held_out)
     if mode == "keep":
-        return GenericLists(None, "--generic keep")
+        return GenericLists(None)
     if mode != "auto":
         loaded = GenericNeurons.load(Path(mode)).with_threshold(locate.generic_share)
         try:
@@ -175,6 +175,7 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
         found = GenericLists({method: loaded for method in methods})
     else:
         lists = {}
+        cache = {} if cache is None else cache  # the methods share their attributions
         for method in methods:
             config = locate.model_copy(update={"method": method})
             try:

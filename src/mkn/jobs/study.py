@@ -64,7 +64,6 @@ from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 RESULTS = "results"  # one record per finished (part, experiment)
 
 
-
 class DataPart(BaseModel):
     """One data set of the study and the sample drawn from it."""
 
@@ -313,7 +312,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
                                 for m, g in (generic.lists or {}).items()},
            "generic_digest": generic.digests,
            "generic_threshold": {m: g.threshold for m, g in (generic.lists or {}).items()},
-           "generic_kept": None if config.generic == "keep" else generic.kept,
+           "generic_kept": generic.kept,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
