@@ -367,6 +367,7 @@ def convert_gguf(gguf: Path, target: Path, dtype: torch.dtype = torch.float32) -
             transformers.GenerationConfig.from_model_config(config).save_pretrained(tmp)
         except NotStreamable as why:  # e.g. MoE experts: transformers' loader, all in memory
             log.info("%s: converted in memory (%s)", gguf.name, why)
+            (tmp / "model.safetensors").unlink(missing_ok=True)  # a stream cut short
             model = auto.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
             model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
             if hasattr(model.config, "quantization_config"):
