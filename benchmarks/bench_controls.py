@@ -4,7 +4,10 @@ For a fact sample of one data source (and languages), every (fact, language) ite
 (:mod:`mkn.localization.knowledge`) and located with each method *whatever the model knows*
 (``known=any``), so that known and unknown items can be set side by side. Each item's
 knowledge-neuron set is then suppressed (x0) and enhanced (x2), with and without the generic
-neurons of the cached reference list (:mod:`mkn.localization.generic`), and measured beside its
+neurons of the cached reference list (:mod:`mkn.localization.generic`), and, with
+``--relation-facts N``, split into its fact set and its relation set (relation neurons of its
+relation at each ``--relation-shares`` threshold, :mod:`mkn.localization.relations`, from N known
+reference facts per relation held out from the measured ones), each measured beside its
 controls (:mod:`mkn.interventions.controls`): random sets with as many neurons per layer,
 unrelated facts of other relations and other facts of the *same* relation, known in the same
 language. Reported per group, each a median with a bootstrap 95% interval over facts: the
@@ -38,10 +41,16 @@ from mkn.experiments.common import unrelated_facts as pick_unrelated
 from mkn.interventions.controls import CleanProbs, controlled_effect, stable_seed
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
-from mkn.localization.reference import REFERENCE_POOL, reference_facts, reference_generic
+from mkn.localization.reference import (
+    REFERENCE_POOL,
+    reference_facts,
+    reference_generic,
+    reference_relations,
+)
 from mkn.models.devices import cpu_summary
 
 MODES = ("suppress", "enhance")
+LABELS = {"left out": "generic left out", "kept": "all (generic kept)"}  # the rest: generic out
 
 
 def measure(args) -> dict:
@@ -77,6 +86,19 @@ def measure(args) -> dict:
     print(f"{len(sample) - len(held_out)} sampled facts left out (in the reference sample); "
           + known.describe(), flush=True)
     everything = KnownItems("any", known.languages, known.knowledge)  # locate unknown items too
+    relation_lists = {}
+    if args.relation_facts:  # relation neurons, on reference facts held out from these facts
+        started_relations = time.perf_counter()
+        for method in args.methods:
+            config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries)
+            relation_lists[method], path, built = reference_relations(
+                lm, args.data, languages, config, {f.relation for f in facts},
+                held_out=[f.id for f in facts], per_relation=args.relation_facts, cache=cache)
+            covered = relation_lists[method].covered()
+            print(f"relation neurons ({method}): reference facts per relation {covered}; "
+                  f"held-out overlap {relation_lists[method].source['held_out']['overlap']}; "
+                  f"{'built' if built else 'cached'}: {path}", flush=True)
+        seconds_reference += time.perf_counter() - started_relations
     clean = CleanProbs(lm)
     rows: list[dict] = []
     for number, fact in enumerate(facts, 1):
@@ -92,7 +114,13 @@ def measure(args) -> dict:
                 kin = [queries(g, lang) for g in same_relation_facts(
                     fact, facts, lang, args.same_relation, args.seed, known)]
                 kept, dropped = generic[method].split(result.neurons)
-                for variant, neurons in (("kept", result.neurons), ("left out", kept)):
+                variants = [("kept", result.neurons), ("left out", kept)]
+                for share in args.relation_shares if relation_lists else ():
+                    listed = relation_lists[method].with_threshold(share)
+                    fact_set, relation_set = listed.split(fact.relation, kept)
+                    variants += [(f"fact set >= {share:g}", fact_set),
+                                 (f"relation set >= {share:g}", relation_set)]
+                for variant, neurons in variants:
                     if not neurons:
                         continue
                     for mode in MODES:
@@ -111,7 +139,13 @@ def measure(args) -> dict:
             "left_out_in_reference": len(sample) - len(held_out),
             "relations": sorted({f.relation for f in facts}), "steps": args.steps,
             "max_queries": args.max_queries, "draws": args.draws, "unrelated": args.unrelated,
-            "same_relation": args.same_relation,
+            "same_relation": args.same_relation, "relation_facts": args.relation_facts,
+            "relation_shares": args.relation_shares if relation_lists else [],
+            "relation_covered": {m: r.covered() for m, r in relation_lists.items()},
+            "relation_neurons": {m: {f"{share:g}": {rel: len(r.with_threshold(share).neurons(rel))
+                                                    for rel in r.covered()}
+                                     for share in args.relation_shares}
+                                 for m, r in relation_lists.items()},
             "knowledge": known.to_summary(), "seconds": time.perf_counter() - started,
             "seconds_reference": seconds_reference, "rows": rows}
 
@@ -120,17 +154,21 @@ def table(result: dict) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in result["rows"]:
         groups[(row["method"], row["generic"], row["known"], row["mode"])].append(row)
+    order = ["left out", "kept"] + [f"{kind} >= {share:g}" for share in
+                                   result.get("relation_shares", [])
+                                   for kind in ("fact set", "relation set")]
     lines = []
     for (method, variant, is_known, mode), rows in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "left out", not kv[0][2],
+            groups.items(), key=lambda kv: (kv[0][0], not kv[0][2], order.index(kv[0][1]),
                                             kv[0][3] != "suppress")):
         s = control_summary([(r["fact_id"], r) for r in rows])
-        lines.append([method, variant, "known" if is_known else "unknown", mode, s["items"],
+        lines.append([method, LABELS.get(variant, variant),
+                      "known" if is_known else "unknown", mode, s["items"],
                       fmt_ci(s["effect"]), fmt_ci(s["random_effect"]),
                       fmt_ci(s["unrelated_effect"]), fmt_ci(s["same_relation_effect"]),
                       fmt_ci(s["selectivity"]), fmt_ci(s["specificity"]),
                       fmt_ci(s["relation_specificity"])])
-    return markdown_table(["method", "generic neurons", "items", "intervention", "n",
+    return markdown_table(["method", "set", "items", "intervention", "n",
                            "own p(gold) [95% CI]", "random set [95% CI]",
                            "unrelated facts [95% CI]", "same-relation facts [95% CI]",
                            "selectivity [95% CI]", "specificity [95% CI]",
@@ -159,6 +197,12 @@ def main() -> None:
     parser.add_argument("--unrelated", type=int, default=3)
     parser.add_argument("--same-relation", type=int, default=3,
                         help="other facts of the fact's relation measured beside it")
+    parser.add_argument("--relation-facts", type=int, default=0,
+                        help="known reference facts per relation for relation neurons (0: none); "
+                             "each set is then also split into its fact set and relation set")
+    parser.add_argument("--relation-shares", type=lambda s: [float(x) for x in s.split(",")],
+                        default=[0.5], help="relation-neuron thresholds to compare (share of "
+                        "the relation's reference facts)")
     parser.add_argument("--positions", choices=("all", "prediction"), default="all",
                         help="where interventions apply: every position (the library's "
                              "default) or the prediction positions only")

@@ -57,6 +57,27 @@ REFERENCE_CAPITALS = [("Italy", "Rome"), ("Spain", "Madrid"), ("England", "Londo
                       ("Russia", "Moscow")]
 
 
+def planted_relation_gpt2():
+    """The planted-facts GPT-2 (:func:`tests.test_controls.planted_facts_gpt2`) with
+    RELATION_NEURON always on and raising every capital; the fact neuron is weakened to be no
+    stronger than it."""
+    from tests.test_controls import FACT_NEURON, QUERIES, _unit, planted_facts_gpt2
+
+    lm = planted_facts_gpt2()
+    token = lm.tokenizer.convert_tokens_to_ids
+    wte = lm.model.transformer.wte.weight
+    mlp = lm.blocks[1].mlp
+    capitals = [gold for relation, _, gold in QUERIES if relation == "P36"] + [
+        gold for _, gold in REFERENCE_CAPITALS]
+    with torch.no_grad():
+        mlp.c_fc.weight[:, RELATION_NEURON[1]] = 0
+        mlp.c_fc.bias[RELATION_NEURON[1]] = 5.0  # always on
+        golds = sum(_unit(wte[token(gold)]) for gold in capitals)
+        mlp.c_proj.weight[RELATION_NEURON[1]] = 12 * golds / golds.norm()
+        mlp.c_proj.weight[FACT_NEURON[1]] *= 0.3  # a fact neuron no stronger than it
+    return lm
+
+
 def test_a_planted_relation_neuron_is_flagged_and_the_fact_neuron_stays_in_the_fact_set(
         tmp_path):
     """RELATION_NEURON is always on and raises every capital (a neuron of the relation P36);
@@ -67,22 +88,12 @@ def test_a_planted_relation_neuron_is_flagged_and_the_fact_neuron_stays_in_the_f
     from mkn.data.schema import Fact
     from mkn.localization.locate import LocateConfig, locate_fact
     from mkn.localization.reference import reference_relations
-    from tests.test_controls import FACT_NEURON, QUERIES, _unit, facts, planted_facts_gpt2
+    from mkn.localization.relations import LeftOut
+    from tests.test_controls import FACT_NEURON, facts
     from tests.tiny_models import torch_threads
 
     with torch_threads(1):
-        lm = planted_facts_gpt2()
-        token = lm.tokenizer.convert_tokens_to_ids
-        wte = lm.model.transformer.wte.weight
-        mlp = lm.blocks[1].mlp
-        capitals = [gold for relation, _, gold in QUERIES if relation == "P36"] + [
-            gold for _, gold in REFERENCE_CAPITALS]
-        with torch.no_grad():
-            mlp.c_fc.weight[:, RELATION_NEURON[1]] = 0
-            mlp.c_fc.bias[RELATION_NEURON[1]] = 5.0  # always on
-            golds = sum(_unit(wte[token(gold)]) for gold in capitals)
-            mlp.c_proj.weight[RELATION_NEURON[1]] = 12 * golds / golds.norm()
-            mlp.c_proj.weight[FACT_NEURON[1]] *= 0.3  # a fact neuron no stronger than it
+        lm = planted_relation_gpt2()
         reference = [Fact(id=f"ref-{country}", relation="P36", languages={"en": {
             "subject": country, "object": gold, "queries": [f"The capital of {country} [Y] ."]}})
             for country, gold in REFERENCE_CAPITALS] + [
@@ -111,5 +122,75 @@ def test_a_planted_relation_neuron_is_flagged_and_the_fact_neuron_stays_in_the_f
         result = located.languages["en"]
         assert FACT_NEURON in result.neurons and RELATION_NEURON in result.relation
         assert RELATION_NEURON not in result.neurons
+        passed = locate_fact(lm, france, ["en"], config, generic=LeftOut(relations=found))
+        assert passed.languages["en"].neurons == result.neurons  # as the experiments pass it
+        assert passed.languages["en"].relation == result.relation
         kept = locate_fact(lm, france, ["en"], config).languages["en"]  # no list: as before
         assert {FACT_NEURON, RELATION_NEURON} <= set(kept.neurons) and not kept.relation
+
+
+def test_locality_catches_an_edit_that_damages_a_planted_neighbour():
+    """Erasing the relation neuron drops Germany's capital (a same-relation neighbour) and not
+    Germany's official language; erasing France's fact neuron leaves both; the model is left
+    as it was."""
+    from mkn.interventions.controls import CleanProbs
+    from mkn.interventions.locality import locality
+    from mkn.interventions.weights import erase
+    from tests.test_controls import FACT_NEURON
+    from tests.tiny_models import torch_threads
+
+    with torch_threads(1):
+        lm = planted_relation_gpt2()
+        before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+        around = {"en": {"same_relation": [[("The capital of Germany", "Berlin")]],
+                         "other_relation": [[("The official language of Germany", "German")]]}}
+        clean = CleanProbs(lm)
+        relation_edit = erase(lm, [RELATION_NEURON])
+        relation_edit.undo()
+        damaged = locality(lm, relation_edit, around, clean)["en"]
+        fact_edit = erase(lm, [FACT_NEURON])
+        spared = locality(lm, fact_edit, around, clean)["en"]  # applied: kept applied after
+        assert fact_edit.applied
+        fact_edit.undo()
+    assert damaged["same_relation"][0] < -0.5  # the neighbour lost most of p(Berlin)
+    assert abs(damaged["other_relation"][0]) < abs(damaged["same_relation"][0]) / 3
+    assert abs(spared["same_relation"][0]) < 0.05 and abs(spared["other_relation"][0]) < 0.05
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_injection_reports_locality_for_the_fact_set_the_relation_set_and_random_sets(
+        tmp_path):
+    """Injection through France's fact set (relation neurons left out) and its relation set:
+    both measured on the same-relation and other-relation neighbours; the relation-set edit
+    damages the capitals more than the fact-set edit does."""
+    from mkn.experiments import injection
+    from mkn.localization.generic import GenericNeurons
+    from mkn.localization.generic import ReferenceItem as Item
+    from mkn.localization.locate import LocateConfig
+    from mkn.localization.relations import LeftOut
+    from tests.test_controls import GENERIC_NEURON, facts
+    from tests.tiny_models import torch_threads
+
+    listed = RelationNeurons([Item(f"ref-{i}", "P36", "en", (RELATION_NEURON,))
+                              for i in range(3)])
+    generic = GenericNeurons([Item(f"ref-{r}", r, "en", (GENERIC_NEURON,))
+                              for r in ("P1", "P2", "P3", "P4")])
+    assert GENERIC_NEURON in generic.neurons()
+    config = LocateConfig(method="ig", steps=4, known="any", degenerate=False,
+                          thresholds={"en": 0.1})
+    with torch_threads(1):
+        lm = planted_relation_gpt2()
+        result = injection.run(lm, facts()[:1] + facts()[1:], ["en"], config, draws=1,
+                               generic=LeftOut(generic, listed))
+    france = next(i for i in result["items"] if i["fact_id"] == "fact-0")
+    assert "relation_set" in france and france["relation_set"]["neurons"] == 1
+    assert france["neurons"] == 1  # the fact neuron: generic and relation neurons left out
+    fact_same = france["neighbours"]["en"]["same_relation"]
+    kin_same = france["relation_set"]["neighbours"]["en"]["same_relation"]
+    assert len(fact_same) == 1  # Tokyo (Berlin became the counterfactual object), or Berlin
+    assert kin_same[0] < fact_same[0] - 0.3
+    summary = result["summary"]["neighbours"]
+    assert set(summary) == {"fact set", "relation set", "random set"}
+    assert summary["relation set"]["same_relation"]["source"]["value"] is not None
+    assert "same-relation facts" in injection.table(result)

@@ -194,6 +194,12 @@ GenericOpt = Annotated[str | None, typer.Option(
     help="Generic neurons (knowledge neurons of many relations' facts): auto (default: left "
          "out, using the cached reference list of this model and data, built on first use), "
          "keep (leave them in, as Dai et al. and AMIG do), or a list written by mkn generic.")]
+RelationNeuronsOpt = Annotated[str | None, typer.Option(
+    "--relation-neurons", show_default="auto",
+    help="Relation neurons (knowledge neurons of many facts of the fact's relation): auto "
+         "(default: left out, so a set is the fact's own; the cached reference list of this "
+         "model, data and relations, its facts held out), keep (leave them in, as Dai et al. "
+         "and AMIG do), or a relation-neuron list file.")]
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -432,12 +438,13 @@ def locate(
     gpus_per_worker: GpusOpt = None,
     known: KnownOpt = None,
     generic: GenericOpt = None,
+    relation_neurons: RelationNeuronsOpt = None,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Knowledge neurons per fact and language the model knows, language-agnostic and
     degenerate neurons."""
-    from mkn.jobs.pipeline import backend_for, generic_lists
+    from mkn.jobs.pipeline import backend_for, set_lists
     from mkn.localization.run import run_locate
 
     try:
@@ -449,13 +456,12 @@ def locate(
             batch_size=batch_size, dtype=dtype, device=device, device_map=device_map, seed=seed,
             lenient=lenient,
             backend=backend, workers=workers, gpus_per_worker=gpus_per_worker, known=known,
-            generic=generic)
+            generic=generic, relation_neurons=relation_neurons)
         with run, ProgressBars(quiet) as bars:
             known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
-            generic_list = generic_lists(lm, cfg.data, langs, cfg.locate, [cfg.locate.method],
-                                         cfg.generic, task=bars.task, say=_say,
-                                         held_out=[f.id for f in facts], run=run
-                                         ).of(cfg.locate.method)
+            _, lists = set_lists(lm, cfg, langs, facts, [cfg.locate.method], task=bars.task,
+                                 say=_say, run=run)
+            generic_list = lists[cfg.locate.method]
             with backend_for(cfg, lm) as runner:
                 summary = run_locate(lm, facts, langs, cfg.locate, out, resume, meta,
                                      on_fact=bars.task(f"locate ({cfg.locate.method})",
@@ -644,6 +650,7 @@ def experiment(
     = None,
     known: KnownOpt = None,
     generic: GenericOpt = None,
+    relation_neurons: RelationNeuronsOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run in OUT (attributions "
                                               "already stored are not computed again).")]
     = False,
@@ -659,7 +666,7 @@ def experiment(
 
     from mkn.experiments import EXPERIMENTS
     from mkn.experiments.common import Setup, experiment_options, methods_of, write_result
-    from mkn.jobs.pipeline import backend_for, generic_lists, prefetch_attributions
+    from mkn.jobs.pipeline import backend_for, prefetch_attributions, set_lists
     from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
     if name not in EXPERIMENTS:
@@ -675,8 +682,8 @@ def experiment(
             model=model, data=data, languages=languages, method=method, limit=limit,
             relations=relations, per_relation=per_relation, shuffle=shuffle, steps=steps, rule=rule,
             max_queries=max_queries, batch_size=batch_size, dtype=dtype, device=device,
-            device_map=device_map, seed=seed, known=known, generic=generic, backend=backend,
-            workers=workers,
+            device_map=device_map, seed=seed, known=known, generic=generic,
+            relation_neurons=relation_neurons, backend=backend, workers=workers,
             gpus_per_worker=gpus_per_worker)
         with run, RunStore(out, {"experiment": name, "options": options, **meta}, resume,
                            (ATTRIBUTIONS,), run=run) as store:
@@ -687,9 +694,8 @@ def experiment(
             with ProgressBars(quiet) as bars:
                 known_sample = _probe(lm, facts, langs, cfg.locate.known, bars)
                 methods = methods_of(module.run, options) or (cfg.locate.method,)
-                lists = generic_lists(lm, cfg.data, langs, cfg.locate, methods, cfg.generic,
-                                      task=bars.task, say=_say, held_out=[f.id for f in facts],
-                                      run=run)
+                _, lists = set_lists(lm, cfg, langs, facts, methods, task=bars.task, say=_say,
+                                     run=run)
                 if cfg.backend != "local":  # attributions on the workers, measures here
                     with backend_for(cfg, lm) as runner:
                         prefetch_attributions(runner, facts, langs, cfg.locate, methods,
@@ -698,7 +704,7 @@ def experiment(
                                               "workers)")
                 result = module.run(lm, list(facts), langs, cfg.locate, seed=cfg.seed,
                                     progress=bars.task(name, len(facts) * module.PHASES),
-                                    cache=cache, known=known_sample, generic=lists.lists,
+                                    cache=cache, known=known_sample, generic=lists,
                                     **options)
             result["config"] = {"locate": cfg.locate.model_dump(), **meta}
             path = write_result(out, setup, result, module.table(result))
@@ -732,6 +738,10 @@ def reproduce(
     = None,
     generic: Annotated[str | None, typer.Option(
         show_default="auto", help="auto (leave generic neurons out) or keep.")] = None,
+    relation_neurons: Annotated[str | None, typer.Option(
+        "--relation-neurons", show_default="auto",
+        help="auto (leave the relation neurons of a fact's relation out: its fact set) or "
+             "keep.")] = None,
     methods: Annotated[str | None, typer.Option(
         show_default="ig,amig,matrice",
         help=f"Methods located on every part: {', '.join(_methods())} or matrice.")] = None,
@@ -778,6 +788,7 @@ def reproduce(
             config = load_study_config(
                 study_config, model=model, dtype=dtype, steps=steps, max_queries=max_queries,
                 limit=limit, seed=seed, known=known, generic=generic,
+                relation_neurons=relation_neurons,
                 methods=methods and [m.strip() for m in methods.split(",") if m.strip()],
                 experiment_method=experiment_method)
             asked, config.dtype = config.dtype, concrete_dtype(config.dtype, device)

@@ -22,6 +22,7 @@ from mkn.localization.locate import (
     locate_fact,
     locate_methods,
 )
+from mkn.localization.relations import LeftOut
 from mkn.localization.stats import markdown_table  # noqa: F401  (re-exported)
 from mkn.models.loading import LanguageModel
 from mkn.runs.directory import run_date, write_atomic
@@ -48,6 +49,7 @@ class Setup:
     max_queries: int | None = None
     known: str = "auto"
     generic: str = "none"
+    relation_neurons: str = "keep"
     options: dict = field(default_factory=dict)
     date: str = field(default_factory=run_date)
 
@@ -59,7 +61,8 @@ class Setup:
                    limit=cfg.limit, seed=cfg.seed, method=cfg.locate.method,
                    steps=cfg.locate.steps, facts=[f.id for f in facts], dtype=cfg.dtype,
                    sample=describe_sample(cfg), max_queries=cfg.locate.max_queries,
-                   known=cfg.locate.known, generic=cfg.generic, options=dict(options or {}))
+                   known=cfg.locate.known, generic=cfg.generic,
+                   relation_neurons=cfg.relation_neurons, options=dict(options or {}))
 
     def describe(self) -> str:
         queries_used = (f"at most {self.max_queries} queries per language attributed"
@@ -68,7 +71,8 @@ class Setup:
                 f"languages {','.join(self.languages)}, {len(self.facts)} facts (limit "
                 f"{self.limit}; {self.sample}), seed {self.seed}, method {self.method}, "
                 f"{self.steps} steps, {queries_used}, known items by {self.known}, generic "
-                f"neurons {'kept' if self.generic == 'keep' else 'left out'}"
+                f"neurons {'kept' if self.generic == 'keep' else 'left out'}, relation neurons "
+                f"{'kept' if self.relation_neurons == 'keep' else 'left out (fact sets)'}"
                 + "".join(f", {k}={v}" for k, v in self.options.items()) + f"; {self.date}")
 
 
@@ -150,9 +154,11 @@ def locate_known(lm: LanguageModel, facts: Sequence, languages: list[str], confi
                              known, generic)
 
 
-def generic_for(generic: GenericNeurons | Mapping[str, GenericNeurons] | None,
-                method: str) -> GenericNeurons | None:
-    """The generic-neuron list of ``method`` (lists may be given per method)."""
+def generic_for(generic: GenericNeurons | LeftOut | Mapping[str, GenericNeurons | LeftOut] | None,
+                method: str) -> GenericNeurons | LeftOut | None:
+    """What the sets of ``method`` leave out: its generic-neuron list, or a
+    :class:`~mkn.localization.relations.LeftOut` with its relation neurons too (either may be
+    given per method)."""
     return generic.get(method) if isinstance(generic, Mapping) else generic
 
 

@@ -9,15 +9,18 @@ zh->en and every other pair). The claim under test: editing the language-agnosti
 the fact in all languages, editing one language's neurons moves it mostly in that language.
 
 Every change is shown beside its controls (:mod:`mkn.interventions.controls`): in each target
-language, random sets with as many neurons per layer (``draws`` draws) on the same queries, and
-``unrelated`` facts of other relations known in that language.
+language, random sets with as many neurons per layer (``draws`` draws) on the same queries,
+``unrelated`` facts of other relations and as many other facts of the *same* relation known in
+that language (its locality: where relation neurons do their damage). With relation neurons
+left out (the default) each language's set is the fact's *fact set*; the fact's *relation set*
+(the relation neurons its sets held, in any language) is edited too, as its own source.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mkn.experiments.common import (
     CONTROL_HEADER,
@@ -28,6 +31,7 @@ from mkn.experiments.common import (
     locate_known,
     markdown_table,
     queries,
+    same_relation_facts,
     unrelated_facts,
 )
 from mkn.experiments.metrics import clustered_interval, interval
@@ -47,6 +51,7 @@ from mkn.models.loading import LanguageModel
 
 AGNOSTIC = "agnostic"
 SOFT_AGNOSTIC = "agnostic-soft"
+RELATION_SET = "relation-set"
 MODES = ("suppress", "enhance")
 PHASES = 2  # progress ticks per fact: locating, then measuring
 
@@ -62,6 +67,7 @@ class EditEverywhere:
     own: dict[str, list]
     controls: dict[str, list[list]]
     drawn: list[list]
+    same_relation: dict[str, list[list]] = field(default_factory=dict)
 
     def jobs(self) -> list:
         """The jobs ``(neurons, mode, queries)`` to measure (``measure_sets``)."""
@@ -69,6 +75,8 @@ class EditEverywhere:
         jobs = [(self.neurons, self.mode, self.own[lang]) for lang in languages]
         jobs += [(self.neurons, self.mode, qs) for lang in languages for qs in self.controls[lang]]
         jobs += [(r, self.mode, self.own[lang]) for r in self.drawn for lang in languages]
+        jobs += [(self.neurons, self.mode, qs) for lang in languages
+                 for qs in self.same_relation.get(lang, [])]
         return jobs
 
     def read(self, changes: Iterator[float]) -> dict[str, dict]:
@@ -80,9 +88,11 @@ class EditEverywhere:
         for _ in self.drawn:
             for lang in languages:
                 drawn[lang].append(next(changes))
+        kin = {lang: [next(changes) for _ in self.same_relation.get(lang, [])]
+               for lang in languages}
         return {lang: ControlledEffect.record(self.mode, self.neurons, effects[lang],
                                               drawn[lang], unrelated[lang],
-                                              self.drawn).to_dict()
+                                              self.drawn, same_relation=kin[lang]).to_dict()
                 for lang in languages}
 
 
@@ -114,13 +124,19 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         sources = {lang: result.languages[lang].neurons for lang in targets}
         sources[AGNOSTIC] = result.language_agnostic
         sources[SOFT_AGNOSTIC] = result.soft_language_agnostic
+        sources[RELATION_SET] = sorted({n for lang in targets
+                                        for n in result.languages[lang].relation})
         own = {lang: queries(fact, lang) for lang in targets}
         controls = {lang: [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
                                                                      unrelated, seed, known)]
                     for lang in targets}
+        kin = {lang: [queries(g, lang) for g in same_relation_facts(fact, facts, lang,
+                                                                    unrelated, seed, known)]
+               for lang in targets}
         edits = {(source, mode): EditEverywhere(
             neurons, mode, own, controls,
-            random_sets(neurons, lm.n_neurons, draws, stable_seed(seed, fact.id, source, mode)))
+            random_sets(neurons, lm.n_neurons, draws, stable_seed(seed, fact.id, source, mode)),
+            kin)
             for source, neurons in sources.items() if neurons for mode in MODES}
         measured = dict(zip(edits, measure_everywhere(lm, list(edits.values()), clean),
                             strict=True))
@@ -143,7 +159,7 @@ def summarize(items: list[dict], languages: list[str], seed: int = 0) -> dict:
     """Per source set and mode: the median relative change in each target language, and the
     controls pooled over target languages."""
     summary = {}
-    for source in [*languages, AGNOSTIC, SOFT_AGNOSTIC]:
+    for source in [*languages, AGNOSTIC, SOFT_AGNOSTIC, RELATION_SET]:
         rows = [i for i in items if i["source"] == source]
         measured = [i for i in rows if "suppress" in i]
         summary[source] = {
@@ -163,7 +179,7 @@ def _median(values: list[float]) -> float | None:
 
 def table(result: dict) -> str:
     summary = result["summary"]
-    languages = [s for s in summary if s not in (AGNOSTIC, SOFT_AGNOSTIC)]
+    languages = [s for s in summary if s not in (AGNOSTIC, SOFT_AGNOSTIC, RELATION_SET)]
     rows, controls = [], []
     for source, s in summary.items():
         for mode in MODES:
@@ -175,8 +191,10 @@ def table(result: dict) -> str:
     skipped = len(result.get("known_in_fewer_than_two", []))
     return (markdown_table(header, rows)
             + f"\n\nThe same edits beside a random set of the same size per layer "
-              f"({result['draws']} draws) and {result['unrelated']} unrelated facts of other "
-              "relations, pooled over target languages:\n\n"
+              f"({result['draws']} draws), {result['unrelated']} unrelated facts of other "
+              "relations and as many of the same relation (locality), pooled over target "
+              f"languages ({RELATION_SET}: the relation neurons left out of the fact's "
+              "sets):\n\n"
             + markdown_table(["neurons of", *CONTROL_HEADER], controls)
             + f"\n\n{knowledge_line(result['knowledge'])} {skipped} facts known in fewer than "
               "two languages are not edited.")
@@ -201,7 +219,7 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
                 if item and mode in item:
                     agnostic[name].append(statistics.fmean(item[mode].values()))
             singles = [(s, i) for s, i in sources.items()
-                       if s not in agnostic_sets and mode in i]
+                       if s not in (*agnostic_sets, RELATION_SET) and mode in i]
             if singles:
                 others = [i[mode][t] for s, i in singles for t in languages
                           if t != s and t in i[mode]]  # known target languages only

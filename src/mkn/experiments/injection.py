@@ -13,7 +13,13 @@ one's, norm-scaled) and measure, EasyEdit/ROME style:
 - portability (cross-lingual transfer): the same in every other language, with that language's
   label of the new object, over the edits that took;
 - locality: the greedy first token of unrelated facts' queries is unchanged (the specificity
-  control).
+  control), and the relative change of p(gold) of ``neighbours`` other facts of the *same*
+  relation and of *other* relations in every language (:mod:`mkn.interventions.locality`:
+  ROME's neighbourhood score, where relation neurons do their damage).
+
+The edit goes through the fact's knowledge-neuron set in the source language: its *fact set*
+when relation neurons are left out (the default), and, where it has one, through its *relation
+set* (the relation neurons it holds) as well, each with the same measures.
 
 Only facts the model knows in the source language are edited (:mod:`mkn.localization.knowledge`),
 and portability is measured in the languages it knows them in. Control: the same edit through
@@ -31,13 +37,17 @@ from functools import partial
 from mkn.attribution.api import predict_many
 from mkn.experiments.common import (
     Progress,
+    fmt_ci,
     knowledge_line,
     locate_known,
     markdown_table,
     queries,
+    same_relation_facts,
+    unrelated_facts,
 )
-from mkn.experiments.metrics import accuracy, interval
-from mkn.interventions.controls import DEFAULT_DRAWS, random_like, stable_seed
+from mkn.experiments.metrics import accuracy, clustered_interval, interval
+from mkn.interventions.controls import DEFAULT_DRAWS, CleanProbs, random_like, stable_seed
+from mkn.interventions.locality import locality
 from mkn.interventions.weights import edited, replace_object
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
@@ -45,6 +55,43 @@ from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.models.loading import LanguageModel
 
 PHASES = 2  # progress ticks per fact: locating, then measuring
+NEIGHBOURS = 3  # facts of the same relation, and of other relations, per language (locality)
+SETS = ("fact set", "relation set", "random set")
+
+
+def neighbourhood(fact, facts: list, languages: list[str], count: int, seed: int,
+                  known: KnownItems | None) -> dict[str, dict[str, list]]:
+    """``{language: {"same_relation": [queries], "other_relation": [queries]}}``: up to
+    ``count`` other facts of each kind known in each language, seeded by the fact."""
+    return {lang: {"same_relation": [queries(g, lang) for g in same_relation_facts(
+                       fact, facts, lang, count, seed, known)],
+                   "other_relation": [queries(g, lang) for g in unrelated_facts(
+                       fact, facts, lang, count, seed, known)]}
+            for lang in languages}
+
+
+def edits_of(item: dict, kind: str) -> list[dict]:
+    """The edits of one item through the fact set, its relation set or its random sets."""
+    if kind == "fact set":
+        return [item]
+    if kind == "relation set":
+        return [item["relation_set"]] if "relation_set" in item else []
+    return item.get("random", [])
+
+
+def neighbour_changes(items: list[dict], kind: str, group: str,
+                      languages: list[str] | None = None) -> list[tuple[str, float]]:
+    """``(fact_id, change)`` per edit of ``kind``: the mean change of p(gold) of its ``group``
+    neighbours (``same_relation``, ``other_relation``) in ``languages`` (all when None)."""
+    out = []
+    for item in items:
+        for edit in edits_of(item, kind):
+            values = [v for lang, groups in edit.get("neighbours", {}).items()
+                      if languages is None or lang in languages
+                      for v in groups.get(group, []) if v is not None]
+            if values:
+                out.append((item["fact_id"], statistics.fmean(values)))
+    return out
 
 
 def counterfactual(fact, facts: list, rng: random.Random):
@@ -84,13 +131,14 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         source: str | None = None, seed: int = 0, lambda_old: float = 1.0,
         lambda_new: float = 1.0, draws: int = DEFAULT_DRAWS, progress: Progress | None = None,
         cache: AttributionCache | None = None, known: KnownItems | None = None,
-        generic: GenericNeurons | None = None) -> dict:
+        generic: GenericNeurons | None = None, neighbours: int = NEIGHBOURS) -> dict:
     source = source or languages[0]
     if source not in languages:
         raise ValueError(f"source language {source!r} is not among {languages}")
     known, located = locate_known(lm, facts, languages, config, progress, cache, known,
                                   generic)
     items, skipped = [], []
+    clean = CleanProbs(lm)
     for fact in facts:
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
         result = located[fact.id]
@@ -116,15 +164,27 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         with edited(edit):
             item["locality"] = [p.first_predicted_id == b for p, b in
                                 zip(predict_many(lm, unrelated), before, strict=True)]
+        around = neighbourhood(fact, [g for g in facts if g.id != other.id], languages,
+                               neighbours, seed, known)
+        item["neighbours"] = locality(lm, edit, around, clean)
+        relation_set = result.languages[source].relation
+        if relation_set:  # the same edit through the relation neurons the set held
+            kin = edit_of(relation_set)
+            item["relation_set"] = {"neurons": len(relation_set),
+                                    **_measure_edit(lm, kin, fact, other, source, targets),
+                                    "neighbours": locality(lm, kin, around, clean)}
         draw_rng = random.Random(stable_seed(seed, fact.id, "random-edit"))
-        item["random"] = [_measure_edit(lm, edit_of(random_like(neurons, lm.n_neurons,
-                                                                  draw_rng)),
-                                        fact, other, source, targets) for _ in range(draws)]
+        item["random"] = []
+        for _ in range(draws):
+            drawn = edit_of(random_like(neurons, lm.n_neurons, draw_rng))
+            item["random"].append({**_measure_edit(lm, drawn, fact, other, source, targets),
+                                   "neighbours": locality(lm, drawn, around, clean)})
         items.append(item)
         if progress:
             progress(fact.id)
     return {"source": source, "items": items, "skipped": skipped, "draws": draws,
-            "summary": summarize(items, [lang for lang in languages if lang != source]),
+            "summary": summarize(items, [lang for lang in languages if lang != source], source,
+                                 seed),
             "knowledge": known.to_summary()}
 
 
@@ -144,7 +204,19 @@ def _rate(rows: list[dict], key: str) -> float | None:
     return statistics.fmean(r[key] for r in rows) if rows else None
 
 
-def summarize(items: list[dict], targets: list[str]) -> dict:
+def neighbour_summary(items: list[dict], source: str, targets: list[str],
+                      seed: int = 0) -> dict:
+    """Median change of p(gold) of same-relation and other-relation neighbours, with a 95%
+    interval over facts, per edited set, in the source language and in the others."""
+    return {kind: {group: {where: clustered_interval(
+                               neighbour_changes(items, kind, group, langs), seed=seed)
+                           for where, langs in (("source", [source]), ("others", targets))}
+                   for group in ("same_relation", "other_relation")}
+            for kind in SETS}
+
+
+def summarize(items: list[dict], targets: list[str], source: str | None = None,
+              seed: int = 0) -> dict:
     def pooled(get) -> list[dict]:
         return [row for item in items for row in get(item)]
 
@@ -185,6 +257,15 @@ def summarize(items: list[dict], targets: list[str]) -> dict:
                 transfer_rows), "efficacy"),
         },
     }
+    if source is not None:
+        summary["neighbours"] = neighbour_summary(items, source, targets, seed)
+        kin = [i["relation_set"] for i in items if "relation_set" in i]
+        summary["relation_set"] = {
+            "edits": len(kin),
+            "reliability_efficacy": _rate([r for e in kin for r in e["reliability"]],
+                                          "efficacy"),
+            "portability_efficacy": _rate([r for e in kin for r in transfer_rows(e)],
+                                          "efficacy")}
     return summary
 
 
@@ -202,6 +283,7 @@ def table(result: dict) -> str:
     rows.append(["control: random set, portability", "others", r["portability_top1"],
                  r["portability_efficacy"]])
     return (markdown_table(["metric", "language", "new object top-1", "p(new) > p(old)"], rows)
+            + neighbour_table(result)
             + f"\n\n{s['edits']} edits, {s.get('edits_taken', s['edits'])} of them took on their "
               "own query (p(new) > p(old)); generalization and portability are over those only. "
               f"{len(result['skipped'])} facts skipped (see JSON). "
@@ -209,6 +291,35 @@ def table(result: dict) -> str:
               f"({result['draws']} draws per fact).\n\n"
             + knowledge_line(result["knowledge"], "portability is measured where the fact is "
                                                   "known"))
+
+
+def neighbour_table(result: dict) -> str:
+    """The locality table: change of p(gold) of the edited fact's neighbours per edited set
+    (empty for a result from before locality was measured)."""
+    s = result["summary"]
+    if "neighbours" not in s:
+        return ""
+    rows = []
+    for kind, groups in s["neighbours"].items():
+        edits = (s["edits"] if kind == "fact set" else s["relation_set"]["edits"]
+                 if kind == "relation set" else s["random"]["edits"])
+        for where in ("source", "others"):
+            rows.append([kind, edits, result["source"] if where == "source" else "others",
+                         fmt_ci(groups["same_relation"][where]) or "-",
+                         fmt_ci(groups["other_relation"][where]) or "-"])
+    kin = s["relation_set"]
+    return ("\n\nLocality: median relative change of p(gold) of other facts known in each "
+            "language (0: untouched, -1: gone), 95% interval over facts; the relation set is "
+            "edited where the fact's set held relation neurons "
+            f"(reliability {_fmt(kin['reliability_efficacy'])}, portability "
+            f"{_fmt(kin['portability_efficacy'])} by p(new) > p(old) over its "
+            f"{kin['edits']} edits).\n\n"
+            + markdown_table(["edited set", "edits", "language", "same-relation facts",
+                              "other-relation facts"], rows))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
@@ -232,6 +343,11 @@ def headline(result: dict, languages: list[str], seed: int = 0) -> dict:
         "portability_greedy": rate(taken, transfer_rows, GREEDY),
         "locality": interval([accuracy(i["locality"]) for i in items if i["locality"]],
                              statistics.fmean, seed),
+        # p(gold) change of the edited fact's neighbours (fact-set edits, every language)
+        "locality_same_relation": clustered_interval(
+            neighbour_changes(items, "fact set", "same_relation"), seed=seed),
+        "locality_other_relation": clustered_interval(
+            neighbour_changes(items, "fact set", "other_relation"), seed=seed),
         # per edit that took: its portability minus that of random-set edits of the same shape
         "portability_over_random": interval(
             [_portability(i) - statistics.fmean(_portability(r) for r in i["random"])

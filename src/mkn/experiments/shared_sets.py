@@ -63,6 +63,7 @@ from mkn.localization.locate import (
     locate_fact,
     top_neurons,
 )
+from mkn.localization.relations import LeftOut
 from mkn.models.loading import LanguageModel
 
 RANKINGS = ("matrice", "amig", "ig", "matrice-lambda0", "matrice-uniform", "matrice-min",
@@ -137,9 +138,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                                        generic)
         exclude = set()
         for name in {parse_ranking(n)[0] for n in rankings}:
-            listed = generic_for(generic, name)
-            if listed is not None:
-                exclude |= set(listed.neurons())
+            exclude |= LeftOut.of(generic_for(generic, name)).excluded(fact.relation)
         own = {lang: queries(fact, lang)[:measure_queries or None] for lang in targets}
         controls = {lang: [queries(g, lang)[:1] for g in unrelated_facts(
             fact, facts, lang, unrelated, seed, known)] for lang in targets}

@@ -47,6 +47,7 @@ from mkn.interventions.controls import (
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact, top_neurons
+from mkn.localization.relations import LeftOut
 from mkn.models.loading import LanguageModel
 
 METHODS = ("ig", "amig", "matrice")
@@ -115,8 +116,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             item_seed = str(stable_seed(seed, fact.id, lang))
             rankings = {}
             for method in methods:
-                listed = generic_for(generic, method)
-                exclude = listed.neurons() if listed is not None else ()
+                exclude = LeftOut.of(generic_for(generic, method)).excluded(fact.relation)
                 rankings[method] = top_neurons(located[method].languages[lang].scores,
                                                sizes[-1], exclude)
             rankings[RANDOM] = random_ranking(lm.n_layers, lm.n_neurons, sizes[-1], item_seed)

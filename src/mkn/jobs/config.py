@@ -52,6 +52,11 @@ class RunConfig(BaseModel):
     generic: str = Field("auto", description="generic neurons: auto (the cached reference list "
                          "of this model and data, built on first use), keep (leave them in, as "
                          "Dai et al. and AMIG do) or the path of a list from mkn generic --out")
+    relation_neurons: str = Field(
+        "auto", description="relation neurons (knowledge neurons of many facts of one relation): "
+        "auto (left out: each set is the fact's own, from the cached reference list of this "
+        "model, data and relations, built on first use), keep (left in, as Dai et al. and AMIG "
+        "do) or the path of a relation-neuron list")
     locate: LocateConfig = Field(default_factory=LocateConfig)
 
     @field_validator("device")
@@ -69,11 +74,12 @@ class RunConfig(BaseModel):
 
         return None if value is None else parse_device_map(value)
 
-    @field_validator("generic")
+    @field_validator("generic", "relation_neurons")
     @classmethod
-    def _generic(cls, value: str) -> str:
+    def _lists(cls, value: str, info) -> str:
         if value not in ("auto", "keep") and not Path(value).expanduser().is_file():
-            raise ValueError(f"expected auto, keep or the path of a generic-neuron list; "
+            kind = "generic" if info.field_name == "generic" else "relation"
+            raise ValueError(f"expected auto, keep or the path of a {kind}-neuron list; "
                              f"{value!r} is no file")
         return value
 

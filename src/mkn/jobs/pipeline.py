@@ -26,7 +26,9 @@ from mkn.localization.reference import (
     REFERENCE_FACTS,
     ThinReference,
     reference_generic,
+    reference_relations,
 )
+from mkn.localization.relations import LeftOut, RelationNeurons
 from mkn.models.devices import default_dtype, resolve_device, resolve_dtype
 from mkn.models.loading import LanguageModel
 from mkn.runs.directory import RunDirectory, data_fingerprint
@@ -199,6 +201,88 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
     if run is not None:
         run.pin(pin, found.digests)
     return found
+
+
+@dataclass
+class RelationLists:
+    """The relation-neuron list of each method (``lists``: None when relation neurons are kept
+    in the sets)."""
+
+    lists: dict[str, RelationNeurons] | None
+
+    @property
+    def digests(self) -> dict[str, str]:
+        return {method: r.digest for method, r in (self.lists or {}).items()}
+
+
+def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate: LocateConfig,
+                   methods: Sequence[str], relations: Iterable[str], mode: str = "auto", *,
+                   task: TaskFactory, say: Say, held_out: Iterable[str] = (),
+                   cache: dict | None = None, run: RunDirectory | None = None,
+                   pin: str = "relation_digest") -> RelationLists:
+    """The relation-neuron list of each of ``methods`` for ``relations``
+    (:mod:`mkn.localization.relations`; ``mode``: ``auto`` builds or reads the cached list of
+    ``data``, ``keep`` none, otherwise a list file for every method), its reference facts held
+    out from ``held_out`` (checked, for a file too). ``run`` pins each list's digest under
+    ``pin``."""
+    held_out = list(held_out)
+    if mode == "keep":
+        found = RelationLists(None)
+    elif mode != "auto":
+        loaded = RelationNeurons.load(Path(mode)).with_threshold(locate.relation_share)
+        try:
+            check_held_out([item.fact_id for item in loaded.items], held_out)
+        except ValueError as error:
+            raise ValueError(f"{mode}: {error}") from None
+        found = RelationLists({method: loaded for method in methods})
+    else:
+        lists = {}
+        cache = {} if cache is None else cache
+        for method in methods:
+            config = locate.model_copy(update={"method": method})
+            listed, path, built = reference_relations(lm, data, languages, config, relations,
+                                                      held_out, task=task, cache=cache)
+            covered = listed.covered()
+            thin = sorted(r for r in covered if not listed.covers(r))
+            missing = sorted(set(relations) - set(covered))
+            sizes = ", ".join(f"{r} {len(listed.neurons(r))}" for r in covered
+                              if listed.covers(r))
+            say(f"relation neurons ({method}, share >= {listed.threshold:g} of a relation's "
+                f"reference facts, the run's facts held out: overlap "
+                f"{listed.source.get('held_out', {}).get('overlap', 0)}): {sizes or 'none'}"
+                + (f"; too few known reference facts (kept in the sets): "
+                   f"{', '.join(thin + missing)}" if thin or missing else "")
+                + f"; {'built' if built else 'cached'} at {path}")
+            lists[method] = listed
+        found = RelationLists(lists)
+    if run is not None:
+        run.pin(pin, found.digests if found.lists is not None else "keep")
+    return found
+
+
+def left_out(generic: GenericLists, relations: RelationLists | None,
+             methods: Sequence[str]) -> dict[str, LeftOut]:
+    """What each method's sets leave out: its generic and relation neurons (the experiments'
+    ``generic=``)."""
+    rel = relations.lists if relations is not None else None
+    return {m: LeftOut(generic.of(m), rel[m] if rel is not None else None) for m in methods}
+
+
+def set_lists(lm: LanguageModel, cfg: RunConfig, languages: Sequence[str], facts: Sequence,
+              methods: Sequence[str], *, task: TaskFactory, say: Say,
+              run: RunDirectory | None = None, cache: dict | None = None
+              ) -> tuple[GenericLists, dict[str, LeftOut]]:
+    """The generic and relation-neuron lists a run's sets leave out (``cfg.generic``,
+    ``cfg.relation_neurons``), both held out from the run's ``facts``: the generic lists and,
+    per method, what its sets leave out."""
+    cache = {} if cache is None else cache  # both lists share their attributions
+    held_out = [f.id for f in facts]
+    generic = generic_lists(lm, cfg.data, languages, cfg.locate, methods, cfg.generic,
+                            task=task, say=say, held_out=held_out, run=run, cache=cache)
+    relations = relation_lists(lm, cfg.data, languages, cfg.locate, methods,
+                               {f.relation for f in facts}, cfg.relation_neurons, task=task,
+                               say=say, held_out=held_out, run=run, cache=cache)
+    return generic, left_out(generic, relations, methods)
 
 
 def backend_for(cfg: RunConfig, lm: LanguageModel) -> Backend:

@@ -44,11 +44,14 @@ from mkn.experiments.metrics import clustered_interval
 from mkn.jobs.config import read_settings, validated
 from mkn.jobs.pipeline import (
     GenericLists,
+    RelationLists,
     Say,
     TaskFactory,
     generic_lists,
+    left_out,
     prefetch_attributions,
     probe,
+    relation_lists,
 )
 from mkn.localization.backends import Backend
 from mkn.localization.knowledge import KnownItems
@@ -148,6 +151,9 @@ class StudyConfig(BaseModel):
     known: str = Field("auto", description="knowledge filter (mkn.localization.knowledge)")
     generic: str = Field("auto", description="auto: leave generic neurons out (cached "
                          "reference list per method); keep: leave them in")
+    relation_neurons: str = Field("auto", description="auto: leave the relation neurons of a "
+                                  "fact's relation out, so its set is the fact's own (cached "
+                                  "reference list per method and part); keep: leave them in")
     parts: list[DataPart] = Field(default_factory=lambda: [p.model_copy() for p in
                                                            DEFAULT_PARTS])
 
@@ -169,11 +175,11 @@ class StudyConfig(BaseModel):
                              f"study's methods ({', '.join(self.methods)})")
         return self
 
-    @field_validator("generic")
+    @field_validator("generic", "relation_neurons")
     @classmethod
-    def _generic(cls, value: str) -> str:
+    def _lists(cls, value: str, info) -> str:
         if value not in ("auto", "keep"):
-            raise ValueError(f"generic must be auto or keep, got {value!r}")
+            raise ValueError(f"{info.field_name} must be auto or keep, got {value!r}")
         return value
 
     def locate_config(self, method: str) -> LocateConfig:
@@ -223,6 +229,17 @@ def part_generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, c
     return generic_lists(lm, part.data, part.languages, config.locate_config(config.methods[0]),
                          config.methods, config.generic, task=task, say=say, held_out=held_out,
                          cache=cache, facts=size, run=run, pin=f"generic/{part.name}")
+
+
+def part_relation_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache,
+                        task: TaskFactory, say: Say, facts: Sequence,
+                        run: RunDirectory | None = None) -> RelationLists:
+    """The relation-neuron list of each method for the relations of ``part``'s ``facts``
+    (:func:`mkn.jobs.pipeline.relation_lists`), its reference facts disjoint from them."""
+    return relation_lists(lm, part.data, part.languages, config.locate_config(config.methods[0]),
+                          config.methods, {f.relation for f in facts}, config.relation_neurons,
+                          task=task, say=say, held_out=[f.id for f in facts], cache=cache,
+                          run=run, pin=f"relations/{part.name}")
 
 
 def upper_third_excess(result, n_layers: int) -> list[tuple[str, float]]:
@@ -297,13 +314,16 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
                   f"(fact, language) items in {part.name}")
     generic = part_generic_lists(lm, part, config, cache, task, say, [f.id for f in facts],
                                  None if store is None else store.run)
+    relations = part_relation_lists(lm, part, config, cache, task, say, facts,
+                                    None if store is None else store.run)
+    sets = left_out(generic, relations, config.methods)  # what each method's sets leave out
     if backend is not None:  # every attribution on the backend's workers first
         prefetch_attributions(backend, facts, languages,
                               config.locate_config(config.methods[0]), config.methods, known,
                               cache, task, f"{part.name}: attributions")
     located = locate_every_method(lm, facts, languages, config, cache,
                                   task(f"{part.name}: locate ({', '.join(config.methods)})",
-                                       len(facts)), known, generic.lists)
+                                       len(facts)), known, sets)
     out = {"part": part.model_dump(), "facts": [f.id for f in facts],
            "relations": sorted({f.relation for f in facts}),
            "knowledge": known.to_summary(),
@@ -313,6 +333,12 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "generic_digest": generic.digests,
            "generic_threshold": {m: g.threshold for m, g in (generic.lists or {}).items()},
            "generic_kept": generic.kept,
+           "relation_neurons": {m: {"threshold": r.threshold, "reference_facts": r.covered(),
+                                    "per_relation": {rel: len(r.neurons(rel))
+                                                     for rel in r.covered() if r.covers(rel)},
+                                    "held_out": r.source.get("held_out")}
+                                for m, r in (relations.lists or {}).items()},
+           "relation_digest": relations.digests,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)
     out["localization"] = layer_and_cost(located, lm.n_layers, locate.agnostic_fraction)
@@ -333,7 +359,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
             options = {"methods": tuple(config.methods)} if takes_methods else {}
             options.update(part.options.get(name, {}))
             result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
-                                cache=cache, known=known, generic=generic.lists, **options)
+                                cache=cache, known=known, generic=sets, **options)
             record = json.loads(json.dumps({
                 "seconds": time.perf_counter() - started, "result": result,
                 "table": module.table(result),

@@ -57,7 +57,7 @@ from mkn.localization.neurons import (
     threshold_for,
 )
 from mkn.localization.relations import DEFAULT_THRESHOLD as RELATION_THRESHOLD
-from mkn.localization.relations import RelationNeurons
+from mkn.localization.relations import LeftOut, RelationNeurons
 from mkn.models.loading import LanguageModel
 
 if TYPE_CHECKING:
@@ -267,7 +267,7 @@ def top_neurons(scores: torch.Tensor, k: int, exclude: Iterable[Neuron] = ()) ->
 def locate_fact(lm: LanguageModel, fact, languages: list[str],
                 config: LocateConfig | None = None,
                 cache: AttributionCache | None = None, knowledge: KnownItems | None = None,
-                generic: GenericNeurons | None = None,
+                generic: GenericNeurons | LeftOut | None = None,
                 progress: Progress | bool | None = None,
                 relations: RelationNeurons | None = None) -> FactResult:
     """Knowledge neurons of ``fact`` in the ``languages`` where the model knows it,
@@ -275,13 +275,16 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
 
     ``cache`` (a dict) lets several calls share per-query attributions, e.g. ``amig`` and
     ``matrice`` on the same facts. ``knowledge``: the probe of the fact (probed here when None).
-    ``generic``: generic neurons to leave out (none when None); ``relations``: relation neurons
-    of the fact's relation to leave out (its fact set; the relation set is kept in
-    ``LanguageResult.relation``; none when None). ``progress``: a callable given
+    ``generic``: generic neurons to leave out (none when None), or a
+    :class:`~mkn.localization.relations.LeftOut` with the relation neurons too; ``relations``:
+    relation neurons of the fact's relation to leave out (its fact set; the relation set is
+    kept in ``LanguageResult.relation``; none when None). ``progress``: a callable given
     one line per attribution and per degenerate search (phase, fact, language, counts), or
     True to print them on stderr.
     """
     config = config or LocateConfig()
+    left_out = LeftOut.of(generic, relations)
+    generic, relations = left_out.generic, left_out.relations
     printer = progress_printer(progress)
     say = printer and (lambda line: printer(f"locate {fact.id}: {line}"))
     if not languages:
@@ -326,8 +329,7 @@ def locate_fact(lm: LanguageModel, fact, languages: list[str],
     if config.degenerate:
         for lang, lang_result in per_language.items():
             queries = [(prompt, lang_result.target) for prompt in lang_result.prompts]
-            exclude = set(generic.neurons() if generic is not None else ()) | set(
-                relations.neurons(fact.relation) if relations is not None else ())
+            exclude = left_out.excluded(fact.relation)
             candidates = top_neurons(lang_result.scores, config.degenerate_top_k, exclude)
             start = time.perf_counter()
             result.degenerate[lang] = degenerate_neurons(lm, queries, candidates,

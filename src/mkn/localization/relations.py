@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
-from mkn.localization.generic import ReferenceList, fact_rows
+from mkn.localization.generic import GenericNeurons, ReferenceList, fact_rows
 from mkn.models.families import Neuron
 
 DEFAULT_THRESHOLD = 0.5
@@ -94,3 +94,31 @@ class RelationNeurons(ReferenceList):
         listed = self.neurons(relation)
         neurons = list(neurons)
         return [n for n in neurons if n not in listed], [n for n in neurons if n in listed]
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """What a located set leaves out: the generic neurons (shared across relations,
+    :mod:`mkn.localization.generic`) and the relation neurons of the fact's relation (this
+    module). Passed where a generic-neuron list is taken (``locate_fact(..., generic=)``, the
+    experiments' ``generic=``, one per method); ``None`` on either side keeps those neurons in
+    the sets (``--generic keep``, ``--relation-neurons keep``)."""
+
+    generic: GenericNeurons | None = None
+    relations: RelationNeurons | None = None
+
+    @classmethod
+    def of(cls, value: LeftOut | GenericNeurons | None,
+           relations: RelationNeurons | None = None) -> LeftOut:
+        """``value`` (a list, a :class:`LeftOut` or None) as a :class:`LeftOut`; ``relations``
+        given here wins over the one ``value`` carries."""
+        if isinstance(value, LeftOut):
+            return cls(value.generic, relations or value.relations)
+        return cls(value, relations)
+
+    def excluded(self, relation: str) -> set[Neuron]:
+        """Every neuron a set of a fact of ``relation`` leaves out."""
+        out = set(self.generic.neurons()) if self.generic is not None else set()
+        if self.relations is not None:
+            out |= set(self.relations.neurons(relation))
+        return out

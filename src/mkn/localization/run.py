@@ -18,6 +18,7 @@ from mkn.localization.backends import Backend, LocalBackend
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import AttributionCache, FactResult, LocateConfig
+from mkn.localization.relations import LeftOut
 from mkn.localization.stats import localization_stats
 from mkn.runs.directory import RunDirectory, write_atomic
 from mkn.runs.store import RunStore
@@ -70,7 +71,7 @@ def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, 
                resume: bool = False, meta: dict | None = None,
                on_fact: Callable[[str], None] | None = None,
                cache: AttributionCache | None = None, backend: Backend | None = None,
-               known: KnownItems | None = None, generic: GenericNeurons | None = None,
+               known: KnownItems | None = None, generic: GenericNeurons | LeftOut | None = None,
                run: RunDirectory | None = None) -> dict:
     """Locate every fact in the languages the model knows it in, store results in ``out``;
     returns the summary statistics.
@@ -81,7 +82,8 @@ def run_locate(lm, facts: Sequence, languages: list[str], config: LocateConfig, 
     ``backend`` locates the facts (default: ``LocalBackend(lm)``, in this process). Results come
     back in fact order and are stored here, so every backend writes the same files.
     ``known``: the probe of ``facts`` under ``config.known`` (probed here with ``lm`` when None);
-    ``generic``: generic neurons to leave out (none when None).
+    ``generic``: generic neurons to leave out (none when None), or a
+    :class:`~mkn.localization.relations.LeftOut` with the relation neurons too.
     ``out`` is claimed as an mkn ``locate`` run (:mod:`mkn.runs.directory`) unless the caller
     passes the directory it claimed (``run``, e.g. the demo's).
     """
@@ -130,9 +132,16 @@ def _locate_into(store: RunStore, lm, facts: Sequence, languages: list[str],
                                  store.records("degenerate"), backend.n_layers,
                                  store.records("timings"), store.records("knowledge"))
     summary["knowledge"]["criterion"] = config.known
-    if generic is not None:
-        summary["generic"] = {"threshold": generic.threshold, "source": generic.source,
-                              "per_language": generic.summary(languages)}
+    left_out = LeftOut.of(generic)
+    if left_out.generic is not None:
+        g = left_out.generic
+        summary["generic"] = {"threshold": g.threshold, "source": g.source,
+                              "per_language": g.summary(languages)}
+    if left_out.relations is not None:
+        r = left_out.relations
+        summary["relation_neurons"] = {
+            "threshold": r.threshold, "source": r.source, "reference_facts": r.covered(),
+            "per_relation": {rel: len(r.neurons(rel)) for rel in r.covered() if r.covers(rel)}}
     write_atomic(Path(out) / "summary.json",
                  json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

@@ -239,7 +239,26 @@ def _injection(result: dict) -> list:
                  "on the edit query, generalization to paraphrases, portability to other "
                  "languages, locality on unrelated facts."),
             Table(["metric", "language", "new object top-1", "p(new) > p(old)"], rows),
+            *_injection_locality(result),
             *_knowledge_text(result, "portability is measured where the fact is known")]
+
+
+def _injection_locality(result: dict) -> list:
+    """The change of p(gold) of the edited fact's same-relation and other-relation neighbours,
+    per edited set (results from before it was measured have none)."""
+    s = result["summary"]
+    if "neighbours" not in s:
+        return []
+    edits = {"fact set": s.get("edits"), "relation set": (s.get("relation_set") or {}).get(
+        "edits"), "random set": (s.get("random") or {}).get("edits")}
+    rows = [_cells([kind, edits.get(kind), where,
+                    fmt_ci(groups["same_relation"][where]) or "-",
+                    fmt_ci(groups["other_relation"][where]) or "-"])
+            for kind, groups in s["neighbours"].items() for where in ("source", "others")]
+    return [Table(["edited set", "edits", "languages", "same-relation facts",
+                   "other-relation facts"], rows,
+                  caption="Locality: median relative change of p(gold) of other known facts "
+                          "(0: untouched, -1: gone), 95% interval over facts")]
 
 
 def _size_curves(result: dict) -> list:

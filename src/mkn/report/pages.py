@@ -86,10 +86,14 @@ def fact_sections(fact_id: str, index: NeuronIndex) -> list:
                      Cell(", ".join(f"({int(n[0])}, {int(n[1])}) {float(n[2]):.3g}"
                                     for n in neurons[:60]), cls="mono"),
                      Cell(", ".join(f"({int(n[0])}, {int(n[1])})"
-                                    for n in record.get("generic") or []), cls="mono")])
+                                    for n in record.get("generic") or []), cls="mono"),
+                     Cell(", ".join(f"({int(n[0])}, {int(n[1])})"
+                                    for n in record.get("relation_set") or []), cls="mono")])
     section = Section("neurons", f"Knowledge neurons of {fact_id} ({relation})")
-    section.blocks.append(Table(["language", "object", "known", "neurons",
-                                 "neurons (layer, index) score", "generic, left out"], rows))
+    section.blocks.append(Table(
+        ["language", "object", "known", "neurons", "fact set: neurons (layer, index) score",
+         "generic, left out", "relation set (relation neurons of this relation), left out"],
+        rows))
     links = sorted({(int(n[0]), int(n[1])) for r in records for n in r.get("neurons") or []})
     link_rows = [[Cell(f"({a}, {b})", href=neuron_href(a, b, "../")), Cell(hook_name(a)),
                   Cell(str(len(index.uses[(a, b)])))] for a, b in links[:500]]
