@@ -373,3 +373,25 @@ def test_attribute_output_is_not_cut_at_80_columns_when_piped(tiny_dir):
     header = next(line for line in result.output.splitlines() if "->" in line)
     assert repr(prompt) in header and "'Paris'" in header and len(header) > 100
     assert "method amig" in result.output  # the default, as locate's
+
+
+def test_relation_neurons_option_auto_keep_and_a_bad_file(tiny_dir, tmp_path):
+    """Issue 25: --relation-neurons auto (the default) says which relations have a list and
+    which have too few known reference facts; keep builds none; a missing file is one line."""
+    base = ["locate", "--model", str(tiny_dir / "model"), "--data",
+            f"jsonl:{tiny_dir / 'facts.jsonl'}", "--languages", "en,zh", "--limit", "2",
+            "--steps", "2", "--quiet"]
+    auto = runner.invoke(app, [*base, "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    said = " ".join(auto.output.split())
+    assert "relation neurons (amig, share >= 0.5" in said and "overlap 0" in said
+    identity = json.loads((tmp_path / "auto" / "mkn-run.json").read_text())
+    assert "relation_digest" in json.dumps(identity)
+    kept = runner.invoke(app, [*base, "--out", str(tmp_path / "keep"), "--relation-neurons",
+                               "keep"])
+    assert kept.exit_code == 0, kept.output
+    assert "relation neurons (" not in kept.output
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "bad"), "--relation-neurons",
+                              str(tmp_path / "none.json")])
+    assert bad.exit_code == 2 and "relation-neuron list" in bad.output
+    assert "none.json" in bad.output and not (tmp_path / "bad").exists()
