@@ -38,7 +38,11 @@ from mkn.experiments.common import (
     same_relation_facts,
 )
 from mkn.experiments.common import unrelated_facts as pick_unrelated
-from mkn.interventions.controls import CleanProbs, controlled_effect, stable_seed
+from mkn.experiments.injection import SUCCESS, counterfactual, measure_edit, neighbourhood
+from mkn.experiments.metrics import clustered_interval
+from mkn.interventions.controls import CleanProbs, controlled_effect, random_like, stable_seed
+from mkn.interventions.locality import locality
+from mkn.interventions.weights import replace_object
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import LocateConfig, locate_fact
 from mkn.localization.reference import (
@@ -101,6 +105,9 @@ def measure(args) -> dict:
         seconds_reference += time.perf_counter() - started_relations
     clean = CleanProbs(lm)
     rows: list[dict] = []
+    edited_variants = {"left out"} | {f"{kind} >= {share:g}" for kind in ("fact set",
+                                                                          "relation set")
+                                      for share in args.relation_shares[:1]}
     for number, fact in enumerate(facts, 1):
         for method in args.methods:
             config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries,
@@ -123,6 +130,9 @@ def measure(args) -> dict:
                 for variant, neurons in variants:
                     if not neurons:
                         continue
+                    if args.edits and is_known and variant in edited_variants:
+                        rows += edit_rows(lm, fact, facts, lang, neurons, method, variant,
+                                          known, clean, args.seed)
                     for mode in MODES:
                         effect = controlled_effect(
                             lm, neurons, mode, queries(fact, lang), controls, args.draws,
@@ -150,10 +160,79 @@ def measure(args) -> dict:
             "seconds_reference": seconds_reference, "rows": rows}
 
 
+def edit_rows(lm, fact, facts, lang: str, neurons, method: str, variant: str, known,
+              clean: CleanProbs, seed: int) -> list[dict]:
+    """Dai et al.'s edit of ``fact`` in ``lang`` to a counterfactual object (another fact of its
+    relation, :func:`mkn.experiments.injection.counterfactual`) through ``neurons`` and through a
+    random set shaped like them: efficacy (p(new) > p(old) on the edit query), generalization
+    (its other queries), portability (the languages that know the fact) and locality (the change
+    of p(gold) of same-relation and other-relation facts known in each language)."""
+    import random
+
+    other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
+    if other is None:
+        return []
+    prompt = queries(fact, lang)[0][0]
+    targets = [t for t in known.languages_of(fact.id) if t != lang]
+    around = neighbourhood(fact, [g for g in facts if g.id != other.id], known.languages,
+                           3, seed, known)
+    rng = random.Random(stable_seed(seed, fact.id, lang, method, variant, "edit"))
+    out = []
+    for kind, chosen in ((variant, neurons), ("random", random_like(neurons, lm.n_neurons, rng))):
+        edit = replace_object(lm, chosen, prompt, fact.languages[lang].object,
+                              other.languages[lang].object)
+        measured = measure_edit(lm, edit, fact, other, lang, targets)
+        moved = locality(lm, edit, around, clean)
+        out.append({"kind": "edit", "fact_id": fact.id, "relation": fact.relation,
+                    "language": lang, "method": method, "generic": variant, "set": kind,
+                    "neurons": len(chosen),
+                    "efficacy": [r[SUCCESS] for r in measured["reliability"]],
+                    "generalization": [r[SUCCESS] for r in measured["generalization"]],
+                    "portability": [r[SUCCESS] for rows in measured["portability"].values()
+                                    for r in rows],
+                    "same_relation": [v for g in moved.values() for v in g["same_relation"]
+                                      if v is not None],
+                    "other_relation": [v for g in moved.values() for v in g["other_relation"]
+                                       if v is not None]})
+    return out
+
+
+def _rate(rows: list[dict], key: str) -> str:
+    flags = [x for r in rows for x in r[key]]
+    return f"{sum(flags) / len(flags):.2f} ({len(flags)})" if flags else "-"
+
+
+def edit_table(result: dict) -> str:
+    """Edits through each set and its random control: success rates, and the median change of
+    the neighbours' p(gold) (per edit: the mean over its neighbours) with a 95% interval."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in result["rows"]:
+        if row.get("kind") == "edit":
+            groups[(row["method"], row["generic"], row["set"] == "random")].append(row)
+    lines = []
+    for (method, variant, is_random), rows in sorted(groups.items()):
+        moved = {key: fmt_ci(clustered_interval(
+            [(r["fact_id"], sum(r[key]) / len(r[key])) for r in rows if r[key]],
+            seed=result.get("seed", 0))) for key in ("same_relation", "other_relation")}
+        lines.append([method, ("random set shaped like: " if is_random else "")
+                      + LABELS.get(variant, variant), len(rows), _rate(rows, "efficacy"),
+                      _rate(rows, "generalization"), _rate(rows, "portability"),
+                      moved["same_relation"], moved["other_relation"]])
+    if not lines:
+        return ""
+    return ("\n\nEdits (Dai et al.'s, to another fact's object of the same relation; known "
+            "items): success by p(new) > p(old) (queries), and locality: the relative change "
+            "of p(gold) of 3 same-relation and 3 other-relation facts known in each language\n\n"
+            + markdown_table(["method", "edited set", "edits", "efficacy", "generalization",
+                              "portability", "same-relation facts [95% CI]",
+                              "other-relation facts [95% CI]"], lines))
+
+
 def table(result: dict) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in result["rows"]:
-        groups[(row["method"], row["generic"], row["known"], row["mode"])].append(row)
+        if row.get("kind") != "edit":
+            groups[(row["method"], row["generic"], row["known"], row["mode"])].append(row)
     order = ["left out", "kept"] + [f"{kind} >= {share:g}" for share in
                                    result.get("relation_shares", [])
                                    for kind in ("fact set", "relation set")]
@@ -203,6 +282,10 @@ def main() -> None:
     parser.add_argument("--relation-shares", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.5], help="relation-neuron thresholds to compare (share of "
                         "the relation's reference facts)")
+    parser.add_argument("--edits", action="store_true",
+                        help="also edit every known item through its set (generic left out, "
+                             "and its fact and relation sets at the first share) and a random "
+                             "set: efficacy, generalization, portability, locality")
     parser.add_argument("--positions", choices=("all", "prediction"), default="all",
                         help="where interventions apply: every position (the library's "
                              "default) or the prediction positions only")
@@ -220,7 +303,7 @@ def main() -> None:
             f"{args.draws} random draws, {args.unrelated} unrelated facts, "
             f"{args.same_relation} same-relation facts; "
             f"{result['seconds'] / 60:.1f} min ({result['seconds_reference'] / 60:.1f} for the "
-            "generic-neuron reference lists)\n\n" + table(result))
+            "generic-neuron reference lists)\n\n" + table(result) + edit_table(result))
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n", encoding="utf-8")

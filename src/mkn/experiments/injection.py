@@ -113,7 +113,7 @@ def _success(lm: LanguageModel, qs, new_objects: list[str]) -> list[dict]:
                                                                        strict=True)]
 
 
-def _measure_edit(lm: LanguageModel, edit, fact, other, source: str,
+def measure_edit(lm: LanguageModel, edit, fact, other, source: str,
                   targets: list[str]) -> dict:
     """Reliability, generalization and portability of an applied edit."""
     src_queries = queries(fact, source)
@@ -160,7 +160,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                           lambda_old=lambda_old, lambda_new=lambda_new)
         edit = edit_of(neurons)
         item = {"fact_id": fact.id, "new_from": other.id, "neurons": len(neurons),
-                "targets": targets, **_measure_edit(lm, edit, fact, other, source, targets)}
+                "targets": targets, **measure_edit(lm, edit, fact, other, source, targets)}
         with edited(edit):
             item["locality"] = [p.first_predicted_id == b for p, b in
                                 zip(predict_many(lm, unrelated), before, strict=True)]
@@ -171,13 +171,13 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         if relation_set:  # the same edit through the relation neurons the set held
             kin = edit_of(relation_set)
             item["relation_set"] = {"neurons": len(relation_set),
-                                    **_measure_edit(lm, kin, fact, other, source, targets),
+                                    **measure_edit(lm, kin, fact, other, source, targets),
                                     "neighbours": locality(lm, kin, around, clean)}
         draw_rng = random.Random(stable_seed(seed, fact.id, "random-edit"))
         item["random"] = []
         for _ in range(draws):
             drawn = edit_of(random_like(neurons, lm.n_neurons, draw_rng))
-            item["random"].append({**_measure_edit(lm, drawn, fact, other, source, targets),
+            item["random"].append({**measure_edit(lm, drawn, fact, other, source, targets),
                                    "neighbours": locality(lm, drawn, around, clean)})
         items.append(item)
         if progress:
