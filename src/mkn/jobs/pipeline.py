@@ -138,6 +138,17 @@ def probe(lm: LanguageModel, facts: Sequence, languages: list[str], criterion: s
     return known
 
 
+def list_file(kind, path: str, threshold: float, held_out: Sequence[str]):
+    """A generic- or relation-neuron list file (``kind``) at ``threshold``, its reference
+    facts checked disjoint from ``held_out`` (a one-line error naming the file)."""
+    loaded = kind.load(Path(path)).with_threshold(threshold)
+    try:
+        check_held_out([item.fact_id for item in loaded.items], held_out)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return loaded
+
+
 @dataclass
 class GenericLists:
     """The generic-neuron list of each method (``lists``: None when they are kept in the sets)
@@ -169,11 +180,7 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
     if mode == "keep":
         return GenericLists(None)
     if mode != "auto":
-        loaded = GenericNeurons.load(Path(mode)).with_threshold(locate.generic_share)
-        try:
-            check_held_out([item.fact_id for item in loaded.items], held_out)
-        except ValueError as error:
-            raise ValueError(f"{mode}: {error}") from None
+        loaded = list_file(GenericNeurons, mode, locate.generic_share, held_out)
         found = GenericLists({method: loaded for method in methods})
     else:
         lists = {}
@@ -229,11 +236,7 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
     if mode == "keep":
         found = RelationLists(None)
     elif mode != "auto":
-        loaded = RelationNeurons.load(Path(mode)).with_threshold(locate.relation_share)
-        try:
-            check_held_out([item.fact_id for item in loaded.items], held_out)
-        except ValueError as error:
-            raise ValueError(f"{mode}: {error}") from None
+        loaded = list_file(RelationNeurons, mode, locate.relation_share, held_out)
         found = RelationLists({method: loaded for method in methods})
     else:
         lists = {}
