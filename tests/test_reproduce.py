@@ -164,6 +164,11 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "- tiny: none left out (the reference pool of jsonl:" in page
     assert "has 0 facts of 0 relations, too few for a generic-neuron list" in page
     assert study["parts"][0]["generic_kept"] and not study["parts"][0]["generic"]
+    # relation neurons (issue 25): a list per method, here empty (no reference facts left)
+    relation_lists = study["parts"][0]["relation_neurons"]
+    assert set(relation_lists) == {"ig", "amig", "matrice"}
+    assert all(r["per_relation"] == {} and r["held_out"]["overlap"] == 0
+               for r in relation_lists.values())
     assert "Reading, generated from the verdicts after Holm's correction above" in page
     assert "| verdict after Holm |" in page
     assert "share of an item's knowledge neurons in the upper third of layers minus 1/3" in page
@@ -311,13 +316,14 @@ def test_reproduce_smoke_on_gemma(tmp_path):
 
     Run on the "no native bf16" path on every CPU (``MKN_CPU_BF16=emulated``: ``--dtype auto``
     gives float32, as on an AVX2-only AMD EPYC), so the suite's time is the slow CPU's. Generic
-    neurons are kept: their reference sample (probing mLAMA until enough facts are known) would
-    take a third of the run; the tiny-model study above runs that path."""
+    and relation neurons are kept: their reference samples (probing mLAMA until enough facts are
+    known) would take most of the run; the tiny-model study above runs those paths."""
     results = tmp_path / "RESULTS.md"
     env = {**os.environ, "MKN_CPU_BF16": "emulated"}
     done = subprocess.run(
         [sys.executable, "-m", "mkn.cli", "reproduce", "--limit", "2", "--steps", "2",
-         "--max-queries", "1", "--generic", "keep", "--out", str(tmp_path / "study"),
+         "--max-queries", "1", "--generic", "keep", "--relation-neurons", "keep", "--out",
+         str(tmp_path / "study"),
          "--results", str(results), "--quiet"], capture_output=True, text=True, timeout=1800,
         env=env)
     assert done.returncode == 0, done.stdout + done.stderr
