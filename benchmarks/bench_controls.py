@@ -108,7 +108,11 @@ def measure(args) -> dict:
     edited_variants = {"left out"} | {f"{kind} >= {share:g}" for kind in ("fact set",
                                                                           "relation set")
                                       for share in args.relation_shares[:1]}
+    done, settings = resumed(args, [f.id for f in facts])
+    rows += [r for r in done.get("rows", [])]
     for number, fact in enumerate(facts, 1):
+        if fact.id in done.get("done_facts", []):
+            continue
         for method in args.methods:
             config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries,
                                   known="any", degenerate=False)
@@ -143,6 +147,10 @@ def measure(args) -> dict:
                                      "generic": variant, "generic_in_set": len(dropped),
                                      **effect.to_dict()})
         print(f"{number}/{len(facts)} facts, {time.perf_counter() - started:.0f} s", flush=True)
+        if args.json:  # after every fact: a killed run goes on with --resume
+            done.setdefault("done_facts", []).append(fact.id)
+            save_partial(args.json, {"settings": settings, "rows": rows,
+                                     "done_facts": done["done_facts"]})
     return {"model": args.model, "dtype": str(lm.dtype).removeprefix("torch."),
             "cpu": cpu_summary(), "data": args.data,
             "languages": languages, "facts": [f.id for f in facts],
@@ -158,6 +166,34 @@ def measure(args) -> dict:
                                  for m, r in relation_lists.items()},
             "knowledge": known.to_summary(), "seconds": time.perf_counter() - started,
             "seconds_reference": seconds_reference, "rows": rows}
+
+
+def run_settings(args, facts: list[str]) -> dict:
+    """What a partial run was measured with: a resume must match it."""
+    return {k: v for k, v in vars(args).items()
+            if k not in ("json", "markdown", "resume")} | {"facts": facts}
+
+
+def resumed(args, facts: list[str]) -> tuple[dict, dict]:
+    """The rows and finished facts of a killed run with the same settings (``--resume``), and
+    the settings; an error when the saved run had others."""
+    settings = json.loads(json.dumps(run_settings(args, facts), default=str))
+    partial = args.json.with_suffix(".partial.json") if args.json else None
+    if not (args.resume and partial and partial.exists()):
+        return {}, settings
+    saved = json.loads(partial.read_text(encoding="utf-8"))
+    if saved["settings"] != settings:
+        changed = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
+        raise SystemExit(f"{partial}: saved with other settings ({', '.join(changed)})")
+    print(f"resumed: {len(saved['done_facts'])} facts done in {partial}", flush=True)
+    return saved, settings
+
+
+def save_partial(path: Path, data: dict) -> None:
+    partial = path.with_suffix(".partial.json")
+    temporary = partial.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.replace(partial)
 
 
 def edit_rows(lm, fact, facts, lang: str, neurons, method: str, variant: str, known,
@@ -289,7 +325,10 @@ def main() -> None:
     parser.add_argument("--positions", choices=("all", "prediction"), default="all",
                         help="where interventions apply: every position (the library's "
                              "default) or the prediction positions only")
-    parser.add_argument("--json", type=Path, default=None, help="save the raw rows here")
+    parser.add_argument("--json", type=Path, default=None, help="save the raw rows here (and, "
+                        "after every fact, the rows so far beside it: NAME.partial.json)")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the partial rows of a killed run with the same settings")
     parser.add_argument("--markdown", type=Path, default=None, help="save the table here")
     args = parser.parse_args()
     torch.manual_seed(0)
