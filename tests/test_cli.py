@@ -319,8 +319,8 @@ def test_every_option_shows_its_default_and_experiments_come_from_the_registry()
     from mkn.experiments import EXPERIMENTS
     from mkn.localization.locate import LocateConfig
 
-    commands = ("attribute", "trace", "locate", "experiment", "probe", "generic", "reproduce",
-                "demo", "report", "export")
+    commands = ("attribute", "trace", "locate", "experiment", "probe", "generic", "relations",
+                "reproduce", "demo", "report", "export")
     for command in commands:
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"},
                                terminal_width=400)
@@ -395,3 +395,31 @@ def test_relation_neurons_option_auto_keep_and_a_bad_file(tiny_dir, tmp_path):
                               str(tmp_path / "none.json")])
     assert bad.exit_code == 2 and "relation-neuron list" in bad.output
     assert "none.json" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_relations_command_builds_shows_and_writes_a_list(tiny_dir, tmp_path):
+    """`mkn relations`: the list of each relation with its reference facts, the cached path,
+    a copy for --relation-neurons FILE that a run then reads, held-out facts checked."""
+    data = ["--model", str(tiny_dir / "model"), "--data", f"jsonl:{tiny_dir / 'facts.jsonl'}",
+            "--languages", "en,zh", "--steps", "2", "--quiet"]
+    copy = tmp_path / "relations.json"
+    built = runner.invoke(app, ["relations", *data, "--held-out",
+                                "capital-france,capital-germany", "--out", str(copy)],
+                          env={"COLUMNS": "200"})
+    assert built.exit_code == 0, built.output
+    assert "reference facts" in built.output and "built:" in built.output
+    from mkn.localization.relations import RelationNeurons
+
+    listed = RelationNeurons.load(copy)
+    assert listed.source["facts"] and not {"capital-france", "capital-germany"} & set(
+        listed.source["facts"])
+    run = runner.invoke(app, ["locate", *data, "--limit", "2", "--out", str(tmp_path / "r"),
+                              "--relation-neurons", str(copy)])
+    assert run.exit_code == 0, run.output  # its facts were held out of the list
+    unheld = tmp_path / "unheld.json"
+    assert runner.invoke(app, ["relations", *data, "--out", str(unheld)]).exit_code == 0
+    clash = runner.invoke(app, ["locate", *data, "--limit", "2", "--out", str(tmp_path / "c"),
+                                "--relation-neurons", str(unheld)])
+    if {"capital-france", "capital-germany"} & set(RelationNeurons.load(unheld).source["facts"]):
+        assert clash.exit_code == 2 and "overlaps the evaluated facts" in clash.output
+        assert not (tmp_path / "c").exists()

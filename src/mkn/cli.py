@@ -618,6 +618,68 @@ def generic(
                   markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command(name="relations")
+def relations_command(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model (default "
+                                                                     "gemma-3-270m).")] = None,
+    data: DataOpt = None,
+    languages: LanguagesOpt = None,
+    relations: Annotated[str | None, typer.Option(
+        show_default="every relation of the data",
+        help="Relations to list, comma-separated (e.g. P36,P37).")] = None,
+    method: RunMethodOpt = None,
+    steps: RunStepsOpt = None,
+    dtype: RunDtypeOpt = None,
+    device: DeviceOpt = None,
+    known: KnownOpt = None,
+    share: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, show_default=_shown("relation_share"),
+        help="Share of its relation's reference facts a neuron serves from which it is a "
+             "relation neuron.")] = None,
+    per_relation: Annotated[int, typer.Option(min=3, help="Known reference facts sought per "
+                                                          "relation.")] = 6,
+    held_out: Annotated[str | None, typer.Option(
+        show_default="none", help="Fact ids kept out of the reference sample (the facts you "
+                                  "will evaluate), comma-separated.")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Recompute the cached list.")] = False,
+    out: Annotated[Path | None, typer.Option(show_default="none", help="Also write the list "
+                                                  "here (for --relation-neurons PATH).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """The relation neurons of a model on a data source: knowledge neurons of many facts of one
+    relation, left out of knowledge-neuron sets by default (each set is then the fact's own).
+    Computed on a reference sample per relation (mkn.localization.relations), cached."""
+    from mkn.localization.reference import reference_pool, reference_relations
+
+    try:
+        cfg, _, langs, lm, _, _ = _prepare(
+            None, model=model, data=data, languages=languages, method=method, steps=steps,
+            dtype=dtype, device=device, known=known, relation_share=share, limit=1)
+        wanted = ([r.strip() for r in relations.split(",") if r.strip()] if relations else
+                  sorted({f.relation for f in reference_pool(cfg.data, langs)}))
+        with ProgressBars(quiet) as bars:
+            found, path, built = reference_relations(
+                lm, cfg.data, langs, cfg.locate, wanted,
+                held_out=[x.strip() for x in (held_out or "").split(",") if x.strip()],
+                per_relation=per_relation, rebuild=rebuild, task=bars.task)
+        if out is not None:
+            found.save(out)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from error
+    table = Table("relation", "reference facts", "relation neurons",
+                  title=f"relation neurons (share >= {found.threshold:g} of a relation's known "
+                        "reference facts)")
+    covered = found.covered()
+    for relation in wanted:
+        facts = covered.get(relation, 0)
+        table.add_row(escape(relation), str(facts),
+                      str(len(found.neurons(relation))) if found.covers(relation)
+                      else "none: too few known reference facts")
+    console.print(table)
+    console.print(f"{'built' if built else 'cached'}: {path}" + (f"; copy: {out}" if out else ""),
+                  markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def experiment(
     name: Annotated[str, typer.Argument(help=", ".join(EXPERIMENT_NAMES) + ".")],

@@ -98,6 +98,12 @@ def prepare(config: Path | None, load: Load, say: Say, claim: dict | None = None
         if run is not None:  # the weights by content: a resume against others is refused
             run.pin("weights", lm.weights_digest())
         facts = encodable(lm, facts, languages, cfg.lenient, meta, say)
+        # a list file that overlaps the run's facts is refused before the run starts
+        for kind, mode, share in ((GenericNeurons, cfg.generic, cfg.locate.generic_share),
+                                  (RelationNeurons, cfg.relation_neurons,
+                                   cfg.locate.relation_share)):
+            if mode not in ("auto", "keep"):
+                list_file(kind, mode, share, [f.id for f in facts])
     except BaseException:
         if run is not None:
             run.abandon()  # a failed start leaves the directory as it was
