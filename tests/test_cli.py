@@ -407,7 +407,8 @@ def test_relations_command_builds_shows_and_writes_a_list(tiny_dir, tmp_path):
                                 "capital-france,capital-germany", "--out", str(copy)],
                           env={"COLUMNS": "200"})
     assert built.exit_code == 0, built.output
-    assert "reference facts" in built.output and "built:" in built.output
+    assert "reference facts" in built.output
+    assert "built:" in built.output or "cached:" in built.output  # the suite shares a cache
     from mkn.localization.relations import RelationNeurons
 
     listed = RelationNeurons.load(copy)
