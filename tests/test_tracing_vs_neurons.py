@@ -80,5 +80,9 @@ def test_localization_predicts_editing_where_one_mlp_carries_every_fact():
             assert item["best_edit_layer"] == 2
             assert item["rho_neuron_share"] == pytest.approx(1.0)
             assert item["best_tracing_agrees"] and item["best_attribution_mass_agrees"]
+    assert all(set(i["locality"]) == {"same_relation", "other_relation"}
+               for i in result["items"])  # the best layer's edit, on its neighbours
+    assert result["summary"]["locality_same_relation"]["n"] >= 1
     text = lve.table(result)
     assert "Spearman(edit gain, tracing) over layers" in text and "chance 0.25" in text
+    assert "locality of the best layer's edit" in text

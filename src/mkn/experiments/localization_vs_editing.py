@@ -16,7 +16,9 @@ highest-scoring neurons of that layer (by the run's method). Per layer:
 Per item, Spearman's correlation over layers between the gain and each signal says whether
 localization predicts where editing works; ``best_layer_agrees``: the layer with the largest
 signal is the layer with the largest gain (chance: 1 / layers). Medians over items with bootstrap
-95% intervals over facts.
+95% intervals over facts. The best layer's edit is also measured for locality
+(:mod:`mkn.interventions.locality`): the change of p(gold) of other facts of the same relation
+and of other relations known in the item's language.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from mkn.experiments.common import (
     locate_known,
     markdown_table,
 )
-from mkn.experiments.injection import counterfactual
+from mkn.experiments.injection import NEIGHBOURS, counterfactual, neighbourhood
 from mkn.experiments.metrics import clustered_interval, spearman
 from mkn.experiments.tracing_vs_neurons import denoised, neuron_profile
-from mkn.interventions.controls import random_like, stable_seed
+from mkn.interventions.controls import CleanProbs, random_like, stable_seed
+from mkn.interventions.locality import locality
 from mkn.interventions.weights import edited, replace_object
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
@@ -57,6 +60,11 @@ def _edit_scores(lm: LanguageModel, neurons, prompt: str, old: str, new: str) ->
     return math.log(max(p_new.prob, 1e-30)), p_new.prob > p_old.prob
 
 
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def mass_profile(scores: torch.Tensor) -> list[float]:
     """Each layer's share of the positive attribution mass."""
     positive = scores.float().clamp_min(0).sum(-1)
@@ -73,6 +81,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     known, located = locate_known(lm, facts, languages, config, progress, cache, known,
                                   generic)
     items, skipped = [], []
+    clean = CleanProbs(lm)
     for fact in facts:
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
         for lang in located[fact.id].languages:
@@ -102,7 +111,15 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                 random_gains.append(statistics.fmean(g - before for g, _ in drawn))
                 random_efficacy.append(statistics.fmean(t for _, t in drawn))
             best_edit = max(range(lm.n_layers), key=gains.__getitem__)
+            # locality of the best layer's edit: its same- and other-relation neighbours
+            order = torch.argsort(result.scores[best_edit].float(), descending=True)
+            edit = replace_object(lm, [(best_edit, int(i)) for i in order[:k]], prompt, old, new)
+            edit.undo()
+            around = neighbourhood(fact, [g for g in facts if g.id != other.id], [lang],
+                                   NEIGHBOURS, seed, known)
+            moved = locality(lm, edit, around, clean)[lang]
             items.append({
+                "locality": {group: _mean(values) for group, values in moved.items()},
                 "fact_id": fact.id, "language": lang, "new_from": other.id, "k": k,
                 "gain": gains, "efficacy": efficacy, "random_gain": random_gains,
                 "random_efficacy": random_efficacy, "signals": signals,
@@ -132,6 +149,10 @@ def summarize(items: list[dict], layers: int, seed: int = 0) -> dict:
     out["random_efficacy"] = clustered_interval(
         [(i["fact_id"], statistics.fmean(i["random_efficacy"])) for i in items],
         statistics.fmean, seed=seed)
+    for group in ("same_relation", "other_relation"):
+        out[f"locality_{group}"] = clustered_interval(
+            [(i["fact_id"], i["locality"][group]) for i in items
+             if (i.get("locality") or {}).get(group) is not None], seed=seed)
     return out
 
 
@@ -155,6 +176,9 @@ def table(result: dict) -> str:
                    "efficacy"),
              cells(f"control: {result['k']} random neurons of the same layer",
                    "random_efficacy")]
+    rows += [cells(f"locality of the best layer's edit: change of p(gold) of "
+                   f"{group.replace('_', '-')} facts (median)", f"locality_{group}")
+             for group in ("same_relation", "other_relation") if f"locality_{group}" in s]
     return (markdown_table(["measure", "facts", "value", "95% CI"], rows)
             + f"\n\n{s['items']} items ({len(result['skipped'])} skipped: no counterfactual). "
             + knowledge_line(result["knowledge"]))
