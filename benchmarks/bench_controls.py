@@ -34,11 +34,12 @@ from mkn.experiments.common import (
     control_summary,
     fmt_ci,
     markdown_table,
+    neighbourhood,
     queries,
     same_relation_facts,
 )
 from mkn.experiments.common import unrelated_facts as pick_unrelated
-from mkn.experiments.injection import SUCCESS, counterfactual, measure_edit, neighbourhood
+from mkn.experiments.injection import SUCCESS, counterfactual, measure_edit
 from mkn.experiments.metrics import clustered_interval
 from mkn.interventions.controls import CleanProbs, controlled_effect, random_like, stable_seed
 from mkn.interventions.locality import locality
@@ -160,8 +161,7 @@ def measure(args) -> dict:
             "same_relation": args.same_relation, "relation_facts": args.relation_facts,
             "relation_shares": args.relation_shares if relation_lists else [],
             "relation_covered": {m: r.covered() for m, r in relation_lists.items()},
-            "relation_neurons": {m: {f"{share:g}": {rel: len(r.with_threshold(share).neurons(rel))
-                                                    for rel in r.covered()}
+            "relation_neurons": {m: {f"{share:g}": r.with_threshold(share).sizes()
                                      for share in args.relation_shares}
                                  for m, r in relation_lists.items()},
             "knowledge": known.to_summary(), "seconds": time.perf_counter() - started,

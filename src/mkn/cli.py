@@ -669,11 +669,10 @@ def relations_command(
     table = Table("relation", "reference facts", "relation neurons",
                   title=f"relation neurons (share >= {found.threshold:g} of a relation's known "
                         "reference facts)")
-    covered = found.covered()
+    covered, sizes = found.covered(), found.sizes()
     for relation in wanted:
-        facts = covered.get(relation, 0)
-        table.add_row(escape(relation), str(facts),
-                      str(len(found.neurons(relation))) if found.covers(relation)
+        table.add_row(escape(relation), str(covered.get(relation, 0)),
+                      str(sizes[relation]) if relation in sizes
                       else "none: too few known reference facts")
     console.print(table)
     console.print(f"{'built' if built else 'cached'}: {path}" + (f"; copy: {out}" if out else ""),

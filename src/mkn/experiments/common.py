@@ -125,6 +125,18 @@ def same_relation_facts(fact, facts: Sequence, language: str, count: int, seed: 
     return rng.sample(pool, min(count, len(pool)))
 
 
+def neighbourhood(fact, facts: Sequence, languages: Sequence[str], count: int, seed: int | str,
+                  known: KnownItems | None = None) -> dict[str, dict[str, list]]:
+    """``{language: {"same_relation": [queries], "other_relation": [queries]}}``: up to
+    ``count`` other facts of each kind (:func:`same_relation_facts`, :func:`unrelated_facts`)
+    in each language, their queries."""
+    return {lang: {"same_relation": [queries(g, lang) for g in same_relation_facts(
+                       fact, facts, lang, count, seed, known)],
+                   "other_relation": [queries(g, lang) for g in unrelated_facts(
+                       fact, facts, lang, count, seed, known)]}
+            for lang in languages}
+
+
 def locate_all(lm: LanguageModel, facts: Iterable, languages: list[str], config: LocateConfig,
                progress: Progress | None = None, cache: AttributionCache | None = None,
                known: KnownItems | None = None,

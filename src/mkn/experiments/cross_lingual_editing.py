@@ -30,9 +30,8 @@ from mkn.experiments.common import (
     knowledge_line,
     locate_known,
     markdown_table,
+    neighbourhood,
     queries,
-    same_relation_facts,
-    unrelated_facts,
 )
 from mkn.experiments.metrics import clustered_interval, interval
 from mkn.interventions.controls import (
@@ -127,12 +126,9 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         sources[RELATION_SET] = sorted({n for lang in targets
                                         for n in result.languages[lang].relation})
         own = {lang: queries(fact, lang) for lang in targets}
-        controls = {lang: [queries(g, lang) for g in unrelated_facts(fact, facts, lang,
-                                                                     unrelated, seed, known)]
-                    for lang in targets}
-        kin = {lang: [queries(g, lang) for g in same_relation_facts(fact, facts, lang,
-                                                                    unrelated, seed, known)]
-               for lang in targets}
+        around = neighbourhood(fact, facts, targets, unrelated, seed, known)
+        controls = {lang: around[lang]["other_relation"] for lang in targets}
+        kin = {lang: around[lang]["same_relation"] for lang in targets}
         edits = {(source, mode): EditEverywhere(
             neurons, mode, own, controls,
             random_sets(neurons, lm.n_neurons, draws, stable_seed(seed, fact.id, source, mode)),

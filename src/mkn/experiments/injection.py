@@ -41,9 +41,8 @@ from mkn.experiments.common import (
     knowledge_line,
     locate_known,
     markdown_table,
+    neighbourhood,
     queries,
-    same_relation_facts,
-    unrelated_facts,
 )
 from mkn.experiments.metrics import accuracy, clustered_interval, interval
 from mkn.interventions.controls import DEFAULT_DRAWS, CleanProbs, random_like, stable_seed
@@ -57,17 +56,6 @@ from mkn.models.loading import LanguageModel
 PHASES = 2  # progress ticks per fact: locating, then measuring
 NEIGHBOURS = 3  # facts of the same relation, and of other relations, per language (locality)
 SETS = ("fact set", "relation set", "random set")
-
-
-def neighbourhood(fact, facts: list, languages: list[str], count: int, seed: int,
-                  known: KnownItems | None) -> dict[str, dict[str, list]]:
-    """``{language: {"same_relation": [queries], "other_relation": [queries]}}``: up to
-    ``count`` other facts of each kind known in each language, seeded by the fact."""
-    return {lang: {"same_relation": [queries(g, lang) for g in same_relation_facts(
-                       fact, facts, lang, count, seed, known)],
-                   "other_relation": [queries(g, lang) for g in unrelated_facts(
-                       fact, facts, lang, count, seed, known)]}
-            for lang in languages}
 
 
 def edits_of(item: dict, kind: str) -> list[dict]:
@@ -293,29 +281,38 @@ def table(result: dict) -> str:
                                                   "known"))
 
 
+def neighbour_rows(result: dict) -> list[list]:
+    """The locality rows ``[edited set, edits, languages, same-relation, other-relation]`` per
+    edited set, in the source language and in the others (none for a result from before
+    locality was measured)."""
+    s = result["summary"]
+    if "neighbours" not in s:
+        return []
+    edits = {"fact set": s["edits"], "relation set": s["relation_set"]["edits"],
+             "random set": s["random"]["edits"]}
+    return [[kind, edits[kind], result["source"] if where == "source" else "others",
+             fmt_ci(groups["same_relation"][where]) or "-",
+             fmt_ci(groups["other_relation"][where]) or "-"]
+            for kind, groups in s["neighbours"].items() for where in ("source", "others")]
+
+
+NEIGHBOUR_HEADER = ["edited set", "edits", "language", "same-relation facts",
+                    "other-relation facts"]
+
+
 def neighbour_table(result: dict) -> str:
     """The locality table: change of p(gold) of the edited fact's neighbours per edited set
     (empty for a result from before locality was measured)."""
-    s = result["summary"]
-    if "neighbours" not in s:
+    rows = neighbour_rows(result)
+    if not rows:
         return ""
-    rows = []
-    for kind, groups in s["neighbours"].items():
-        edits = (s["edits"] if kind == "fact set" else s["relation_set"]["edits"]
-                 if kind == "relation set" else s["random"]["edits"])
-        for where in ("source", "others"):
-            rows.append([kind, edits, result["source"] if where == "source" else "others",
-                         fmt_ci(groups["same_relation"][where]) or "-",
-                         fmt_ci(groups["other_relation"][where]) or "-"])
-    kin = s["relation_set"]
+    kin = result["summary"]["relation_set"]
     return ("\n\nLocality: median relative change of p(gold) of other facts known in each "
             "language (0: untouched, -1: gone), 95% interval over facts; the relation set is "
             "edited where the fact's set held relation neurons "
             f"(reliability {_fmt(kin['reliability_efficacy'])}, portability "
             f"{_fmt(kin['portability_efficacy'])} by p(new) > p(old) over its "
-            f"{kin['edits']} edits).\n\n"
-            + markdown_table(["edited set", "edits", "language", "same-relation facts",
-                              "other-relation facts"], rows))
+            f"{kin['edits']} edits).\n\n" + markdown_table(NEIGHBOUR_HEADER, rows))
 
 
 def _fmt(value: float | None) -> str:

@@ -36,8 +36,9 @@ from mkn.experiments.common import (
     knowledge_line,
     locate_known,
     markdown_table,
+    neighbourhood,
 )
-from mkn.experiments.injection import NEIGHBOURS, counterfactual, neighbourhood
+from mkn.experiments.injection import NEIGHBOURS, counterfactual
 from mkn.experiments.metrics import clustered_interval, spearman
 from mkn.experiments.tracing_vs_neurons import denoised, neuron_profile
 from mkn.interventions.controls import CleanProbs, random_like, stable_seed
@@ -100,9 +101,11 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             before = math.log(max(predict_many(lm, [(prompt, new)])[0].prob, 1e-30))
             rng = random.Random(stable_seed(seed, fact.id, lang, "random-edit"))
             gains, efficacy, random_gains, random_efficacy = [], [], [], []
+            top = []  # the k highest-scoring neurons of each layer
             for layer in range(lm.n_layers):
                 order = torch.argsort(result.scores[layer].float(), descending=True)
                 chosen = [(layer, int(i)) for i in order[:k]]
+                top.append(chosen)
                 log_new, took = _edit_scores(lm, chosen, prompt, old, new)
                 gains.append(log_new - before)
                 efficacy.append(took)
@@ -112,8 +115,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                 random_efficacy.append(statistics.fmean(t for _, t in drawn))
             best_edit = max(range(lm.n_layers), key=gains.__getitem__)
             # locality of the best layer's edit: its same- and other-relation neighbours
-            order = torch.argsort(result.scores[best_edit].float(), descending=True)
-            edit = replace_object(lm, [(best_edit, int(i)) for i in order[:k]], prompt, old, new)
+            edit = replace_object(lm, top[best_edit], prompt, old, new)
             edit.undo()
             around = neighbourhood(fact, [g for g in facts if g.id != other.id], [lang],
                                    NEIGHBOURS, seed, known)

@@ -251,16 +251,14 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
             config = locate.model_copy(update={"method": method})
             listed, path, built = reference_relations(lm, data, languages, config, relations,
                                                       held_out, task=task, cache=cache)
-            covered = listed.covered()
-            thin = sorted(r for r in covered if not listed.covers(r))
-            missing = sorted(set(relations) - set(covered))
-            sizes = ", ".join(f"{r} {len(listed.neurons(r))}" for r in covered
-                              if listed.covers(r))
+            sizes = listed.sizes()
+            uncovered = sorted(set(relations) - set(sizes))
             say(f"relation neurons ({method}, share >= {listed.threshold:g} of a relation's "
                 f"reference facts, the run's facts held out: overlap "
-                f"{listed.source.get('held_out', {}).get('overlap', 0)}): {sizes or 'none'}"
+                f"{listed.source.get('held_out', {}).get('overlap', 0)}): "
+                + (", ".join(f"{r} {n}" for r, n in sizes.items()) or "none")
                 + (f"; too few known reference facts (kept in the sets): "
-                   f"{', '.join(thin + missing)}" if thin or missing else "")
+                   f"{', '.join(uncovered)}" if uncovered else "")
                 + f"; {'built' if built else 'cached'} at {path}")
             lists[method] = listed
         found = RelationLists(lists)

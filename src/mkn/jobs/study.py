@@ -333,11 +333,7 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
            "generic_digest": generic.digests,
            "generic_threshold": {m: g.threshold for m, g in (generic.lists or {}).items()},
            "generic_kept": generic.kept,
-           "relation_neurons": {m: {"threshold": r.threshold, "reference_facts": r.covered(),
-                                    "per_relation": {rel: len(r.neurons(rel))
-                                                     for rel in r.covered() if r.covers(rel)},
-                                    "held_out": r.source.get("held_out")}
-                                for m, r in (relations.lists or {}).items()},
+           "relation_neurons": {m: r.summary() for m, r in (relations.lists or {}).items()},
            "relation_digest": relations.digests,
            "seconds": {"locate": time.perf_counter() - started}, "experiments": {}}
     locate = config.locate_config(config.experiment_method)

@@ -87,6 +87,16 @@ class RelationNeurons(ReferenceList):
         relation not covered)."""
         return self._lists.get(relation, {})
 
+    def sizes(self) -> dict[str, int]:
+        """Relation neurons per covered relation."""
+        return {relation: len(listed) for relation, listed in self._lists.items()}
+
+    def summary(self) -> dict:
+        """What a run records of the list: threshold, reference facts per relation, relation
+        neurons per covered relation, and the held-out check."""
+        return {"threshold": self.threshold, "reference_facts": self.covered(),
+                "per_relation": self.sizes(), "held_out": self.source.get("held_out")}
+
     def split(self, relation: str, neurons: Iterable[Neuron]) -> tuple[list[Neuron],
                                                                         list[Neuron]]:
         """``(fact set, relation set)`` of a fact of ``relation``: ``neurons`` without and with

@@ -138,10 +138,8 @@ def _locate_into(store: RunStore, lm, facts: Sequence, languages: list[str],
         summary["generic"] = {"threshold": g.threshold, "source": g.source,
                               "per_language": g.summary(languages)}
     if left_out.relations is not None:
-        r = left_out.relations
-        summary["relation_neurons"] = {
-            "threshold": r.threshold, "source": r.source, "reference_facts": r.covered(),
-            "per_relation": {rel: len(r.neurons(rel)) for rel in r.covered() if r.covers(rel)}}
+        summary["relation_neurons"] = {**left_out.relations.summary(),
+                                       "source": left_out.relations.source}
     write_atomic(Path(out) / "summary.json",
                  json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary

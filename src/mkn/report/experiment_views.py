@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from mkn.experiments.common import few_facts, fmt_ci
+from mkn.experiments.injection import NEIGHBOUR_HEADER, neighbour_rows
 from mkn.report.blocks import (
     AGNOSTIC,
     SOFT_AGNOSTIC,
@@ -246,17 +247,10 @@ def _injection(result: dict) -> list:
 def _injection_locality(result: dict) -> list:
     """The change of p(gold) of the edited fact's same-relation and other-relation neighbours,
     per edited set (results from before it was measured have none)."""
-    s = result["summary"]
-    if "neighbours" not in s:
+    rows = neighbour_rows(result)
+    if not rows:
         return []
-    edits = {"fact set": s.get("edits"), "relation set": (s.get("relation_set") or {}).get(
-        "edits"), "random set": (s.get("random") or {}).get("edits")}
-    rows = [_cells([kind, edits.get(kind), where,
-                    fmt_ci(groups["same_relation"][where]) or "-",
-                    fmt_ci(groups["other_relation"][where]) or "-"])
-            for kind, groups in s["neighbours"].items() for where in ("source", "others")]
-    return [Table(["edited set", "edits", "languages", "same-relation facts",
-                   "other-relation facts"], rows,
+    return [Table(NEIGHBOUR_HEADER, [_cells(row) for row in rows],
                   caption="Locality: median relative change of p(gold) of other known facts "
                           "(0: untouched, -1: gone), 95% interval over facts")]
 
