@@ -41,7 +41,13 @@ from mkn.experiments.common import (
 from mkn.experiments.common import unrelated_facts as pick_unrelated
 from mkn.experiments.injection import SUCCESS, counterfactual, measure_edit
 from mkn.experiments.metrics import clustered_interval
-from mkn.interventions.controls import CleanProbs, controlled_effect, random_like, stable_seed
+from mkn.interventions.controls import (
+    CleanProbs,
+    controlled_effect,
+    random_like,
+    set_content,
+    stable_seed,
+)
 from mkn.interventions.locality import locality
 from mkn.interventions.weights import replace_object
 from mkn.localization.knowledge import KnownItems, known_items
@@ -114,6 +120,10 @@ def measure(args) -> dict:
     for number, fact in enumerate(facts, 1):
         if fact.id in done.get("done_facts", []):
             continue
+        # the same set (found by another method, or a variant that drops nothing) is measured
+        # once: its controls are seeded by the fact, the language and the set's content
+        effects: dict[tuple, dict] = {}
+        edits: dict[tuple, list[dict]] = {}
         for method in args.methods:
             config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries,
                                   known="any", degenerate=False)
@@ -135,19 +145,25 @@ def measure(args) -> dict:
                 for variant, neurons in variants:
                     if not neurons:
                         continue
+                    content = set_content(neurons)
                     if args.edits and is_known and variant in edited_variants:
-                        rows += edit_rows(lm, fact, facts, lang, neurons, method, variant,
-                                          known, clean, args.seed)
+                        if (lang, content) not in edits:
+                            edits[lang, content] = edit_rows(lm, fact, facts, lang, neurons,
+                                                             known, clean, args.seed)
+                        rows += [r | {"method": method, "generic": variant}
+                                 for r in edits[lang, content]]
                     for mode in MODES:
-                        effect = controlled_effect(
-                            lm, neurons, mode, queries(fact, lang), controls, args.draws,
-                            stable_seed(args.seed, fact.id, lang, method, variant), clean=clean,
-                            positions=args.positions, same_relation=kin)
+                        if (lang, mode, content) not in effects:
+                            effects[lang, mode, content] = controlled_effect(
+                                lm, neurons, mode, queries(fact, lang), controls, args.draws,
+                                stable_seed(args.seed, fact.id, lang), clean=clean,
+                                positions=args.positions, same_relation=kin).to_dict()
                         rows.append({"fact_id": fact.id, "relation": fact.relation,
                                      "language": lang, "known": is_known, "method": method,
                                      "generic": variant, "generic_in_set": len(dropped),
-                                     **effect.to_dict()})
-        print(f"{number}/{len(facts)} facts, {time.perf_counter() - started:.0f} s", flush=True)
+                                     **effects[lang, mode, content]})
+        print(f"{number}/{len(facts)} facts, {time.perf_counter() - started:.0f} s "
+              f"({len(effects)} distinct set effects measured)", flush=True)
         if args.json:  # after every fact: a killed run goes on with --resume
             done.setdefault("done_facts", []).append(fact.id)
             save_partial(args.json, {"settings": settings, "rows": rows,
@@ -196,8 +212,8 @@ def save_partial(path: Path, data: dict) -> None:
     temporary.replace(partial)
 
 
-def edit_rows(lm, fact, facts, lang: str, neurons, method: str, variant: str, known,
-              clean: CleanProbs, seed: int) -> list[dict]:
+def edit_rows(lm, fact, facts, lang: str, neurons, known, clean: CleanProbs,
+              seed: int) -> list[dict]:
     """Dai et al.'s edit of ``fact`` in ``lang`` to a counterfactual object (another fact of its
     relation, :func:`mkn.experiments.injection.counterfactual`) through ``neurons`` and through a
     random set shaped like them: efficacy (p(new) > p(old) on the edit query), generalization
@@ -212,15 +228,15 @@ def edit_rows(lm, fact, facts, lang: str, neurons, method: str, variant: str, kn
     targets = [t for t in known.languages_of(fact.id) if t != lang]
     around = neighbourhood(fact, [g for g in facts if g.id != other.id], known.languages,
                            3, seed, known)
-    rng = random.Random(stable_seed(seed, fact.id, lang, method, variant, "edit"))
+    rng = random.Random(stable_seed(seed, fact.id, lang, set_content(neurons), "edit"))
     out = []
-    for kind, chosen in ((variant, neurons), ("random", random_like(neurons, lm.n_neurons, rng))):
+    for kind, chosen in (("set", neurons), ("random", random_like(neurons, lm.n_neurons, rng))):
         edit = replace_object(lm, chosen, prompt, fact.languages[lang].object,
                               other.languages[lang].object)
         measured = measure_edit(lm, edit, fact, other, lang, targets)
         moved = locality(lm, edit, around, clean)
         out.append({"kind": "edit", "fact_id": fact.id, "relation": fact.relation,
-                    "language": lang, "method": method, "generic": variant, "set": kind,
+                    "language": lang, "set": kind,
                     "neurons": len(chosen),
                     "efficacy": [r[SUCCESS] for r in measured["reliability"]],
                     "generalization": [r[SUCCESS] for r in measured["generalization"]],
