@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 import mkn
+from mkn.cli import ProgressBars
 from mkn.data import load_facts
 from mkn.experiments.common import (
     control_summary,
@@ -64,7 +65,7 @@ MODES = ("suppress", "enhance")
 LABELS = {"left out": "generic left out", "kept": "all (generic kept)"}  # the rest: generic out
 
 
-def measure(args) -> dict:
+def measure(args, bars: ProgressBars) -> dict:
     args.max_queries = args.max_queries or None  # 0: every query
     lm = mkn.load_model(args.model, dtype=args.dtype)
     started = time.perf_counter()
@@ -76,7 +77,7 @@ def measure(args) -> dict:
     for method in args.methods:
         config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries)
         generic[method], path, built = reference_generic(lm, args.data, languages, config,
-                                                         cache=cache)
+                                                         cache=cache, task=bars.task)
         print(f"generic ({method}): {len(generic[method].neurons())} from "
               f"{generic[method].facts} known reference facts "
               f"({'built' if built else 'cached'}: {path})", flush=True)
@@ -85,7 +86,9 @@ def measure(args) -> dict:
     reference = {f for g in generic.values() for f in g.source.get("facts", [])}
     held_out = [f for f in sample if f.id not in reference]
     if args.known_facts:  # facts known in at least one language, balanced by relation
-        facts, probed, _ = reference_facts(lm, held_out, languages, "auto", args.known_facts)
+        facts, probed, _ = reference_facts(lm, held_out, languages, "auto", args.known_facts,
+                                           bars.task("probing the sample",
+                                                     min(len(held_out), REFERENCE_POOL)))
         known = probed.subset(f.id for f in facts)  # their probe, not probed again
         if len(facts) < args.known_facts:
             print(f"only {len(facts)} of {args.known_facts} facts known among the first "
@@ -93,7 +96,7 @@ def measure(args) -> dict:
                   "--per-relation or another --seed gives more", flush=True)
     else:
         facts = held_out
-        known = known_items(lm, facts, languages, "auto")
+        known = known_items(lm, facts, languages, "auto", bars.task("probing", len(facts)))
     print(f"{len(sample) - len(held_out)} sampled facts left out (in the reference sample); "
           + known.describe(), flush=True)
     everything = KnownItems("any", known.languages, known.knowledge)  # locate unknown items too
@@ -104,7 +107,8 @@ def measure(args) -> dict:
             config = LocateConfig(method=method, steps=args.steps, max_queries=args.max_queries)
             relation_lists[method], path, built = reference_relations(
                 lm, args.data, languages, config, {f.relation for f in facts},
-                held_out=[f.id for f in facts], per_relation=args.relation_facts, cache=cache)
+                held_out=[f.id for f in facts], per_relation=args.relation_facts, cache=cache,
+                task=bars.task)
             covered = relation_lists[method].covered()
             print(f"relation neurons ({method}): reference facts per relation {covered}; "
                   f"held-out overlap {relation_lists[method].source['held_out']['overlap']}; "
@@ -116,9 +120,11 @@ def measure(args) -> dict:
                                                                           "relation set")
                                       for share in args.relation_shares[:1]}
     done, settings = resumed(args, [f.id for f in facts])
+    tick = bars.task("measured facts", len(facts))
     rows += [r for r in done.get("rows", [])]
     for number, fact in enumerate(facts, 1):
         if fact.id in done.get("done_facts", []):
+            tick(fact.id)
             continue
         # the same set (found by another method, or a variant that drops nothing) is measured
         # once: its controls are seeded by the fact, the language and the set's content
@@ -164,6 +170,7 @@ def measure(args) -> dict:
                                      **effects[lang, mode, content]})
         print(f"{number}/{len(facts)} facts, {time.perf_counter() - started:.0f} s "
               f"({len(effects)} distinct set effects measured)", flush=True)
+        tick(fact.id)
         if args.json:  # after every fact: a killed run goes on with --resume
             done.setdefault("done_facts", []).append(fact.id)
             save_partial(args.json, {"settings": settings, "rows": rows,
@@ -349,7 +356,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(cpu_summary(), flush=True)
-    result = measure(args)
+    with ProgressBars() as bars:
+        result = measure(args, bars)
     text = (f"{args.data}, languages {','.join(result['languages'])}, "
             f"{len(result['facts'])} facts of {', '.join(result['relations'])}; {args.model} "
             f"({result['dtype']}), {args.steps} steps, "
