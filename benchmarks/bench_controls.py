@@ -57,8 +57,10 @@ from mkn.localization.reference import (
     REFERENCE_POOL,
     reference_facts,
     reference_generic,
+    reference_pool,
     reference_relations,
 )
+from mkn.localization.relations import MIN_RELATION_FACTS, contrastive_set
 from mkn.models.devices import cpu_summary
 
 MODES = ("suppress", "enhance")
@@ -100,7 +102,7 @@ def measure(args, bars: ProgressBars) -> dict:
     print(f"{len(sample) - len(held_out)} sampled facts left out (in the reference sample); "
           + known.describe(), flush=True)
     everything = KnownItems("any", known.languages, known.knowledge)  # locate unknown items too
-    relation_lists = {}
+    relation_lists, means, contrasted = {}, {}, {}
     if args.relation_facts:  # relation neurons, on reference facts held out from these facts
         started_relations = time.perf_counter()
         for method in args.methods:
@@ -113,12 +115,21 @@ def measure(args, bars: ProgressBars) -> dict:
             print(f"relation neurons ({method}): reference facts per relation {covered}; "
                   f"held-out overlap {relation_lists[method].source['held_out']['overlap']}; "
                   f"{'built' if built else 'cached'}: {path}", flush=True)
+        if args.contrastive:
+            for method in args.methods:
+                config = LocateConfig(method=method, steps=args.steps,
+                                      max_queries=args.max_queries, known="any",
+                                      degenerate=False)
+                means[method], contrasted[method] = relation_means(
+                    lm, args.data, languages, relation_lists[method], config, cache, bars)
         seconds_reference += time.perf_counter() - started_relations
     clean = CleanProbs(lm)
     rows: list[dict] = []
     edited_variants = {"left out"} | {f"{kind} >= {share:g}" for kind in ("fact set",
                                                                           "relation set")
                                       for share in args.relation_shares[:1]}
+    if args.contrastive:
+        edited_variants.add(f"contrastive >= {args.contrastive:g}")
     done, settings = resumed(args, [f.id for f in facts])
     tick = bars.task("measured facts", len(facts))
     rows += [r for r in done.get("rows", [])]
@@ -148,6 +159,11 @@ def measure(args, bars: ProgressBars) -> dict:
                     fact_set, relation_set = listed.split(fact.relation, kept)
                     variants += [(f"fact set >= {share:g}", fact_set),
                                  (f"relation set >= {share:g}", relation_set)]
+                mean = means.get(method, {}).get((fact.relation, lang))
+                if mean is not None:  # the relation has reference facts known in lang
+                    variants.append((f"contrastive >= {args.contrastive:g}",
+                                     contrastive_set(kept, result.scores, mean,
+                                                     args.contrastive)))
                 for variant, neurons in variants:
                     if not neurons:
                         continue
@@ -183,12 +199,41 @@ def measure(args, bars: ProgressBars) -> dict:
             "max_queries": args.max_queries, "draws": args.draws, "unrelated": args.unrelated,
             "same_relation": args.same_relation, "relation_facts": args.relation_facts,
             "relation_shares": args.relation_shares if relation_lists else [],
+            "contrastive": args.contrastive,
+            "contrastive_facts": {m: {f"{r} {lang}": n for (r, lang), n in sorted(c.items())}
+                                  for m, c in contrasted.items()},
             "relation_covered": {m: r.covered() for m, r in relation_lists.items()},
             "relation_neurons": {m: {f"{share:g}": r.with_threshold(share).sizes()
                                      for share in args.relation_shares}
                                  for m, r in relation_lists.items()},
             "knowledge": known.to_summary(), "seconds": time.perf_counter() - started,
             "seconds_reference": seconds_reference, "rows": rows}
+
+
+def relation_means(lm, data: str, languages: list[str], listed, config: LocateConfig,
+                   cache: dict, bars: ProgressBars) -> tuple[dict[tuple[str, str], torch.Tensor],
+                                                             dict[tuple[str, str], int]]:
+    """``mean_{g in F_r} a_g`` per (relation, language), and the number of facts averaged:
+    the attribution scores of the reference facts of each covered relation of ``listed``, in
+    the languages where they are known (its items), averaged (the contrast of
+    :func:`contrastive_set`); none where fewer than MIN_RELATION_FACTS are known."""
+    pool = {fact.id: fact for fact in reference_pool(data, languages)}
+    where: dict[str, list[str]] = defaultdict(list)
+    for item in listed.items:
+        if listed.covers(item.relation):
+            where[item.fact_id].append(item.language)
+    tick = bars.task(f"contrastive: the {config.method} scores of the reference facts",
+                     len(where))
+    scores: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
+    for fact_id, langs in where.items():
+        fact = pool[fact_id]
+        located = locate_fact(lm, fact, sorted(set(langs)), config, cache)
+        for lang, result in located.languages.items():
+            scores[fact.relation, lang].append(result.scores.float())
+        tick(fact_id)
+    enough = {key: found for key, found in scores.items() if len(found) >= MIN_RELATION_FACTS}
+    return ({key: torch.stack(found).mean(0) for key, found in enough.items()},
+            {key: len(found) for key, found in enough.items()})
 
 
 def run_settings(args, facts: list[str]) -> dict:
@@ -294,7 +339,8 @@ def table(result: dict) -> str:
             groups[(row["method"], row["generic"], row["known"], row["mode"])].append(row)
     order = ["left out", "kept"] + [f"{kind} >= {share:g}" for share in
                                    result.get("relation_shares", [])
-                                   for kind in ("fact set", "relation set")]
+                                   for kind in ("fact set", "relation set")] + [
+        f"contrastive >= {result.get('contrastive', 0):g}"]
     lines = []
     for (method, variant, is_known, mode), rows in sorted(
             groups.items(), key=lambda kv: (kv[0][0], not kv[0][2], order.index(kv[0][1]),
@@ -341,6 +387,11 @@ def main() -> None:
     parser.add_argument("--relation-shares", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.5], help="relation-neuron thresholds to compare (share of "
                         "the relation's reference facts)")
+    parser.add_argument("--contrastive", type=float, default=0.0,
+                        help="with --relation-facts: also measure each set's contrastive fact "
+                             "set, the neurons whose attribution exceeds the mean of the "
+                             "relation's reference facts by this share of the largest excess "
+                             "(0: not measured; mkn.localization.relations.contrastive_set)")
     parser.add_argument("--edits", action="store_true",
                         help="also edit every known item through its set (generic left out, "
                              "and its fact and relation sets at the first share) and a random "

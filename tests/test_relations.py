@@ -194,3 +194,30 @@ def test_injection_reports_locality_for_the_fact_set_the_relation_set_and_random
     assert set(summary) == {"fact set", "relation set", "random set"}
     assert summary["relation set"]["same_relation"]["source"]["value"] is not None
     assert "same-relation facts" in injection.table(result)
+
+
+def test_the_contrastive_score_keeps_the_planted_fact_neuron_and_drops_the_relation_neuron():
+    """c(n) = a_France(n) - mean over other capitals of a(n): RELATION_NEURON raises every
+    capital, so its contrast is small; FACT_NEURON raises Paris only and stands out."""
+    from mkn.data.schema import Fact
+    from mkn.localization.locate import LocateConfig, locate_fact
+    from mkn.localization.relations import contrastive_set
+    from tests.test_controls import FACT_NEURON, facts
+    from tests.tiny_models import torch_threads
+
+    with torch_threads(1):
+        lm = planted_relation_gpt2()
+        config = LocateConfig(method="ig", steps=4, known="any", degenerate=False,
+                              thresholds={"en": 0.1})
+        others = [Fact(id=f"ref-{country}", relation="P36", languages={"en": {
+            "subject": country, "object": gold, "queries": [f"The capital of {country} [Y] ."]}})
+            for country, gold in REFERENCE_CAPITALS]
+        france = locate_fact(lm, facts()[0], ["en"], config).languages["en"]
+        assert {FACT_NEURON, RELATION_NEURON} <= set(france.neurons)
+        mean = torch.stack([locate_fact(lm, fact, ["en"], config).languages["en"].scores
+                            for fact in others]).mean(0)
+        kept = contrastive_set(france.neurons, france.scores, mean)
+        assert FACT_NEURON in kept and RELATION_NEURON not in kept
+        assert contrastive_set(france.neurons, france.scores, france.scores) == []  # no contrast
+        assert set(contrastive_set(france.neurons, france.scores, torch.zeros_like(mean),
+                                   share=0.0)) == set(france.neurons)  # nothing to contrast with

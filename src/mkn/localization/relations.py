@@ -27,12 +27,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+import torch
+
 from mkn.localization.generic import GenericNeurons, ReferenceList, fact_rows
 from mkn.models.families import Neuron
 
 DEFAULT_THRESHOLD = 0.5
 MIN_FACTS = 2  # facts of its relation a relation neuron must serve
 MIN_RELATION_FACTS = 3  # reference facts a relation needs for its list
+CONTRASTIVE_SHARE = 0.2  # contrastive_set: share of the largest contrast (Dai et al.'s 0.2)
 
 
 def within_relation_shares(rows: Iterable[tuple[str, Iterable[Neuron]]]
@@ -104,6 +107,26 @@ class RelationNeurons(ReferenceList):
         listed = self.neurons(relation)
         neurons = list(neurons)
         return [n for n in neurons if n not in listed], [n for n in neurons if n in listed]
+
+
+def contrastive_set(neurons: Iterable[Neuron], scores: torch.Tensor, others: torch.Tensor,
+                    share: float = CONTRASTIVE_SHARE) -> list[Neuron]:
+    """The neurons of a fact's set that stand out against other facts of its relation (the
+    alternative to relation neurons that issue 25 asks to measure):
+
+        c(n) = a_f(n) - mean_{g in F_r} a_g(n),    kept: n in ``neurons`` with
+        c(n) >= share * max_m c(m) > 0,
+
+    with ``scores`` = a_f and ``others`` = the mean over reference facts ``F_r`` of the
+    relation (``[layers, neurons]``, same method and language). Dai et al.'s relative threshold
+    applied to the contrast, in the spirit of the negative examples of EleutherAI's
+    knowledge-neurons (which remove the neurons of negative prompts as a set instead). Order
+    kept; empty when no neuron is above the relation's mean."""
+    contrast = scores.float() - others.float()
+    top = float(contrast.max())
+    if top <= 0:
+        return []
+    return [n for n in neurons if float(contrast[n[0], n[1]]) >= share * top]
 
 
 @dataclass(frozen=True)
