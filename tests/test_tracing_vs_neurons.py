@@ -86,3 +86,29 @@ def test_localization_predicts_editing_where_one_mlp_carries_every_fact():
     text = lve.table(result)
     assert "Spearman(edit gain, tracing) over layers" in text and "chance 0.25" in text
     assert "locality of the best layer's edit" in text
+
+
+def test_localization_vs_editing_never_edits_neurons_left_out_of_the_fact_set():
+    """Each layer's top-k is taken from the fact set: with the layer-2 top-4 of a capital made
+    relation neurons of its relation, the layer-2 edit takes other neurons (another gain)."""
+    from mkn.experiments import localization_vs_editing as lve
+    from mkn.localization.generic import ReferenceItem
+    from mkn.localization.locate import locate_fact
+    from mkn.localization.relations import LeftOut, RelationNeurons
+
+    ranked = lve.without(torch.tensor([[3.0, 1.0], [2.0, 5.0]]), [(1, 1)])
+    assert ranked[1].tolist() == [2.0, -float("inf")] and ranked[0].tolist() == [3.0, 1.0]
+    lm = one_live_mlp()
+    facts = tm.capital_facts()[:4]
+    config = LocateConfig(method="grad-x-act", known="any", thresholds={"*": 0.1})
+    scores = locate_fact(lm, facts[0], ["en"], config).languages["en"].scores
+    top = tuple((2, int(i)) for i in torch.argsort(scores[2].float(), descending=True)[:4])
+    listed = RelationNeurons([ReferenceItem(f"ref-{i}", facts[0].relation, "en", top)
+                              for i in range(3)])
+    assert set(listed.neurons(facts[0].relation)) == set(top)
+    before = lve.run(lm, facts, ["en"], config, k=4, samples=4)
+    after = lve.run(lm, facts, ["en"], config, k=4, samples=4,
+                    generic=LeftOut(relations=listed))
+    gain = {i["fact_id"]: i["gain"][2] for i in before["items"]}
+    moved = {i["fact_id"]: i["gain"][2] for i in after["items"]}
+    assert moved[facts[0].id] != gain[facts[0].id]

@@ -3,7 +3,8 @@
 Per known item (fact, language; its first query) and a counterfactual object (another fact of
 the same relation, as in injection), the fact is edited *at each layer in turn*: mkn's neuron
 edit (:func:`mkn.interventions.weights.replace_object`, Dai et al.) on the item's ``k``
-highest-scoring neurons of that layer (by the run's method). Per layer:
+highest-scoring neurons of that layer (by the run's method; neurons the run leaves out of the
+fact's set, generic and relation neurons, are never taken). Per layer:
 
 - ``gain``: log p(new) after the edit - log p(new) before, on the edited query;
 - ``efficacy``: p(new) > p(old) after the edit (the criterion by which an item counts as known:
@@ -47,6 +48,7 @@ from mkn.interventions.weights import edited, replace_object
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig
+from mkn.localization.relations import LeftOut
 from mkn.localization.tracing import causal_trace
 from mkn.models.loading import LanguageModel
 
@@ -73,10 +75,19 @@ def mass_profile(scores: torch.Tensor) -> list[float]:
     return [float(v) / total if total else 0.0 for v in positive]
 
 
+def without(scores: torch.Tensor, excluded) -> torch.Tensor:
+    """``scores`` as float with the ``excluded`` neurons (generic and relation neurons left out
+    of the fact's set) at -inf, so that no layer's top-k takes them."""
+    ranked = scores.float().clone()
+    for layer, index in excluded:
+        ranked[layer, index] = -math.inf
+    return ranked
+
+
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, k: int = 8, draws: int = 1, samples: int = 10,
         progress: Progress | None = None, cache: AttributionCache | None = None,
-        known: KnownItems | None = None, generic: GenericNeurons | None = None) -> dict:
+        known: KnownItems | None = None, generic: GenericNeurons | LeftOut | None = None) -> dict:
     if not lm.causal:
         raise ValueError(f"localization-vs-editing needs a causal LM; {lm.name} is a masked LM")
     known, located = locate_known(lm, facts, languages, config, progress, cache, known,
@@ -84,6 +95,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     items, skipped = [], []
     clean = CleanProbs(lm)
     for fact in facts:
+        excluded = LeftOut.of(generic).excluded(fact.relation)
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
         for lang in located[fact.id].languages:
             if other is None or lang not in other.languages:
@@ -91,6 +103,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                                 "reason": "no counterfactual of the same relation"})
                 continue
             result = located[fact.id].languages[lang]
+            ranked = without(result.scores, excluded)  # the fact set's neurons only
             prompt, old = fact.prompts(lang)[0], fact.languages[lang].object
             new, subject = other.languages[lang].object, fact.languages[lang].subject
             trace = causal_trace(lm, prompt, old, subject, kinds=("mlp",), samples=samples,
@@ -103,7 +116,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             gains, efficacy, random_gains, random_efficacy = [], [], [], []
             top = []  # the k highest-scoring neurons of each layer
             for layer in range(lm.n_layers):
-                order = torch.argsort(result.scores[layer].float(), descending=True)
+                order = torch.argsort(ranked[layer], descending=True)
                 chosen = [(layer, int(i)) for i in order[:k]]
                 top.append(chosen)
                 log_new, took = _edit_scores(lm, chosen, prompt, old, new)
