@@ -117,9 +117,9 @@ def measure(args, bars: ProgressBars) -> dict:
                   f"{'built' if built else 'cached'}: {path}", flush=True)
         if args.contrastive:
             for method in args.methods:
-                config = LocateConfig(method=method, steps=args.steps,
-                                      max_queries=args.max_queries, known="any",
-                                      degenerate=False)
+                # one query per item, as the reference lists were located
+                config = LocateConfig(method=method, steps=args.steps, max_queries=1,
+                                      known="any", degenerate=False)
                 means[method], contrasted[method] = relation_means(
                     lm, args.data, languages, relation_lists[method], config, cache, bars)
         seconds_reference += time.perf_counter() - started_relations
