@@ -404,20 +404,19 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="go on from the partial rows of a killed run with the same settings")
     parser.add_argument("--markdown", type=Path, default=None, help="save the table here")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="only print the tables of a saved --json file, or of its "
+                             "NAME.partial.json (the facts done so far)")
     args = parser.parse_args()
+    if args.render:
+        print(header(rendered(args.render)) + "\n\n" + table(rendered(args.render))
+              + edit_table(rendered(args.render)))
+        return
     torch.manual_seed(0)
     print(cpu_summary(), flush=True)
     with ProgressBars() as bars:
         result = measure(args, bars)
-    text = (f"{args.data}, languages {','.join(result['languages'])}, "
-            f"{len(result['facts'])} facts of {', '.join(result['relations'])}; {args.model} "
-            f"({result['dtype']}), {args.steps} steps, "
-            + (f"at most {args.max_queries} queries" if args.max_queries else "every query")
-            + " attributed; "
-            f"{args.draws} random draws, {args.unrelated} unrelated facts, "
-            f"{args.same_relation} same-relation facts; "
-            f"{result['seconds'] / 60:.1f} min ({result['seconds_reference'] / 60:.1f} for the "
-            "generic-neuron reference lists)\n\n" + table(result) + edit_table(result))
+    text = header(result) + "\n\n" + table(result) + edit_table(result)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n", encoding="utf-8")
@@ -425,6 +424,37 @@ def main() -> None:
         args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n",
                              encoding="utf-8")
 
+
+def rendered(path: Path) -> dict:
+    """A saved result, or a partial one (its settings, rows and finished facts) shaped like
+    it."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if "settings" not in saved:
+        return saved
+    return {**saved["settings"], "rows": saved["rows"], "done_facts": saved["done_facts"],
+            "relations": sorted({r["relation"] for r in saved["rows"]})}
+
+
+def header(result: dict) -> str:
+    """What was measured, in one paragraph (a partial run says how far it got)."""
+    done = result.get("done_facts")
+    facts = (f"{len(result['facts'])} facts" if done is None
+             else f"{len(done)} of {len(result['facts'])} facts (partial run)")
+    relations = ""
+    if result.get("relation_shares"):
+        relations = (f"; relation neurons from {result['relation_facts']} known reference "
+                     f"facts per relation, shares {', '.join(map(str, result['relation_shares']))}"
+                     + (f", contrastive {result['contrastive']:g}" if result.get("contrastive")
+                        else ""))
+    took = (f"; {result['seconds'] / 60:.1f} min ({result['seconds_reference'] / 60:.1f} for "
+            "the reference lists)" if "seconds" in result else "")
+    return (f"{result['data']}, languages {','.join(result['languages'])}, {facts} of "
+            f"{', '.join(result['relations'])}; {result['model']} "
+            f"({result.get('dtype', 'auto')}), {result['steps']} steps, "
+            + (f"at most {result['max_queries']} queries" if result["max_queries"]
+               else "every query")
+            + f" attributed; {result['draws']} random draws, {result['unrelated']} unrelated "
+            f"facts, {result['same_relation']} same-relation facts{relations}{took}")
 
 if __name__ == "__main__":
     main()
