@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -62,6 +65,7 @@ from mkn.localization.reference import (
 )
 from mkn.localization.relations import MIN_RELATION_FACTS, contrastive_set
 from mkn.models.devices import cpu_summary
+from mkn.report.relation_evidence import KIND, answer
 
 MODES = ("suppress", "enhance")
 LABELS = {"left out": "generic left out", "kept": "all (generic kept)"}  # the rest: generic out
@@ -191,7 +195,8 @@ def measure(args, bars: ProgressBars) -> dict:
             done.setdefault("done_facts", []).append(fact.id)
             save_partial(args.json, {"settings": settings, "rows": rows,
                                      "done_facts": done["done_facts"]})
-    return {"model": args.model, "dtype": str(lm.dtype).removeprefix("torch."),
+    return {"command": "python benchmarks/bench_controls.py " + shlex.join(sys.argv[1:]),
+            "model": args.model, "dtype": str(lm.dtype).removeprefix("torch."),
             "cpu": cpu_summary(), "data": args.data,
             "languages": languages, "facts": [f.id for f in facts],
             "left_out_in_reference": len(sample) - len(held_out),
@@ -203,6 +208,8 @@ def measure(args, bars: ProgressBars) -> dict:
             "contrastive_facts": {m: {f"{r} {lang}": n for (r, lang), n in sorted(c.items())}
                                   for m, c in contrasted.items()},
             "relation_covered": {m: r.covered() for m, r in relation_lists.items()},
+            "relation_overlap": {m: r.source["held_out"]["overlap"]
+                                 for m, r in relation_lists.items()},
             "relation_neurons": {m: {f"{share:g}": r.with_threshold(share).sizes()
                                      for share in args.relation_shares}
                                  for m, r in relation_lists.items()},
@@ -404,13 +411,19 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="go on from the partial rows of a killed run with the same settings")
     parser.add_argument("--markdown", type=Path, default=None, help="save the table here")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="with --relation-facts: save the slim summary that RESULTS and "
+                             "BENCHMARKS read (mkn.report.relation_evidence), e.g. "
+                             "docs/results/relation-neurons-bmlama17.json")
     parser.add_argument("--render", type=Path, default=None,
                         help="only print the tables of a saved --json file, or of its "
                              "NAME.partial.json (the facts done so far)")
     args = parser.parse_args()
     if args.render:
-        print(header(rendered(args.render)) + "\n\n" + table(rendered(args.render))
-              + edit_table(rendered(args.render)))
+        result = rendered(args.render)
+        print(header(result) + "\n\n" + table(result) + edit_table(result))
+        if args.summary and "seconds" in result:  # a finished run
+            write_summary(result, args.summary)
         return
     torch.manual_seed(0)
     print(cpu_summary(), flush=True)
@@ -423,6 +436,72 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n",
                              encoding="utf-8")
+    if args.summary:
+        write_summary(result, args.summary)
+
+
+def write_summary(result: dict, path: Path) -> None:
+    """Print the plain-words answer and save the slim summary (a run with relation neurons)."""
+    if not result.get("relation_shares"):
+        raise SystemExit("--summary needs a run with --relation-facts")
+    slim = summary(result)
+    print("\n\n".join(answer(slim)))
+    path.write_text(json.dumps(slim, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+SUMMARY_KEYS = {"own": "effect", "same": "same_relation_effect", "other": "unrelated_effect",
+                "random": "random_effect"}
+
+
+def variant_kind(variant: str) -> tuple[str, float | None]:
+    """``(kind, share)`` of a set's label: full, kept, fact, relation or contrastive."""
+    if variant in ("left out", "kept"):
+        return ("full" if variant == "left out" else "kept"), None
+    name, share = variant.split(" >= ")
+    return name.split()[0], float(share)
+
+
+def summary(result: dict) -> dict:
+    """The slim summary of a run with relation neurons that the report reads
+    (:mod:`mkn.report.relation_evidence`): known items, suppression, per set; and the edits."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    edits: dict[tuple, list[dict]] = defaultdict(list)
+    for row in result["rows"]:
+        if row.get("kind") == "edit":
+            edits[row["generic"], row["set"] == "random"].append(row)
+        elif row["known"] and row["mode"] == "suppress":
+            groups[row["generic"]].append(row)
+    sets = []
+    for variant, rows in groups.items():
+        kind, share = variant_kind(variant)
+        sets.append({"set": variant, "kind": kind, "share": share, "items": len(rows),
+                     "neurons": statistics.median(r["neurons"] for r in rows),
+                     **{key: _slim(clustered_interval([(r["fact_id"], r[field]) for r in rows
+                                                       if r.get(field) is not None]))
+                        for key, field in SUMMARY_KEYS.items()}})
+    order = {"full": 0, "kept": 1, "fact": 2, "relation": 3, "contrastive": 4}
+    sets.sort(key=lambda r: (r["share"] or 0, order[r["kind"]]))
+    slim_edits = []
+    for (variant, is_random), rows in edits.items():
+        kind, share = variant_kind(variant)
+        flags = [x for r in rows for x in r["efficacy"]]
+        slim_edits.append({
+            "set": variant, "kind": kind, "share": share, "random": is_random, "edits": len(rows),
+            "efficacy": [sum(flags), len(flags)],
+            **{key: _slim(clustered_interval([(r["fact_id"], statistics.fmean(r[field]))
+                                              for r in rows if r[field]]))
+               for key, field in (("same", "same_relation"), ("other", "other_relation"))}})
+    overlap = {m: c for m, c in result.get("relation_overlap", {}).items()}
+    return {"kind": KIND, "command": result["command"], "model": result["model"],
+            "dtype": result["dtype"], "cpu": result["cpu"], "data": result["data"],
+            "languages": result["languages"], "facts": len(result["facts"]),
+            "relation_facts": result["relation_facts"],
+            "reference_overlap": max(overlap.values()) if overlap else None,
+            "minutes": result["seconds"] / 60, "sets": sets, "edits": slim_edits}
+
+
+def _slim(entry: dict) -> dict:
+    return {k: entry[k] for k in ("value", "ci95", "n", "facts")}
 
 
 def rendered(path: Path) -> dict:
