@@ -192,12 +192,18 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                saved["parts"][0]["experiments"].items() if name != "audits")
     # an earlier page's verdicts beside the new ones: the same study, every verdict unchanged
     (tmp_path / "earlier.md").write_text(page, encoding="utf-8")
+    from tests.test_relation_evidence import row, summary  # a relation-neuron summary beside it
+
+    (tmp_path / "out" / "relation-neurons-tiny.json").write_text(json.dumps(summary(
+        [row("full", None, -0.95, -0.55), row("fact", 0.5, -0.85, -0.05)])))
     again = write_results(tmp_path / "out" / "study.json", tmp_path / "again.md",
                           before=tmp_path / "earlier.md").read_text(encoding="utf-8")
     table = again.split("### Before and after the review (issue 20)")[1].split("\n## ")[0]
     reasons = [line.rsplit(" | ", 1)[1] for line in table.splitlines()
                if line.startswith("| C")]
     assert reasons and set(reasons) == {"unchanged |"}, table
+    assert "## Fact neurons or relation neurons? (issue 25)" in again
+    assert "## Fact neurons or relation neurons?" not in page  # none beside it then
     cost = study["parts"][0]["localization"]["amig"]["cost"]
     assert cost["fact_language_pairs"] == 12 and cost["mean_attribution_seconds"] > 0
     # the committed form: gzip-compressed, same bytes for the same study, rendered alike

@@ -15,6 +15,7 @@ from pathlib import Path
 from mkn.experiments import EXPERIMENTS
 from mkn.experiments.common import markdown_table
 from mkn.experiments.metrics import holm
+from mkn.report import relation_evidence
 from mkn.runs.directory import check_ours, read_json, write_atomic, write_json
 
 CAVEATS = """\
@@ -690,7 +691,9 @@ def claims_section(study: dict, earlier: list[dict] | None = None) -> list[str]:
     return out
 
 
-def render(study: dict, source: str = "study.json", earlier: list[dict] | None = None) -> str:
+def render(study: dict, source: str = "study.json", earlier: list[dict] | None = None,
+           evidence: list[dict] | None = None) -> str:
+    """The page; ``evidence``: relation-neuron summaries to add (:mod:`.relation_evidence`)."""
     config = study["config"]
     out = [
         f"# Reproduction study: {config['model']}",
@@ -744,6 +747,7 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
         out += section(study, key, title, text)
     for key, title, text in other_sections(study):
         out += section(study, key, title, text)
+    out += relation_evidence.section(evidence or [])
     out += ["## 6. Cost", "",
             "Attribution seconds per (fact, language) (all its attributed queries), per method; "
             "`matrice` reuses `amig`'s per-query attributions, so its cost is AMIG's plus a "
@@ -827,7 +831,8 @@ def write_results(study_json: Path, out: Path, refresh: bool = False,
     check_ours(out, RESULTS_MARKER, "choose another --results, or delete that file yourself to "
                "have mkn write it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_atomic(out, render(study, source=str(study_json), earlier=earlier))
+    return write_atomic(out, render(study, source=str(study_json), earlier=earlier,
+                                    evidence=relation_evidence.load(Path(study_json).parent)))
 
 
 RESULTS_MARKER = "Produced by `mkn reproduce"  # in the header of every page render() writes
