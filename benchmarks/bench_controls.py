@@ -484,10 +484,10 @@ def summary(result: dict) -> dict:
     slim_edits = []
     for (variant, is_random), rows in edits.items():
         kind, share = variant_kind(variant)
-        flags = [x for r in rows for x in r["efficacy"]]
         slim_edits.append({
             "set": variant, "kind": kind, "share": share, "random": is_random, "edits": len(rows),
-            "efficacy": [sum(flags), len(flags)],
+            **{key: [sum(x for r in rows for x in r[key]), sum(len(r[key]) for r in rows)]
+               for key in ("efficacy", "generalization", "portability")},
             **{key: _slim(clustered_interval([(r["fact_id"], statistics.fmean(r[field]))
                                               for r in rows if r[field]]))
                for key, field in (("same", "same_relation"), ("other", "other_relation"))}})

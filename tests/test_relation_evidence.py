@@ -57,6 +57,10 @@ def test_no_threshold_meeting_the_target_is_said_plainly_with_the_trade_off():
     assert "**No relation-neuron threshold meets the target on this model.**" in text
     assert "share >= 0.5: own -60% [-65, -55], same relation -10% [-15, -5]; share >= 1" in text
     assert "does not meet the target here (own -60%" in text
+    assert "So there are fact-specific neurons, but they hold less of the fact" in text
+    assert "share >= 0.5 left out) (median 9 neurons) keeps the relation's other" in text
+    broad = "\n".join(ev.answer(summary([row("fact", 0.5, -0.6, -0.3)])))
+    assert "the located sets are mostly relation neurons" in broad
     thin = summary([row("full", None, -0.95, -0.1, other=-0.2)])  # other relations fail it
     assert not ev.meets(thin["sets"][0])
 

@@ -114,6 +114,20 @@ def answer(summary: dict) -> list[str]:
                           f"{_pct(r['same'])}" for r in facts)
         out.append("**No relation-neuron threshold meets the target on this model.** The "
                    f"trade-off (own drop against same-relation drop): {curve}.")
+        local = [r for r in facts if _value(r["same"]) is not None
+                 and abs(r["same"]["value"]) <= TARGET["same"]]
+        if local:
+            best = min(local, key=lambda r: r["own"]["value"])
+            out.append(
+                "So there are fact-specific neurons, but they hold less of the fact than the "
+                f"papers' sets: {_name(best)} (median {best['neurons']:g} neurons) keeps the "
+                f"relation's other facts within {100 * TARGET['same']:.0f}% "
+                f"({_pct(best['same'])}) and changes its own p(gold) by {_pct(best['own'])}"
+                + (f", against {_pct(full['own'])} for the full set." if full else "."))
+        else:
+            out.append("No fact set keeps the relation's other facts within "
+                       f"{100 * TARGET['same']:.0f}%: on this model and data the located sets "
+                       "are mostly relation neurons.")
     contrastive = next((r for r in sets if r["kind"] == "contrastive"), None)
     if contrastive:
         out.append(
@@ -156,6 +170,35 @@ def table(summary: dict) -> str:
                            "meets the target"], rows)
 
 
+def _share(pair: list[int] | None) -> str:
+    return f"{pair[0]}/{pair[1]}" if pair and pair[1] else "-"
+
+
+def edit_table(summary: dict) -> str:
+    """Edits through each set and a random set of its shape: queries where p(new) > p(old)
+    (the edit query, its paraphrases, the other languages that know the fact), and locality."""
+    rows = [[("random set shaped like " if e["random"] else "") + _name(e), e["edits"],
+             _share(e["efficacy"]), _share(e.get("generalization")),
+             _share(e.get("portability")), fmt_ci(e["same"]), fmt_ci(e["other"])]
+            for e in sorted(summary.get("edits", []), key=lambda e: (e["share"] or 0, e["kind"],
+                                                                     e["random"]))]
+    return markdown_table(["edited set", "edits", "efficacy", "generalization", "portability",
+                           "same-relation facts [95% CI]", "other-relation facts [95% CI]"],
+                          rows)
+
+
+def block(summary: dict) -> list[str]:
+    """One summary: where it came from, the suppression and edit tables, and the answer."""
+    return [f"`{summary['command']}` ({summary['model']}, {summary['dtype']}, "
+            f"{summary['minutes']:.1f} min on {summary['cpu']})", "",
+            "Suppression (x0) of each set, known items; medians with bootstrap 95% intervals "
+            "over facts:", "", table(summary), "",
+            "Edits (Dai et al.'s, to another object of the relation; success: p(new) > p(old)) "
+            "and their locality (relative change of p(gold) of same- and other-relation facts "
+            "known in each language; per edit the mean over its neighbours):", "",
+            edit_table(summary), "", *[p + "\n" for p in answer(summary)]]
+
+
 def section(summaries: list[dict]) -> list[str]:
     """A RESULTS section: per summary, where it came from, the table and the answer."""
     if not summaries:
@@ -167,9 +210,7 @@ def section(summaries: list[dict]) -> list[str]:
            "fact's *fact set* leaves them out, its *relation set* is the rest "
            "(`mkn.localization.relations`).", ""]
     for summary in summaries:
-        out += [f"### {summary['data']}", "", f"`{summary['command']}` ({summary['model']}, "
-                f"{summary['dtype']}, {summary['minutes']:.1f} min on {summary['cpu']})", "",
-                table(summary), "", *[p + "\n" for p in answer(summary)]]
+        out += [f"### {summary['data']}", "", *block(summary)]
     return out
 
 
