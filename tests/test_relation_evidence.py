@@ -72,6 +72,12 @@ def test_results_add_the_summaries_beside_the_study_and_refuse_another_kind(tmp_
     assert text.startswith("## Fact neurons or relation neurons? (issue 25)")
     assert "`python benchmarks/bench_controls.py --x` (m, bfloat16, 9.0 min on cpu)" in text
     assert ev.section([]) == []
+    assert "**In short (m):** a fact set with the relation neurons left out meets the target " \
+        "on bmlama:bmlama17. Suppressing a full set lowers other facts of its own relation " \
+        "more" in text
+    near = summary([row("full", None, -0.95, -0.05, other=-0.03)])  # intervals overlap
+    assert "(intervals apart) on 0 of 1 data sets" in ev.in_short([near])
+    assert "no fact set meets the target on any data set" in ev.in_short([near])
     (tmp_path / "relation-neurons-bad.json").write_text('{"kind": "other"}')
     with pytest.raises(ValueError, match="relation-neurons-bad.json: not a relation-neuron "
                                          "summary"):

@@ -211,7 +211,35 @@ def section(summaries: list[dict]) -> list[str]:
            "(`mkn.localization.relations`).", ""]
     for summary in summaries:
         out += [f"### {summary['data']}", "", *block(summary)]
-    return out
+    return out + [in_short(summaries), ""]
+
+
+def in_short(summaries: list[dict]) -> str:
+    """One sentence over every summary: where a fact set meets the target, where none does."""
+    met = [s["data"] for s in summaries if any(meets(r) for r in s["sets"] if r["kind"] == "fact")]
+    missed = [s["data"] for s in summaries if s["data"] not in met]
+    models = ", ".join(sorted({s["model"] for s in summaries}))
+    return (f"**In short ({models}):** "
+            + (f"a fact set with the relation neurons left out meets the target on "
+               f"{', '.join(met)}" if met else "no fact set meets the target on any data set")
+            + (f"; on {', '.join(missed)} none does, and the trade-off above is the best there"
+               if missed and met else "")
+            + ". " + _relation_reading(summaries))
+
+
+def _relation_reading(summaries: list[dict]) -> str:
+    """Whether suppressing the full sets moves same-relation facts more than other-relation
+    facts, by intervals that do not overlap, in every summary."""
+    full = [r for s in summaries for r in s["sets"] if r["kind"] == "full"
+            and _value(r["same"]) is not None and _value(r["other"]) is not None]
+    apart = [r for r in full if r["same"]["ci95"][1] < r["other"]["ci95"][0]]
+    if full and len(apart) == len(full):
+        return ("Suppressing a full set lowers other facts of its own relation more than facts "
+                "of other relations on every data set here (the intervals do not overlap): read "
+                "a knowledge-neuron set as partly its relation's neurons unless the relation "
+                "neurons are left out.")
+    return (f"Suppressing a full set lowers same-relation facts more than other-relation facts "
+            f"(intervals apart) on {len(apart)} of {len(full)} data sets.")
 
 
 def load(folder: Path) -> list[dict]:
