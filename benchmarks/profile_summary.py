@@ -1,10 +1,10 @@
 """Where a run's time goes, from a py-spy profile (issue 26's first step).
 
 Reads the collapsed stacks of ``py-spy record -f raw`` (one ``frame;frame;... count`` line per
-distinct stack, sampled at ``--rate`` Hz) and prints two tables: the time per *phase* (the
-innermost study phase or experiment module on the stack: ``mkn/experiments/NAME.py`` or
-``mkn/localization/{reference,knowledge,locate}.py``) and per *kind of work* (the innermost mkn
-package doing the work: attribution, interventions, tracing, data, ...), each in seconds and
+distinct stack, sampled at ``--rate`` Hz) and prints two tables: the time per *phase* (building
+the reference lists, each experiment, probing and locating the run's facts) and per *kind of
+work* (the innermost mkn module on the stack: forward scoring, IG passes, interventions,
+tracing, data, ...), each in seconds and
 as a share of all samples of the main thread.
 
     .venv/bin/py-spy record -r 10 -f raw -o runs/profile-study.raw -- \\
@@ -20,9 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 FRAME = re.compile(r"\((?:[^()]*/)?(mkn/[\w/]+)\.py:\d+\)")
-PHASES = ("experiments/", "localization/reference", "localization/knowledge",
-          "localization/locate", "jobs/study")
-KINDS = {"attribution/": "attribution (IG passes)", "interventions/": "interventions",
+KINDS = {"attribution/scoring": "forward scoring (probes, interventions, clean runs)",
+         "attribution/": "IG passes (engine, baselines)", "interventions/": "interventions",
          "localization/tracing": "causal tracing", "localization/": "localization (other)",
          "experiments/": "experiment code", "data/": "data loading",
          "models/": "model code (hooks, loading)", "report/": "report",
@@ -35,10 +34,18 @@ def modules(stack: str) -> list[str]:
 
 
 def phase_of(found: list[str]) -> str:
-    """The innermost study phase on the stack (an experiment, or a localization step)."""
-    for module in reversed(found):
-        if module.startswith(PHASES) and module != "experiments/common":
-            return module
+    """The study phase of a stack: building a reference list (generic or relation neurons:
+    probing and locating its sample), an experiment, probing or locating the run's facts."""
+    if "localization/reference" in found:
+        return "reference lists (probe + locate their samples)"
+    experiments = [m for m in found if m.startswith("experiments/")
+                   and m not in ("experiments/common", "experiments/metrics")]
+    if experiments:
+        return experiments[0].removeprefix("experiments/")
+    if "localization/knowledge" in found:
+        return "probing the run's facts"
+    if "localization/locate" in found:
+        return "locating the run's facts"
     return "other" if found else "outside mkn (start-up, imports)"
 
 

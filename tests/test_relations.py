@@ -221,3 +221,30 @@ def test_the_contrastive_score_keeps_the_planted_fact_neuron_and_drops_the_relat
         assert contrastive_set(france.neurons, france.scores, france.scores) == []  # no contrast
         assert set(contrastive_set(france.neurons, france.scores, torch.zeros_like(mean),
                                    share=0.0)) == set(france.neurons)  # nothing to contrast with
+
+
+def test_the_relation_reference_sample_is_probed_once_for_every_method(tmp_path, monkeypatch):
+    """A run with several methods builds one relation list per method; the reference sample is
+    the same for all (it depends on the knowledge criterion, not the method), so it is probed
+    once per process."""
+    from mkn.data import write_facts
+    from mkn.localization import reference
+    from mkn.localization.locate import LocateConfig
+    from tests.test_controls import facts
+    from tests.tiny_models import torch_threads
+
+    monkeypatch.setattr(reference, "_PROBED", {})
+    monkeypatch.setenv("MKN_CACHE", str(tmp_path / "cache"))
+    probed = []
+    real = reference.reference_facts
+    monkeypatch.setattr(reference, "reference_facts",
+                        lambda *a, **k: probed.append(1) or real(*a, **k))
+    write_facts(facts(), tmp_path / "facts.jsonl")
+    data = f"jsonl:{tmp_path / 'facts.jsonl'}"
+    with torch_threads(1):
+        lm = planted_relation_gpt2()
+        lists = [reference.reference_relations(lm, data, ["en"], LocateConfig(
+            method=method, steps=2, known="any", degenerate=False), ["P36", "P37"],
+            held_out=[facts()[0].id]) for method in ("ig", "amig")]
+    assert [built for _, _, built in lists] == [True, True]  # a list per method
+    assert lists[0][1] != lists[1][1] and len(probed) == 1  # one probe

@@ -190,6 +190,18 @@ def _built_list(cls, lm: LanguageModel, chosen: Sequence, languages: Sequence[st
     return found
 
 
+def _probed_once(sample: dict, probe_sample: Callable[[], tuple]) -> tuple:
+    """The probed reference sample of ``sample`` (the list's key with only the knowledge
+    criterion of its settings: the same for every method), probed once per process: the lists
+    of a run's other methods take it from here."""
+    sample_key = digest(sample)
+    if sample_key not in _PROBED:
+        if len(_PROBED) >= 8:
+            _PROBED.clear()
+        _PROBED[sample_key] = probe_sample()
+    return _PROBED[sample_key]
+
+
 def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], config,
                       rebuild: bool = False,
                       task: Callable[[str, int], Callable[[str], None]] | None = None,
@@ -223,18 +235,12 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
         check_reference_size(found.facts, found.relations, f"the reference sample at {path}",
                              min_facts, min_relations)
         return found.with_threshold(config.generic_share), path, False
-    sample_key = digest({**key, "settings": config.known})  # the same for every method
-    if sample_key in _PROBED:  # probed for another method of the run
-        chosen, known, problems = _PROBED[sample_key]
-    else:
-        most = min(len(pool), REFERENCE_POOL)  # the bar stops early once enough are known
-        probing = task(f"generic neurons: probing for {facts} known facts (of at most {most})",
-                       most) if task else None
-        chosen, known, problems = reference_facts(lm, pool, languages, config.known, facts,
-                                                  probing)
-        if len(_PROBED) >= 8:
-            _PROBED.clear()
-        _PROBED[sample_key] = chosen, known, problems
+    most = min(len(pool), REFERENCE_POOL)  # the bar stops early once enough are known
+    chosen, known, problems = _probed_once(
+        {**key, "settings": config.known},
+        lambda: reference_facts(lm, pool, languages, config.known, facts, task(
+            f"generic neurons: probing for {facts} known facts (of at most {most})", most)
+            if task else None))
     tick = task("generic neurons: reference sample", len(chosen)) if task else None
     # cached even when thin: the probing and attributions are not redone
     generic = _built_list(GenericNeurons, lm, chosen, languages, config, known,
@@ -268,11 +274,12 @@ def reference_relations(lm: LanguageModel, data: str, languages: Sequence[str], 
     if found is not None:
         return found.with_threshold(config.relation_share), path, False
     most = min(len(pool), REFERENCE_POOL)
-    probing = task(f"relation neurons: probing for {per_relation} known facts of each of "
-                   f"{len(relations)} relations (of at most {most})", most) if task else None
-    chosen, known, problems = reference_facts(lm, pool, languages, config.known,
-                                              progress=probing, per_relation=per_relation,
-                                              relations=relations)
+    chosen, known, problems = _probed_once(
+        {**key, "settings": config.known},
+        lambda: reference_facts(lm, pool, languages, config.known, progress=task(
+            f"relation neurons: probing for {per_relation} known facts of each of "
+            f"{len(relations)} relations (of at most {most})", most) if task else None,
+            per_relation=per_relation, relations=relations))
     tick = task("relation neurons: reference sample", len(chosen)) if task else None
     found = _built_list(RelationNeurons, lm, chosen, languages, config, known,
                         config.relation_share, key, path, held, everything, problems, tick,
