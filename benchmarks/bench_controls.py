@@ -120,12 +120,13 @@ def measure(args, bars: ProgressBars) -> dict:
                   f"held-out overlap {relation_lists[method].source['held_out']['overlap']}; "
                   f"{'built' if built else 'cached'}: {path}", flush=True)
         if args.contrastive:
+            pool = {fact.id: fact for fact in reference_pool(args.data, languages)}
             for method in args.methods:
                 # one query per item, as the reference lists were located
                 config = LocateConfig(method=method, steps=args.steps, max_queries=1,
                                       known="any", degenerate=False)
                 means[method], contrasted[method] = relation_means(
-                    lm, args.data, languages, relation_lists[method], config, cache, bars)
+                    lm, pool, relation_lists[method], config, cache, bars)
         seconds_reference += time.perf_counter() - started_relations
     clean = CleanProbs(lm)
     rows: list[dict] = []
@@ -136,7 +137,7 @@ def measure(args, bars: ProgressBars) -> dict:
         edited_variants.add(f"contrastive >= {args.contrastive:g}")
     done, settings = resumed(args, [f.id for f in facts])
     tick = bars.task("measured facts", len(facts))
-    rows += [r for r in done.get("rows", [])]
+    rows += done.get("rows", [])
     for number, fact in enumerate(facts, 1):
         if fact.id in done.get("done_facts", []):
             tick(fact.id)
@@ -217,14 +218,14 @@ def measure(args, bars: ProgressBars) -> dict:
             "seconds_reference": seconds_reference, "rows": rows}
 
 
-def relation_means(lm, data: str, languages: list[str], listed, config: LocateConfig,
-                   cache: dict, bars: ProgressBars) -> tuple[dict[tuple[str, str], torch.Tensor],
+def relation_means(lm, pool: dict, listed, config: LocateConfig, cache: dict,
+                   bars: ProgressBars) -> tuple[dict[tuple[str, str], torch.Tensor],
                                                              dict[tuple[str, str], int]]:
     """``mean_{g in F_r} a_g`` per (relation, language), and the number of facts averaged:
     the attribution scores of the reference facts of each covered relation of ``listed``, in
     the languages where they are known (its items), averaged (the contrast of
-    :func:`contrastive_set`); none where fewer than MIN_RELATION_FACTS are known."""
-    pool = {fact.id: fact for fact in reference_pool(data, languages)}
+    :func:`contrastive_set`); none where fewer than MIN_RELATION_FACTS are known. ``pool``:
+    the reference pool's facts by id."""
     where: dict[str, list[str]] = defaultdict(list)
     for item in listed.items:
         if listed.covers(item.relation):
@@ -464,6 +465,10 @@ def variant_kind(variant: str) -> tuple[str, float | None]:
 def summary(result: dict) -> dict:
     """The slim summary of a run with relation neurons that the report reads
     (:mod:`mkn.report.relation_evidence`): known items, suppression, per set; and the edits."""
+    methods = sorted({row["method"] for row in result["rows"]})
+    if len(methods) != 1:  # the slim summary has no method column: one method's rows only
+        raise SystemExit(f"--summary summarizes one method's sets; this run measured "
+                         f"{', '.join(methods) or 'none'} (rerun with --methods NAME)")
     groups: dict[str, list[dict]] = defaultdict(list)
     edits: dict[tuple, list[dict]] = defaultdict(list)
     for row in result["rows"]:
@@ -491,8 +496,9 @@ def summary(result: dict) -> dict:
             **{key: _slim(clustered_interval([(r["fact_id"], statistics.fmean(r[field]))
                                               for r in rows if r[field]]))
                for key, field in (("same", "same_relation"), ("other", "other_relation"))}})
-    overlap = {m: c for m, c in result.get("relation_overlap", {}).items()}
+    overlap = result.get("relation_overlap", {})
     return {"kind": KIND, "command": result["command"], "model": result["model"],
+            "method": methods[0],
             "dtype": result["dtype"], "cpu": result["cpu"], "data": result["data"],
             "languages": result["languages"], "facts": len(result["facts"]),
             "relation_facts": result["relation_facts"],

@@ -69,9 +69,8 @@ def answer(summary: dict) -> list[str]:
     """Plain-words paragraphs: are there fact-specific neurons on this model, and how large are
     they against relation neurons? (module docstring)"""
     sets = summary["sets"]
-    by_kind = {row["kind"]: row for row in sets if row["kind"] in ("full", "kept")}
+    full = next((r for r in sets if r["kind"] == "full"), None)
     facts = sorted((r for r in sets if r["kind"] == "fact"), key=lambda r: r["share"])
-    full = by_kind.get("full")
     out = []
     if full:
         out.append(
