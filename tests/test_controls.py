@@ -117,6 +117,28 @@ def test_identical_sets_get_identical_controls_whatever_found_them():
         random_sets([(0, 1), (0, 2), (3, 8)], 64, 3, "seed/suppress")
 
 
+def test_a_query_under_an_intervention_that_several_jobs_share_is_scored_once(monkeypatch):
+    """Two methods' equal sets (in any order) and their equal draws are one row each (issue 26),
+    and every job still gets its own mean change."""
+    from mkn.interventions import controls
+    from mkn.interventions.controls import CleanProbs, measure_sets
+    from tests.tiny_models import tiny
+
+    lm = tiny("gpt2")
+    scored = []
+    score_rows = controls.score_rows
+    monkeypatch.setattr(controls, "score_rows", lambda lm, encoded, *a, **k: scored.append(
+        len(encoded)) or score_rows(lm, encoded, *a, **k))
+    own, other = [("The capital of France is", " Paris")], [("Tokyo is in", " Japan")]
+    jobs = [([(0, 1), (1, 2)], "suppress", own), ([(1, 2), (0, 1)], "suppress", own),
+            ([(0, 1), (1, 2)], "enhance", own), ([(0, 1), (1, 2)], "suppress", own + other)]
+    changes = measure_sets(lm, jobs, CleanProbs(lm))
+    assert scored == [2, 3]  # clean: own, other; then (own, x0), (own, x2), (other, x0)
+    assert changes[0] == changes[1] != changes[2]
+    alone = [measure_sets(lm, [job], CleanProbs(lm))[0] for job in jobs]
+    assert changes == pytest.approx(alone, rel=1e-5, abs=1e-7)
+
+
 def test_relation_shares_by_hand():
     rows = [("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1), (0, 2)]), ("P36", [(0, 1)]),
             ("P37", [(0, 1)]), ("P37", [(0, 3)]), ("P19", [(0, 1)])]

@@ -342,6 +342,40 @@ def test_rows_with_their_own_interventions_score_as_one_by_one(name):
                                                          expected.first_predicted_id)
 
 
+@pytest.mark.parametrize("positions", ["all", "prediction"])
+@pytest.mark.parametrize("name", tm.CAUSAL_FAMILIES)
+def test_rows_of_one_input_start_at_their_lowest_layer_and_score_as_one_by_one(
+        name, positions, monkeypatch):
+    """Rows of one query that change only upper layers start there from the clean pass's hidden
+    states (issue 26); each scores as it does alone, with its intervention at every position or
+    only at the prediction positions."""
+    from mkn.attribution import scoring
+    from mkn.attribution.queries import encode
+    from mkn.attribution.scoring import score_rows
+
+    lm = tm.tiny(name)
+    top = lm.n_layers - 1
+    sets = [None, ([(top, 1), (top, 2)], "suppress"), ([(top, 3)], "enhance"),
+            ([(0, 5), (top, 4)], "suppress"), ([(top, 6)], "suppress"), None]
+    passes = []
+    clean_pass = scoring.block_inputs
+    monkeypatch.setattr(scoring, "block_inputs", lambda *a, **k: passes.append(1)
+                        or clean_pass(*a, **k))
+    for kind in ("single", "multi"):
+        encoded = encode(lm, *query(lm, kind))
+        interventions = [None if s is None else {
+            layer: ([i for l_, i in s[0] if l_ == layer], 0.0 if s[1] == "suppress" else 3.0)
+            for layer in {l_ for l_, _ in s[0]}} for s in sets]
+        got = score_rows(lm, [encoded] * len(sets), interventions, batch_size=4,
+                         positions=positions)
+        for intervention, row in zip(interventions, got, strict=True):
+            alone = score_rows(lm, [encoded], [intervention], positions=positions)[0]
+            assert row.token_probs == pytest.approx(alone.token_probs, rel=1e-4, abs=1e-7)
+            assert (row.correct, row.first_predicted_id) == (alone.correct,
+                                                             alone.first_predicted_id)
+    assert len(passes) == 2  # one clean pass per input for its two chunks: staggered
+
+
 @pytest.mark.parametrize("family", sorted(tm.MASKED_FAMILIES))
 def test_masked_fast_path_equals_the_plain_rows(family, monkeypatch):
     """Masked LMs: a (layer l) row that starts at layer l+1 from the clean output with only the

@@ -124,6 +124,33 @@ def staggered_blocks(lm: LanguageModel, active: list[int], starts: list[int],
             del block.forward
 
 
+def block_inputs(lm: LanguageModel, **inputs) -> tuple[list[torch.Tensor], bool]:
+    """One clean pass of ``lm`` on ``inputs`` (one row): the hidden state entering each block,
+    ``[positions, hidden]`` per layer, and whether the blocks return tuples (what
+    :func:`staggered_blocks` needs to start rows above layer 0)."""
+    recorded: dict[int, torch.Tensor] = {}
+    returns_tuple = []
+
+    def record(layer: int):
+        def pre_hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            recorded[layer] = hidden[0].detach()
+
+        return pre_hook
+
+    handles = [block.register_forward_pre_hook(record(layer), with_kwargs=True)
+               for layer, block in enumerate(lm.blocks)]
+    handles.append(lm.blocks[0].register_forward_hook(
+        lambda module, args, out: returns_tuple.append(isinstance(out, tuple))))
+    try:
+        with torch.no_grad():
+            lm.model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [recorded[layer] for layer in range(lm.n_layers)], returns_tuple[0]
+
+
 class StepRunner:
     """Runs the prediction of one :class:`PredictionStep` for a batch of rows.
 
@@ -181,28 +208,9 @@ class StepRunner:
     def _clean_block_inputs(self) -> tuple[list[torch.Tensor], bool]:
         """The hidden state entering each block at the prediction token, and the blocks' output
         structure (tensor or tuple); computed on first use (rows starting above layer 0)."""
-        inputs: dict[int, torch.Tensor] = {}
-        returns_tuple = []
-
-        def record(layer: int):
-            def pre_hook(module, args, kwargs):
-                hidden = args[0] if args else kwargs["hidden_states"]
-                inputs[layer] = hidden[0].detach()
-
-            return pre_hook
-
-        handles = [block.register_forward_pre_hook(record(layer), with_kwargs=True)
-                   for layer, block in enumerate(self.lm.blocks)]
-        handles.append(self.lm.blocks[0].register_forward_hook(
-            lambda module, args, out: returns_tuple.append(isinstance(out, tuple))))
-        try:
-            with torch.no_grad():
-                self.lm.model(input_ids=self.tokens[None], **cache_kwarg(self._fresh_cache(1)),
-                              use_cache=self.cache is not None, logits_to_keep=1)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return [inputs[layer] for layer in range(self.lm.n_layers)], returns_tuple[0]
+        return block_inputs(self.lm, input_ids=self.tokens[None],
+                            **cache_kwarg(self._fresh_cache(1)),
+                            use_cache=self.cache is not None, logits_to_keep=1)
 
     @property
     def takes_patches(self) -> bool:

@@ -20,6 +20,7 @@ measured in one batched pass: the controls of an effect, or the top-k sets of a 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -30,6 +31,7 @@ from itertools import groupby
 
 import torch
 
+from mkn.attribution.engine import block_inputs, staggered_blocks
 from mkn.attribution.queries import EncodedQuery, PredictionStep
 from mkn.models.hooks import neuron_hooks
 from mkn.models.kv_cache import cache_kwarg, output_cache
@@ -248,12 +250,13 @@ def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention
             table[r, list(indices)] = factor
 
     def make(table: torch.Tensor):
+        # a staggered pass (:func:`_score_staggered`) runs a block on its first rows only
         if at is None:
-            return lambda x: x * table[:, None, :].to(x.dtype)
+            return lambda x: x * table[: x.shape[0], None, :].to(x.dtype)
         where = at.to(lm.device)[:, :, None]
 
         def hook(x: torch.Tensor) -> torch.Tensor:
-            scale = 1 + where[:, : x.shape[1]] * (table[:, None, :] - 1)
+            scale = 1 + where[: x.shape[0], : x.shape[1]] * (table[: x.shape[0], None, :] - 1)
             return x * scale.to(x.dtype)
 
         return hook
@@ -262,6 +265,55 @@ def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention
 
 
 POSITIONS = ("all", "prediction")
+
+
+Job = tuple[int, Sequence[int], list[tuple[int, int]]]  # owner, input ids, (position, target)
+
+
+def _lowest_layer(intervention: RowIntervention | None, n_layers: int) -> int:
+    """The lowest layer a row changes; a clean row recomputes only the last block."""
+    return min(intervention) if intervention else n_layers - 1
+
+
+def _score_chunk(lm: LanguageModel, chunk: Sequence[Job],
+                 interventions: Sequence[RowIntervention | None], positions: str,
+                 token_probs: list[list[float]], predicted: list[list[int]],
+                 layers: Sequence[int] | None = None, clean: tuple | None = None) -> None:
+    """One forward pass of ``chunk``'s rows (right-padded), each with its own intervention; with
+    ``layers`` (rows of one input, ascending), row ``r`` starts at block ``layers[r]`` from the
+    hidden state entering it in the ``clean`` pass (:func:`mkn.attribution.engine.block_inputs`,
+    :func:`~mkn.attribution.engine.staggered_blocks`)."""
+    width = max(len(ids) for _, ids, _ in chunk)
+    ids = torch.full((len(chunk), width), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    where_rows, where_positions, targets, owners = [], [], [], []
+    for r, (owner, row_ids, scored) in enumerate(chunk):
+        ids[r, :len(row_ids)] = torch.tensor(row_ids)
+        mask[r, :len(row_ids)] = 1
+        for position, target in scored:
+            where_rows.append(r)
+            where_positions.append(position)
+            targets.append(target)
+            owners.append(owner)
+    at = None
+    if positions == "prediction":
+        at = torch.zeros((len(chunk), width))
+        at[torch.tensor(where_rows), torch.tensor(where_positions)] = 1.0
+    hooks = _multiplier_hooks(lm, [interventions[owner] for owner, _, _ in chunk], at)
+    with contextlib.ExitStack() as stack:
+        inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
+        if layers is not None:
+            hidden_in, returns_tuple = clean
+            starts = torch.bincount(torch.tensor(layers), minlength=lm.n_layers)
+            stack.enter_context(staggered_blocks(lm, starts.cumsum(0).tolist(),
+                                                 starts.tolist(), hidden_in, returns_tuple))
+            del inputs["attention_mask"]  # one input, no padding
+        stack.enter_context(neuron_hooks(lm, hooks))
+        stack.enter_context(head_at(lm, torch.tensor(where_rows, device=lm.device),
+                                    torch.tensor(where_positions, device=lm.device)))
+        stack.enter_context(torch.no_grad())
+        logits = lm.model(**inputs).logits[0]
+    _read_out(logits, targets, owners, token_probs, predicted)
 
 
 @uses_model
@@ -276,49 +328,44 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
     A causal row is the prompt and the object's tokens but the last (teacher forcing in one
     sequence); a masked LM runs one row per teacher-forced step. Rows are sorted by length,
     right-padded, and the LM head runs only at the positions that predict an object token.
-    Interventions already active (:mod:`mkn.interventions`) apply too.
+    Causal rows of one input (a set, its random draws at several sizes, ...) run together, each
+    from the lowest layer it changes: the blocks below are the clean pass's, computed once
+    (issue 26: what a row does not change is not recomputed). Interventions already active
+    (:mod:`mkn.interventions`) apply too.
     """
     if len(encoded) != len(interventions):
         raise ValueError(f"{len(encoded)} queries but {len(interventions)} interventions")
     if positions not in POSITIONS:
         raise ValueError(f"unknown positions {positions!r}; choose {' or '.join(POSITIONS)}")
-    jobs = []  # (owner, input ids, [(position, target id)])
+    jobs: list[Job] = []
     for owner, query in enumerate(encoded):
         if lm.causal:
             jobs.append((owner, query.steps[-1].input_ids,
                          [(s.position, s.target_id) for s in query.steps]))
         else:
             jobs += [(owner, s.input_ids, [(s.position, s.target_id)]) for s in query.steps]
-    jobs.sort(key=lambda job: len(job[1]))
     token_probs: list[list[float]] = [[] for _ in encoded]
     predicted: list[list[int]] = [[] for _ in encoded]
-    pad = lm.tokenizer.pad_token_id or 0
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        width = max(len(ids) for _, ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        where_rows, where_positions, targets, owners = [], [], [], []
-        for r, (owner, row_ids, scored) in enumerate(chunk):
-            ids[r, :len(row_ids)] = torch.tensor(row_ids)
-            mask[r, :len(row_ids)] = 1
-            for position, target in scored:
-                where_rows.append(r)
-                where_positions.append(position)
-                targets.append(target)
-                owners.append(owner)
-        at = None
-        if positions == "prediction":
-            at = torch.zeros((len(chunk), width))
-            at[torch.tensor(where_rows), torch.tensor(where_positions)] = 1.0
-        hooks = _multiplier_hooks(lm, [interventions[owner] for owner, _, _ in chunk], at)
-        with neuron_hooks(lm, hooks), head_at(lm, torch.tensor(where_rows, device=lm.device),
-                                                torch.tensor(where_positions,
-                                                             device=lm.device)), \
-                torch.no_grad():
-            logits = lm.model(input_ids=ids.to(lm.device),
-                              attention_mask=mask.to(lm.device)).logits[0]
-        _read_out(logits, targets, owners, token_probs, predicted)
+    padded = [] if lm.causal else jobs  # a masked LM's steps keep their order
+    by_input: dict[tuple[int, ...], list[Job]] = {}
+    for job in jobs if lm.causal else []:  # one job per query
+        by_input.setdefault(tuple(job[1]), []).append(job)
+    for group in by_input.values():
+        layers = {job[0]: _lowest_layer(interventions[job[0]], lm.n_layers) for job in group}
+        # staggering pays when the rows skip more blocks than the clean pass costs
+        if sum(layers.values()) < 2 * lm.n_layers:
+            padded += group
+            continue
+        group.sort(key=lambda job: layers[job[0]])
+        clean = block_inputs(lm, input_ids=torch.tensor([group[0][1]], device=lm.device))
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            _score_chunk(lm, chunk, interventions, positions, token_probs, predicted,
+                         [layers[owner] for owner, _, _ in chunk], clean)
+    padded.sort(key=lambda job: len(job[1]))
+    for start in range(0, len(padded), batch_size):
+        _score_chunk(lm, padded[start:start + batch_size], interventions, positions,
+                     token_probs, predicted)
     return [_prediction(token_probs[i], predicted[i], query.target_ids)
             for i, query in enumerate(encoded)]
 

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mkn.attribution.api import predict_many
+from mkn.attribution.scoring import Prediction
 from mkn.experiments.metrics import clustered_interval
 from mkn.interventions.controls import stable_seed
 from mkn.localization.generic import GenericNeurons
@@ -93,6 +95,21 @@ def queries(fact, lang: str) -> list[Query]:
                          f"(it has {', '.join(sorted(fact.languages))})")
     target = fact.languages[lang].object
     return [(prompt, target) for prompt in fact.prompts(lang)]
+
+
+class CleanPredictions:
+    """:func:`mkn.attribution.api.predict_many` of queries with nothing intervened on, each
+    query scored once per experiment run (the clean "before" of many items shares its unrelated
+    facts); call it only while the model is as the run found it."""
+
+    def __init__(self, lm: LanguageModel):
+        self.lm = lm
+        self.known: dict[Query, Prediction] = {}
+
+    def __call__(self, asked: Sequence[Query]) -> list[Prediction]:
+        missing = list(dict.fromkeys(q for q in asked if q not in self.known))
+        self.known.update(zip(missing, predict_many(self.lm, missing), strict=True))
+        return [self.known[q] for q in asked]
 
 
 def probe_known(lm: LanguageModel, facts: Sequence, languages: list[str],

@@ -20,6 +20,7 @@ import statistics
 from mkn.attribution.api import predict_many
 from mkn.experiments.common import (
     CONTROL_HEADER,
+    CleanPredictions,
     Progress,
     control_row,
     control_summary,
@@ -48,8 +49,10 @@ from mkn.models.loading import LanguageModel
 PHASES = 2  # progress ticks per fact: locating, then measuring
 
 
-def _evaluate(lm: LanguageModel, qs) -> tuple[list[bool], list[float]]:
-    predictions = predict_many(lm, qs)
+def _evaluate(lm: LanguageModel, qs, clean: CleanPredictions | None = None
+              ) -> tuple[list[bool], list[float]]:
+    """Greedy correctness and p(gold) of ``qs`` (from ``clean`` when nothing is intervened on)."""
+    predictions = clean(qs) if clean is not None else predict_many(lm, qs)
     return [p.correct for p in predictions], [p.prob for p in predictions]
 
 
@@ -69,7 +72,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     located = locate_all(lm, facts, languages, config.model_copy(update={"degenerate": False,
                                                                          "known": criterion}),
                          progress, cache, known, generic)
-    clean = CleanProbs(lm)
+    clean, clean_predictions = CleanProbs(lm), CleanPredictions(lm)
     items, ineligible = [], 0
     for fact in facts:
         result = located[fact.id]
@@ -83,8 +86,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             if neurons:
                 own = queries(fact, lang)
                 others = [qr for g in facts if g.id != fact.id for qr in queries(g, lang)[:1]]
-                item["before"] = _evaluate(lm, own)
-                item["unrelated_before"] = _evaluate(lm, others)
+                item["before"] = _evaluate(lm, own, clean_predictions)
+                item["unrelated_before"] = _evaluate(lm, others, clean_predictions)
                 with enhance(lm, neurons, factor=factor):
                     item["after"] = _evaluate(lm, own)
                     item["unrelated_after"] = _evaluate(lm, others)

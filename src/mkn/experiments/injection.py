@@ -36,6 +36,7 @@ from functools import partial
 
 from mkn.attribution.api import predict_many
 from mkn.experiments.common import (
+    CleanPredictions,
     Progress,
     fmt_ci,
     knowledge_line,
@@ -126,7 +127,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     known, located = locate_known(lm, facts, languages, config, progress, cache, known,
                                   generic)
     items, skipped = [], []
-    clean = CleanProbs(lm)
+    clean, clean_predictions = CleanProbs(lm), CleanPredictions(lm)
     for fact in facts:
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
         result = located[fact.id]
@@ -142,7 +143,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         targets = [lang for lang in result.languages if lang != source]
         unrelated = [qr for g in facts if g.id not in (fact.id, other.id)
                      for lang in languages for qr in queries(g, lang)[:1]]
-        before = [p.first_predicted_id for p in predict_many(lm, unrelated)]
+        before = [p.first_predicted_id for p in clean_predictions(unrelated)]
         edit_of = partial(replace_object, lm, prompt=queries(fact, source)[0][0],
                           old=fact.languages[source].object, new=other.languages[source].object,
                           lambda_old=lambda_old, lambda_new=lambda_new)

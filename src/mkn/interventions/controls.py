@@ -210,19 +210,26 @@ def measure_sets(lm: LanguageModel, jobs: Sequence[tuple[Sequence[Sequence[int]]
     """For each job ``(neurons, mode, queries)``: the mean relative change of p(gold) of the
     queries when ``neurons`` are suppressed or enhanced, every job in one batched pass
     (:func:`mkn.attribution.scoring.score_rows`; ``positions``: every position or only the
-    prediction positions)."""
+    prediction positions). A (query, intervention) pair that several jobs share (two methods'
+    equal sets, and so their equal random draws) is scored once."""
+    rows: dict[tuple, int] = {}
     encoded, interventions, owners = [], [], []
     for number, (neurons, mode, queries) in enumerate(jobs):
         intervention = row_intervention(neurons, mode, factor)
+        signature = tuple(sorted((layer, tuple(sorted(set(indices))), multiplier)
+                                 for layer, (indices, multiplier) in intervention.items()))
         for query in queries:
-            encoded.append(clean.encode(query))
-            interventions.append(intervention)
-            owners.append(number)
-    before = clean([q for _, _, queries in jobs for q in queries])
+            row = rows.setdefault((query, signature), len(encoded))
+            if row == len(encoded):
+                encoded.append(clean.encode(query))
+                interventions.append(intervention)
+            owners.append((number, query, row))
+    asked = [query for _, query, _ in owners]
+    before = dict(zip(asked, clean(asked), strict=True))
     after = [p.prob for p in score_rows(lm, encoded, interventions, positions=positions)]
     changes: list[list[float]] = [[] for _ in jobs]
-    for owner, b, a in zip(owners, before, after, strict=True):
-        changes[owner].append(relative_change(max(b, MIN_PROB), a))
+    for owner, query, row in owners:
+        changes[owner].append(relative_change(max(before[query], MIN_PROB), after[row]))
     return [statistics.fmean(c) for c in changes]
 
 

@@ -1,0 +1,176 @@
+"""Issue 26: the speed-up of each throughput lever on a study part, and the numbers it changes.
+
+Runs one part of the study (``mkn.jobs.study.run_part``, every experiment of it) on a small
+sample once per configuration: every lever off (the study as it was), each lever on alone, and
+every lever on. A lever is switched off by putting back what it replaced:
+
+- ``dedupe``: a (query, intervention) row that several jobs share is scored once
+  (:func:`mkn.interventions.controls.measure_sets`); off: every job's rows are scored;
+- ``stagger``: rows of one input start at the lowest layer they change, from one clean pass
+  (:func:`mkn.attribution.scoring.score_rows`); off: every row runs every block;
+- ``clean-memo``: the clean predictions of enhancement and injection are computed once per
+  query (:class:`mkn.experiments.common.CleanPredictions`); off: once per item.
+
+Per experiment: seconds in each configuration and the speed-up against "none"; and the largest
+difference between any number of the experiment's result in that configuration and in "none"
+(float tolerance: bfloat16 rows batched differently round differently). Reference lists are
+built in the first configuration and cached for the others; locating is not timed.
+
+    .venv/bin/python benchmarks/bench_levers.py --limit 6 --out runs/levers
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mkn
+from mkn.attribution import scoring
+from mkn.experiments import common
+from mkn.interventions import controls
+from mkn.jobs.study import DEFAULT_PARTS, StudyConfig, run_part
+from mkn.models.devices import cpu_summary
+
+LEVERS = ("dedupe", "stagger", "clean-memo")
+
+
+def measure_every_row(lm, jobs, clean, factor: float = 2.0, positions: str = "all"):
+    """:func:`~mkn.interventions.controls.measure_sets` without the dedupe: every job's rows."""
+    encoded, interventions, owners = [], [], []
+    for number, (neurons, mode, queries) in enumerate(jobs):
+        intervention = controls.row_intervention(neurons, mode, factor)
+        for query in queries:
+            encoded.append(clean.encode(query))
+            interventions.append(intervention)
+            owners.append(number)
+    before = clean([q for _, _, queries in jobs for q in queries])
+    after = [p.prob for p in controls.score_rows(lm, encoded, interventions,
+                                                 positions=positions)]
+    changes: list[list[float]] = [[] for _ in jobs]
+    for owner, b, a in zip(owners, before, after, strict=True):
+        changes[owner].append(controls.relative_change(max(b, controls.MIN_PROB), a))
+    return [statistics.fmean(c) for c in changes]
+
+
+@contextlib.contextmanager
+def levers_off(off: set[str]) -> Iterator[None]:
+    """Put back what each lever in ``off`` replaced, for the duration of the block."""
+    saved = []
+
+    def swap(owner, name, value):
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    if "dedupe" in off:
+        from mkn.experiments import (
+            audits,
+            cross_lingual_editing,
+            localization_quality,
+            size_curves,
+        )
+        for module in (controls, audits, cross_lingual_editing, localization_quality,
+                       size_curves):
+            swap(module, "measure_sets", measure_every_row)
+    if "stagger" in off:
+        swap(scoring, "_lowest_layer", lambda intervention, n_layers: 0)
+    if "clean-memo" in off:
+        def uncached(self, asked):
+            self.known.clear()
+            return original(self, asked)
+
+        original = common.CleanPredictions.__call__
+        swap(common.CleanPredictions, "__call__", uncached)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+def numbers(value, path: str = "") -> Iterator[tuple[str, float]]:
+    """Every number in a JSON-like value, with its path."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int | float):
+        yield path, float(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers(item, f"{path}/{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from numbers(item, f"{path}/{index}")
+
+
+def largest_difference(a: dict, b: dict) -> tuple[float, str, int]:
+    """The largest |a - b| over the numbers both results hold at the same path (wall-clock
+    fields left out), where, and how many paths differ in what they hold."""
+    x = {p: v for p, v in numbers(a) if "second" not in p}
+    y = {p: v for p, v in numbers(b) if "second" not in p}
+    worst, where = 0.0, ""
+    for path in x.keys() & y.keys():
+        d = abs(x[path] - y[path])
+        if math.isnan(d) or d > worst:
+            worst, where = (math.inf if math.isnan(d) else d), path
+    return worst, where, len(x.keys() ^ y.keys())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--part", default="bmlama17", choices=[p.name for p in DEFAULT_PARTS])
+    parser.add_argument("--limit", type=int, default=6)
+    parser.add_argument("--configs", default="none,dedupe,stagger,clean-memo,all")
+    parser.add_argument("--out", type=Path, default=Path("runs/levers"))
+    args = parser.parse_args()
+    print(cpu_summary(), flush=True)
+    lm = mkn.load_model(args.model)
+    config = StudyConfig(model=args.model, limit=args.limit, relation_neurons="keep")
+    part = next(p for p in config.parts if p.name == args.part)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def task(label, total):
+        started = time.perf_counter()
+        print(f"{label}: {total} steps", flush=True)
+        return lambda item: print(f"  {label}: {item} ({time.perf_counter() - started:.0f} s)",
+                                  flush=True)
+
+    results = {}
+    for name in args.configs.split(","):
+        on = set(LEVERS) if name == "all" else set() if name == "none" else {name}
+        with levers_off(set(LEVERS) - on):
+            out = run_part(lm, part, config, task)
+        results[name] = out
+        (args.out / f"{name}.json").write_text(json.dumps(out, default=str))
+        print(f"{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["seconds"].items()),
+              flush=True)
+    names = list(results)
+    print(f"\n{lm.name}, {str(lm.dtype).removeprefix('torch.')}, part {args.part}, "
+          f"--limit {args.limit}; {cpu_summary()}\n")
+    print("| experiment | " + " | ".join(f"{n} (s)" for n in names) + " | "
+          + " | ".join(f"speed-up {n}" for n in names[1:]) + " |")
+    print("|---" * (2 * len(names)) + "|---|")
+    experiments = [k for k in results[names[0]]["seconds"] if k != "locate"]
+    for experiment in [*experiments, "total"]:
+        seconds = [sum(v for k, v in results[n]["seconds"].items() if k != "locate")
+                   if experiment == "total" else results[n]["seconds"][experiment]
+                   for n in names]
+        print(f"| {experiment} | " + " | ".join(f"{s:.0f}" for s in seconds) + " | "
+              + " | ".join(f"{seconds[0] / s:.2f}x" for s in seconds[1:]) + " |")
+    print("\nLargest difference of any number against 'none' (value, where):\n")
+    for n in names[1:]:
+        for experiment in experiments:
+            worst, where, differ = largest_difference(
+                results[names[0]]["experiments"][experiment]["result"],
+                results[n]["experiments"][experiment]["result"])
+            print(f"- {n}, {experiment}: {worst:.3g} at {where or '-'}"
+                  + (f"; {differ} paths differ" if differ else ""))
+
+
+if __name__ == "__main__":
+    main()
