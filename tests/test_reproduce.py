@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,8 @@ from mkn.experiments.localization_quality import headline as sr_headline
 from mkn.experiments.metrics import accuracy, interval
 from mkn.jobs.study import DataPart, StudyConfig, run_study
 from mkn.report.results import (
+    CLAIMS,
+    MIN_FACTS,
     read_study,
     render,
     separated,
@@ -386,3 +389,38 @@ def test_layer_statistic_per_item_and_identical_sets_are_detected():
     other = {"a": fact("a", en=[(3, 4)])}
     assert same_sets({"amig": amig, "matrice": matrice}, "matrice", "amig")
     assert not same_sets({"amig": amig, "ig": other}, "ig", "amig")
+
+
+def test_a_pilot_study_sizes_each_part_for_the_power_target(tmp_path):
+    """Issue 26: from the committed study as the pilot, each part it ran gets the facts per
+    relation its most demanding claim needs (capped), the plan is kept and RESULTS shows, per
+    claim, the facts needed and whether this study measured that many."""
+    from mkn.jobs.study import power_planned
+    from mkn.report.power import claim_needs
+
+    pilot = Path(__file__).parents[1] / "docs" / "results" / "study.json"
+    config = StudyConfig(pilot=str(pilot), power=0.8, max_per_relation=12)
+    sized, planned = power_planned(config)
+    needs = {(r["claim"], r["part"]): r for r in planned["claims"]}
+    c1 = needs[("C1", "bmlama17")]  # amig > ig: 0.571 [0.48, 0.658] on 32 facts
+    assert c1["measured"] == 32 and 90 < c1["needed"] < 120
+    assert all(r["needed"] is None or r["needed"] >= 8 for r in needs.values())  # MIN_FACTS
+    bm = next(p for p in sized.parts if p.name == "bmlama17")
+    assert bm.per_relation == 12  # capped: C4 needs over a thousand facts
+    symmetric = next(p for p in sized.parts if p.name == "bmlama17 symmetric")
+    wanted = max(r["to_sample"] for r in needs.values()
+                 if r["part"] == "bmlama17 symmetric" and r["to_sample"])
+    assert symmetric.per_relation == min(12, -(-wanted // 2))
+    assert config.parts[0].per_relation == 4  # the config itself is left as it was
+    assert power_planned(StudyConfig()) == (StudyConfig(), None)
+    # the page: the pilot's study, rendered with its plan, names the claims short of target
+    study = read_study(pilot)
+    study["power_plan"] = planned
+    page = render(study)
+    section = page.split("## Sample size: the power target of each claim")[1].split("\n## ")[0]
+    assert f"`{pilot}`" in section and "| C1 | bmlama17 | 32 (of 32) |" in section
+    here = {(r["claim"], r["part"]): r["measured"] for r in claim_needs(
+        study, CLAIMS, MIN_FACTS)}
+    assert here[("C1", "bmlama17")] == 32 and "C4 (bmlama17)" in section
+    with pytest.raises(ValueError, match="pilot .*nope.json: not a readable study.json"):
+        power_planned(StudyConfig(pilot=str(tmp_path / "nope.json")))

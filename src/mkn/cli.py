@@ -813,6 +813,13 @@ def reproduce(
         "--config", show_default="none: the built-in study",
         help="YAML of the study's settings and data parts (any registered experiment); flags "
              "override it.")] = None,
+    pilot: Annotated[Path | None, typer.Option(
+        show_default="none: the parts' own sample sizes",
+        help="A previous study.json: each part it ran is sized so that every claim it measured "
+             "reaches --power (at most the config's max_per_relation facts per relation).")]
+    = None,
+    power: Annotated[float | None, typer.Option(show_default="0.8", min=0.01, max=0.99,
+                                                help="The power target of --pilot.")] = None,
     render: Annotated[Path | None, typer.Option(show_default="none: run the study",
                                                 help="Only render RESULTS from this study.json "
                                                      "or study.json.gz (headline statistics "
@@ -851,7 +858,7 @@ def reproduce(
                 limit=limit, seed=seed, known=known, generic=generic,
                 relation_neurons=relation_neurons,
                 methods=methods and [m.strip() for m in methods.split(",") if m.strip()],
-                experiment_method=experiment_method)
+                experiment_method=experiment_method, pilot=pilot and str(pilot), power=power)
             asked, config.dtype = config.dtype, concrete_dtype(config.dtype, device)
             check_writable(results.parent)
             check_ours(results, RESULTS_MARKER, "choose another --results, or delete that "

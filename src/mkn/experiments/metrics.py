@@ -107,6 +107,32 @@ def bootstrap_p(stats: Sequence[float], null: float) -> float:
     return min(1.0, 2 * min(at_most, at_least))
 
 
+def facts_for_power(entry: dict, null: float, power: float = 0.8,
+                    alpha: float = 0.05) -> int | None:
+    """Facts needed for a two-sided test at ``alpha`` to reject ``null`` with probability
+    ``power`` if the effect is what ``entry`` (an interval over facts: ``value``, ``ci95``,
+    ``facts`` or ``n``) measured. The standard error is read from the interval,
+    ``SE = (high - low) / (2 z_0.975)``, and shrinks as 1/sqrt(n), so
+
+        n = n_obs * ((z_{1 - alpha/2} + z_power) * SE / |value - null|)^2
+
+    (the normal approximation of the test; Cohen 1988, ch. 12; the "power estimates scaled
+    from the published intervals" of issue 26). None when there is no effect to detect (value
+    at the null) or no interval; a zero-width interval away from the null needs no more facts
+    than it has."""
+    if not entry or entry.get("value") is None or not entry.get("ci95"):
+        return None
+    observed = entry.get("facts", entry.get("n"))
+    effect = abs(entry["value"] - null)
+    if not observed or effect == 0:
+        return None
+    normal = statistics.NormalDist()
+    low, high = entry["ci95"]
+    se = (high - low) / (2 * normal.inv_cdf(0.975))
+    z = normal.inv_cdf(1 - alpha / 2) + normal.inv_cdf(power)
+    return max(2, math.ceil(observed * (z * se / effect) ** 2))
+
+
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values (Holm 1979), controlling the family-wise error over
     the claims: sort the m p-values, multiply the i-th smallest by (m - i), keep them

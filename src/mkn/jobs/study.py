@@ -61,6 +61,8 @@ from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.devices import cpu_summary
 from mkn.models.loading import LanguageModel
+from mkn.report.power import plan
+from mkn.report.results import CLAIMS, MIN_FACTS
 from mkn.runs.directory import RunDirectory, data_fingerprint, run_date, write_json
 from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
@@ -156,6 +158,14 @@ class StudyConfig(BaseModel):
                                   "reference list per method and part); keep: leave them in")
     parts: list[DataPart] = Field(default_factory=lambda: [p.model_copy() for p in
                                                            DEFAULT_PARTS])
+    pilot: str | None = Field(None, description="a previous study.json: its intervals size "
+                              "this study's parts for the power target (mkn.report.power); "
+                              "None: the parts' own per_relation")
+    power: float = Field(0.8, gt=0, lt=1, description="the power each claim is sized for")
+    alpha: float = Field(0.05, gt=0, lt=1, description="the two-sided level of that test")
+    max_per_relation: int = Field(20, ge=1, description="the most facts per relation a "
+                                  "pilot's plan may sample (the time budget; claims that need "
+                                  "more are named)")
 
     @field_validator("methods")
     @classmethod
@@ -382,6 +392,25 @@ def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, li
             "data": {name: data_fingerprint(facts) for name, facts in samples.items()}}
 
 
+def power_planned(config: StudyConfig) -> tuple[StudyConfig, dict | None]:
+    """``config`` with each part that its ``pilot`` study ran sized for the power target
+    (:func:`mkn.report.power.plan`), and the plan; ``(config, None)`` without a pilot."""
+    if config.pilot is None:
+        return config, None
+    try:
+        pilot = json.loads(Path(config.pilot).read_text(encoding="utf-8"))
+        planned = plan(pilot, config.parts, config.power, config.alpha, config.max_per_relation,
+                       CLAIMS, MIN_FACTS)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"pilot {config.pilot}: not a readable study.json "
+                         f"({type(error).__name__}: {error})") from None
+    planned["pilot"] = config.pilot
+    parts = [p.model_copy(update={"per_relation": planned["per_relation"].get(p.name,
+                                                                             p.per_relation)})
+             for p in config.parts]
+    return config.model_copy(update={"parts": parts}), planned
+
+
 def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFactory,
               command: str, resume: bool = False, backend: Backend | None = None,
               say: Say = lambda line: None) -> dict:
@@ -393,6 +422,7 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
     (``started``, ``finished``, ``minutes``, ``seconds``, ``cost``) are the only ones that differ
     between a resumed and an uninterrupted run.
     """
+    config, planned = power_planned(config)
     samples = {part.name: part_facts(part, config) for part in config.parts}  # read once
     identity = study_identity(lm, config, samples)
     with RunStore(out, identity, resume, (ATTRIBUTIONS, RESULTS), kind="reproduce",
@@ -403,7 +433,8 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
                            "weights": lm.weights or "safetensors",
                            "dtype": str(lm.dtype).removeprefix("torch.")},
                  "machine": cpu_summary(), "dtype_choice": lm.dtype_choice,
-                 "complete": False, "parts": []}
+                 "complete": False, "parts": [],
+                 **({"power_plan": planned} if planned is not None else {})}
         started = time.perf_counter()
 
         def save(part_out: dict | None = None) -> None:

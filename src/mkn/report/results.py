@@ -15,7 +15,7 @@ from pathlib import Path
 from mkn.experiments import EXPERIMENTS
 from mkn.experiments.common import markdown_table
 from mkn.experiments.metrics import holm
-from mkn.report import relation_evidence
+from mkn.report import power, relation_evidence
 from mkn.runs.directory import check_ours, read_json, write_atomic, write_json
 
 CAVEATS = """\
@@ -69,6 +69,8 @@ class Measured:
     verdict: str
     p: float | None = None
     method: str = ""  # claims measured per method (the layer claim)
+    entry: dict | None = None  # the tested interval (what a power plan scales)
+    null: float | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def _paired(part: dict, experiment: str, pair: str, key: str | None, what: str,
     if _tied(entry):
         return [Measured(text, "not applicable (a tie on every item: the two rankings are "
                                "identical here)")]
-    return [Measured(text, *tested(entry, 0.5))]
+    return [Measured(text, *tested(entry, 0.5), entry=entry, null=0.5)]
 
 
 def _curves(pair: str, same: tuple[str, str] | None = None) -> Callable[[dict], list]:
@@ -222,7 +224,8 @@ def _fact_checking(part: dict) -> list[Measured]:
         return [Measured(f"AUC(DKN) - AUC(random pairs of the same top candidates): "
                          f"{with_ci(h['auc_difference_pairs'])}; AUC(DKN) - AUC(random neurons "
                          f"of the same shape): {with_ci(h['auc_difference_random'])}; {beside}",
-                         *tested(h["auc_difference_pairs"], 0.0))]
+                         *tested(h["auc_difference_pairs"], 0.0),
+                         entry=h["auc_difference_pairs"], null=0.0)]
     if "auc_difference_random" in h:  # a study written before the candidate-pair control
         return [Measured(f"AUC(DKN) - AUC(random neurons of the same shape): "
                          f"{with_ci(h['auc_difference_random'])}; {beside}",
@@ -239,7 +242,7 @@ def _enhancement(part: dict) -> list[Measured]:
                         f"{with_ci(h['known_gain_weak_language'])}; "
                         if "known_gain_weak_language" in h else "")
                      + f"greedy accuracy gain: {with_ci(h['accuracy_gain_weak_language'])}",
-                     *tested(h.get("selectivity"), 0.0))]
+                     *tested(h.get("selectivity"), 0.0), entry=h.get("selectivity"), null=0.0)]
 
 
 def _injection(part: dict) -> list[Measured]:
@@ -250,7 +253,8 @@ def _injection(part: dict) -> list[Measured]:
                      + (f" over the {h['edits']['took']} edits that took on their own query "
                         f"(p(new) > p(old); {h['edits']['did_not_take']} did not)"
                         if "edits" in h else ""),
-                     *tested(h.get("portability_over_random"), 0.0))]
+                     *tested(h.get("portability_over_random"), 0.0),
+                     entry=h.get("portability_over_random"), null=0.0)]
 
 
 def _paraphrases(part: dict) -> list[Measured]:
@@ -269,7 +273,8 @@ def _symmetry(part: dict) -> list[Measured]:
     return [Measured(f"selectivity on the reversed fact: "
                      f"{with_ci(symmetry['reversed_selectivity'])}; Jaccard of the two sets "
                      f"{with_ci(symmetry['jaccard_reversed'])}",
-                     *tested(symmetry["reversed_selectivity"], 0.0))]
+                     *tested(symmetry["reversed_selectivity"], 0.0),
+                     entry=symmetry["reversed_selectivity"], null=0.0)]
 
 
 def _layers(part: dict) -> list[Measured]:
@@ -288,7 +293,7 @@ def _layers(part: dict) -> list[Measured]:
             rows.append(Measured(f"share of an item's knowledge neurons in the upper third of "
                                  f"layers minus 1/3: {with_ci(stats['upper_third_excess'])}; "
                                  f"{pooled}", *tested(stats["upper_third_excess"], 0.0),
-                                 method=method))
+                                 method=method, entry=stats["upper_third_excess"], null=0.0))
         else:  # a study written before the per-fact statistic
             rows.append(Measured(f"share in the upper third of layers: {pooled}",
                                  "untested (a share pooled over neurons, no interval)"
@@ -733,7 +738,7 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
             *knowledge_notes(study), "", *generic_notes(study), ""]
     out += [f"- {part['part']['name']}: {part['part']['chosen']}." for part in study["parts"]
             if part["part"].get("chosen")]
-    out += [""]
+    out += ["", *power_section(study)]
     out += claims_section(study, earlier)
     for key, title, text in SECTIONS[:3]:
         out += section(study, key, title, text)
@@ -755,6 +760,34 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
             "(locating once with every method, then each experiment on the cached attributions):",
             "", phase_table(study), "", "## Caveats", "", CAVEATS]
     return "\n".join(out)
+
+
+def power_section(study: dict) -> list[str]:
+    """The sample size of each claim: the pilot's facts and effect, the facts the power target
+    asks for, and the facts this study measured (:mod:`mkn.report.power`); nothing for a study
+    sized without a pilot."""
+    planned = study.get("power_plan")
+    if not planned:
+        return []
+    here = {(row["claim"], row["part"]): row["measured"]
+            for row in power.claim_needs(study, CLAIMS, MIN_FACTS, planned["power"],
+                                         planned["alpha"])}
+    short = sorted({f"{row['claim']} ({row['part']})" for row in planned["claims"]
+                    if row["needed"] is not None
+                    and (here.get((row["claim"], row["part"])) or 0) < row["needed"]})
+    sizes = ", ".join(f"{name} {n}" for name, n in planned["per_relation"].items())
+    return ["## Sample size: the power target of each claim", "",
+            f"Each part was sized from the pilot study `{planned['pilot']}`: for every claim it "
+            f"measured, the facts needed to detect the pilot's effect with power "
+            f"{planned['power']:g} in a two-sided test at {planned['alpha']:g} (the standard "
+            "error read from the pilot's interval and scaled as 1/sqrt(n); "
+            "`mkn.experiments.metrics.facts_for_power`), divided by the share of sampled facts "
+            "the claim could use in the pilot. A part samples enough facts per relation for "
+            f"its most demanding claim, at most {planned['cap_per_relation']} (facts per "
+            f"relation: {sizes}). Holm's correction asks for more than this per-claim target.",
+            "", power.table(planned, here), "",
+            ("Short of the target here: " + ", ".join(short) + "." if short
+             else "Every planned claim reached its target."), ""]
 
 
 def other_sections(study: dict) -> list[tuple[str, str, str]]:
