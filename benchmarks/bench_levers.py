@@ -17,6 +17,14 @@ difference between any number of the experiment's result in that configuration a
 built in the first configuration and cached for the others; locating is not timed.
 
     .venv/bin/python benchmarks/bench_levers.py --limit 6 --out runs/levers
+
+``--study NAME`` runs the whole study instead (``mkn reproduce``'s settings, ``--limit`` and
+``--relation-neurons`` as given) with the levers of configuration ``NAME`` into ``--out``: the
+old-sample study with every lever off, to set beside ``mkn reproduce`` with them on
+(``benchmarks/compare_studies.py``).
+
+    .venv/bin/python benchmarks/bench_levers.py --study none --relation-neurons keep \
+        --out runs/reproduce-levers-off
 """
 
 from __future__ import annotations
@@ -120,17 +128,53 @@ def largest_difference(a: dict, b: dict) -> tuple[float, str, int]:
     return worst, where, len(x.keys() ^ y.keys())
 
 
+def whole_study(lm, args) -> None:
+    """The whole study with the levers of configuration ``args.study`` (module docstring)."""
+    from mkn.jobs.study import run_study
+
+    config = StudyConfig(model=args.model, dtype=str(lm.dtype).removeprefix("torch."),
+                         limit=args.limit if args.limit else None,
+                         relation_neurons=args.relation_neurons)
+    on = set(LEVERS) if args.study == "all" else set() if args.study == "none" else {args.study}
+
+    def task(label, total):
+        started, last = time.perf_counter(), [0.0]
+
+        def tick(item):
+            now = time.perf_counter() - started
+            if now - last[0] >= 30:
+                last[0] = now
+                print(f"  {label}: {item} ({now:.0f} s)", flush=True)
+        return tick
+
+    command = (f"benchmarks/bench_levers.py --study {args.study} --relation-neurons "
+               f"{args.relation_neurons}" + (f" --limit {args.limit}" if args.limit else ""))
+    with levers_off(set(LEVERS) - on):
+        study = run_study(lm, config, args.out, task, command, say=print)
+    print(f"{args.out / 'study.json'}: {study['minutes']:.1f} min with levers "
+          f"{', '.join(sorted(on)) or 'none'}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--dtype", default="auto", help="float32: bf16's batch-composition "
+                        "rounding gone, the levers' numbers should agree to ~1e-5")
     parser.add_argument("--part", default="bmlama17", choices=[p.name for p in DEFAULT_PARTS])
-    parser.add_argument("--limit", type=int, default=6)
+    parser.add_argument("--limit", type=int, default=6, help="facts per part (0 with "
+                        "--study: the whole sample)")
     parser.add_argument("--configs", default="none,dedupe,stagger,clean-memo,all")
     parser.add_argument("--out", type=Path, default=Path("runs/levers"))
+    parser.add_argument("--study", choices=["none", *LEVERS, "all"])
+    parser.add_argument("--relation-neurons", default="keep", choices=["auto", "keep"])
     args = parser.parse_args()
     print(cpu_summary(), flush=True)
-    lm = mkn.load_model(args.model)
-    config = StudyConfig(model=args.model, limit=args.limit, relation_neurons="keep")
+    lm = mkn.load_model(args.model, dtype=args.dtype)
+    if args.study:
+        whole_study(lm, args)
+        return
+    config = StudyConfig(model=args.model, dtype=str(lm.dtype).removeprefix("torch."),
+                         limit=args.limit, relation_neurons=args.relation_neurons)
     part = next(p for p in config.parts if p.name == args.part)
     args.out.mkdir(parents=True, exist_ok=True)
 

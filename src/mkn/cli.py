@@ -789,6 +789,9 @@ def reproduce(
     max_queries: Annotated[int | None, typer.Option(
         min=1, show_default="4", help="Queries attributed per fact and language (the "
                                        "measurements use all of them).")] = None,
+    rule: Annotated[str | None, typer.Option(
+        show_default="left", help="Quadrature of the IG integral: left, trapezoid or "
+                                  "gauss-legendre.")] = None,
     limit: Annotated[int | None, typer.Option(min=2, show_default="the whole study",
                                               help="Smoke run: N facts per data part, "
                                                           "2 per relation.")] = None,
@@ -854,7 +857,8 @@ def reproduce(
     try:
         if render is None:
             config = load_study_config(
-                study_config, model=model, dtype=dtype, steps=steps, max_queries=max_queries,
+                study_config, model=model, dtype=dtype, steps=steps, rule=rule,
+                max_queries=max_queries,
                 limit=limit, seed=seed, known=known, generic=generic,
                 relation_neurons=relation_neurons,
                 methods=methods and [m.strip() for m in methods.split(",") if m.strip()],

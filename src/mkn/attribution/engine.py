@@ -125,9 +125,9 @@ def staggered_blocks(lm: LanguageModel, active: list[int], starts: list[int],
 
 
 def block_inputs(lm: LanguageModel, **inputs) -> tuple[list[torch.Tensor], bool]:
-    """One clean pass of ``lm`` on ``inputs`` (one row): the hidden state entering each block,
-    ``[positions, hidden]`` per layer, and whether the blocks return tuples (what
-    :func:`staggered_blocks` needs to start rows above layer 0)."""
+    """One clean pass of ``lm``'s body (no LM head) on ``inputs`` (one row): the hidden state
+    entering each block, ``[positions, hidden]`` per layer, and whether the blocks return tuples
+    (what :func:`staggered_blocks` needs to start rows above layer 0)."""
     recorded: dict[int, torch.Tensor] = {}
     returns_tuple = []
 
@@ -144,7 +144,7 @@ def block_inputs(lm: LanguageModel, **inputs) -> tuple[list[torch.Tensor], bool]
         lambda module, args, out: returns_tuple.append(isinstance(out, tuple))))
     try:
         with torch.no_grad():
-            lm.model(**inputs)
+            lm.model.base_model(**inputs)  # the body only: no logits
     finally:
         for handle in handles:
             handle.remove()
@@ -210,7 +210,7 @@ class StepRunner:
         structure (tensor or tuple); computed on first use (rows starting above layer 0)."""
         return block_inputs(self.lm, input_ids=self.tokens[None],
                             **cache_kwarg(self._fresh_cache(1)),
-                            use_cache=self.cache is not None, logits_to_keep=1)
+                            use_cache=self.cache is not None)
 
     @property
     def takes_patches(self) -> bool:

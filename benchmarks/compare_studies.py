@@ -1,0 +1,73 @@
+"""Two runs of the same study side by side: wall time per part and phase, and what changed.
+
+For issue 26's "the same study, at least 3x faster, its numbers unchanged": ``BEFORE`` and
+``AFTER`` are ``study.json`` files of the same configuration and sample (checked), e.g. every
+lever off (``benchmarks/bench_levers.py --study none``) and ``mkn reproduce``. Prints
+
+- seconds per part and phase in each, and the speed-up;
+- per experiment, the largest |difference| of any headline number (intervals, p-values,
+  shares) and where, and how many headline numbers differ by more than ``--tolerance``;
+- every claim whose verdict (after Holm) differs.
+
+    .venv/bin/python benchmarks/compare_studies.py runs/reproduce-levers-off/study.json \\
+        runs/reproduce-levers-on/study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench_levers import largest_difference, numbers  # noqa: E402  (benchmarks/ on the path)
+from mkn.report.results import claims, read_study, with_holm
+
+
+def phase_rows(before: dict, after: dict) -> list[list[str]]:
+    rows, total = [], [0.0, 0.0]
+    for a, b in zip(before["parts"], after["parts"], strict=True):
+        for phase, seconds in a["seconds"].items():
+            other = b["seconds"].get(phase)
+            rows.append([a["part"]["name"], phase, f"{seconds:.0f}",
+                         "-" if other is None else f"{other:.0f}",
+                         "-" if not other else f"{seconds / other:.2f}x"])
+            total[0] += seconds
+            total[1] += other or 0.0
+    rows.append(["all", "total (sum of phases)", f"{total[0]:.0f}", f"{total[1]:.0f}",
+                 f"{total[0] / total[1]:.2f}x"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    args = parser.parse_args()
+    before, after = read_study(args.before), read_study(args.after)
+    if [p["facts"] for p in before["parts"]] != [p["facts"] for p in after["parts"]]:
+        raise SystemExit("the two studies have different samples: not the same study")
+    print(f"before: {args.before} ({before['minutes']:.1f} min), after: {args.after} "
+          f"({after['minutes']:.1f} min): {before['minutes'] / after['minutes']:.2f}x; "
+          f"machine: {after.get('machine')}\n")
+    print("| part | phase | before (s) | after (s) | speed-up |\n|---|---|---|---|---|")
+    for row in phase_rows(before, after):
+        print("| " + " | ".join(row) + " |")
+    print(f"\nHeadline numbers per experiment (largest |difference|; numbers that differ by "
+          f"more than {args.tolerance:g}):\n")
+    for a, b in zip(before["parts"], after["parts"], strict=True):
+        for name, experiment in a["experiments"].items():
+            old, new = experiment.get("headline", {}), b["experiments"][name].get("headline", {})
+            worst, where, _ = largest_difference(old, new)
+            x, y = dict(numbers(old)), dict(numbers(new))
+            over = sum(abs(x[p] - y[p]) > args.tolerance for p in x.keys() & y.keys())
+            print(f"- {a['part']['name']}, {name}: {worst:.3g} at {where or '-'}; {over} of "
+                  f"{len(x.keys() & y.keys())} over the tolerance")
+    old_rows, new_rows = with_holm(claims(before)), with_holm(claims(after))
+    changed = [(o[0], o[2], o[-1], n[-1]) for o, n in zip(old_rows, new_rows, strict=True)
+               if o[-1] != n[-1]]
+    print(f"\nVerdicts after Holm: {len(old_rows) - len(changed)} of {len(old_rows)} unchanged"
+          + "".join(f"\n- {c} ({part}): {o} -> {n}" for c, part, o, n in changed))
+
+
+if __name__ == "__main__":
+    main()
