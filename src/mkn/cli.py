@@ -829,6 +829,10 @@ def reproduce(
                                                      "recomputed from its raw results, where it "
                                                      "has them).")]
     = None,
+    beside: Annotated[list[Path] | None, typer.Option(
+        show_default="none", help="Another model's study.json (repeatable): its claims are shown "
+                                  "beside this one's, and What we conclude reads them all.")]
+    = None,
     before: Annotated[Path | None, typer.Option(show_default="none",
                                                 help="An earlier RESULTS.md: its verdicts "
                                                      "are shown beside the new ones, with the "
@@ -876,9 +880,11 @@ def reproduce(
                     gpus_per_worker=gpus_per_worker) as runner:
                 run_study(lm, config, out, bars.task, command.strip(), resume,
                           None if backend == "local" else runner, _say)
-            path = write_results(out / "study.json", results, before=before)
+            path = write_results(out / "study.json", results, before=before,
+                                 beside=beside or ())
         else:
-            path = write_results(render, results, refresh=True, before=before)
+            path = write_results(render, results, refresh=True, before=before,
+                                 beside=beside or ())
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from error
     _say(f"study: {render or out / 'study.json'}\nresults: {path}")

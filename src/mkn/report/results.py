@@ -15,7 +15,7 @@ from pathlib import Path
 from mkn.experiments import EXPERIMENTS
 from mkn.experiments.common import markdown_table
 from mkn.experiments.metrics import holm
-from mkn.report import power, relation_evidence
+from mkn.report import models, power, relation_evidence
 from mkn.runs.directory import check_ours, read_json, write_atomic, write_json
 
 CAVEATS = """\
@@ -696,9 +696,33 @@ def claims_section(study: dict, earlier: list[dict] | None = None) -> list[str]:
     return out
 
 
+def model_name(study: dict) -> str:
+    return Path(str(study["config"]["model"])).name
+
+
+def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
+    """The claims of ``study`` and of the studies ``beside`` it (other models) side by side,
+    then "What we conclude" from all of them (:mod:`mkn.report.models`)."""
+    rows: dict[str, list[list]] = {}
+    for number, one in enumerate([study, *beside]):
+        name = model_name(one)
+        rows[name if name not in rows else f"{name} ({number + 1})"] = with_holm(claims(one))
+    out = []
+    if beside:
+        out += ["## The claims on every model", "",
+                "Each model's verdicts after Holm's correction over its own claims (a model is "
+                "its own family of tests), per claim and data part; the last column reads them "
+                "together. The other models' studies: "
+                + ", ".join(f"{model_name(one)} (`{one.get('source', '?')}`, "
+                            f"{fmt(one.get('minutes'))} minutes)" for one in beside)
+                + ".", "", models.side_by_side(rows), ""]
+    return out + ["## What we conclude", "", *models.conclusions(rows), ""]
+
+
 def render(study: dict, source: str = "study.json", earlier: list[dict] | None = None,
-           evidence: list[dict] | None = None) -> str:
-    """The page; ``evidence``: relation-neuron summaries to add (:mod:`.relation_evidence`)."""
+           evidence: list[dict] | None = None, beside: Sequence[dict] = ()) -> str:
+    """The page; ``evidence``: relation-neuron summaries to add (:mod:`.relation_evidence`);
+    ``beside``: other models' studies, their claims shown beside this one's."""
     config = study["config"]
     out = [
         f"# Reproduction study: {config['model']}",
@@ -741,6 +765,7 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
             if part["part"].get("chosen")]
     out += ["", *power_section(study)]
     out += claims_section(study, earlier)
+    out += models_sections(study, beside)
     for key, title, text in SECTIONS[:3]:
         out += section(study, key, title, text)
     out += ["## 2. Layer distribution", "",
@@ -836,11 +861,17 @@ def read_study(study_json: Path) -> dict:
 
 
 def write_results(study_json: Path, out: Path, refresh: bool = False,
-                  before: Path | None = None) -> Path:
+                  before: Path | None = None, beside: Sequence[Path] = ()) -> Path:
     """Render ``study_json`` (plain or ``.gz``) to ``out``; ``refresh``: first recompute the
     headline statistics from the saved raw results (when the study has them) and save them back
     into ``study_json``; ``before``: an earlier RESULTS.md whose verdicts are shown beside the
-    new ones."""
+    new ones; ``beside``: other models' study.json files, their claims beside this one's."""
+    others = []
+    for path in beside:
+        other = read_study(path)
+        if not other.get("complete", True):
+            raise ValueError(f"{path}: the study is partial; finish it before setting it beside")
+        others.append({**other, "source": str(path)})
     earlier = None
     if before is not None:
         try:
@@ -866,7 +897,8 @@ def write_results(study_json: Path, out: Path, refresh: bool = False,
                "have mkn write it")
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(out, render(study, source=str(study_json), earlier=earlier,
-                                    evidence=relation_evidence.load(Path(study_json).parent)))
+                                    evidence=relation_evidence.load(Path(study_json).parent),
+                                    beside=others))
 
 
 RESULTS_MARKER = "Produced by `mkn reproduce"  # in the header of every page render() writes

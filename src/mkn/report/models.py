@@ -1,0 +1,134 @@
+"""Several models' studies side by side, per claim, and what they conclude in plain words.
+
+Each model's claim rows are those of its own page (:func:`mkn.report.results.claims` with
+Holm's correction over that model's claims: a model is its own family of tests). A claim tested
+on a data part is matched across models by (claim id, part name); a model whose study did not
+run that part has no row for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from mkn.localization.stats import markdown_table
+
+# Verdict classes, read from the first word of a verdict after Holm
+AGREES, DISAGREES, INCONCLUSIVE, UNTESTABLE, NOT_APPLICABLE, ABSENT = (
+    "agrees", "disagrees", "inconclusive", "untestable", "not applicable", "not run")
+
+
+def verdict_class(verdict: str | None) -> str:
+    """The class of a verdict after Holm ("inconclusive after Holm" is inconclusive; "not
+    measured" and "untested" count as untestable here)."""
+    if verdict is None:
+        return ABSENT
+    first = verdict.split()[0]
+    if first in (AGREES, DISAGREES, INCONCLUSIVE):
+        return first
+    if verdict.startswith("not applicable"):
+        return NOT_APPLICABLE
+    return UNTESTABLE
+
+
+def across(classes: Mapping[str, str]) -> str:
+    """One cell for a claim over models (``{model: class}``): the shared class, or the split."""
+    tested = {m: c for m, c in classes.items() if c != ABSENT}
+    if len(set(tested.values())) == 1:
+        shared = next(iter(tested.values()))
+        if len(tested) == 1:
+            return f"{shared} (one model ran it)"
+        return f"{shared} on {'both models' if len(tested) == 2 else 'every model'}"
+    return "; ".join(f"{model} {cls}" for model, cls in tested.items())
+
+
+def matched(rows: Mapping[str, Sequence[list]]) -> list[tuple[str, str, str, dict[str, list]]]:
+    """``(id, statement, part, {model: row})`` for every (claim, part) any model tested, in the
+    first model's order (then the others' extra rows). Rows are ``with_holm(claims(study))``."""
+    keyed: dict[tuple[str, str], tuple[str, dict[str, list]]] = {}
+    for model, model_rows in rows.items():
+        for row in model_rows:
+            entry = keyed.setdefault((row[0], row[2]), (row[1], {}))
+            entry[1][model] = row
+    return [(cid, statement, part, by_model)
+            for (cid, part), (statement, by_model) in keyed.items()]
+
+
+def side_by_side(rows: Mapping[str, Sequence[list]]) -> str:
+    """Per claim and part: each model's verdict after Holm (with its p), and the claim across
+    models."""
+    models = list(rows)
+    header = ["id", "data", *[f"{m}: verdict after Holm (p Holm)" for m in models],
+              "across models"]
+    table = []
+    for cid, _, part, by_model in matched(rows):
+        cells = [f"{by_model[m][-1]} ({by_model[m][-2]})" if m in by_model else ABSENT
+                 for m in models]
+        classes = {m: verdict_class(by_model[m][-1] if m in by_model else None)
+                   for m in models}
+        table.append([cid, part, *cells, across(classes)])
+    return markdown_table(header, table)
+
+
+def _claim_list(items: list[tuple[str, str, str]]) -> str:
+    return "; ".join(f"{cid} ({part}): {statement}" for cid, statement, part in items)
+
+
+def conclusions(rows: Mapping[str, Sequence[list]]) -> list[str]:
+    """"What we conclude": the claims that hold (agree on a model, disagree on none), fail,
+    split, cannot be told apart from their null, or cannot be tested on any model here; then
+    what a user should and should not take from knowledge-neuron results, in words that follow
+    from those verdicts."""
+    groups: dict[str, list[tuple[str, str, str]]] = {k: [] for k in (
+        "replicated", "one model", "fails", "split", "cannot tell", "untestable")}
+    for cid, statement, part, by_model in matched(rows):
+        classes = [verdict_class(row[-1]) for row in by_model.values()]
+        tested = [c for c in classes if c not in (UNTESTABLE, NOT_APPLICABLE, ABSENT)]
+        item = (cid, statement, part)
+        if not tested:
+            groups["untestable"].append(item)
+        elif AGREES in tested and DISAGREES in tested:
+            groups["split"].append(item)
+        elif DISAGREES in tested:
+            groups["fails"].append(item)
+        elif AGREES in tested:
+            replicated = tested.count(AGREES) == len(tested) and len(tested) > 1
+            groups["replicated" if replicated else "one model"].append(item)
+        else:
+            groups["cannot tell"].append(item)
+    models = ", ".join(rows)
+    words = {
+        "replicated": f"**Holds on every model that could test it** ({models})",
+        "one model": ("**Holds on one model, not shown on another** (inconclusive or untestable "
+                      "there)" if len(rows) > 1 else f"**Holds** on {models}"),
+        "fails": "**Fails**: the interval lies on the other side of the null",
+        "split": "**Split**: holds on one model and fails on another",
+        "cannot tell": "**Cannot tell**: inconclusive after Holm on every model that tested it",
+        "untestable": "**Untestable on these models** (too few known items, not applicable or "
+                      "not measured)"}
+    out = [f"Generated from the verdicts after Holm above ({models}); a claim is one (claim, "
+           "data part) row.", ""]
+    out += [f"- {words[key]}: {_claim_list(items)}." for key, items in groups.items() if items]
+    held = {cid for key in ("replicated", "one model") for cid, _, _ in groups[key]}
+    failed = {cid for key in ("fails", "split") for cid, _, _ in groups[key]}
+    out += ["", "What a user should and should not take from knowledge-neuron results here:", ""]
+    out.append("- A neuron set's effect is evidence only beside its controls: random sets of "
+               "the same shape, magnitude-matched sets and facts of the same relation. Every "
+               "verdict above is a difference against such a control, not a raw effect.")
+    if held:
+        out.append(f"- Where a claim holds ({', '.join(sorted(held))}), it holds as a "
+                   "difference on average over facts, not for every fact: read the intervals.")
+    if failed:
+        out.append(f"- Do not rely on {', '.join(sorted(failed))}: on at least one model the "
+                   "effect goes the other way.")
+    if groups["cannot tell"] or groups["one model"]:
+        out.append("- An inconclusive verdict is not evidence against a claim: its interval "
+                   "still holds effects on both sides of the null (where the study was sized "
+                   "from a pilot, the sample-size section names the claims short of their "
+                   "power target).")
+    if groups["untestable"]:
+        out.append("- A claim untestable here (a language or family the model hardly knows) "
+                   "says nothing either way about that claim.")
+    out.append("- A claim that holds on one model and was not replicated on another is a "
+               "property of that model until shown elsewhere"
+               + (": these pages test a single model." if len(rows) == 1 else "."))
+    return out

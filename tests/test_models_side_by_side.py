@@ -1,0 +1,67 @@
+"""Several models' claims side by side, and What we conclude (issue 26)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from mkn.report.models import conclusions, side_by_side, verdict_class
+from mkn.report.results import read_study, render, write_results
+
+STUDY = Path(__file__).parents[1] / "docs" / "results" / "study.json"
+
+
+def row(cid: str, part: str, after: str, p_holm: str = "0.01") -> list:
+    return [cid, f"claim {cid}", part, "measured", after.split()[0], "0.01", p_holm, after]
+
+
+def test_verdict_classes_and_the_claims_across_models():
+    assert [verdict_class(v) for v in ("agrees", "inconclusive after Holm", "disagrees",
+                                       "untestable (the model knows too little here: 3 facts)",
+                                       "not applicable (matrice found exactly amig's sets)",
+                                       "not measured", None)] == [
+        "agrees", "inconclusive", "disagrees", "untestable", "not applicable", "untestable",
+        "not run"]
+    rows = {"gemma": [row("C1", "bm", "agrees"), row("C2", "bm", "agrees"),
+                      row("C3", "bm", "disagrees"), row("C4", "bm", "inconclusive after Holm"),
+                      row("C5", "bm", "untestable (3 facts)"), row("C6", "bm", "agrees")],
+            "qwen": [row("C1", "bm", "agrees"), row("C2", "bm", "disagrees"),
+                     row("C3", "bm", "inconclusive"), row("C4", "bm", "inconclusive"),
+                     row("C5", "bm", "not measured"), row("C6", "bm", "untestable (2 facts)")]}
+    table = side_by_side(rows)
+    assert "| C1 | bm | agrees (0.01) | agrees (0.01) | agrees on both models |" in table
+    assert "| C2 | bm | agrees (0.01) | disagrees (0.01) | gemma agrees; qwen disagrees |" \
+        in table
+    said = "\n".join(conclusions(rows))
+    line = {key: next(x for x in said.splitlines() if x.startswith(f"- **{key}"))
+            for key in ("Holds on every", "Holds on one", "Fails", "Split", "Cannot tell",
+                        "Untestable")}
+    assert "C1 (bm)" in line["Holds on every"] and "C6 (bm)" in line["Holds on one"]
+    assert "C2 (bm)" in line["Split"] and "C3 (bm)" in line["Fails"]
+    assert "C4 (bm)" in line["Cannot tell"] and "C5 (bm)" in line["Untestable"]
+    assert "Do not rely on C2, C3:" in said
+
+
+def test_a_second_models_study_is_rendered_beside_the_first(tmp_path):
+    """The committed study beside a copy named as another model (the same verdicts): every
+    tested claim reads the same on both, and the page says What we conclude."""
+    study = read_study(STUDY)
+    other = copy.deepcopy(study)
+    other["config"]["model"] = "qwen2.5-coder-1.5b"
+    path = tmp_path / "study-qwen.json"
+    path.write_text(json.dumps(other), encoding="utf-8")
+    page = write_results(STUDY, tmp_path / "R.md", beside=[path]).read_text(encoding="utf-8")
+    section = page.split("## The claims on every model")[1].split("\n## ")[0]
+    assert "gemma-3-270m: verdict after Holm" in section and "qwen2.5-coder-1.5b: verdict" \
+        in section and f"`{path}`" in section
+    cells = [line.strip(" |").split(" | ")[-1] for line in section.splitlines()
+             if line.startswith("| C")]
+    assert cells and all(c.endswith("on both models") for c in cells)
+    assert "## What we conclude" in page and "## What we conclude" in render(study)
+    partial = {**other, "complete": False}
+    path.write_text(json.dumps(partial), encoding="utf-8")
+    with pytest.raises(ValueError, match="study-qwen.json: the study is partial"):
+        write_results(STUDY, tmp_path / "R2.md", beside=[path])
