@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("--part", default="bmlama17", choices=[p.name for p in DEFAULT_PARTS])
     parser.add_argument("--limit", type=int, default=6, help="facts per part (0 with "
                         "--study: the whole sample)")
-    parser.add_argument("--configs", default="none,dedupe,stagger,clean-memo,all")
+    parser.add_argument("--configs", default="none,dedupe,stagger,clean-memo,all",
+                        help="comma-separated: none, a lever, all, all+gl4")
     parser.add_argument("--out", type=Path, default=Path("runs/levers"))
     parser.add_argument("--study", choices=["none", *LEVERS, "all"])
     parser.add_argument("--relation-neurons", default="keep", choices=["auto", "keep"])
@@ -186,9 +187,13 @@ def main() -> None:
 
     results = {}
     for name in args.configs.split(","):
-        on = set(LEVERS) if name == "all" else set() if name == "none" else {name}
+        on = set(LEVERS) if name.startswith("all") else set() if name == "none" else {name}
+        # all+gl4: every lever and 4 Gauss-Legendre nodes in place of 12 left ones (a setting:
+        # its numbers move with the sets it finds, not within float tolerance)
+        settings = config.model_copy(update={"rule": "gauss-legendre", "steps": 4}) \
+            if name == "all+gl4" else config
         with levers_off(set(LEVERS) - on):
-            out = run_part(lm, part, config, task)
+            out = run_part(lm, part, settings, task)
         results[name] = out
         (args.out / f"{name}.json").write_text(json.dumps(out, default=str))
         print(f"{name}: " + ", ".join(f"{k} {v:.0f} s" for k, v in out["seconds"].items()),

@@ -78,8 +78,37 @@ def test_experiment_runs_and_leaves_the_model_unchanged(lm, name):
         measured = [i["amig"] for i in result["items"] if i["amig"]["sr"] is not None]
         assert measured and all(len(m["suppress"]["random"]) == 3 for m in measured)
         assert all(m["suppress"]["selectivity"] is not None for m in measured)
+    if name == "query-consistency":  # two English queries per fact, one Chinese
+        assert {i["language"] for i in result["items"]} == {"en"}
+        assert len(result["items"]) == 8 and all(i["queries"] == 2 for i in result["items"])
     assert all(torch.equal(before[n], p) for n, p in lm.model.named_parameters())
     assert all(not m._forward_pre_hooks for m in lm.model.modules())
+
+
+def test_query_consistency_threshold_groups_and_difference_by_hand():
+    """Consistent: paraphrase overlap above the 95th percentile of two different facts'
+    overlap in the relation and language; the difference of median selectivity and Spearman
+    over facts; no comparison with fewer than 3 facts in a group."""
+    from mkn.experiments.query_consistency import consistency, quantile, summarize
+
+    assert consistency([[(0, 1), (0, 2)], [(0, 1)], [(0, 1), (0, 2)]]) == pytest.approx(
+        (0.5 + 1.0 + 0.5) / 3)
+    assert consistency([[(0, 1)]]) is None
+    assert quantile([0.1, 0.2, 0.3, 0.4], 0.95) == 0.4 and quantile([0.1, 0.2], 0.5) == 0.1
+
+    def item(fact: str, value: float, selectivity: float) -> dict:
+        return {"fact_id": fact, "relation": "P1", "language": "en", "consistency": value,
+                "between_facts": [0.1, 0.2], "suppression": {"selectivity": selectivity}}
+
+    items = [item(f"c{i}", 0.5 + i / 10, 0.8 + i / 100) for i in range(4)] + \
+            [item(f"i{i}", 0.1 + i / 100, 0.2 + i / 100) for i in range(4)]
+    s = summarize(items)
+    assert s["thresholds"] == {"P1/en": 0.2} and s["consistent_share"]["value"] == 0.5
+    assert s["group_facts"] == {"consistent": 4, "inconsistent": 4}
+    assert s["selectivity_difference"]["value"] == pytest.approx(0.6)
+    assert s["selectivity_difference"]["ci95"][0] > 0 and s["spearman"]["value"] == 1.0
+    few = summarize(items[:2] + items[4:])
+    assert few["selectivity_difference"]["value"] is None  # 2 consistent facts: not compared
 
 
 def test_locate_skips_and_lists_what_the_model_does_not_know(lm):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -363,17 +364,22 @@ def test_rows_of_one_input_start_at_their_lowest_layer_and_score_as_one_by_one(
                         or clean_pass(*a, **k))
     for kind in ("single", "multi"):
         encoded = encode(lm, *query(lm, kind))
+        # a second input of the same length (one prompt token changed): rows of both inputs
+        # share the chunks, each starting from its own input's clean states
+        other = dataclasses.replace(encoded, steps=tuple(dataclasses.replace(
+            step, input_ids=(step.input_ids[0], 7, *step.input_ids[2:]))
+            for step in encoded.steps))
         interventions = [None if s is None else {
             layer: ([i for l_, i in s[0] if l_ == layer], 0.0 if s[1] == "suppress" else 3.0)
             for layer in {l_ for l_, _ in s[0]}} for s in sets]
-        got = score_rows(lm, [encoded] * len(sets), interventions, batch_size=4,
-                         positions=positions)
-        for intervention, row in zip(interventions, got, strict=True):
-            alone = score_rows(lm, [encoded], [intervention], positions=positions)[0]
+        rows = [encoded] * len(sets) + [other] * len(sets)
+        got = score_rows(lm, rows, interventions * 2, batch_size=4, positions=positions)
+        for query_, intervention, row in zip(rows, interventions * 2, got, strict=True):
+            alone = score_rows(lm, [query_], [intervention], positions=positions)[0]
             assert row.token_probs == pytest.approx(alone.token_probs, rel=1e-4, abs=1e-7)
             assert (row.correct, row.first_predicted_id) == (alone.correct,
                                                              alone.first_predicted_id)
-    assert len(passes) == 2  # one clean pass per input for its two chunks: staggered
+    assert len(passes) == 2  # one clean pass per length (both inputs), for its three chunks
 
 
 @pytest.mark.parametrize("family", sorted(tm.MASKED_FAMILIES))

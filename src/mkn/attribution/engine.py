@@ -88,8 +88,9 @@ def staggered_blocks(lm: LanguageModel, active: list[int], starts: list[int],
     """Make block ``l`` run only the first ``active[l]`` rows of the batch.
 
     Rows are sorted by the layer they start at; the ``starts[l]`` rows starting at block ``l``
-    enter it with the clean hidden state ``hidden_in[l]`` (so nothing below is computed for them,
-    forward or backward); rows not yet active pass through untouched. The model's own forward
+    enter it with the clean hidden state ``hidden_in[l]`` (one state for all of them, or one per
+    row: ``[starts[l], ...]``), so nothing below is computed for them, forward or backward; rows
+    not yet active pass through untouched. The model's own forward
     still builds masks, positions, the final norm and the LM head. The prefix KV cache must hold
     ``active[l]`` rows in layer ``l``.
     """
@@ -125,8 +126,8 @@ def staggered_blocks(lm: LanguageModel, active: list[int], starts: list[int],
 
 
 def block_inputs(lm: LanguageModel, **inputs) -> tuple[list[torch.Tensor], bool]:
-    """One clean pass of ``lm``'s body (no LM head) on ``inputs`` (one row): the hidden state
-    entering each block, ``[positions, hidden]`` per layer, and whether the blocks return tuples
+    """One clean pass of ``lm``'s body (no LM head) on ``inputs``: the hidden state entering
+    each block, ``[rows, positions, hidden]`` per layer, and whether the blocks return tuples
     (what :func:`staggered_blocks` needs to start rows above layer 0)."""
     recorded: dict[int, torch.Tensor] = {}
     returns_tuple = []
@@ -134,7 +135,7 @@ def block_inputs(lm: LanguageModel, **inputs) -> tuple[list[torch.Tensor], bool]
     def record(layer: int):
         def pre_hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
-            recorded[layer] = hidden[0].detach()
+            recorded[layer] = hidden.detach()
 
         return pre_hook
 

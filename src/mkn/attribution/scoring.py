@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -280,8 +281,9 @@ def _score_chunk(lm: LanguageModel, chunk: Sequence[Job],
                  token_probs: list[list[float]], predicted: list[list[int]],
                  layers: Sequence[int] | None = None, clean: tuple | None = None) -> None:
     """One forward pass of ``chunk``'s rows (right-padded), each with its own intervention; with
-    ``layers`` (rows of one input, ascending), row ``r`` starts at block ``layers[r]`` from the
-    hidden state entering it in the ``clean`` pass (:func:`mkn.attribution.engine.block_inputs`,
+    ``layers`` (rows of one length, ascending), row ``r`` starts at block ``layers[r]`` from the
+    hidden state entering it in the ``clean`` pass of its input (``(states, returns_tuple,
+    input of each row)``: :func:`mkn.attribution.engine.block_inputs`,
     :func:`~mkn.attribution.engine.staggered_blocks`)."""
     width = max(len(ids) for _, ids, _ in chunk)
     ids = torch.full((len(chunk), width), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
@@ -303,17 +305,34 @@ def _score_chunk(lm: LanguageModel, chunk: Sequence[Job],
     with contextlib.ExitStack() as stack:
         inputs = {"input_ids": ids.to(lm.device), "attention_mask": mask.to(lm.device)}
         if layers is not None:
-            hidden_in, returns_tuple = clean
-            starts = torch.bincount(torch.tensor(layers), minlength=lm.n_layers)
-            stack.enter_context(staggered_blocks(lm, starts.cumsum(0).tolist(),
-                                                 starts.tolist(), hidden_in, returns_tuple))
-            del inputs["attention_mask"]  # one input, no padding
+            states, returns_tuple, inputs_of_rows = clean
+            starts = torch.bincount(torch.tensor(layers), minlength=lm.n_layers).tolist()
+            active = list(itertools.accumulate(starts))
+            rows_of = torch.tensor(inputs_of_rows)
+            fresh = [states[layer][rows_of[active[layer] - starts[layer]:active[layer]]]
+                     for layer in range(lm.n_layers)]  # each row's input, entering its layer
+            stack.enter_context(staggered_blocks(lm, active, starts, fresh, returns_tuple))
+            del inputs["attention_mask"]  # inputs of one length: no padding
         stack.enter_context(neuron_hooks(lm, hooks))
         stack.enter_context(head_at(lm, torch.tensor(where_rows, device=lm.device),
                                     torch.tensor(where_positions, device=lm.device)))
         stack.enter_context(torch.no_grad())
         logits = lm.model(**inputs).logits[0]
     _read_out(logits, targets, owners, token_probs, predicted)
+
+
+STAGGER_GAIN = 1.25  # blocks skipped per block of the clean passes, before staggering pays
+
+
+def _clean_states(lm: LanguageModel, inputs: Sequence[Sequence[int]],
+                  batch_size: int) -> tuple[list[torch.Tensor], bool]:
+    """The clean hidden state entering each block for each of ``inputs`` (one length):
+    ``[inputs, positions, hidden]`` per layer, in batches."""
+    parts = [block_inputs(lm, input_ids=torch.tensor(inputs[i:i + batch_size],
+                                                     device=lm.device))
+             for i in range(0, len(inputs), batch_size)]
+    return ([torch.cat([states[layer] for states, _ in parts]) for layer in range(lm.n_layers)],
+            parts[0][1])
 
 
 @uses_model
@@ -328,9 +347,9 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
     A causal row is the prompt and the object's tokens but the last (teacher forcing in one
     sequence); a masked LM runs one row per teacher-forced step. Rows are sorted by length,
     right-padded, and the LM head runs only at the positions that predict an object token.
-    Causal rows of one input (a set, its random draws at several sizes, ...) run together, each
-    from the lowest layer it changes: the blocks below are the clean pass's, computed once
-    (issue 26: what a row does not change is not recomputed). Interventions already active
+    Causal rows of one length run together, each from the lowest layer it changes: the blocks
+    below are its input's clean pass, computed once per input (issue 26: what a row does not
+    change is not recomputed). Interventions already active
     (:mod:`mkn.interventions`) apply too.
     """
     if len(encoded) != len(interventions):
@@ -347,21 +366,24 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
     token_probs: list[list[float]] = [[] for _ in encoded]
     predicted: list[list[int]] = [[] for _ in encoded]
     padded = [] if lm.causal else jobs  # a masked LM's steps keep their order
-    by_input: dict[tuple[int, ...], list[Job]] = {}
+    by_length: dict[int, list[Job]] = {}
     for job in jobs if lm.causal else []:  # one job per query
-        by_input.setdefault(tuple(job[1]), []).append(job)
-    for group in by_input.values():
-        layers = {job[0]: _lowest_layer(interventions[job[0]], lm.n_layers) for job in group}
-        # staggering pays when the rows skip more blocks than the clean pass costs
-        if sum(layers.values()) < 2 * lm.n_layers:
-            padded += group
+        by_length.setdefault(len(job[1]), []).append(job)
+    for bucket in by_length.values():
+        inputs = list(dict.fromkeys(tuple(job[1]) for job in bucket))
+        layers = {job[0]: _lowest_layer(interventions[job[0]], lm.n_layers) for job in bucket}
+        # staggering pays when the rows skip more blocks than their inputs' clean passes cost
+        if sum(layers.values()) < STAGGER_GAIN * len(inputs) * lm.n_layers:
+            padded += bucket
             continue
-        group.sort(key=lambda job: layers[job[0]])
-        clean = block_inputs(lm, input_ids=torch.tensor([group[0][1]], device=lm.device))
-        for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
+        states, returns_tuple = _clean_states(lm, inputs, batch_size)
+        index = {ids: i for i, ids in enumerate(inputs)}
+        bucket.sort(key=lambda job: layers[job[0]])
+        for start in range(0, len(bucket), batch_size):
+            chunk = bucket[start:start + batch_size]
             _score_chunk(lm, chunk, interventions, positions, token_probs, predicted,
-                         [layers[owner] for owner, _, _ in chunk], clean)
+                         [layers[owner] for owner, _, _ in chunk],
+                         (states, returns_tuple, [index[tuple(ids)] for _, ids, _ in chunk]))
     padded.sort(key=lambda job: len(job[1]))
     for start in range(0, len(padded), batch_size):
         _score_chunk(lm, padded[start:start + batch_size], interventions, positions,

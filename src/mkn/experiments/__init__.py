@@ -17,6 +17,7 @@ from mkn.experiments import (
     injection,
     localization_quality,
     localization_vs_editing,
+    query_consistency,
     shared_sets,
     size_curves,
     tracing_vs_neurons,
@@ -33,6 +34,7 @@ EXPERIMENTS = {
     "audits": audits,
     "tracing-vs-neurons": tracing_vs_neurons,
     "localization-vs-editing": localization_vs_editing,
+    "query-consistency": query_consistency,
 }
 
 

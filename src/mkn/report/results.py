@@ -301,6 +301,18 @@ def _layers(part: dict) -> list[Measured]:
     return rows
 
 
+def _consistency(part: dict) -> list[Measured]:
+    h = part["experiments"]["query-consistency"]["headline"]
+    entry = h.get("selectivity_difference")
+    text = (f"median suppression selectivity, consistent minus inconsistent items: "
+            f"{with_ci(entry)}; share of consistent items {with_ci(h.get('consistent_share'))}; "
+            f"Spearman (consistency, selectivity) {with_ci(h.get('spearman'))}")
+    if not entry or entry.get("value") is None:
+        return [Measured(text, "untestable (fewer than 3 facts in a group, or no item with "
+                               "two attributed queries)")]
+    return [Measured(text, *tested(entry, 0.0), entry=entry, null=0.0)]
+
+
 # The pre-registered claims: each with its test statistic and null, fixed before the study ran.
 # A part tests a claim when it ran the claim's experiment ("localization": every part).
 CLAIMS = (
@@ -348,6 +360,12 @@ CLAIMS = (
     Claim("C10", "Dai / AMIG: knowledge neurons sit in the upper layers", "localization",
           "per (fact, language): share of its knowledge neurons in the upper third of the "
           "layers minus 1/3, clustered by fact; one row per method", "excess = 0", _layers),
+    Claim("C11", "Query localization (Chen et al. 2025): facts whose paraphrases share their "
+          "neurons (consistent knowledge) are edited through them more successfully than "
+          "inconsistent ones", "query-consistency", "median suppression selectivity of "
+          "consistent minus inconsistent (fact, language) items (consistent: paraphrase "
+          "overlap above the 95th percentile of two different facts' overlap)",
+          "difference = 0", _consistency),
 )
 
 
