@@ -13,6 +13,7 @@ from mkn.experiments import EXPERIMENTS
 from mkn.experiments.common import queries
 from mkn.experiments.fact_checking import kept_neurons, split_by_relation
 from mkn.localization.locate import LocateConfig, locate_fact
+from mkn.report.experiment_views import EXPERIMENT_VIEWS
 from tests.test_localization import planted_gpt2
 from tests.tiny_models import capital_facts, knowing, torch_threads, two_relation_facts
 
@@ -60,6 +61,7 @@ def test_experiment_runs_and_leaves_the_model_unchanged(lm, name):
     assert _finite(result["summary"])
     assert "\n|---|" in module.table(result)
     assert isinstance(module.headline(result, ["en", "zh"], 0), dict)  # the study's summary
+    assert EXPERIMENT_VIEWS[name][1](result)  # the HTML report's view of it
     counts = result["knowledge"]["per_language"]
     assert counts == {"en": {"items": 10, "known": 8, "skipped": 2},
                       "zh": {"items": 10, "known": 4, "skipped": 6}}

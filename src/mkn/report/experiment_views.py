@@ -341,6 +341,24 @@ def _localization_vs_editing(result: dict) -> list:
             *_knowledge_text(result)]
 
 
+def _query_consistency(result: dict) -> list:
+    s = result["summary"]
+    names = {"consistency": "query consistency (mean Jaccard of a fact's paraphrase sets)",
+             "consistent_share": "share of consistent items",
+             "selectivity_consistent": "suppression selectivity, consistent items",
+             "selectivity_inconsistent": "suppression selectivity, inconsistent items",
+             "selectivity_difference": "difference (consistent - inconsistent)",
+             "spearman": "Spearman (consistency, selectivity)"}
+    rows = [_cells([label, (s.get(key) or {}).get("facts"), fmt_ci(s.get(key))])
+            for key, label in names.items()]
+    groups = s["group_facts"]
+    return [Table(["measure", "facts", "value [95% CI]"], rows,
+                  caption=f"Query consistency (Chen et al. 2025): {len(result['items'])} items "
+                          f"with two or more queries; {groups['consistent']} consistent and "
+                          f"{groups['inconsistent']} inconsistent facts"),
+            *_knowledge_text(result)]
+
+
 EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "localization-quality": ("Localization quality (ig vs amig vs matrice)",
                              _localization_quality),
@@ -354,6 +372,8 @@ EXPERIMENT_VIEWS: dict[str, tuple[str, Callable[[dict], list]]] = {
     "tracing-vs-neurons": ("Causal tracing vs knowledge neurons", _tracing_vs_neurons),
     "localization-vs-editing": ("Localization vs editing (Hase et al.)",
                                 _localization_vs_editing),
+    "query-consistency": ("Query consistency and editing (Chen et al. 2025)",
+                          _query_consistency),
 }
 
 
