@@ -53,6 +53,8 @@ def kind_of(found: list[str]) -> str:
     """The innermost mkn package on the stack: the kind of work the sample was doing."""
     if not found:
         return "outside mkn (start-up, imports)"
+    if "attribution/scoring" in found:  # scored rows may run in the engine's staggered blocks
+        return KINDS["attribution/scoring"]
     for prefix, name in KINDS.items():
         if found[-1].startswith(prefix):
             return name
