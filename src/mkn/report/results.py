@@ -550,8 +550,13 @@ def cost_table(study: dict) -> str:
 
 
 def phase_table(study: dict) -> str:
-    rows = [[part["part"]["name"], phase, seconds / 60]
-            for part in study["parts"] for phase, seconds in part["seconds"].items()]
+    """Minutes of each phase, and each part's wall time (the sum of its phases)."""
+    rows = []
+    for part in study["parts"]:
+        rows += [[part["part"]["name"], phase, seconds / 60]
+                 for phase, seconds in part["seconds"].items()]
+        rows.append([f"**{part['part']['name']}**", "**the whole part**",
+                     sum(part["seconds"].values()) / 60])
     return markdown_table(["data", "phase", "minutes"], rows)
 
 
@@ -734,7 +739,16 @@ def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
                 + ", ".join(f"{model_name(one)} (`{one.get('source', '?')}`, "
                             f"{fmt(one.get('minutes'))} minutes)" for one in beside)
                 + ".", "", models.side_by_side(rows), ""]
-    return out + ["## What we conclude", "", *models.conclusions(rows), ""]
+    said = models.conclusions(rows)
+    config = study["config"]
+    if "ig" in config["methods"] and config.get("rule", "left") == "left":
+        said.append(f"- The `ig` (B-KN) sets here integrate with the left rule and "
+                    f"{config['steps']} nodes, which is far from B-KN's integral on this model "
+                    "(docs/BENCHMARKS.md: with 12 left nodes half of a 128-node reference's "
+                    "top-20 neurons are missing; 4 Gauss-Legendre nodes find 90%). Read C1 and "
+                    "C10/ig as claims about that unconverged B-KN, as the papers' own left-rule "
+                    "code computes it, not about integrated gradients.")
+    return out + ["## What we conclude", "", *said, ""]
 
 
 def render(study: dict, source: str = "study.json", earlier: list[dict] | None = None,
