@@ -240,3 +240,17 @@ def test_enhancement_with_known_any_does_not_advise_known_any():
         enhancement.run(None, [], ["en"], config, known=nothing)
     message = str(error.value)
     assert "whatever --known says" in message and "pass --known any" not in message
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_takes_what_the_study_passes_per_method(lm, name):
+    """The study passes what each method's sets leave out as a mapping, method -> list
+    (``mkn.jobs.pipeline.left_out``); every experiment reads its method's entry (a bare mapping
+    once reached ``LeftOut.of`` in localization-vs-editing and failed mid-study)."""
+    from mkn.localization.relations import LeftOut
+
+    per_method = {m: LeftOut(None, None) for m in ("ig", "amig", "matrice")}
+    with torch_threads(1):
+        result = EXPERIMENTS[name].run(lm, two_relation_facts(), ["en", "zh"], CONFIG, seed=0,
+                                       generic=per_method)
+    assert "summary" in result

@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Mapping
 
 import torch
 
 from mkn.attribution.api import predict_many
 from mkn.experiments.common import (
     Progress,
+    generic_for,
     interval_row,
     knowledge_line,
     locate_known,
@@ -87,7 +89,9 @@ def without(scores: torch.Tensor, excluded) -> torch.Tensor:
 def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConfig,
         seed: int = 0, k: int = 8, draws: int = 1, samples: int = 10,
         progress: Progress | None = None, cache: AttributionCache | None = None,
-        known: KnownItems | None = None, generic: GenericNeurons | LeftOut | None = None) -> dict:
+        known: KnownItems | None = None,
+        generic: GenericNeurons | LeftOut | Mapping[str, GenericNeurons | LeftOut] | None = None
+        ) -> dict:
     if not lm.causal:
         raise ValueError(f"localization-vs-editing needs a causal LM; {lm.name} is a masked LM")
     known, located = locate_known(lm, facts, languages, config, progress, cache, known,
@@ -95,7 +99,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
     items, skipped = [], []
     clean = CleanProbs(lm)
     for fact in facts:
-        excluded = LeftOut.of(generic).excluded(fact.relation)
+        excluded = LeftOut.of(generic_for(generic, config.method)).excluded(fact.relation)
         other = counterfactual(fact, facts, random.Random(stable_seed(seed, fact.id, "new")))
         for lang in located[fact.id].languages:
             if other is None or lang not in other.languages:
