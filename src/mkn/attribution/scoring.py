@@ -251,7 +251,8 @@ def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention
             table[r, list(indices)] = factor
 
     def make(table: torch.Tensor):
-        # a staggered pass (:func:`_score_staggered`) runs a block on its first rows only
+        # a staggered pass (:func:`_score_chunk` with ``layers``) runs a block on its first
+        # rows only
         if at is None:
             return lambda x: x * table[: x.shape[0], None, :].to(x.dtype)
         where = at.to(lm.device)[:, :, None]

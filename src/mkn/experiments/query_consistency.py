@@ -31,28 +31,20 @@ from collections.abc import Mapping, Sequence
 from mkn.experiments.common import (
     Progress,
     fmt_ci,
-    generic_for,
     knowledge_line,
+    locate_known,
     markdown_table,
-    probe_known,
     queries,
 )
 from mkn.experiments.metrics import clustered_interval, spearman
-from mkn.interventions.controls import (
-    DEFAULT_DRAWS,
-    CleanProbs,
-    ControlledEffect,
-    measure_sets,
-    random_sets,
-    stable_seed,
-)
+from mkn.interventions.controls import DEFAULT_DRAWS, CleanProbs, controlled_effect, stable_seed
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
-from mkn.localization.locate import AttributionCache, LocateConfig, locate_fact
+from mkn.localization.locate import AttributionCache, LocateConfig
 from mkn.localization.neurons import jaccard
 from mkn.models.loading import LanguageModel
 
-PHASES = 1
+PHASES = 2  # progress ticks per fact: locating, then measuring
 NULL_QUANTILE = 0.95  # consistent: above this quantile of the overlap of different facts
 MIN_GROUP_FACTS = 3  # facts a group needs before the two groups are compared
 
@@ -73,19 +65,12 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         seed: int = 0, draws: int = DEFAULT_DRAWS, progress: Progress | None = None,
         cache: AttributionCache | None = None, known: KnownItems | None = None,
         generic: GenericNeurons | Mapping[str, GenericNeurons] | None = None) -> dict:
-    known = probe_known(lm, facts, languages, config, known)
-    cache = {} if cache is None else cache
+    known, located = locate_known(lm, facts, languages, config, progress, cache, known,
+                                  generic)
     clean = CleanProbs(lm)
-    located = {}
-    for fact in facts:
-        if known.languages_of(fact.id):
-            located[fact.id] = locate_fact(lm, fact, languages,
-                                           config.model_copy(update={"degenerate": False}),
-                                           cache, known, generic_for(generic, config.method))
     items = []
     for fact in facts:
-        result = located.get(fact.id)
-        for lang, r in (result.languages.items() if result else ()):
+        for lang, r in located[fact.id].languages.items():
             value = consistency(r.query_neurons)
             if value is None:
                 continue
@@ -97,13 +82,9 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
                     "queries": len(r.query_neurons), "consistency": value,
                     "between_facts": others, "neurons": len(r.neurons)}
             if r.neurons:
-                own = queries(fact, lang)
-                drawn = random_sets(r.neurons, lm.n_neurons, draws,
-                                    stable_seed(seed, fact.id, lang, "consistency"))
-                changes = measure_sets(lm, [(r.neurons, "suppress", own),
-                                            *[(d, "suppress", own) for d in drawn]], clean)
-                item["suppression"] = ControlledEffect.record(
-                    "suppress", r.neurons, changes[0], changes[1:], (), drawn).to_dict()
+                item["suppression"] = controlled_effect(
+                    lm, r.neurons, "suppress", queries(fact, lang), draws=draws,
+                    seed=stable_seed(seed, fact.id, lang, "consistency"), clean=clean).to_dict()
             items.append(item)
         if progress:
             progress(fact.id)

@@ -63,7 +63,7 @@ from mkn.localization.stats import localization_stats
 from mkn.models.devices import cpu_summary
 from mkn.models.loading import LanguageModel
 from mkn.report.power import plan
-from mkn.report.results import CLAIMS, MIN_FACTS
+from mkn.report.results import CLAIMS, MIN_FACTS, read_study
 from mkn.runs.directory import RunDirectory, data_fingerprint, run_date, write_json
 from mkn.runs.store import ATTRIBUTIONS, RunStore, StoredAttributions
 
@@ -409,7 +409,7 @@ def power_planned(config: StudyConfig) -> tuple[StudyConfig, dict | None]:
     if config.pilot is None:
         return config, None
     try:
-        pilot = json.loads(Path(config.pilot).read_text(encoding="utf-8"))
+        pilot = read_study(Path(config.pilot))  # plain or gzip-compressed
         planned = plan(pilot, config.parts, config.power, config.alpha, config.max_per_relation,
                        CLAIMS, MIN_FACTS)
     except (OSError, ValueError, KeyError, TypeError) as error:
