@@ -52,12 +52,40 @@ def test_structural_truths_of_the_hidden_trace():
     assert trace.layer_profile("hidden").shape == (lm.n_layers,)
 
 
+@pytest.mark.parametrize("window", [1, 3])
+def test_tracing_only_the_positions_read_gives_the_full_grid_there(window):
+    """``at`` restores only the positions a caller reads, several layers share a pass: the
+    numbers are those of the full grid, one layer per pass (float32: to rounding)."""
+    lm = tm.build("llama", cached=False, num_hidden_layers=4)
+    full = causal_trace(lm, PROMPT, "Paris", "France", samples=4, window=window,
+                        rows_per_pass=1)  # one layer per pass
+    last = len(full.tokens) - 1
+    part = causal_trace(lm, PROMPT, "Paris", "France", samples=4, window=window,
+                        kinds=("mlp", "attn"), at={"mlp": ("subject", "prediction"),
+                                                   "attn": ("prediction", 1)})
+    assert part.corrupted_prob == pytest.approx(full.corrupted_prob, abs=1e-7)
+    subject = full.subject_positions[-1]
+    torch.testing.assert_close(part.layer_profile("mlp"), full.layer_profile("mlp"),
+                               atol=1e-6, rtol=1e-5)
+    for kind, columns in (("mlp", [subject, last]), ("attn", [1, last])):
+        torch.testing.assert_close(part.effects[kind][:, columns],
+                                   full.effects[kind][:, columns], atol=1e-6, rtol=1e-5)
+        untraced = [t for t in range(len(full.tokens)) if t not in columns]
+        assert part.effects[kind][:, untraced].isnan().all()  # not traced, not made up
+    assert "hidden" not in part.effects
+    assert part.peak("mlp")[1] in (subject, last)  # the peak is among traced positions
+
+
 def test_bad_requests_are_one_line():
     lm = tm.tiny("llama")
     with pytest.raises(ValueError, match="subject 'Spain' is not in the prompt"):
         causal_trace(lm, PROMPT, "Paris", "Spain")
     with pytest.raises(ValueError, match="kinds must be among hidden, mlp, attn"):
         causal_trace(lm, PROMPT, "Paris", "France", kinds=("resid",))
+    with pytest.raises(ValueError, match="unknown position 'object'"):
+        causal_trace(lm, PROMPT, "Paris", "France", at={"mlp": ("object",)})
+    with pytest.raises(ValueError, match="position 40 is outside the prompt's"):
+        causal_trace(lm, PROMPT, "Paris", "France", at={"mlp": (40,)})
     with pytest.raises(ValueError, match="masked LM"):
         causal_trace(tm.tiny("bert"), PROMPT + " [Y] .", "Paris", "France")
     assert subject_positions(lm, "France is", "France") == [1]  # after BOS

@@ -111,7 +111,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             prompt, old = fact.prompts(lang)[0], fact.languages[lang].object
             new, subject = other.languages[lang].object, fact.languages[lang].subject
             trace = causal_trace(lm, prompt, old, subject, kinds=("mlp",), samples=samples,
-                                 seed=stable_seed(seed, fact.id, lang, "trace"))
+                                 seed=stable_seed(seed, fact.id, lang, "trace"),
+                                 at={"mlp": ("subject",)})
             signals = {"tracing": denoised(trace.layer_profile("mlp").abs().tolist()),
                        "neuron_share": neuron_profile(result.neurons, lm.n_layers),
                        "attribution_mass": mass_profile(result.scores)}

@@ -46,6 +46,8 @@ from mkn.localization.tracing import causal_trace
 from mkn.models.loading import LanguageModel
 
 PHASES = 2  # progress ticks per fact: locating, then tracing
+# the states the experiment reads (the rest of the grid is not traced: issue 26)
+TRACED = {"mlp": ("subject", "prediction"), "attn": ("prediction",)}
 
 
 def neuron_profile(neurons, n_layers: int) -> list[float]:
@@ -85,8 +87,8 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         for lang in located[fact.id].languages:
             prompt, subject = fact.prompts(lang)[0], fact.languages[lang].subject
             found = causal_trace(lm, prompt, fact.languages[lang].object, subject,
-                                 samples=samples, noise=noise,
-                                 seed=stable_seed(seed, fact.id, lang, "trace"))
+                                 kinds=TRACED, samples=samples, noise=noise,
+                                 seed=stable_seed(seed, fact.id, lang, "trace"), at=TRACED)
             trace = denoised(found.layer_profile("mlp").abs().tolist())
             at_prediction = denoised(found.layer_profile(
                 "mlp", len(found.tokens) - 1).abs().tolist())

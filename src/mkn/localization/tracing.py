@@ -13,14 +13,16 @@ Three runs of a causal LM on a prompt whose subject is known:
    output of ``window`` consecutive layers around ``l`` at once (ROME: 10).
 
 The *indirect effect* of a state is ``p_restored(o) - p*(o)``, averaged over draws; the grid
-``[layers, positions]`` per kind is :attr:`Trace.effects`. All (position, draw) rows of one
-layer run in one batched forward pass: ``kinds x layers`` passes of ``positions x samples`` rows
-(plus one clean and one corrupted pass).
+``[layers, positions]`` per kind is :attr:`Trace.effects`. The (layer, draw, position) rows of
+a kind run in batched forward passes of several layers each (plus one clean and one corrupted
+pass); ``at`` restores only the positions a caller reads (the rest of the grid is NaN).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -53,7 +55,7 @@ class Trace:
 
     def peak(self, kind: str = "mlp") -> tuple[int, int, float]:
         """``(layer, position, indirect effect)`` of the largest effect of ``kind``."""
-        grid = self.effects[kind]
+        grid = self.effects[kind].nan_to_num(-math.inf)  # NaN: not traced
         flat = int(grid.argmax())
         return flat // grid.shape[1], flat % grid.shape[1], float(grid.flatten()[flat])
 
@@ -119,19 +121,51 @@ def _hooks(modules_and_fns) -> Iterator[None]:
         yield
 
 
+POINTS = ("subject", "prediction")  # symbolic positions: the subject's last token, the last
+
+
+def traced_positions(asked: Sequence[int | str] | None, length: int, subject: Sequence[int],
+                     last: int) -> list[int]:
+    """The sorted token positions of ``asked`` (ints, or ``"subject"``: the subject's last
+    token, ``"prediction"``: the prediction position); every position when None."""
+    if asked is None:
+        return list(range(length))
+    named = {"subject": subject[-1], "prediction": last}
+    out = set()
+    for point in asked:
+        if isinstance(point, str):
+            if point not in named:
+                raise ValueError(f"unknown position {point!r}; use an int or one of "
+                                 f"{', '.join(POINTS)}")
+            out.add(named[point])
+        elif not 0 <= point < length:
+            raise ValueError(f"position {point} is outside the prompt's {length} tokens")
+        else:
+            out.add(int(point))
+    if not out:
+        raise ValueError("no positions to trace")
+    return sorted(out)
+
+
 @uses_model
 def causal_trace(lm: LanguageModel, prompt: str, target: str, subject: str,
                  kinds: Sequence[str] = KINDS, samples: int = 10, noise: float = 3.0,
-                 window: int = 1, seed: int = 0) -> Trace:
+                 window: int = 1, seed: int = 0,
+                 at: Mapping[str, Sequence[int | str]] | None = None,
+                 rows_per_pass: int = 256) -> Trace:
     """The causal trace of ``prompt`` -> ``target`` with ``subject`` corrupted (module
-    docstring). Causal LMs only; the target's first token is the one traced."""
+    docstring). Causal LMs only; the target's first token is the one traced.
+
+    ``at`` (kind -> positions, :func:`traced_positions`) restores only those positions of a
+    kind (the grid is NaN elsewhere): what a caller reads, not the whole grid (issue 26). The
+    rows of several layers share a pass, up to ``rows_per_pass`` rows."""
     if not lm.causal:
         raise ValueError(f"{lm.name} is a masked LM: causal tracing needs a causal LM")
-    unknown = [kind for kind in kinds if kind not in KINDS]
+    unknown = [kind for kind in [*kinds, *(at or {})] if kind not in KINDS]
     if unknown or not kinds:
         raise ValueError(f"kinds must be among {', '.join(KINDS)}, got {list(kinds)}")
-    if samples < 1 or window < 1 or noise <= 0:
-        raise ValueError("samples and window must be >= 1 and noise > 0")
+    if samples < 1 or window < 1 or noise <= 0 or rows_per_pass < 1:
+        raise ValueError("samples, window and rows_per_pass must be >= 1 and noise > 0")
     step = encode(lm, prompt, target).steps[0]
     before, _ = split_prompt(prompt, target)
     positions = subject_positions(lm, before, subject)
@@ -140,9 +174,6 @@ def causal_trace(lm: LanguageModel, prompt: str, target: str, subject: str,
     if positions[-1] > last:
         raise ValueError(f"subject {subject!r} lies after the prediction position")
     draws = noise_draws(lm, samples, len(positions), noise, seed)
-
-    def corrupt(rows_per_draw: int):
-        return add_noise(lm, positions, draws, rows_per_draw)  # row r: draw r // rows_per_draw
 
     def prob(rows: int, hooks) -> torch.Tensor:
         on_last = torch.arange(rows, device=lm.device), torch.full((rows,), last,
@@ -163,32 +194,39 @@ def causal_trace(lm: LanguageModel, prompt: str, target: str, subject: str,
                  for layer in range(lm.n_layers)]
     clean_prob = float(prob(1, recorders)[0])
     embed = lm.model.get_input_embeddings()
-    corrupted = prob(samples, [(embed, corrupt(1))])
+    corrupted = prob(samples, [(embed, add_noise(lm, positions, draws))])
     trace = Trace(prompt, target, subject, lm.tokenizer.convert_ids_to_tokens(list(
         step.input_ids)), positions, clean_prob, float(corrupted.mean()), noise=noise,
         samples=samples, window=window)
-    row_positions = torch.arange(length, device=lm.device).repeat(samples)  # row: (draw, t)
-    rows = torch.arange(length * samples, device=lm.device)
+
+    def restore(kind: str, layer: int, rows: torch.Tensor, where: torch.Tensor):
+        state = clean[(kind, layer)]
+
+        def hook(module, args, output):
+            out = _first(output).clone()
+            out[rows, where] = state[where]
+            return _replace_first(output, out)
+
+        return hook
+
     for kind in kinds:
-        grid = torch.zeros(lm.n_layers, length)
-        for layer in range(lm.n_layers):
-            span = [layer] if kind == "hidden" or window == 1 else [
-                x for x in range(layer - window // 2, layer - window // 2 + window)
-                if 0 <= x < lm.n_layers]
-
-            def restore(at: int, kind: str = kind):
-                state = clean[(kind, at)]
-
-                def hook(module, args, output):
-                    out = _first(output).clone()
-                    out[rows, row_positions] = state[row_positions]
-                    return _replace_first(output, out)
-
-                return hook
-
-            hooks = [(embed, corrupt(length)),
-                     *[(_module(lm, kind, at), restore(at)) for at in span]]
-            restored = prob(length * samples, hooks).view(samples, length).mean(0)
-            grid[layer] = restored.float().cpu() - trace.corrupted_prob
+        traced = traced_positions((at or {}).get(kind), length, positions, last)
+        grid = torch.full((lm.n_layers, length), math.nan)
+        per_layer = len(traced) * samples  # rows of one layer: (draw, position)
+        where = torch.tensor(traced, device=lm.device).repeat(samples)
+        noise_rows = draws.repeat_interleave(len(traced), dim=0)
+        step_layers = max(1, rows_per_pass // per_layer)
+        for first in range(0, lm.n_layers, step_layers):
+            group = range(first, min(first + step_layers, lm.n_layers))
+            hooks = [(embed, add_noise(lm, positions, noise_rows.repeat(len(group), 1, 1)))]
+            for g, layer in enumerate(group):
+                span = [layer] if kind == "hidden" or window == 1 else [
+                    x for x in range(layer - window // 2, layer - window // 2 + window)
+                    if 0 <= x < lm.n_layers]
+                rows = torch.arange(g * per_layer, (g + 1) * per_layer, device=lm.device)
+                hooks += [(_module(lm, kind, x), restore(kind, x, rows, where)) for x in span]
+            restored = prob(len(group) * per_layer, hooks).view(len(group), samples,
+                                                               len(traced)).mean(1)
+            grid[first:group.stop, traced] = restored.float().cpu() - trace.corrupted_prob
         trace.effects[kind] = grid
     return trace
