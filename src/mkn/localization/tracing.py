@@ -21,7 +21,6 @@ pass); ``at`` restores only the positions a caller reads (the rest of the grid i
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
