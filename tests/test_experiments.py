@@ -87,6 +87,22 @@ def test_experiment_runs_and_leaves_the_model_unchanged(lm, name):
     assert all(not m._forward_pre_hooks for m in lm.model.modules())
 
 
+def test_enhancement_cost_is_measured_on_a_bounded_seeded_sample_of_other_facts():
+    """Every other fact's first query while they are at most ``cost``; else a sample of
+    ``cost`` of them, the same for the same item and seed, in the sample's order."""
+    from mkn.experiments.enhancement import cost_queries
+
+    facts = two_relation_facts()
+    fact, others = facts[0], [g for g in facts[1:] if queries(g, "en")]
+    assert cost_queries(fact, facts, "en", 100, 0) == [queries(g, "en")[0] for g in others]
+    drawn = cost_queries(fact, facts, "en", 3, 0)
+    assert len(drawn) == 3 and drawn == cost_queries(fact, facts, "en", 3, 0)
+    order = [queries(g, "en")[0] for g in others]
+    assert [order.index(q) for q in drawn] == sorted(order.index(q) for q in drawn)
+    assert queries(fact, "en")[0] not in drawn
+    assert any(cost_queries(fact, facts, "en", 3, seed) != drawn for seed in range(1, 6))
+
+
 def test_query_consistency_threshold_groups_and_difference_by_hand():
     """Consistent: paraphrase overlap above the 95th percentile of two different facts'
     overlap in the relation and language; the difference of median selectivity and Spearman

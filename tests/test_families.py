@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -380,6 +381,45 @@ def test_rows_of_one_input_start_at_their_lowest_layer_and_score_as_one_by_one(
             assert (row.correct, row.first_predicted_id) == (alone.correct,
                                                              alone.first_predicted_id)
     assert len(passes) == 2  # one clean pass per length (both inputs), for its three chunks
+
+
+@pytest.mark.parametrize("name", [*tm.CAUSAL_FAMILIES, *sorted(tm.MASKED_FAMILIES)])
+def test_row_edits_score_as_the_weight_edits_they_stand_for(name):
+    """A row edit (:func:`mkn.interventions.weights.replace_object_row`) scores as the weight
+    edit written into the model (:func:`~mkn.interventions.weights.replace_object`), beside
+    unedited rows, rows of other edits and a suppressed row, staggered or not (float32)."""
+    from mkn.attribution import scoring
+    from mkn.attribution.queries import encode
+    from mkn.attribution.scoring import score_rows
+    from mkn.interventions.weights import edited, replace_object, replace_object_row
+
+    lm = tm.tiny(name)
+    top = lm.n_layers - 1
+    prompt = "The capital of France is" + (" [Y] ." if not lm.causal else "")
+    edits = [[(top, 1), (top, 2)], [(0, 3), (top, 4)], [(top, 5)]]
+    encoded = [encode(lm, prompt, target) for target in ("Paris", "Rome")]
+    rows = [replace_object_row(lm, neurons, prompt, "Paris", "Rome") for neurons in edits]
+    # (query, edit number or None, suppression): an edit beside a suppression too
+    layout = [(q, e, None) for e in [0, 1, 2, None] for q in encoded] + \
+        [(encoded[0], 0, {0: ([7], 0.0)})]
+    for gain in (scoring.STAGGER_GAIN, math.inf):
+        scoring_gain, scoring.STAGGER_GAIN = scoring.STAGGER_GAIN, gain
+        try:
+            got = score_rows(lm, [q for q, _, _ in layout], [s for _, _, s in layout],
+                             batch_size=3,
+                             edits=[None if e is None else rows[e] for _, e, _ in layout])
+        finally:
+            scoring.STAGGER_GAIN = scoring_gain
+        for (query_, number, suppressed), scored in zip(layout, got, strict=True):
+            with contextlib.ExitStack() as stack:
+                if number is not None:
+                    stack.enter_context(edited(replace_object(lm, edits[number], prompt,
+                                                              "Paris", "Rome")))
+                expected = score_rows(lm, [query_], [suppressed])[0]
+            assert scored.token_probs == pytest.approx(expected.token_probs, rel=1e-4,
+                                                       abs=1e-7)
+    with pytest.raises(ValueError, match="2 queries but 1 edits"):
+        score_rows(lm, encoded, [None, None], edits=[None])
 
 
 @pytest.mark.parametrize("family", sorted(tm.MASKED_FAMILIES))

@@ -237,6 +237,8 @@ def _read_out(logits: torch.Tensor, targets: Sequence[int], owners: Sequence[int
 
 
 RowIntervention = Mapping[int, tuple[Sequence[int], float]]  # layer -> (neurons, multiplier)
+# layer -> (neurons [k], change of their output vectors [k, hidden]): a weight edit of one row
+RowEdit = Mapping[int, tuple[Sequence[int], torch.Tensor]]
 
 
 def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention | None],
@@ -266,21 +268,47 @@ def _multiplier_hooks(lm: LanguageModel, interventions: Sequence[RowIntervention
     return {layer: make(table) for layer, table in tables.items()}
 
 
+def _edit_hooks(lm: LanguageModel, edits: Sequence[RowEdit | None]):
+    """Forward hooks on the output projections: row ``r`` computes as if its neurons' output
+    vectors were changed by its edit's deltas (``W v + sum_i a_i dv_i``: what
+    :mod:`mkn.interventions.weights` writes into the weights, one edit per row)."""
+    per_layer: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+    for r, edit in enumerate(edits):
+        for layer, (indices, delta) in (edit or {}).items():
+            per_layer.setdefault(layer, []).append(
+                (r, torch.tensor(list(indices), device=lm.device), delta.to(lm.device)))
+
+    def make(rows: list[tuple[int, torch.Tensor, torch.Tensor]]):
+        def hook(module, args, output):
+            out = output.clone()
+            for r, indices, delta in rows:
+                if r < out.shape[0]:  # a staggered block runs its first rows only
+                    out[r] += args[0][r][:, indices] @ delta.to(out.dtype)
+            return out
+
+        return hook
+
+    return [(lm.down_proj(layer), make(rows)) for layer, rows in per_layer.items()]
+
+
 POSITIONS = ("all", "prediction")
 
 
 Job = tuple[int, Sequence[int], list[tuple[int, int]]]  # owner, input ids, (position, target)
 
 
-def _lowest_layer(intervention: RowIntervention | None, n_layers: int) -> int:
+def _lowest_layer(intervention: RowIntervention | None, n_layers: int,
+                  edit: RowEdit | None = None) -> int:
     """The lowest layer a row changes; a clean row recomputes only the last block."""
-    return min(intervention) if intervention else n_layers - 1
+    changed = [*(intervention or {}), *(edit or {})]
+    return min(changed) if changed else n_layers - 1
 
 
 def _score_chunk(lm: LanguageModel, chunk: Sequence[Job],
                  interventions: Sequence[RowIntervention | None], positions: str,
                  token_probs: list[list[float]], predicted: list[list[int]],
-                 layers: Sequence[int] | None = None, clean: tuple | None = None) -> None:
+                 layers: Sequence[int] | None = None, clean: tuple | None = None,
+                 edits: Sequence[RowEdit | None] | None = None) -> None:
     """One forward pass of ``chunk``'s rows (right-padded), each with its own intervention; with
     ``layers`` (rows of one length, ascending), row ``r`` starts at block ``layers[r]`` from the
     hidden state entering it in the ``clean`` pass of its input (``(states, returns_tuple,
@@ -315,6 +343,9 @@ def _score_chunk(lm: LanguageModel, chunk: Sequence[Job],
             stack.enter_context(staggered_blocks(lm, active, starts, fresh, returns_tuple))
             del inputs["attention_mask"]  # inputs of one length: no padding
         stack.enter_context(neuron_hooks(lm, hooks))
+        for module, hook in _edit_hooks(lm, [edits[owner] for owner, _, _ in chunk]
+                                        if edits is not None else []):
+            stack.callback(module.register_forward_hook(hook).remove)
         stack.enter_context(head_at(lm, torch.tensor(where_rows, device=lm.device),
                                     torch.tensor(where_positions, device=lm.device)))
         stack.enter_context(torch.no_grad())
@@ -339,11 +370,14 @@ def _clean_states(lm: LanguageModel, inputs: Sequence[Sequence[int]],
 @uses_model
 def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
                interventions: Sequence[RowIntervention | None],
-               batch_size: int = 32, positions: str = "all") -> list[Prediction]:
+               batch_size: int = 32, positions: str = "all",
+               edits: Sequence[RowEdit | None] | None = None) -> list[Prediction]:
     """One :class:`Prediction` per row: ``encoded[i]`` scored with ``interventions[i]``
     (``{layer: (neuron indices, multiplier)}``; None: clean), applied at every position
     (``positions="all"``) or only at the positions that predict the object's tokens
-    (``"prediction"``: the mask/prediction position, where Dai et al. and AMIG intervene).
+    (``"prediction"``: the mask/prediction position, where Dai et al. and AMIG intervene), and
+    with ``edits[i]`` (``{layer: (neuron indices, change of their output vectors)}``: a weight
+    edit of that row alone, at every position), so many edits are measured in one pass.
 
     A causal row is the prompt and the object's tokens but the last (teacher forcing in one
     sequence); a masked LM runs one row per teacher-forced step. Rows are sorted by length,
@@ -355,6 +389,8 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
     """
     if len(encoded) != len(interventions):
         raise ValueError(f"{len(encoded)} queries but {len(interventions)} interventions")
+    if edits is not None and len(edits) != len(encoded):
+        raise ValueError(f"{len(encoded)} queries but {len(edits)} edits")
     if positions not in POSITIONS:
         raise ValueError(f"unknown positions {positions!r}; choose {' or '.join(POSITIONS)}")
     jobs: list[Job] = []
@@ -372,7 +408,9 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
         by_length.setdefault(len(job[1]), []).append(job)
     for bucket in by_length.values():
         inputs = list(dict.fromkeys(tuple(job[1]) for job in bucket))
-        layers = {job[0]: _lowest_layer(interventions[job[0]], lm.n_layers) for job in bucket}
+        layers = {job[0]: _lowest_layer(interventions[job[0]], lm.n_layers,
+                                        edits[job[0]] if edits is not None else None)
+                  for job in bucket}
         # staggering pays when the rows skip more blocks than their inputs' clean passes cost
         if sum(layers.values()) < STAGGER_GAIN * len(inputs) * lm.n_layers:
             padded += bucket
@@ -384,11 +422,12 @@ def score_rows(lm: LanguageModel, encoded: Sequence[EncodedQuery],
             chunk = bucket[start:start + batch_size]
             _score_chunk(lm, chunk, interventions, positions, token_probs, predicted,
                          [layers[owner] for owner, _, _ in chunk],
-                         (states, returns_tuple, [index[tuple(ids)] for _, ids, _ in chunk]))
+                         (states, returns_tuple, [index[tuple(ids)] for _, ids, _ in chunk]),
+                         edits)
     padded.sort(key=lambda job: len(job[1]))
     for start in range(0, len(padded), batch_size):
         _score_chunk(lm, padded[start:start + batch_size], interventions, positions,
-                     token_probs, predicted)
+                     token_probs, predicted, edits=edits)
     return [_prediction(token_probs[i], predicted[i], query.target_ids)
             for i, query in enumerate(encoded)]
 

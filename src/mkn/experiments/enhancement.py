@@ -7,7 +7,9 @@ neurons when only one is strong) and measure, in the weak language: whether the 
 *known* by the run's criterion (the same one that made it weak: gold first among the candidates
 where the data has them, else greedy decoding; one criterion for knowing and for success),
 accuracy (greedy prediction = gold, a second, stricter column) and p(gold) before/after; and the
-cost: the same on the other facts of the sample (unrelated) in the weak language. The relative
+cost: the same on the other facts of the sample (unrelated) in the weak language, at most ``cost``
+of them (a sample seeded by the item when there are more: the cost of a study would otherwise
+grow with the square of its facts). The relative
 change of p(gold) is shown beside its controls (:mod:`mkn.interventions.controls`): random sets
 with as many neurons per layer (``draws`` draws) and ``unrelated`` facts of other relations in
 the weak language.
@@ -15,6 +17,7 @@ the weak language.
 
 from __future__ import annotations
 
+import random
 import statistics
 
 from mkn.attribution.api import predict_many
@@ -47,6 +50,18 @@ from mkn.localization.neurons import shared_neurons
 from mkn.models.loading import LanguageModel
 
 PHASES = 2  # progress ticks per fact: locating, then measuring
+COST_FACTS = 32  # other facts whose accuracy an enhancement may cost, per item
+
+
+def cost_queries(fact, facts: list, lang: str, cost: int, seed: int) -> list:
+    """The first query in ``lang`` of every other fact that has one, or of ``cost`` of them
+    (sampled, seeded by the item; in the sample's order) when there are more."""
+    pool = [g for g in facts if g.id != fact.id and queries(g, lang)]
+    if len(pool) > cost:
+        chosen = set(random.Random(stable_seed(seed, fact.id, lang, "cost")).sample(
+            range(len(pool)), cost))
+        pool = [g for i, g in enumerate(pool) if i in chosen]
+    return [queries(g, lang)[0] for g in pool]
 
 
 def _evaluate(lm: LanguageModel, qs, clean: CleanPredictions | None = None
@@ -60,7 +75,9 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         seed: int = 0, factor: float = 2.0, q: float = 0.5, draws: int = DEFAULT_DRAWS,
         unrelated: int = DEFAULT_UNRELATED, progress: Progress | None = None,
         cache: AttributionCache | None = None, known: KnownItems | None = None,
-        generic: GenericNeurons | None = None) -> dict:
+        generic: GenericNeurons | None = None, cost: int = COST_FACTS) -> dict:
+    if cost < 1:
+        raise ValueError(f"enhancement: cost must be at least 1 fact, got {cost}")
     # strong = known under the run's criterion (with "any", marked known by "auto")
     criterion = "auto" if config.known == "any" else config.known
     known = known if known is not None and known.criterion == criterion else known_items(
@@ -85,7 +102,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             item = {"fact_id": fact.id, "weak": lang, "strong": strong, "neurons": len(neurons)}
             if neurons:
                 own = queries(fact, lang)
-                others = [qr for g in facts if g.id != fact.id for qr in queries(g, lang)[:1]]
+                others = cost_queries(fact, facts, lang, cost, seed)
                 item["before"] = _evaluate(lm, own, clean_predictions)
                 item["unrelated_before"] = _evaluate(lm, others, clean_predictions)
                 with enhance(lm, neurons, factor=factor):
@@ -106,7 +123,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             progress(fact.id)
     return {"items": items, "ineligible_facts": ineligible, "factor": factor,
             "summary": summarize(items, seed), "knowledge": known.to_summary(), "draws": draws,
-            "unrelated": unrelated}
+            "unrelated": unrelated, "cost": cost}
 
 
 def _accuracy(items: list[dict], key: str) -> float | None:

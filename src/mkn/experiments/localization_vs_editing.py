@@ -31,7 +31,8 @@ from collections.abc import Mapping
 
 import torch
 
-from mkn.attribution.api import predict_many
+from mkn.attribution.queries import encode
+from mkn.attribution.scoring import score_rows
 from mkn.experiments.common import (
     Progress,
     generic_for,
@@ -46,7 +47,7 @@ from mkn.experiments.metrics import clustered_interval, spearman
 from mkn.experiments.tracing_vs_neurons import denoised, neuron_profile
 from mkn.interventions.controls import CleanProbs, random_like, stable_seed
 from mkn.interventions.locality import locality
-from mkn.interventions.weights import edited, replace_object
+from mkn.interventions.weights import replace_object, replace_object_row
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig
@@ -58,11 +59,22 @@ PHASES = 2  # progress ticks per fact: locating, then editing layer by layer
 SIGNALS = ("tracing", "neuron_share", "attribution_mass")
 
 
-def _edit_scores(lm: LanguageModel, neurons, prompt: str, old: str, new: str) -> tuple:
-    """(log p(new), p(new) > p(old)) on ``prompt`` with ``neurons`` edited old -> new."""
-    with edited(replace_object(lm, neurons, prompt, old, new)):
-        p_new, p_old = predict_many(lm, [(prompt, new), (prompt, old)])
-    return math.log(max(p_new.prob, 1e-30)), p_new.prob > p_old.prob
+def edit_scores(lm: LanguageModel, edits: list, prompt: str, old: str, new: str
+                ) -> tuple[float, list[tuple[float, bool]]]:
+    """log p(new) on ``prompt`` unedited, and per edit (a list of neurons each) ``(log p(new),
+    p(new) > p(old))`` with those neurons edited old -> new: every edit a row pair of one
+    batched pass (:func:`~mkn.interventions.weights.replace_object_row`), each row starting at
+    the layer it edits."""
+    rows = [replace_object_row(lm, neurons, prompt, old, new) for neurons in edits]
+    new_q, old_q = encode(lm, prompt, new), encode(lm, prompt, old)
+    scored = score_rows(lm, [new_q, old_q] * len(rows) + [new_q], [None] * (2 * len(rows) + 1),
+                        edits=[row for row in rows for _ in (new_q, old_q)] + [None])
+
+    def log(p: float) -> float:
+        return math.log(max(p, 1e-30))
+
+    return log(scored[-1].prob), [(log(scored[2 * i].prob), scored[2 * i].prob
+                                   > scored[2 * i + 1].prob) for i in range(len(rows))]
 
 
 def _mean(values: list) -> float | None:
@@ -116,21 +128,20 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
             signals = {"tracing": denoised(trace.layer_profile("mlp").abs().tolist()),
                        "neuron_share": neuron_profile(result.neurons, lm.n_layers),
                        "attribution_mass": mass_profile(result.scores)}
-            before = math.log(max(predict_many(lm, [(prompt, new)])[0].prob, 1e-30))
             rng = random.Random(stable_seed(seed, fact.id, lang, "random-edit"))
-            gains, efficacy, random_gains, random_efficacy = [], [], [], []
-            top = []  # the k highest-scoring neurons of each layer
+            top, edits = [], []  # the k highest-scoring neurons of each layer, its controls
             for layer in range(lm.n_layers):
                 order = torch.argsort(ranked[layer], descending=True)
-                chosen = [(layer, int(i)) for i in order[:k]]
-                top.append(chosen)
-                log_new, took = _edit_scores(lm, chosen, prompt, old, new)
-                gains.append(log_new - before)
-                efficacy.append(took)
-                drawn = [_edit_scores(lm, random_like(chosen, lm.n_neurons, rng), prompt, old,
-                                      new) for _ in range(draws)]
-                random_gains.append(statistics.fmean(g - before for g, _ in drawn))
-                random_efficacy.append(statistics.fmean(t for _, t in drawn))
+                top.append([(layer, int(i)) for i in order[:k]])
+                edits += [top[-1], *[random_like(top[-1], lm.n_neurons, rng)
+                                     for _ in range(draws)]]
+            before, scores = edit_scores(lm, edits, prompt, old, new)
+            per_layer = [scores[i:i + 1 + draws] for i in range(0, len(scores), 1 + draws)]
+            gains = [own[0] - before for own, *_ in per_layer]
+            efficacy = [own[1] for own, *_ in per_layer]
+            random_gains = [statistics.fmean(g - before for g, _ in drawn)
+                            for _, *drawn in per_layer]
+            random_efficacy = [statistics.fmean(t for _, t in drawn) for _, *drawn in per_layer]
             best_edit = max(range(lm.n_layers), key=gains.__getitem__)
             # locality of the best layer's edit: its same- and other-relation neighbours
             edit = replace_object(lm, top[best_edit], prompt, old, new)

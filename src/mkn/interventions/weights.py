@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mkn.attribution.queries import encode
+from mkn.attribution.scoring import RowEdit
 from mkn.interventions.activation import group_neurons
 from mkn.models.families import Neuron
 from mkn.models.loading import LanguageModel
@@ -98,10 +99,9 @@ def erase(lm: LanguageModel, neurons: Iterable[Neuron]) -> WeightEdit:
     return _edit(lm, neurons, torch.zeros_like)
 
 
-def replace_object(lm: LanguageModel, neurons: Iterable[Neuron], prompt: str, old: str, new: str,
-                   variant: str = "dai", lambda_old: float = 1.0,
-                   lambda_new: float = 1.0) -> WeightEdit:
-    """Move the fact ``prompt -> old`` to ``new`` by editing the neurons' output vectors."""
+def _object_update(lm: LanguageModel, prompt: str, old: str, new: str, variant: str,
+                   lambda_old: float, lambda_new: float):
+    """The function mapping output vectors ``[k, hidden]`` to their edited values."""
     e_old, e_new = object_vector(lm, prompt, old), object_vector(lm, prompt, new)
     if variant == "dai":
         def update(v: torch.Tensor) -> torch.Tensor:
@@ -113,7 +113,29 @@ def replace_object(lm: LanguageModel, neurons: Iterable[Neuron], prompt: str, ol
             return v - 2 * e_old + 2 * e_new
     else:
         raise ValueError(f"unknown edit variant {variant!r}; choose dai or eleuther")
-    return _edit(lm, neurons, update)
+    return update
+
+
+def replace_object(lm: LanguageModel, neurons: Iterable[Neuron], prompt: str, old: str, new: str,
+                   variant: str = "dai", lambda_old: float = 1.0,
+                   lambda_new: float = 1.0) -> WeightEdit:
+    """Move the fact ``prompt -> old`` to ``new`` by editing the neurons' output vectors."""
+    return _edit(lm, neurons, _object_update(lm, prompt, old, new, variant, lambda_old,
+                                             lambda_new))
+
+
+def replace_object_row(lm: LanguageModel, neurons: Iterable[Neuron], prompt: str, old: str,
+                       new: str, variant: str = "dai", lambda_old: float = 1.0,
+                       lambda_new: float = 1.0) -> RowEdit:
+    """:func:`replace_object` as a row edit of :func:`mkn.attribution.scoring.score_rows`
+    (``{layer: (indices, change of their output vectors)}``, float32); nothing is written, so
+    many edits are measured in one batched pass."""
+    update = _object_update(lm, prompt, old, new, variant, lambda_old, lambda_new)
+    out = {}
+    for layer, indices in group_neurons(lm, neurons).items():
+        original = value_vectors(lm, layer)[torch.tensor(indices)].detach().float()
+        out[layer] = (list(indices), update(original) - original)
+    return out
 
 
 @contextmanager
