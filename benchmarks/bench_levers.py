@@ -9,7 +9,13 @@ every lever on. A lever is switched off by putting back what it replaced:
 - ``stagger``: rows of one input start at the lowest layer they change, from one clean pass
   (:func:`mkn.attribution.scoring.score_rows`); off: every row runs every block;
 - ``clean-memo``: the clean predictions of enhancement and injection are computed once per
-  query (:class:`mkn.experiments.common.CleanPredictions`); off: once per item.
+  query (:class:`mkn.experiments.common.CleanPredictions`); off: once per item;
+- ``trace-positions``: causal tracing restores only the states the experiment reads, several
+  layers per pass (:func:`mkn.localization.tracing.causal_trace` with ``at``); off: the full
+  grid of every kind, one layer per pass (tracing-vs-neurons, localization-vs-editing);
+- ``row-edits``: localization-vs-editing scores all of an item's edits as rows of one batched
+  pass (:func:`mkn.interventions.weights.replace_object_row`); off: each edit written into the
+  weights and scored alone.
 
 Per experiment: seconds in each configuration and the speed-up against "none"; and the largest
 difference between any number of the experiment's result in that configuration and in "none"
@@ -42,10 +48,27 @@ import mkn
 from mkn.attribution import scoring
 from mkn.experiments import common
 from mkn.interventions import controls
-from mkn.jobs.study import DEFAULT_PARTS, StudyConfig, run_part
+from mkn.jobs.study import StudyConfig, load_study_config, run_part
 from mkn.models.devices import cpu_summary
 
-LEVERS = ("dedupe", "stagger", "clean-memo")
+LEVERS = ("dedupe", "stagger", "clean-memo", "trace-positions", "row-edits")
+
+
+def edit_one_by_one(lm, edits, prompt: str, old: str, new: str):
+    """:func:`mkn.experiments.localization_vs_editing.edit_scores` as it was: each edit
+    written into the weights and its two queries scored alone."""
+    from mkn.attribution.api import predict_many
+    from mkn.interventions.weights import edited, replace_object
+
+    def log(p: float) -> float:
+        return math.log(max(p, 1e-30))
+
+    scores = []
+    for neurons in edits:
+        with edited(replace_object(lm, neurons, prompt, old, new)):
+            p_new, p_old = predict_many(lm, [(prompt, new), (prompt, old)])
+        scores.append((log(p_new.prob), p_new.prob > p_old.prob))
+    return log(predict_many(lm, [(prompt, new)])[0].prob), scores
 
 
 def measure_every_row(lm, jobs, clean, factor: float = 2.0, positions: str = "all"):
@@ -86,7 +109,7 @@ def levers_off(off: set[str]) -> Iterator[None]:
                        size_curves):
             swap(module, "measure_sets", measure_every_row)
     if "stagger" in off:
-        swap(scoring, "_lowest_layer", lambda intervention, n_layers: 0)
+        swap(scoring, "_lowest_layer", lambda intervention, n_layers, edit=None: 0)
     if "clean-memo" in off:
         def uncached(self, asked):
             self.known.clear()
@@ -94,6 +117,21 @@ def levers_off(off: set[str]) -> Iterator[None]:
 
         original = common.CleanPredictions.__call__
         swap(common.CleanPredictions, "__call__", uncached)
+    if "trace-positions" in off:
+        from mkn.experiments import localization_vs_editing, tracing_vs_neurons
+        from mkn.localization import tracing
+
+        def full_grid(*args, kinds=tracing.KINDS, at=None, **kwargs):
+            # tracing-vs-neurons traced every kind before (its "hidden" grid unused)
+            kinds = tracing.KINDS if "attn" in kinds else kinds
+            return tracing.causal_trace(*args, kinds=kinds, rows_per_pass=1, **kwargs)
+
+        for module in (tracing_vs_neurons, localization_vs_editing):
+            swap(module, "causal_trace", full_grid)
+    if "row-edits" in off:
+        from mkn.experiments import localization_vs_editing
+
+        swap(localization_vs_editing, "edit_scores", edit_one_by_one)
     try:
         yield
     finally:
@@ -160,7 +198,7 @@ def main() -> None:
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--dtype", default="auto", help="float32: bf16's batch-composition "
                         "rounding gone, the levers' numbers should agree to ~1e-5")
-    parser.add_argument("--part", default="bmlama17", choices=[p.name for p in DEFAULT_PARTS])
+    parser.add_argument("--part", default="bmlama17")
     parser.add_argument("--limit", type=int, default=6, help="facts per part (0 with "
                         "--study: the whole sample)")
     parser.add_argument("--configs", default="none,dedupe,stagger,clean-memo,all",
@@ -168,15 +206,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/levers"))
     parser.add_argument("--study", choices=["none", *LEVERS, "all"])
     parser.add_argument("--relation-neurons", default="keep", choices=["auto", "keep"])
+    parser.add_argument("--generic", default="auto", choices=["auto", "keep"])
+    parser.add_argument("--config", type=Path, help="a study YAML (default: mkn reproduce's "
+                        "own parts); --part names one of its parts")
+    parser.add_argument("--experiments", help="comma-separated: only these of the part's")
     args = parser.parse_args()
     print(cpu_summary(), flush=True)
     lm = mkn.load_model(args.model, dtype=args.dtype)
     if args.study:
         whole_study(lm, args)
         return
-    config = StudyConfig(model=args.model, dtype=str(lm.dtype).removeprefix("torch."),
-                         limit=args.limit, relation_neurons=args.relation_neurons)
+    settings = dict(model=args.model, dtype=str(lm.dtype).removeprefix("torch."),
+                    limit=args.limit, relation_neurons=args.relation_neurons,
+                    generic=args.generic)
+    config = load_study_config(args.config, **settings) if args.config else StudyConfig(
+        **settings)
     part = next(p for p in config.parts if p.name == args.part)
+    if args.experiments:
+        part = part.model_copy(update={"experiments": args.experiments.split(",")})
     args.out.mkdir(parents=True, exist_ok=True)
 
     def task(label, total):
