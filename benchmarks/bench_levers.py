@@ -14,7 +14,7 @@ every lever on. A lever is switched off by putting back what it replaced:
   layers per pass (:func:`mkn.localization.tracing.causal_trace` with ``at``); off: the full
   grid of every kind, one layer per pass (tracing-vs-neurons, localization-vs-editing);
 - ``row-edits``: localization-vs-editing scores all of an item's edits as rows of one batched
-  pass (:func:`mkn.interventions.weights.replace_object_row`); off: each edit written into the
+  pass (:func:`mkn.interventions.weights.replace_object_rows`); off: each edit written into the
   weights and scored alone.
 
 Per experiment: seconds in each configuration and the speed-up against "none"; and the largest

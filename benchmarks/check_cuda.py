@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # tests.tiny_models: a small causal tokenizer
 from tests.tiny_models import causal_tokenizer  # noqa: E402
 
 import mkn  # noqa: E402
+from mkn.attribution import scoring  # noqa: E402
 from mkn.attribution.queries import encode  # noqa: E402
 from mkn.attribution.scoring import score_rows  # noqa: E402
 from mkn.interventions.weights import replace_object  # noqa: E402
@@ -95,8 +96,6 @@ def correctness(device: str) -> None:
         interventions = [{layer: ([1, 5, 9], 0.0)} for layer in range(cpu.n_layers)] + [None]
         plain = [p.prob for p in score_rows(cpu, [rows[0]] * len(interventions), interventions)]
         for stagger, label in ((1.0, "staggered"), (1e9, "unstaggered")):
-            from mkn.attribution import scoring
-
             old, scoring.STAGGER_GAIN = scoring.STAGGER_GAIN, stagger
             try:
                 got = [p.prob for p in score_rows(gpu, [rows[1]] * len(interventions),

@@ -385,20 +385,20 @@ def test_rows_of_one_input_start_at_their_lowest_layer_and_score_as_one_by_one(
 
 @pytest.mark.parametrize("name", [*tm.CAUSAL_FAMILIES, *sorted(tm.MASKED_FAMILIES)])
 def test_row_edits_score_as_the_weight_edits_they_stand_for(name):
-    """A row edit (:func:`mkn.interventions.weights.replace_object_row`) scores as the weight
+    """A row edit (:func:`mkn.interventions.weights.replace_object_rows`) scores as the weight
     edit written into the model (:func:`~mkn.interventions.weights.replace_object`), beside
     unedited rows, rows of other edits and a suppressed row, staggered or not (float32)."""
     from mkn.attribution import scoring
     from mkn.attribution.queries import encode
     from mkn.attribution.scoring import score_rows
-    from mkn.interventions.weights import edited, replace_object, replace_object_row
+    from mkn.interventions.weights import edited, replace_object, replace_object_rows
 
     lm = tm.tiny(name)
     top = lm.n_layers - 1
     prompt = "The capital of France is" + (" [Y] ." if not lm.causal else "")
     edits = [[(top, 1), (top, 2)], [(0, 3), (top, 4)], [(top, 5)]]
     encoded = [encode(lm, prompt, target) for target in ("Paris", "Rome")]
-    rows = [replace_object_row(lm, neurons, prompt, "Paris", "Rome") for neurons in edits]
+    rows = replace_object_rows(lm, edits, prompt, "Paris", "Rome")
     # (query, edit number or None, suppression): an edit beside a suppression too
     layout = [(q, e, None) for e in [0, 1, 2, None] for q in encoded] + \
         [(encoded[0], 0, {0: ([7], 0.0)})]

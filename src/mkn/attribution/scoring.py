@@ -276,14 +276,15 @@ def _edit_hooks(lm: LanguageModel, edits: Sequence[RowEdit | None]):
     for r, edit in enumerate(edits):
         for layer, (indices, delta) in (edit or {}).items():
             per_layer.setdefault(layer, []).append(
-                (r, torch.tensor(list(indices), device=lm.device), delta.to(lm.device)))
+                (r, torch.tensor(list(indices), device=lm.device),
+                 delta.to(device=lm.device, dtype=lm.dtype)))
 
     def make(rows: list[tuple[int, torch.Tensor, torch.Tensor]]):
         def hook(module, args, output):
             out = output.clone()
             for r, indices, delta in rows:
                 if r < out.shape[0]:  # a staggered block runs its first rows only
-                    out[r] += args[0][r][:, indices] @ delta.to(out.dtype)
+                    out[r] += args[0][r][:, indices] @ delta
             return out
 
         return hook

@@ -47,7 +47,7 @@ from mkn.experiments.metrics import clustered_interval, spearman
 from mkn.experiments.tracing_vs_neurons import denoised, neuron_profile
 from mkn.interventions.controls import CleanProbs, random_like, stable_seed
 from mkn.interventions.locality import locality
-from mkn.interventions.weights import replace_object, replace_object_row
+from mkn.interventions.weights import replace_object, replace_object_rows
 from mkn.localization.generic import GenericNeurons
 from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import AttributionCache, LocateConfig
@@ -63,9 +63,9 @@ def edit_scores(lm: LanguageModel, edits: list, prompt: str, old: str, new: str
                 ) -> tuple[float, list[tuple[float, bool]]]:
     """log p(new) on ``prompt`` unedited, and per edit (a list of neurons each) ``(log p(new),
     p(new) > p(old))`` with those neurons edited old -> new: every edit a row pair of one
-    batched pass (:func:`~mkn.interventions.weights.replace_object_row`), each row starting at
+    batched pass (:func:`~mkn.interventions.weights.replace_object_rows`), each row starting at
     the layer it edits."""
-    rows = [replace_object_row(lm, neurons, prompt, old, new) for neurons in edits]
+    rows = replace_object_rows(lm, edits, prompt, old, new)
     new_q, old_q = encode(lm, prompt, new), encode(lm, prompt, old)
     scored = score_rows(lm, [new_q, old_q] * len(rows) + [new_q], [None] * (2 * len(rows) + 1),
                         edits=[row for row in rows for _ in (new_q, old_q)] + [None])

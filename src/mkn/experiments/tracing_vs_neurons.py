@@ -87,7 +87,7 @@ def run(lm: LanguageModel, facts: list, languages: list[str], config: LocateConf
         for lang in located[fact.id].languages:
             prompt, subject = fact.prompts(lang)[0], fact.languages[lang].subject
             found = causal_trace(lm, prompt, fact.languages[lang].object, subject,
-                                 kinds=TRACED, samples=samples, noise=noise,
+                                 kinds=tuple(TRACED), samples=samples, noise=noise,
                                  seed=stable_seed(seed, fact.id, lang, "trace"), at=TRACED)
             trace = denoised(found.layer_profile("mlp").abs().tolist())
             at_prediction = denoised(found.layer_profile(

@@ -124,18 +124,21 @@ def replace_object(lm: LanguageModel, neurons: Iterable[Neuron], prompt: str, ol
                                              lambda_new))
 
 
-def replace_object_row(lm: LanguageModel, neurons: Iterable[Neuron], prompt: str, old: str,
-                       new: str, variant: str = "dai", lambda_old: float = 1.0,
-                       lambda_new: float = 1.0) -> RowEdit:
-    """:func:`replace_object` as a row edit of :func:`mkn.attribution.scoring.score_rows`
-    (``{layer: (indices, change of their output vectors)}``, float32); nothing is written, so
-    many edits are measured in one batched pass."""
+def replace_object_rows(lm: LanguageModel, neuron_sets: Iterable[Iterable[Neuron]], prompt: str,
+                        old: str, new: str, variant: str = "dai", lambda_old: float = 1.0,
+                        lambda_new: float = 1.0) -> list[RowEdit]:
+    """:func:`replace_object` on each of ``neuron_sets``, as row edits of
+    :func:`mkn.attribution.scoring.score_rows` (``{layer: (indices, change of their output
+    vectors)}``, float32); nothing is written, so many edits are measured in one batched pass."""
     update = _object_update(lm, prompt, old, new, variant, lambda_old, lambda_new)
-    out = {}
-    for layer, indices in group_neurons(lm, neurons).items():
-        original = value_vectors(lm, layer)[torch.tensor(indices)].detach().float()
-        out[layer] = (list(indices), update(original) - original)
-    return out
+    rows = []
+    for neurons in neuron_sets:
+        row = {}
+        for layer, indices in group_neurons(lm, neurons).items():
+            original = value_vectors(lm, layer)[torch.tensor(indices)].detach().float()
+            row[layer] = (list(indices), update(original) - original)
+        rows.append(row)
+    return rows
 
 
 @contextmanager
