@@ -424,3 +424,27 @@ def test_a_pilot_study_sizes_each_part_for_the_power_target(tmp_path):
     assert here[("C1", "bmlama17")] == 32 and "C4 (bmlama17)" in section
     with pytest.raises(ValueError, match="pilot .*nope.json: not a readable study.json"):
         power_planned(StudyConfig(pilot=str(tmp_path / "nope.json")))
+
+
+def test_reference_sample_sizes_are_study_knobs(monkeypatch):
+    """A slow model's study can draw smaller reference samples: the sizes reach the list
+    builders, and a size below the minimum for a meaningful list is refused up front."""
+    from mkn.jobs import study as study_module
+
+    seen = {}
+    monkeypatch.setattr(study_module, "generic_lists",
+                        lambda *a, **k: seen.setdefault("generic", k["facts"]))
+    monkeypatch.setattr(study_module, "relation_lists",
+                        lambda *a, **k: seen.setdefault("relations", k["per_relation"]))
+    part = DataPart(name="x", data="builtin", languages=["en"], relations=["P36"],
+                    per_relation=2, experiments=["audits"])
+    config = StudyConfig(parts=[part], reference_facts=24, relation_reference_facts=3)
+    study_module.part_generic_lists(None, part, config, {}, None, print, [])
+    study_module.part_relation_lists(None, part, config, {}, None, print, [])
+    assert seen == {"generic": 24, "relations": 3}
+    defaults = StudyConfig(parts=[part])
+    assert (defaults.reference_facts, defaults.relation_reference_facts) == (48, 6)
+    with pytest.raises(ValueError, match="reference_facts"):
+        StudyConfig(parts=[part], reference_facts=5)
+    with pytest.raises(ValueError, match="relation_reference_facts"):
+        StudyConfig(parts=[part], relation_reference_facts=1)

@@ -24,6 +24,7 @@ from mkn.localization.locate import LocateConfig
 from mkn.localization.reference import (
     MIN_REFERENCE_FACTS,
     REFERENCE_FACTS,
+    RELATION_REFERENCE_FACTS,
     ThinReference,
     reference_generic,
     reference_relations,
@@ -232,12 +233,13 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
                    methods: Sequence[str], relations: Iterable[str], mode: str = "auto", *,
                    task: TaskFactory, say: Say, held_out: Iterable[str] = (),
                    cache: dict | None = None, run: RunDirectory | None = None,
-                   pin: str = "relation_digest") -> RelationLists:
+                   pin: str = "relation_digest",
+                   per_relation: int = RELATION_REFERENCE_FACTS) -> RelationLists:
     """The relation-neuron list of each of ``methods`` for ``relations``
     (:mod:`mkn.localization.relations`; ``mode``: ``auto`` builds or reads the cached list of
     ``data``, ``keep`` none, otherwise a list file for every method), its reference facts held
-    out from ``held_out`` (checked, for a file too). ``run`` pins each list's digest under
-    ``pin``."""
+    out from ``held_out`` (checked, for a file too), up to ``per_relation`` of each relation.
+    ``run`` pins each list's digest under ``pin``."""
     held_out = list(held_out)
     if mode == "keep":
         found = RelationLists(None)
@@ -250,7 +252,8 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
         for method in methods:
             config = locate.model_copy(update={"method": method})
             listed, path, built = reference_relations(lm, data, languages, config, relations,
-                                                      held_out, task=task, cache=cache)
+                                                      held_out, per_relation, task=task,
+                                                      cache=cache)
             sizes = listed.sizes()
             uncovered = sorted(set(relations) - set(sizes))
             say(f"relation neurons ({method}, share >= {listed.threshold:g} of a relation's "

@@ -57,7 +57,12 @@ from mkn.jobs.pipeline import (
 from mkn.localization.backends import Backend
 from mkn.localization.knowledge import KnownItems
 from mkn.localization.locate import LocateConfig, locate_fact, locate_methods
-from mkn.localization.reference import REFERENCE_FACTS
+from mkn.localization.reference import (
+    MIN_REFERENCE_FACTS,
+    REFERENCE_FACTS,
+    RELATION_REFERENCE_FACTS,
+)
+from mkn.localization.relations import MIN_RELATION_FACTS
 from mkn.localization.run import fact_records
 from mkn.localization.stats import localization_stats
 from mkn.models.devices import cpu_summary
@@ -160,6 +165,12 @@ class StudyConfig(BaseModel):
     relation_neurons: str = Field("auto", description="auto: leave the relation neurons of a "
                                   "fact's relation out, so its set is the fact's own (cached "
                                   "reference list per method and part); keep: leave them in")
+    reference_facts: int = Field(REFERENCE_FACTS, ge=MIN_REFERENCE_FACTS, description="known "
+                                 "facts in each part's reference sample for generic neurons "
+                                 "(fewer: cheaper lists on a slow model, noisier shares)")
+    relation_reference_facts: int = Field(RELATION_REFERENCE_FACTS, ge=MIN_RELATION_FACTS,
+                                          description="known reference facts per relation "
+                                          "for its relation-neuron list")
     parts: list[DataPart] = Field(default_factory=lambda: [p.model_copy() for p in
                                                            DEFAULT_PARTS])
     pilot: str | None = Field(None, description="a previous study.json: its intervals size "
@@ -246,7 +257,8 @@ def part_generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, c
     """The generic-neuron list of each method for ``part`` (:func:`mkn.jobs.pipeline.
     generic_lists`), its reference sample disjoint from the part's facts (``held_out``); a smoke
     run (``limit``) draws a reference sample as small as its own sample."""
-    size = REFERENCE_FACTS if config.limit is None else min(REFERENCE_FACTS, 2 * config.limit)
+    size = config.reference_facts if config.limit is None else min(config.reference_facts,
+                                                                     2 * config.limit)
     return generic_lists(lm, part.data, part.languages, config.locate_config(config.methods[0]),
                          config.methods, config.generic, task=task, say=say, held_out=held_out,
                          cache=cache, facts=size, run=run, pin=f"generic/{part.name}")
@@ -260,7 +272,8 @@ def part_relation_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, 
     return relation_lists(lm, part.data, part.languages, config.locate_config(config.methods[0]),
                           config.methods, {f.relation for f in facts}, config.relation_neurons,
                           task=task, say=say, held_out=[f.id for f in facts], cache=cache,
-                          run=run, pin=f"relations/{part.name}")
+                          run=run, pin=f"relations/{part.name}",
+                          per_relation=config.relation_reference_facts)
 
 
 def upper_third_excess(result, n_layers: int) -> list[tuple[str, float]]:
