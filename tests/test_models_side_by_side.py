@@ -35,6 +35,12 @@ def test_verdict_classes_and_the_claims_across_models():
     assert "| C1 | bm | agrees (0.01) | agrees (0.01) | agrees on both models |" in table
     assert "| C2 | bm | agrees (0.01) | disagrees (0.01) | gemma agrees; qwen disagrees |" \
         in table
+    counted = side_by_side({**rows, "qwen": rows["qwen"][1:]},
+                           {"gemma": {("C1", "bm"): {"measured": 55, "needed": 90}},
+                            "qwen": {("C2", "bm"): {"measured": 16, "needed": None}}})
+    assert "| C1 | bm | agrees (0.01; 55 / 90) | not run on this model " \
+        "| agrees (one model ran it) |" in counted
+    assert "| C2 | bm | agrees (0.01) | disagrees (0.01; 16 / -) |" in counted
     said = "\n".join(conclusions(rows))
     line = {key: next(x for x in said.splitlines() if x.startswith(f"- **{key}"))
             for key in ("Holds on every", "Holds on one", "Fails", "Split", "Cannot tell",

@@ -53,20 +53,32 @@ def matched(rows: Mapping[str, Sequence[list]]) -> list[tuple[str, str, str, dic
             for (cid, part), (statement, by_model) in keyed.items()]
 
 
-def side_by_side(rows: Mapping[str, Sequence[list]]) -> str:
+def side_by_side(rows: Mapping[str, Sequence[list]],
+                 counts: Mapping[str, Mapping[tuple[str, str], dict]] | None = None) -> str:
     """Per claim and part: each model's verdict after Holm (with its p), and the claim across
-    models."""
+    models. ``counts``: per model, ``{(claim, part): {"measured": n, "needed": n}}`` (facts
+    measured, and facts needed for the power target from that model's own interval;
+    :func:`mkn.report.power.claim_needs`), shown in each cell where known."""
     models = list(rows)
-    header = ["id", "data", *[f"{m}: verdict after Holm (p Holm)" for m in models],
-              "across models"]
+    header = ["id", "data", *[f"{m}: verdict after Holm (p Holm; facts measured / needed)"
+                              for m in models], "across models"]
     table = []
     for cid, _, part, by_model in matched(rows):
-        cells = [f"{by_model[m][-1]} ({by_model[m][-2]})" if m in by_model else ABSENT
+        cells = [_cell(by_model[m], (counts or {}).get(m, {}).get((cid, part)))
+                 if m in by_model else f"{ABSENT} on this model"
                  for m in models]
         classes = {m: verdict_class(by_model[m][-1] if m in by_model else None)
                    for m in models}
         table.append([cid, part, *cells, across(classes)])
     return markdown_table(header, table)
+
+
+def _cell(row: list, count: Mapping | None) -> str:
+    inside = [row[-2]]
+    if count and count.get("measured") is not None:
+        needed = count.get("needed")
+        inside.append(f"{count['measured']} / {needed if needed is not None else '-'}")
+    return f"{row[-1]} ({'; '.join(inside)})"
 
 
 def _claim_list(items: list[tuple[str, str, str]]) -> str:

@@ -727,9 +727,14 @@ def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
     """The claims of ``study`` and of the studies ``beside`` it (other models) side by side,
     then "What we conclude" from all of them (:mod:`mkn.report.models`)."""
     rows: dict[str, list[list]] = {}
+    counts: dict[str, dict[tuple[str, str], dict]] = {}
     for number, one in enumerate([study, *beside]):
         name = model_name(one)
-        rows[name if name not in rows else f"{name} ({number + 1})"] = with_holm(claims(one))
+        name = name if name not in rows else f"{name} ({number + 1})"
+        rows[name] = with_holm(claims(one))
+        target = one.get("power_plan") or {}
+        counts[name] = {(need["claim"], need["part"]): need for need in power.claim_needs(
+            one, CLAIMS, MIN_FACTS, target.get("power", 0.8), target.get("alpha", 0.05))}
     out = []
     if beside:
         out += ["## The claims on every model", "",
@@ -738,7 +743,11 @@ def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
                 "together. The other models' studies: "
                 + ", ".join(f"{model_name(one)} (`{one.get('source', '?')}`, "
                             f"{fmt(one.get('minutes'))} minutes)" for one in beside)
-                + ".", "", models.side_by_side(rows), ""]
+                + ". In each cell: the p-value after Holm, then the facts the claim was "
+                "measured on and the facts it needs for power "
+                f"{study.get('power_plan', {}).get('power', 0.8):g} at that model's own "
+                "effect (`-`: no effect to power, or not measured).", "",
+                models.side_by_side(rows, counts), ""]
     said = models.conclusions(rows)
     config = study["config"]
     if "ig" in config["methods"] and config.get("rule", "left") == "left":
