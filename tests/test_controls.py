@@ -309,6 +309,46 @@ def test_the_reference_sample_holds_out_the_evaluated_facts(tmp_path, monkeypatc
                           held_out=evaluated, **SMALL)
 
 
+def test_a_shipped_reference_list_is_read_never_written(tmp_path, monkeypatch):
+    """A prebuilt list in a ``shipped`` folder (committed beside a study config) is used when
+    the cache has none and it was built from exactly this key; the folder is never written; an
+    edited list there is not trusted: the list is rebuilt into the cache."""
+    import json
+    import shutil
+
+    from mkn.data import write_facts
+    from mkn.localization.reference import reference_generic
+    from tests.tiny_models import knowing, torch_threads, two_relation_facts
+
+    monkeypatch.setenv("MKN_GENERIC_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "facts.jsonl"
+    write_facts(two_relation_facts(), data)
+    config = LocateConfig(method="amig", steps=2, known="any")
+    shipped = tmp_path / "shipped"
+    with torch_threads(1):
+        lm = knowing("llama")
+
+        def generic():
+            return reference_generic(lm, f"jsonl:{data}", ["en", "zh"], config, facts=6,
+                                     held_out=["b"], shipped=shipped, **SMALL)
+
+        built_list, path, built = generic()
+        assert built and path.parent == tmp_path / "cache"
+        shipped.mkdir()
+        shutil.move(path, shipped / path.name)  # the cache is empty again
+        before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+        found, where, built = generic()
+        assert not built and where == shipped / path.name
+        assert found.digest == built_list.digest and not path.exists()
+        stored = json.loads(where.read_text(encoding="utf-8"))
+        stored["items"][0]["neurons"] = []  # an edited list: its digest no longer checks
+        where.write_text(json.dumps(stored), encoding="utf-8")
+        before = {p.name: p.read_bytes() for p in shipped.iterdir()}
+        rebuilt, where, built = generic()
+    assert built and where == path and rebuilt.digest == built_list.digest
+    assert {p.name: p.read_bytes() for p in shipped.iterdir()} == before
+
+
 def test_magnitude_matched_sets_keep_layers_and_match_activation_ranks():
     from mkn.interventions.controls import magnitude_matched_sets
 

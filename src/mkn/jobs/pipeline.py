@@ -176,13 +176,15 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
                   methods: Sequence[str], mode: str = "auto", *, task: TaskFactory, say: Say,
                   held_out: Iterable[str] = (), cache: dict | None = None,
                   facts: int = REFERENCE_FACTS, min_facts: int = MIN_REFERENCE_FACTS,
-                  run: RunDirectory | None = None, pin: str = "generic_digest") -> GenericLists:
+                  run: RunDirectory | None = None, pin: str = "generic_digest",
+                  shipped: str | None = None) -> GenericLists:
     """The generic-neuron list of each of ``methods`` (``mode``: ``auto`` builds or reads the
     cached list of ``data``; ``keep`` none; otherwise a list written by ``mkn generic``, for
     every method). The reference sample holds out ``held_out`` (the run's facts; checked, for a
     file too). A reference sample too small for a list (:class:`ThinReference`) keeps generic
     neurons in the sets, with a warning. ``run`` records each list by content digest under
-    ``pin`` (a resume with another list is refused)."""
+    ``pin`` (a resume with another list is refused). ``shipped``: a folder of prebuilt lists
+    read when the cache has none (:func:`mkn.localization.reference.reference_generic`)."""
     held_out = list(held_out)
     if mode == "keep":
         return GenericLists(None)
@@ -197,7 +199,7 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
             try:
                 generic, path, built = reference_generic(
                     lm, data, languages, config, task=task, cache=cache, facts=facts,
-                    held_out=held_out, min_facts=min_facts)
+                    held_out=held_out, min_facts=min_facts, shipped=shipped)
             except ThinReference as error:
                 kept = f"{error}: generic neurons are kept in this run's sets"
                 say(f"warning: {kept} (as with --generic keep); --generic FILE takes a list "
@@ -209,7 +211,7 @@ def generic_lists(lm: LanguageModel, data: str, languages: Sequence[str], locate
             say(f"generic neurons ({method}, share >= {generic.threshold:g}, {generic.facts} "
                 f"reference facts, the run's {held.get('facts', 0)} facts held out: overlap "
                 f"{held.get('overlap', 0)}): {len(generic.neurons())}; "
-                f"{'built' if built else 'cached'} at {path}")
+                f"{'built' if built else 'reused'} at {path}")
             lists[method] = generic
         found = GenericLists(lists)
     if run is not None:
@@ -234,12 +236,13 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
                    task: TaskFactory, say: Say, held_out: Iterable[str] = (),
                    cache: dict | None = None, run: RunDirectory | None = None,
                    pin: str = "relation_digest",
-                   per_relation: int = RELATION_REFERENCE_FACTS) -> RelationLists:
+                   per_relation: int = RELATION_REFERENCE_FACTS,
+                   shipped: str | None = None) -> RelationLists:
     """The relation-neuron list of each of ``methods`` for ``relations``
     (:mod:`mkn.localization.relations`; ``mode``: ``auto`` builds or reads the cached list of
     ``data``, ``keep`` none, otherwise a list file for every method), its reference facts held
     out from ``held_out`` (checked, for a file too), up to ``per_relation`` of each relation.
-    ``run`` pins each list's digest under ``pin``."""
+    ``run`` pins each list's digest under ``pin``; ``shipped`` as for :func:`generic_lists`."""
     held_out = list(held_out)
     if mode == "keep":
         found = RelationLists(None)
@@ -253,7 +256,7 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
             config = locate.model_copy(update={"method": method})
             listed, path, built = reference_relations(lm, data, languages, config, relations,
                                                       held_out, per_relation, task=task,
-                                                      cache=cache)
+                                                      cache=cache, shipped=shipped)
             sizes = listed.sizes()
             uncovered = sorted(set(relations) - set(sizes))
             say(f"relation neurons ({method}, share >= {listed.threshold:g} of a relation's "
@@ -262,7 +265,7 @@ def relation_lists(lm: LanguageModel, data: str, languages: Sequence[str], locat
                 + (", ".join(f"{r} {n}" for r, n in sizes.items()) or "none")
                 + (f"; too few known reference facts (kept in the sets): "
                    f"{', '.join(uncovered)}" if uncovered else "")
-                + f"; {'built' if built else 'cached'} at {path}")
+                + f"; {'built' if built else 'reused'} at {path}")
             lists[method] = listed
         found = RelationLists(lists)
     if run is not None:

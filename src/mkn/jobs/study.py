@@ -171,6 +171,11 @@ class StudyConfig(BaseModel):
     relation_reference_facts: int = Field(RELATION_REFERENCE_FACTS, ge=MIN_RELATION_FACTS,
                                           description="known reference facts per relation "
                                           "for its relation-neuron list")
+    reference_lists: str | None = Field(None, description="a folder of prebuilt generic- and "
+                                        "relation-neuron lists (read only): a list is taken "
+                                        "from it when the cache has none and it was built from "
+                                        "exactly this study's key, its digest checked; else "
+                                        "built into the cache")
     parts: list[DataPart] = Field(default_factory=lambda: [p.model_copy() for p in
                                                            DEFAULT_PARTS])
     pilot: str | None = Field(None, description="a previous study.json: its intervals size "
@@ -261,7 +266,8 @@ def part_generic_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, c
                                                                      2 * config.limit)
     return generic_lists(lm, part.data, part.languages, config.locate_config(config.methods[0]),
                          config.methods, config.generic, task=task, say=say, held_out=held_out,
-                         cache=cache, facts=size, run=run, pin=f"generic/{part.name}")
+                         cache=cache, facts=size, run=run, pin=f"generic/{part.name}",
+                         shipped=config.reference_lists)
 
 
 def part_relation_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, cache,
@@ -273,7 +279,8 @@ def part_relation_lists(lm: LanguageModel, part: DataPart, config: StudyConfig, 
                           config.methods, {f.relation for f in facts}, config.relation_neurons,
                           task=task, say=say, held_out=[f.id for f in facts], cache=cache,
                           run=run, pin=f"relations/{part.name}",
-                          per_relation=config.relation_reference_facts)
+                          per_relation=config.relation_reference_facts,
+                          shipped=config.reference_lists)
 
 
 def upper_third_excess(result, n_layers: int) -> list[tuple[str, float]]:

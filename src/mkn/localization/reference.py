@@ -169,6 +169,20 @@ def _cached_list(cls, path: Path, key: dict, held: set[str], rebuild: bool):
     return found
 
 
+def _reusable(cls, key: dict, kind: str, held: set[str], rebuild: bool,
+              shipped: str | os.PathLike | None):
+    """``(list, path)``: the list of ``key`` from the cache, else from the folder of prebuilt
+    lists ``shipped`` (read only; same file name under ``kind``), when it was built from
+    exactly ``key`` and its digest checks; else ``(None, the cache path to build it at)``."""
+    path = reference_path(key, kind)
+    candidates = [path] + ([Path(shipped) / kind / path.name] if shipped else [])
+    for candidate in candidates:
+        found = _cached_list(cls, candidate, key, held, rebuild)
+        if found is not None:
+            return found, candidate
+    return None, path
+
+
 def _built_list(cls, lm: LanguageModel, chosen: Sequence, languages: Sequence[str], config,
                 known: KnownItems, threshold: float, key: dict, path: Path, held: set[str],
                 everything, problems: dict[str, str], tick: Callable[[str], None] | None,
@@ -209,6 +223,7 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                       facts: int = REFERENCE_FACTS,
                       held_out: Iterable[str] = (), min_facts: int = MIN_REFERENCE_FACTS,
                       min_relations: int = MIN_REFERENCE_RELATIONS,
+                      shipped: str | os.PathLike | None = None,
                       ) -> tuple[GenericNeurons, Path, bool]:
     """The cached generic-neuron list of ``lm`` on ``data`` (built on first use from a
     reference sample of up to ``facts`` known facts, none of them in ``held_out``: the facts
@@ -220,7 +235,8 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
     ``cache`` shares attributions between the lists of several methods, which also share the
     probed reference sample (kept in this process). A pool, or a sample of known facts,
     smaller than ``min_facts`` facts of ``min_relations`` relations is :class:`ThinReference`
-    (before anything is probed, where the pool already is).
+    (before anything is probed, where the pool already is). ``shipped``: a folder of prebuilt
+    lists (e.g. committed beside a study config), read when the cache has none.
     """
     everything = reference_pool(data, languages)
     held = set(held_out)
@@ -229,8 +245,7 @@ def reference_generic(lm: LanguageModel, data: str, languages: Sequence[str], co
                          f"the reference pool of {data} (the run's facts held out)",
                          min_facts, min_relations)
     key = _reference_key(lm, data, languages, config, pool, facts)
-    path = reference_path(key)
-    found = _cached_list(GenericNeurons, path, key, held, rebuild)
+    found, path = _reusable(GenericNeurons, key, "", held, rebuild, shipped)
     if found is not None:
         check_reference_size(found.facts, found.relations, f"the reference sample at {path}",
                              min_facts, min_relations)
@@ -256,21 +271,21 @@ def reference_relations(lm: LanguageModel, data: str, languages: Sequence[str], 
                         relations: Iterable[str], held_out: Iterable[str] = (),
                         per_relation: int = RELATION_REFERENCE_FACTS, rebuild: bool = False,
                         task: Callable[[str, int], Callable[[str], None]] | None = None,
-                        cache: dict | None = None) -> tuple[RelationNeurons, Path, bool]:
+                        cache: dict | None = None, shipped: str | os.PathLike | None = None
+                        ) -> tuple[RelationNeurons, Path, bool]:
     """The cached relation-neuron list of ``lm`` for ``relations`` of ``data``
     (:mod:`mkn.localization.relations`): up to ``per_relation`` known facts of each, none of
     them in ``held_out`` (the evaluated facts; the overlap is checked, 0 or an error), located
     like the generic-neuron sample. A relation with too few known facts is listed as not
     covered, not refused. Returns ``(list, path, built)``; ``config.relation_share`` sets the
-    threshold."""
+    threshold; ``shipped`` as for :func:`reference_generic`."""
     relations = sorted(set(relations))
     held = set(held_out)
     everything = reference_pool(data, languages)
     pool = [f for f in everything if f.id not in held and f.relation in relations]
     key = {**_reference_key(lm, data, languages, config, pool, per_relation * len(relations),
                             per_relation), "kind": "relations", "relations": relations}
-    path = reference_path(key, "relations")
-    found = _cached_list(RelationNeurons, path, key, held, rebuild)
+    found, path = _reusable(RelationNeurons, key, "relations", held, rebuild, shipped)
     if found is not None:
         return found.with_threshold(config.relation_share), path, False
     most = min(len(pool), REFERENCE_POOL)
