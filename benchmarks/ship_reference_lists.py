@@ -6,6 +6,9 @@ them: the issue-26 lever "a persistent cache of reference lists".
     .venv/bin/python benchmarks/ship_reference_lists.py runs/powered-gemma/study.json \
         docs/results/reference
 
+``--check CONFIG`` then resolves every list of that study config with an empty cache and fails
+if any would be built rather than read from ``dest`` (the config's ``reference_lists``).
+
 A study reads a shipped list only when it was built from exactly that study's key (model,
 dtype, data, languages, settings, reference sample) and its digest checks
 (:func:`mkn.localization.reference.reference_generic`).
@@ -32,27 +35,60 @@ def pinned(study: dict) -> dict[str, set[str]]:
     return found
 
 
+def check(config_path: Path) -> None:
+    """Every list of the study at ``config_path`` read from its ``reference_lists``, none
+    built (an empty cache; loading the model is the only work)."""
+    import os
+    import tempfile
+
+    import mkn
+    from mkn.jobs.study import (
+        load_study_config,
+        part_facts,
+        part_generic_lists,
+        part_relation_lists,
+        power_planned,
+    )
+
+    config, _ = power_planned(load_study_config(config_path))
+    lm = mkn.load_model(config.model, dtype=config.dtype)  # auto: as the study chooses
+
+    def would_build(title: str, total: int):
+        raise SystemExit(f"not shipped: {title}")
+
+    with tempfile.TemporaryDirectory() as empty:
+        os.environ["MKN_GENERIC_CACHE"] = empty
+        for part in config.parts:
+            facts = part_facts(part, config)
+            part_generic_lists(lm, part, config, {}, would_build, print, [f.id for f in facts])
+            part_relation_lists(lm, part, config, {}, would_build, print, facts)
+    print(f"every list of {config_path} is read from {config.reference_lists}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
     parser.add_argument("dest", type=Path)
+    parser.add_argument("--check", type=Path, help="a study config to resolve every list of")
     args = parser.parse_args()
     wanted = pinned(read_study(args.study))
     cache = reference_path({"model": "", "data": ""}).parent
     for kind, cls in (("", GenericNeurons), ("relations", RelationNeurons)):
-        missing = set(wanted[kind])
+        missing = set(wanted[kind])  # every file of a digest: methods with the same sets
         for path in sorted((cache / kind).glob("*.json")):
             try:
                 listed = cls.load(path)
             except ValueError:
                 continue
-            if listed.digest in missing and listed.source.get("digest") == listed.digest:
+            if listed.digest in wanted[kind] and listed.source.get("digest") == listed.digest:
                 (args.dest / kind).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, args.dest / kind / path.name)
                 missing.discard(listed.digest)
                 print(f"copied {path} -> {args.dest / kind / path.name}")
         if missing:
             print(f"not in the cache ({kind or 'generic'}): {', '.join(sorted(missing))}")
+    if args.check:
+        check(args.check)
 
 
 if __name__ == "__main__":
