@@ -67,6 +67,8 @@ def test_a_second_models_study_is_rendered_beside_the_first(tmp_path):
              if line.startswith("| C")]
     assert cells and all(c.endswith("on both models") for c in cells)
     assert "## What we conclude" in page and "## What we conclude" in render(study)
+    assert (f"regenerate it, numbers and verdicts of every model, with `mkn reproduce --render "
+            f"{STUDY} --beside {path} --results {tmp_path / 'R.md'}`") in page
     partial = {**other, "complete": False}
     path.write_text(json.dumps(partial), encoding="utf-8")
     with pytest.raises(ValueError, match="study-qwen.json: the study is partial"):

@@ -761,10 +761,17 @@ def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
 
 
 def render(study: dict, source: str = "study.json", earlier: list[dict] | None = None,
-           evidence: list[dict] | None = None, beside: Sequence[dict] = ()) -> str:
+           evidence: list[dict] | None = None, beside: Sequence[dict] = (),
+           results: str | None = None) -> str:
     """The page; ``evidence``: relation-neuron summaries to add (:mod:`.relation_evidence`);
-    ``beside``: other models' studies, their claims shown beside this one's."""
+    ``beside``: other models' studies, their claims shown beside this one's; ``results``: where
+    the page goes (named in the command that regenerates a page with other models)."""
     config = study["config"]
+    again = ("" if not beside else
+             " This page sets other models' studies beside it; regenerate it, numbers and "
+             f"verdicts of every model, with `mkn reproduce --render {source} "
+             + " ".join(f"--beside {one.get('source', '?')}" for one in beside)
+             + (f" --results {results}" if results else "") + "`.")
     out = [
         f"# Reproduction study: {config['model']}",
         "",
@@ -778,7 +785,7 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
            f"attributions by `{study['localization_recomputed']['by']}` on "
            f"{study['localization_recomputed']['on']} (the located sets checked equal to the "
            "run's)" if "localization_recomputed" in study else "")
-        + "; do not edit by hand, rerun the command.",
+        + "; do not edit by hand, rerun the command." + again,
         "",
         f"Setup: model {config['model']} ({study['model']['layers']} layers x "
         f"{study['model']['neurons']} FFN neurons; weights: "
@@ -939,7 +946,7 @@ def write_results(study_json: Path, out: Path, refresh: bool = False,
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(out, render(study, source=str(study_json), earlier=earlier,
                                     evidence=relation_evidence.load(Path(study_json).parent),
-                                    beside=others))
+                                    beside=others, results=str(out)))
 
 
 RESULTS_MARKER = "Produced by `mkn reproduce"  # in the header of every page render() writes
