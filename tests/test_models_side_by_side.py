@@ -66,6 +66,7 @@ def test_a_second_models_study_is_rendered_beside_the_first(tmp_path):
     cells = [line.strip(" |").split(" | ")[-1] for line in section.splitlines()
              if line.startswith("| C")]
     assert cells and all(c.endswith("on both models") for c in cells)
+    assert "| **the whole study** |" in section and " facts, " in section  # wall times
     assert "## What we conclude" in page and "## What we conclude" in render(study)
     assert (f"regenerate it, numbers and verdicts of every model, with `mkn reproduce --render "
             f"{STUDY} --beside {path} --results {tmp_path / 'R.md'}`") in page

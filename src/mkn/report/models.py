@@ -73,6 +73,21 @@ def side_by_side(rows: Mapping[str, Sequence[list]],
     return markdown_table(header, table)
 
 
+def wall_times(studies: Mapping[str, dict]) -> str:
+    """Per data part, each model's facts and wall time (minutes, the sum of the part's phases),
+    and each study's whole wall time."""
+    parts: dict[str, dict[str, str]] = {}
+    for model, study in studies.items():
+        for part in study["parts"]:
+            parts.setdefault(part["part"]["name"], {})[model] = (
+                f"{len(part['facts'])} facts, {sum(part['seconds'].values()) / 60:.1f} min")
+    rows = [[name, *[by_model.get(m, ABSENT) for m in studies]]
+            for name, by_model in parts.items()]
+    rows.append(["**the whole study**", *[f"{s['minutes']:.1f} min" if s.get("minutes")
+                                          is not None else "?" for s in studies.values()]])
+    return markdown_table(["part", *studies], rows)
+
+
 def _cell(row: list, count: Mapping | None) -> str:
     inside = [row[-2]]
     if count and count.get("measured") is not None:

@@ -728,10 +728,11 @@ def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
     then "What we conclude" from all of them (:mod:`mkn.report.models`)."""
     rows: dict[str, list[list]] = {}
     counts: dict[str, dict[tuple[str, str], dict]] = {}
+    studies: dict[str, dict] = {}
     for number, one in enumerate([study, *beside]):
         name = model_name(one)
         name = name if name not in rows else f"{name} ({number + 1})"
-        rows[name] = with_holm(claims(one))
+        rows[name], studies[name] = with_holm(claims(one)), one
         target = one.get("power_plan") or {}
         counts[name] = {(need["claim"], need["part"]): need for need in power.claim_needs(
             one, CLAIMS, MIN_FACTS, target.get("power", 0.8), target.get("alpha", 0.05))}
@@ -747,7 +748,9 @@ def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
                 "measured on and the facts it needs for power "
                 f"{study.get('power_plan', {}).get('power', 0.8):g} at that model's own "
                 "effect (`-`: no effect to power, or not measured).", "",
-                models.side_by_side(rows, counts), ""]
+                models.side_by_side(rows, counts), "",
+                "Wall time of each model's study per part (2 cores; each model's page has the "
+                "time of every phase):", "", models.wall_times(studies), ""]
     said = models.conclusions(rows)
     config = study["config"]
     if "ig" in config["methods"] and config.get("rule", "left") == "left":
