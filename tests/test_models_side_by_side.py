@@ -74,3 +74,26 @@ def test_a_second_models_study_is_rendered_beside_the_first(tmp_path):
     path.write_text(json.dumps(partial), encoding="utf-8")
     with pytest.raises(ValueError, match="study-qwen.json: the study is partial"):
         write_results(STUDY, tmp_path / "R2.md", beside=[path])
+
+
+def test_a_models_study_in_two_pieces_is_one_column_and_one_holm_family():
+    """One model's study run as two studies with disjoint parts (same setup) reads as that
+    study: the same rows and Holm-corrected verdicts; another setup stays its own column."""
+    from mkn.report.models import one_per_model
+    from mkn.report.results import claims, models_sections, with_holm
+
+    study = read_study(STUDY)
+    qwen = copy.deepcopy(study)
+    qwen["config"]["model"] = "qwen2.5-coder-1.5b"
+    first = {**qwen, "parts": qwen["parts"][:-1], "minutes": 30.0, "source": "a.json"}
+    second = {**qwen, "parts": qwen["parts"][-1:], "minutes": 4.0, "source": "b.json"}
+    merged = one_per_model([study, first, second])
+    assert len(merged) == 2 and merged[1]["source"] == "a.json + b.json"
+    assert merged[1]["minutes"] == 34.0
+    assert with_holm(claims(merged[1])) == with_holm(claims(qwen))
+    other = {**second, "config": {**second["config"], "steps": 99}}
+    assert len(one_per_model([study, first, other])) == 3
+    whole = "\n".join(models_sections(study, [{**qwen, "source": "q.json"}]))
+    pieces = "\n".join(models_sections(study, [first, second]))
+    table = [line for line in whole.splitlines() if line.startswith("| C")]
+    assert table and table == [line for line in pieces.splitlines() if line.startswith("| C")]

@@ -73,6 +73,34 @@ def side_by_side(rows: Mapping[str, Sequence[list]],
     return markdown_table(header, table)
 
 
+# what two studies of one model must share to be read as one study (one column, one Holm family)
+SAME_SETUP = ("model", "dtype", "seed", "steps", "rule", "max_queries", "methods",
+              "experiment_method", "known", "generic", "relation_neurons")
+
+
+def one_per_model(studies: Sequence[dict]) -> list[dict]:
+    """``studies`` with those of one model and setup (:data:`SAME_SETUP`) and disjoint data
+    parts merged into one (parts in order, minutes added, sources joined): a model's study run
+    in pieces (e.g. a part that needs another sample size) is one column and one family of tests
+    beside the other models."""
+    merged: list[dict] = []
+    for study in studies:
+        setup = {k: study["config"].get(k) for k in SAME_SETUP}
+        names = {p["part"]["name"] for p in study["parts"]}
+        into = next((m for m in merged if {k: m["config"].get(k) for k in SAME_SETUP} == setup
+                     and not names & {p["part"]["name"] for p in m["parts"]}), None)
+        if into is None:
+            merged.append(study)
+            continue
+        merged[merged.index(into)] = {
+            **into, "parts": [*into["parts"], *study["parts"]],
+            "config": {**into["config"], "parts": [*into["config"].get("parts", []),
+                                                   *study["config"].get("parts", [])]},
+            "minutes": (into.get("minutes") or 0) + (study.get("minutes") or 0),
+            "source": f"{into.get('source', '?')} + {study.get('source', '?')}"}
+    return merged
+
+
 def wall_times(studies: Mapping[str, dict]) -> str:
     """Per data part, each model's facts and wall time (minutes, the sum of the part's phases),
     and each study's whole wall time."""

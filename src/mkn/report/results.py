@@ -725,7 +725,9 @@ def model_name(study: dict) -> str:
 
 def models_sections(study: dict, beside: Sequence[dict]) -> list[str]:
     """The claims of ``study`` and of the studies ``beside`` it (other models) side by side,
-    then "What we conclude" from all of them (:mod:`mkn.report.models`)."""
+    then "What we conclude" from all of them (:mod:`mkn.report.models`). Studies of one model
+    and setup with different parts are read as one (:func:`mkn.report.models.one_per_model`)."""
+    study, *beside = models.one_per_model([study, *beside])
     rows: dict[str, list[list]] = {}
     counts: dict[str, dict[tuple[str, str], dict]] = {}
     studies: dict[str, dict] = {}
