@@ -72,6 +72,7 @@ def test_results_add_the_summaries_beside_the_study_and_refuse_another_kind(tmp_
     assert text.startswith("## Fact neurons or relation neurons? (issue 25)")
     assert "`python benchmarks/bench_controls.py --x` (m, bfloat16, 9.0 min on cpu)" in text
     assert ev.section([]) == []
+    assert ev.load(tmp_path, "m") and ev.load(tmp_path, "another-model") == []  # per model
     assert "**In short (m):** a fact set with the relation neurons left out meets the target " \
         "on bmlama:bmlama17. Suppressing a full set lowers other facts of its own relation " \
         "more" in text

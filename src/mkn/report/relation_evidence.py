@@ -241,13 +241,15 @@ def _relation_reading(summaries: list[dict]) -> str:
             f"(intervals apart) on {len(apart)} of {len(full)} data sets.")
 
 
-def load(folder: Path) -> list[dict]:
-    """Every relation-neuron summary in ``folder`` (``relation-neurons-*.json``), by name; a
-    file of another kind is refused in one line."""
+def load(folder: Path, model: str | None = None) -> list[dict]:
+    """Every relation-neuron summary in ``folder`` (``relation-neurons-*.json``), by name, of
+    ``model`` only when given (its name, as a study names it); a file of another kind is refused
+    in one line."""
     found = []
     for path in sorted(Path(folder).glob(PATTERN)):
         summary = read_json(path)
         if not isinstance(summary, dict) or summary.get("kind") != KIND:
             raise ValueError(f"{path}: not a relation-neuron summary (kind {KIND!r} expected)")
-        found.append(summary)
+        if model is None or Path(str(summary.get("model"))).name == model:
+            found.append(summary)
     return found

@@ -969,7 +969,8 @@ def write_results(study_json: Path, out: Path, refresh: bool = False,
                "have mkn write it")
     out.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(out, render(study, source=str(study_json), earlier=earlier,
-                                    evidence=relation_evidence.load(Path(study_json).parent),
+                                    evidence=relation_evidence.load(Path(study_json).parent,
+                                                                    model_name(study)),
                                     beside=others, results=str(out)))
 
 
