@@ -153,8 +153,8 @@ def conclusions(rows: Mapping[str, Sequence[list]]) -> list[str]:
     models = ", ".join(rows)
     words = {
         "replicated": f"**Holds on every model that could test it** ({models})",
-        "one model": ("**Holds on one model, not shown on another** (inconclusive or untestable "
-                      "there)" if len(rows) > 1 else f"**Holds** on {models}"),
+        "one model": ("**Holds on one model, not shown on another** (inconclusive, untestable "
+                      "or not run there)" if len(rows) > 1 else f"**Holds** on {models}"),
         "fails": "**Fails**: the interval lies on the other side of the null",
         "split": "**Split**: holds on one model and fails on another",
         "cannot tell": "**Cannot tell**: inconclusive after Holm on every model that tested it",
