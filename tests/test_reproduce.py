@@ -199,8 +199,11 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     (tmp_path / "earlier.md").write_text(page, encoding="utf-8")
     from tests.test_relation_evidence import row, summary  # a relation-neuron summary beside it
 
-    (tmp_path / "out" / "relation-neurons-tiny.json").write_text(json.dumps(summary(
-        [row("full", None, -0.95, -0.55), row("fact", 0.5, -0.85, -0.05)])))
+    sets = [row("full", None, -0.95, -0.55), row("fact", 0.5, -0.85, -0.05)]
+    (tmp_path / "out" / "relation-neurons-tiny.json").write_text(json.dumps(
+        {**summary(sets), "model": "tiny-llama"}))
+    (tmp_path / "out" / "relation-neurons-other.json").write_text(json.dumps(
+        {**summary(sets), "model": "other-model"}))  # another model's: not on this page
     again = write_results(tmp_path / "out" / "study.json", tmp_path / "again.md",
                           before=tmp_path / "earlier.md").read_text(encoding="utf-8")
     table = again.split("### Before and after the review (issue 20)")[1].split("\n## ")[0]
@@ -208,6 +211,7 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                if line.startswith("| C")]
     assert reasons and set(reasons) == {"unchanged |"}, table
     assert "## Fact neurons or relation neurons? (issue 25)" in again
+    assert "(tiny-llama, bfloat16" in again and "other-model" not in again
     assert "## Fact neurons or relation neurons?" not in page  # none beside it then
     cost = study["parts"][0]["localization"]["amig"]["cost"]
     assert cost["fact_language_pairs"] == 12 and cost["mean_attribution_seconds"] > 0
