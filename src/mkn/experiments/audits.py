@@ -88,7 +88,7 @@ def overlaps(located: Mapping[str, FactResult]) -> dict[str, list[tuple[str, flo
                 out["languages"].append((result.fact_id, jaccard(a.neurons, b.neurons)))
     for first, second in itertools.combinations(results, 2):
         kind = "same_relation" if first.relation == second.relation else "other_relations"
-        for lang in set(first.languages) & set(second.languages):
+        for lang in sorted(set(first.languages) & set(second.languages)):  # not hash order
             a, b = first.languages[lang].neurons, second.languages[lang].neurons
             if a or b:
                 out[kind].append((first.fact_id, jaccard(a, b)))
