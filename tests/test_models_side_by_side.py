@@ -97,3 +97,22 @@ def test_a_models_study_in_two_pieces_is_one_column_and_one_holm_family():
     pieces = "\n".join(models_sections(study, [first, second]))
     table = [line for line in whole.splitlines() if line.startswith("| C")]
     assert table and table == [line for line in pieces.splitlines() if line.startswith("| C")]
+
+
+def test_caveats_and_wall_times_follow_each_models_study():
+    """The model caveat names the study's model and the languages it knows little per part;
+    Gemma's zero-baseline caveat is Gemma's alone; the wall-time table lists each model's parts."""
+    from mkn.report.models import wall_times
+    from mkn.report.results import model_caveats
+
+    study = read_study(STUDY)
+    said = "\n".join(model_caveats(study))
+    assert "gemma-3-270m (18 layers x 2048 FFN neurons)" in said
+    assert "fi, hu, ja, ko in paraphrased-mlama-6" in said and "on Gemma" in said
+    other = copy.deepcopy(study)
+    other["config"]["model"] = "qwen2.5-coder-1.5b"
+    assert "on Gemma" not in "\n".join(model_caveats(other))
+    table = wall_times({"gemma": study, "qwen": {**other, "parts": other["parts"][:1]}})
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert "not run" in rows["paraphrased-mlama-6"] and "not run" not in rows["bmlama17"]
+    assert f"{len(study['parts'][0]['facts'])} facts, " in rows["bmlama17"]
