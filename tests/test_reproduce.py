@@ -130,7 +130,8 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                                  "cross-lingual-editing", "fact-checking", "enhancement",
                                  "injection", "audits"],
                     options={"size-curves": {"sizes": [1, 2, 5], "draws": 1},
-                             "shared-sets": {"sizes": [1, 2], "draws": 1}},
+                             "shared-sets": {"sizes": [1, 2], "draws": 1},
+                             "cross-lingual-editing": {"max_facts": 4}},
                     chosen="the tiny model's two relations")
     config = StudyConfig(model="tiny-llama", dtype="float32", steps=2, max_queries=1,
                          parts=[part])
@@ -195,6 +196,14 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
     assert "relation_specificity" in saved["parts"][0]["experiments"]["enhancement"]["headline"]
     assert all("headline_without_copyable" in e for name, e in
                saved["parts"][0]["experiments"].items() if name != "audits")
+    # an expensive experiment on a subsample (max_facts): both relations in turn, recorded, said
+    editing = saved["parts"][0]["experiments"]["cross-lingual-editing"]
+    assert len(editing["subsample"]) == 4 and {f.relation for f in two_relation_facts()
+                                                if f.id in editing["subsample"]} == {"P36", "P37"}
+    assert {i["fact_id"] for i in editing["result"]["items"]} <= set(editing["subsample"])
+    assert "measured on a subsample of its 10 facts, every relation in turn (max_facts): " \
+        "cross-lingual-editing on 4." in page
+    assert "subsample" not in saved["parts"][0]["experiments"]["injection"]
     # an earlier page's verdicts beside the new ones: the same study, every verdict unchanged
     (tmp_path / "earlier.md").write_text(page, encoding="utf-8")
     from tests.test_relation_evidence import row, summary  # a relation-neuron summary beside it
@@ -454,3 +463,17 @@ def test_reference_sample_sizes_are_study_knobs(monkeypatch):
         StudyConfig(parts=[part], reference_facts=5)
     with pytest.raises(ValueError, match="relation_reference_facts"):
         StudyConfig(parts=[part], relation_reference_facts=1)
+
+
+def test_subsample_takes_relations_in_turn_and_keeps_the_sample_order():
+    from types import SimpleNamespace
+
+    from mkn.jobs.study import subsample
+
+    facts = [SimpleNamespace(id=f"{r}{i}", relation=r) for r, n in (("a", 5), ("b", 2), ("c", 1))
+             for i in range(n)]
+    assert [f.id for f in subsample(facts, 4)] == ["a0", "a1", "b0", "c0"]
+    assert [f.id for f in subsample(facts, 6)] == ["a0", "a1", "a2", "b0", "b1", "c0"]
+    assert subsample(facts, None) == facts and subsample(facts, 99) == facts
+    with pytest.raises(ValueError, match="max_facts must be at least 1"):
+        subsample(facts, 0)

@@ -87,7 +87,8 @@ class DataPart(BaseModel):
     per_relation: int = Field(ge=1)
     experiments: list[str]
     options: dict[str, dict] = Field(default_factory=dict, description="experiment -> its "
-                                     "own options (as --set gives them)")
+                                     "own options (as --set gives them); max_facts: N measures "
+                                     "it on N of the part's facts, every relation in turn")
     chosen: str = Field("", description="how the languages and relations were chosen")
 
     @field_validator("experiments")
@@ -332,6 +333,26 @@ def layer_and_cost(located: dict, n_layers: int, soft_fraction: float) -> dict:
     return out
 
 
+MAX_FACTS = "max_facts"  # an experiment's option: measure it on a subsample of the part
+
+
+def subsample(facts: Sequence, most: int | None) -> list:
+    """The first ``most`` facts of the sample taken in turn from each relation (in the sample's
+    order; all of them when ``most`` is None or not smaller), kept in the sample's order: an
+    expensive experiment measured on part of a large sample, every relation still in it."""
+    if most is None or most >= len(facts):
+        return list(facts)
+    if most < 1:
+        raise ValueError(f"{MAX_FACTS} must be at least 1, got {most}")
+    by_relation: dict[str, list] = {}
+    for fact in facts:
+        by_relation.setdefault(fact.relation, []).append(fact)
+    turns = [group[k] for k in range(max(map(len, by_relation.values())))
+             for group in by_relation.values() if k < len(group)]
+    chosen = {f.id for f in turns[:most]}
+    return [f for f in facts if f.id in chosen]
+
+
 def part_facts(part: DataPart, config: StudyConfig) -> list:
     """The sample of ``part`` (seeded)."""
     relations, per_relation, limit = config.sample(part)
@@ -390,22 +411,27 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
         if unit in stored:
             record = stored[unit]
         else:
-            tick = task(f"{part.name}: {name}", len(facts) * module.PHASES)
+            tick = task(f"{part.name}: {name}", len(subsample(
+                facts, part.options.get(name, {}).get(MAX_FACTS))) * module.PHASES)
             started = time.perf_counter()
             takes_methods = "methods" in inspect.signature(module.run).parameters
             options = {"methods": tuple(config.methods)} if takes_methods else {}
             options.update(part.options.get(name, {}))
-            result = module.run(lm, facts, languages, locate, seed=config.seed, progress=tick,
-                                cache=cache, known=known, generic=sets, **options)
+            measured = subsample(facts, options.pop(MAX_FACTS, None))
+            result = module.run(lm, measured, languages, locate, seed=config.seed,
+                                progress=tick, cache=cache, known=known, generic=sets, **options)
             record = json.loads(json.dumps({
                 "seconds": time.perf_counter() - started, "result": result,
                 "table": module.table(result),
-                **headlines(name, result, languages, config.seed, copyable)}))
+                **headlines(name, result, languages, config.seed, copyable),
+                **({"subsample": [f.id for f in measured]} if len(measured) < len(facts)
+                   else {})}))
             if store is not None:
                 store.write(unit, {RESULTS: [record]})
         out["seconds"][name] = record["seconds"]
         out["experiments"][name] = {k: record[k] for k in ("result", "table", "headline",
-                                                           "headline_without_copyable")
+                                                           "headline_without_copyable",
+                                                           "subsample")
                                     if k in record}
         if on_experiment is not None:
             on_experiment(out)

@@ -809,6 +809,7 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
             *knowledge_notes(study), "", *generic_notes(study), ""]
     out += [f"- {part['part']['name']}: {part['part']['chosen']}." for part in study["parts"]
             if part["part"].get("chosen")]
+    out += subsample_notes(study)
     out += ["", *power_section(study)]
     out += claims_section(study, earlier)
     out += models_sections(study, beside)
@@ -858,6 +859,19 @@ def model_caveats(study: dict) -> list[str]:
     if "gemma" in model_name(study).lower():
         lines.append(GEMMA_IG)
     return lines
+
+
+def subsample_notes(study: dict) -> list[str]:
+    """A line per part with experiments measured on a subsample of its facts (``max_facts``)."""
+    out = []
+    for part in study["parts"]:
+        subsets = [f"{name} on {len(e['subsample'])}" for name, e in
+                   part["experiments"].items() if "subsample" in e]
+        if subsets:
+            out.append(f"- {part['part']['name']}: measured on a subsample of its "
+                       f"{len(part['facts'])} facts, every relation in turn (max_facts): "
+                       f"{', '.join(subsets)}.")
+    return out
 
 
 def power_section(study: dict) -> list[str]:
