@@ -340,10 +340,10 @@ def subsample(facts: Sequence, most: int | None) -> list:
     """The first ``most`` facts of the sample taken in turn from each relation (in the sample's
     order; all of them when ``most`` is None or not smaller), kept in the sample's order: an
     expensive experiment measured on part of a large sample, every relation still in it."""
+    if most is not None and most < 1:
+        raise ValueError(f"{MAX_FACTS} must be at least 1, got {most}")
     if most is None or most >= len(facts):
         return list(facts)
-    if most < 1:
-        raise ValueError(f"{MAX_FACTS} must be at least 1, got {most}")
     by_relation: dict[str, list] = {}
     for fact in facts:
         by_relation.setdefault(fact.relation, []).append(fact)
@@ -411,13 +411,12 @@ def run_part(lm: LanguageModel, part: DataPart, config: StudyConfig, task: TaskF
         if unit in stored:
             record = stored[unit]
         else:
-            tick = task(f"{part.name}: {name}", len(subsample(
-                facts, part.options.get(name, {}).get(MAX_FACTS))) * module.PHASES)
-            started = time.perf_counter()
             takes_methods = "methods" in inspect.signature(module.run).parameters
             options = {"methods": tuple(config.methods)} if takes_methods else {}
             options.update(part.options.get(name, {}))
             measured = subsample(facts, options.pop(MAX_FACTS, None))
+            tick = task(f"{part.name}: {name}", len(measured) * module.PHASES)
+            started = time.perf_counter()
             result = module.run(lm, measured, languages, locate, seed=config.seed,
                                 progress=tick, cache=cache, known=known, generic=sets, **options)
             record = json.loads(json.dumps({
