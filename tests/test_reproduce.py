@@ -427,6 +427,15 @@ def test_a_pilot_study_sizes_each_part_for_the_power_target(tmp_path):
                  if r["part"] == "bmlama17 symmetric" and r["to_sample"])
     assert symmetric.per_relation == min(12, -(-wanted // 2))
     assert config.parts[0].per_relation == 4  # the config itself is left as it was
+    # a part's own budget caps it below the study's; the other parts keep theirs
+    parts = [p.model_copy(update={"max_per_relation": 3}) if p.name == "bmlama17" else p
+             for p in config.parts]
+    capped, own = power_planned(config.model_copy(update={"parts": parts}))
+    assert [p.per_relation for p in capped.parts] == [
+        3 if p.name == "bmlama17" else p.per_relation for p in sized.parts]
+    assert own["cap_per_part"] == {"bmlama17": 3} and planned["cap_per_part"] == {}
+    with pytest.raises(ValueError, match="max_per_relation"):
+        DataPart(**{**parts[0].model_dump(), "max_per_relation": 0})
     assert power_planned(StudyConfig()) == (StudyConfig(), None)
     # the page: the pilot's study, rendered with its plan, names the claims short of target
     study = read_study(pilot)
@@ -434,6 +443,10 @@ def test_a_pilot_study_sizes_each_part_for_the_power_target(tmp_path):
     page = render(study)
     section = page.split("## Sample size: the power target of each claim")[1].split("\n## ")[0]
     assert f"`{pilot}`" in section and "| C1 | bmlama17 | 32 (of 32) |" in section
+    assert "its own budget" not in section
+    study["power_plan"] = own
+    assert "at most 12; bmlama17: at most 3, its own budget (facts per relation: bmlama17 3," \
+        in " ".join(render(study).split())
     here = {(r["claim"], r["part"]): r["measured"] for r in claim_needs(
         study, CLAIMS, MIN_FACTS)}
     assert here[("C1", "bmlama17")] == 32 and "C4 (bmlama17)" in section

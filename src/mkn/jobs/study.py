@@ -90,6 +90,9 @@ class DataPart(BaseModel):
                                      "own options (as --set gives them); max_facts: N measures "
                                      "it on N of the part's facts, every relation in turn")
     chosen: str = Field("", description="how the languages and relations were chosen")
+    max_per_relation: int | None = Field(None, ge=1, description="this part's own time "
+                                         "budget for a pilot's plan: at most this many facts "
+                                         "per relation (None: the study's max_per_relation)")
 
     @field_validator("experiments")
     @classmethod

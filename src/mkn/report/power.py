@@ -57,11 +57,16 @@ def plan(pilot: dict, parts: Sequence, power: float, alpha: float, cap: int,
          claims: Sequence, min_facts: int) -> dict:
     """The power plan of a study: per claim of the ``pilot`` its needs
     (:func:`claim_needs`), and per part of ``parts`` (``DataPart``-like: name, relations) found
-    in the pilot the facts per relation it implies (:func:`per_relation_for`)."""
+    in the pilot the facts per relation it implies (:func:`per_relation_for`), at most ``cap``
+    or the part's own ``max_per_relation`` where smaller (recorded in ``cap_per_part``)."""
     needs = claim_needs(pilot, claims, min_facts, power, alpha)
     piloted = {row["part"] for row in needs}
+    caps = {p.name: min(cap, getattr(p, "max_per_relation", None) or cap) for p in parts
+            if p.name in piloted}
     return {"power": power, "alpha": alpha, "cap_per_relation": cap, "claims": needs,
-            "per_relation": {p.name: per_relation_for(needs, p.name, len(p.relations), cap)
+            "cap_per_part": {name: own for name, own in caps.items() if own != cap},
+            "per_relation": {p.name: per_relation_for(needs, p.name, len(p.relations),
+                                                      caps[p.name])
                              for p in parts if p.name in piloted}}
 
 

@@ -888,6 +888,8 @@ def power_section(study: dict) -> list[str]:
                     if row["needed"] is not None
                     and (here.get((row["claim"], row["part"])) or 0) < row["needed"]})
     sizes = ", ".join(f"{name} {n}" for name, n in planned["per_relation"].items())
+    own = "".join(f"; {name}: at most {n}, its own budget"
+                  for name, n in planned.get("cap_per_part", {}).items())
     return ["## Sample size: the power target of each claim", "",
             f"Each part was sized from the pilot study `{planned['pilot']}`: for every claim it "
             f"measured, the facts needed to detect the pilot's effect with power "
@@ -895,7 +897,7 @@ def power_section(study: dict) -> list[str]:
             "error read from the pilot's interval and scaled as 1/sqrt(n); "
             "`mkn.experiments.metrics.facts_for_power`), divided by the share of sampled facts "
             "the claim could use in the pilot. A part samples enough facts per relation for "
-            f"its most demanding claim, at most {planned['cap_per_relation']} (facts per "
+            f"its most demanding claim, at most {planned['cap_per_relation']}{own} (facts per "
             f"relation: {sizes}). Holm's correction asks for more than this per-claim target.",
             "", power.table(planned, here), "",
             ("Short of the target here: " + ", ".join(short) + "." if short
