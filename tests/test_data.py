@@ -369,6 +369,14 @@ def test_builtin_set():
            [f.id for f in load_facts("builtin", limit=5, seed=1)]
 
 
+def test_in_turn_takes_every_group_round_robin():
+    """The one interleaving of the study's samples, subsamples and reference samples."""
+    from mkn.data import in_turn
+
+    assert in_turn([[1, 2, 3], [4], [5, 6]]) == [1, 4, 5, 2, 6, 3]
+    assert in_turn(iter([[], ["a"]])) == ["a"] and in_turn([]) == []
+
+
 def test_sample_by_relation_balanced_and_seeded():
     facts = load_facts("builtin")
     counts: dict[str, int] = {}

@@ -20,11 +20,13 @@ from mkn.data.schema import (
     FactLanguage,
     FactSet,
     Skipped,
+    in_turn,
     read_facts,
     select,
     write_facts,
 )
 
 __all__ = ["DATA_ENV", "OBJECT", "SUBJECT", "DataError", "Fact", "FactLanguage", "FactSet",
-           "Skipped", "builtin_facts", "builtin_path", "data_root", "load_facts", "read_bmlama",
-           "read_facts", "read_mlama", "resolve_data_path", "select", "write_facts"]
+           "Skipped", "builtin_facts", "builtin_path", "data_root", "in_turn", "load_facts",
+           "read_bmlama", "read_facts", "read_mlama", "resolve_data_path", "select",
+           "write_facts"]

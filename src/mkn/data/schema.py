@@ -364,6 +364,14 @@ def select(facts: FactSet, languages: Sequence[str] | None = None, limit: int | 
                    unaligned=unaligned)
 
 
+def in_turn(groups: Iterable[Sequence]) -> list:
+    """The items of ``groups`` taken in turn (round robin): every group's first, then every
+    group's second, ...; a prefix of any length covers as many groups as it can."""
+    groups = list(groups)
+    return [group[i] for i in range(max(map(len, groups), default=0))
+            for group in groups if i < len(group)]
+
+
 def sample_by_relation(facts: FactSet, relations: Sequence[str] | None = None,
                        per_relation: int | None = None, limit: int | None = None,
                        seed: int | None = None) -> FactSet:
@@ -387,8 +395,7 @@ def sample_by_relation(facts: FactSet, relations: Sequence[str] | None = None,
         random.Random(seed).shuffle(order)
     wanted = present if relations is None else list(dict.fromkeys(relations))
     groups = {r: [f for f in order if f.relation == r][:per_relation] for r in wanted}
-    kept = [group[i] for i in range(max(map(len, groups.values()), default=0))
-            for group in groups.values() if i < len(group)]
+    kept = in_turn(groups.values())
     if limit is not None:
         kept = kept[:limit]
     return FactSet(kept, languages=facts.languages, source=facts.source, skipped=facts.skipped,

@@ -38,7 +38,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mkn.attribution.rules import RULES
-from mkn.data import load_facts
+from mkn.data import in_turn, load_facts
 from mkn.experiments import EXPERIMENTS
 from mkn.experiments.headlines import copyable_facts, headlines, layer_without_copyable
 from mkn.experiments.metrics import clustered_interval
@@ -350,9 +350,7 @@ def subsample(facts: Sequence, most: int | None) -> list:
     by_relation: dict[str, list] = {}
     for fact in facts:
         by_relation.setdefault(fact.relation, []).append(fact)
-    turns = [group[k] for k in range(max(map(len, by_relation.values())))
-             for group in by_relation.values() if k < len(group)]
-    chosen = {f.id for f in turns[:most]}
+    chosen = {f.id for f in in_turn(by_relation.values())[:most]}
     return [f for f in facts if f.id in chosen]
 
 

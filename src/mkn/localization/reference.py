@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mkn.attribution.queries import encoding_problems
-from mkn.data import load_facts
+from mkn.data import in_turn, load_facts
 from mkn.localization.generic import FORMAT, GenericNeurons, ReferenceItem, check_held_out
 from mkn.localization.knowledge import KnownItems, known_items
 from mkn.localization.locate import locate_fact
@@ -93,8 +93,7 @@ def reference_facts(lm: LanguageModel, pool: Sequence, languages: Sequence[str],
                 by_relation[fact.relation].append(fact)
         if sum(len(group) for group in by_relation.values()) >= facts:
             break
-    chosen = [group[k] for k in range(per_relation) for group in by_relation.values()
-              if k < len(group)][:facts]
+    chosen = in_turn(by_relation.values())[:facts]
     return chosen, KnownItems(criterion, list(languages), knowledge), problems
 
 
