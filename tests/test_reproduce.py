@@ -436,6 +436,12 @@ def test_a_pilot_study_sizes_each_part_for_the_power_target(tmp_path):
     assert own["cap_per_part"] == {"bmlama17": 3} and planned["cap_per_part"] == {}
     with pytest.raises(ValueError, match="max_per_relation"):
         DataPart(**{**parts[0].model_dump(), "max_per_relation": 0})
+    # without a pilot the part's own budget caps its per_relation (4 -> 2), the others kept
+    plain = StudyConfig(parts=[p.model_copy(update={"max_per_relation": 2})
+                               if p.name == "bmlama17" else p for p in StudyConfig().parts])
+    unplanned, nothing = power_planned(plain)
+    assert nothing is None and plain.parts[0].per_relation == 4
+    assert unplanned.parts[0].per_relation == 2 and unplanned.parts[1:] == plain.parts[1:]
     assert power_planned(StudyConfig()) == (StudyConfig(), None)
     # the page: the pilot's study, rendered with its plan, names the claims short of target
     study = read_study(pilot)

@@ -91,8 +91,9 @@ class DataPart(BaseModel):
                                      "it on N of the part's facts, every relation in turn")
     chosen: str = Field("", description="how the languages and relations were chosen")
     max_per_relation: int | None = Field(None, ge=1, description="this part's own time "
-                                         "budget for a pilot's plan: at most this many facts "
-                                         "per relation (None: the study's max_per_relation)")
+                                         "budget: at most this many facts per relation, "
+                                         "planned from a pilot or its per_relation (None: a "
+                                         "pilot's plan keeps the study's max_per_relation)")
 
     @field_validator("experiments")
     @classmethod
@@ -451,9 +452,15 @@ def study_identity(lm: LanguageModel, config: StudyConfig, samples: dict[str, li
 
 def power_planned(config: StudyConfig) -> tuple[StudyConfig, dict | None]:
     """``config`` with each part that its ``pilot`` study ran sized for the power target
-    (:func:`mkn.report.power.plan`), and the plan; ``(config, None)`` without a pilot."""
+    (:func:`mkn.report.power.plan`), and the plan (None without a pilot); a part's own
+    ``max_per_relation`` caps its facts per relation, planned or not."""
+    def sized(part: DataPart, per_relation: int) -> DataPart:
+        return part.model_copy(update={"per_relation": min(per_relation, part.max_per_relation
+                                                            or per_relation)})
+
     if config.pilot is None:
-        return config, None
+        return config.model_copy(update={"parts": [sized(p, p.per_relation)
+                                                   for p in config.parts]}), None
     try:
         pilot = read_study(Path(config.pilot))  # plain or gzip-compressed
         planned = plan(pilot, config.parts, config.power, config.alpha, config.max_per_relation,
@@ -462,9 +469,7 @@ def power_planned(config: StudyConfig) -> tuple[StudyConfig, dict | None]:
         raise ValueError(f"pilot {config.pilot}: not a readable study.json "
                          f"({type(error).__name__}: {error})") from None
     planned["pilot"] = config.pilot
-    parts = [p.model_copy(update={"per_relation": planned["per_relation"].get(p.name,
-                                                                             p.per_relation)})
-             for p in config.parts]
+    parts = [sized(p, planned["per_relation"].get(p.name, p.per_relation)) for p in config.parts]
     return config.model_copy(update={"parts": parts}), planned
 
 
