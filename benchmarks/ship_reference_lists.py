@@ -6,6 +6,10 @@ them: the issue-26 lever "a persistent cache of reference lists".
     .venv/bin/python benchmarks/ship_reference_lists.py runs/powered-gemma/study.json \
         docs/results/reference
 
+Given a study config (``.yaml``) instead of a study.json, it first builds every list of that
+study (or reads it from the cache or the shipped folder; no experiment runs) and then ships
+them, so a new config's lists are shipped before its first full run.
+
 ``--check CONFIG`` then resolves every list of that study config with an empty cache and fails
 if any would be built rather than read from ``dest`` (the config's ``reference_lists``).
 
@@ -17,7 +21,11 @@ dtype, data, languages, settings, reference sample) and its digest checks
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mkn.localization.generic import GenericNeurons
@@ -35,12 +43,11 @@ def pinned(study: dict) -> dict[str, set[str]]:
     return found
 
 
-def check(config_path: Path) -> None:
-    """Every list of the study at ``config_path`` read from its ``reference_lists``, none
-    built (an empty cache; loading the model is the only work)."""
-    import os
-    import tempfile
-
+def resolve(config_path: Path, task: Callable[[str, int], Callable[[str], None]]
+            ) -> dict[str, set[str]]:
+    """Every list of the study at ``config_path`` as the study resolves it (the cache, then its
+    ``reference_lists``, else built with ``task`` as the progress factory): ``{kind: digests}``
+    as :func:`pinned` gives them."""
     import mkn
     from mkn.jobs.study import (
         load_study_config,
@@ -52,26 +59,46 @@ def check(config_path: Path) -> None:
 
     config, _ = power_planned(load_study_config(config_path))
     lm = mkn.load_model(config.model, dtype=config.dtype)  # auto: as the study chooses
+    found: dict[str, set[str]] = {"": set(), "relations": set()}
+    for part in config.parts:
+        facts = part_facts(part, config)
+        generic = part_generic_lists(lm, part, config, {}, task, print, [f.id for f in facts])
+        relations = part_relation_lists(lm, part, config, {}, task, print, facts)
+        found[""] |= set(generic.digests.values())
+        found["relations"] |= set(relations.digests.values())
+    return found
 
+
+def printed(title: str, total: int) -> Callable[[str], None]:
+    """A progress factory that prints a line at most every 30 s and at the end."""
+    started, logged, done = time.perf_counter(), [0.0], [0]
+
+    def tick(item: str) -> None:
+        done[0] += 1
+        elapsed = time.perf_counter() - started
+        if done[0] >= total or elapsed - logged[0] >= 30:
+            logged[0] = elapsed
+            print(f"{title}: {done[0]}/{total} done (last: {item}), elapsed {elapsed:.0f} s",
+                  flush=True)
+
+    return tick
+
+
+def check(config_path: Path) -> None:
+    """Every list of the study at ``config_path`` read from its ``reference_lists``, none
+    built (an empty cache; loading the model is the only work)."""
     def would_build(title: str, total: int):
         raise SystemExit(f"not shipped: {title}")
 
     with tempfile.TemporaryDirectory() as empty:
         os.environ["MKN_GENERIC_CACHE"] = empty
-        for part in config.parts:
-            facts = part_facts(part, config)
-            part_generic_lists(lm, part, config, {}, would_build, print, [f.id for f in facts])
-            part_relation_lists(lm, part, config, {}, would_build, print, facts)
-    print(f"every list of {config_path} is read from {config.reference_lists}")
+        resolve(config_path, would_build)
+    print(f"every list of {config_path} is read from its reference_lists")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path)
-    parser.add_argument("dest", type=Path)
-    parser.add_argument("--check", type=Path, help="a study config to resolve every list of")
-    args = parser.parse_args()
-    wanted = pinned(read_study(args.study))
+def ship(wanted: dict[str, set[str]], dest: Path) -> None:
+    """Copy the cached lists with the ``wanted`` digests into ``dest`` (generic at the top,
+    relation lists under ``relations/``); says which digests the cache lacks."""
     cache = reference_path({"model": "", "data": ""}).parent
     for kind, cls in (("", GenericNeurons), ("relations", RelationNeurons)):
         missing = set(wanted[kind])  # every file of a digest: methods with the same sets
@@ -81,12 +108,34 @@ def main() -> None:
             except ValueError:
                 continue
             if listed.digest in wanted[kind] and listed.source.get("digest") == listed.digest:
-                (args.dest / kind).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, args.dest / kind / path.name)
+                (dest / kind).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest / kind / path.name)
                 missing.discard(listed.digest)
-                print(f"copied {path} -> {args.dest / kind / path.name}")
+                print(f"copied {path} -> {dest / kind / path.name}")
+        for path in sorted((dest / kind).glob("*.json")) if missing else ():
+            try:  # read from the shipped folder by the study: already shipped
+                missing.discard(cls.load(path).digest)
+            except ValueError:
+                continue
         if missing:
-            print(f"not in the cache ({kind or 'generic'}): {', '.join(sorted(missing))}")
+            print(f"in neither the cache nor {dest} ({kind or 'generic'}): "
+                  f"{', '.join(sorted(missing))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path, help="a finished study.json, or a study config "
+                        "(.yaml) whose lists to build first")
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--check", type=Path, help="a study config to resolve every list of")
+    args = parser.parse_args()
+    if args.study.suffix in (".yaml", ".yml"):
+        started = time.perf_counter()
+        wanted = resolve(args.study, printed)
+        print(f"every list of {args.study} resolved in {time.perf_counter() - started:.0f} s")
+    else:
+        wanted = pinned(read_study(args.study))
+    ship(wanted, args.dest)
     if args.check:
         check(args.check)
 
