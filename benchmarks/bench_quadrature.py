@@ -41,16 +41,6 @@ def overlap_top(scores: torch.Tensor, reference: torch.Tensor, k: int) -> float:
     return len(top & ref) / k
 
 
-def total_gap(found) -> float:
-    """sum_l |gap_l| / sum_l |p(x) - p(b_l)| over the attributed layers: the completeness gap
-    weighted by how much each layer's baseline moves p (the max over layers of the relative
-    gap, ``Attribution.relative_completeness_gap``, is ruled by layers whose baseline hardly
-    moves p)."""
-    layers = found.layers
-    delta = torch.tensor(found.token_probs).mean() - found.baseline_prob[layers]
-    return float(found.completeness_gap[layers].abs().sum() / delta.abs().sum().clamp_min(1e-12))
-
-
 def jaccard(a: list, b: list) -> float:
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a | b else 1.0
@@ -93,7 +83,7 @@ def main() -> None:
         gaps, worst, tops, sets, seconds = [], [], [], [], []
         for (prompt, obj), ref in zip(queries, reference, strict=True):
             found = mkn.attribute(lm, prompt, obj, method=args.method, steps=steps, rule=rule)
-            gaps.append(total_gap(found))
+            gaps.append(found.weighted_completeness_gap)
             worst.append(found.relative_completeness_gap)
             tops.append(overlap_top(found.scores, ref.scores, args.k))
             sets.append(jaccard(coarse_neurons(found.scores, t), coarse_neurons(ref.scores, t)))

@@ -9,6 +9,10 @@ lever off (``benchmarks/bench_levers.py --study none``) and ``mkn reproduce``. P
   shares) and where, and how many headline numbers differ by more than ``--tolerance``;
 - every claim whose verdict (after Holm) differs.
 
+With ``--grown`` the two studies may have different samples (the same config at a larger n, e.g.
+``study-powered.yaml`` and ``study-powered-150.yaml``): headline numbers are then not compared;
+every claim is listed with the facts it was measured on and its verdict after Holm in each.
+
     .venv/bin/python benchmarks/compare_studies.py runs/reproduce-levers-off/study.json \\
         runs/reproduce-levers-on/study.json
 """
@@ -19,7 +23,8 @@ import argparse
 from pathlib import Path
 
 from bench_levers import largest_difference, numbers  # noqa: E402  (benchmarks/ on the path)
-from mkn.report.results import claims, read_study, with_holm
+from mkn.report import power
+from mkn.report.results import CLAIMS, MIN_FACTS, claims, read_study, with_holm
 
 
 def phase_rows(before: dict, after: dict) -> list[list[str]]:
@@ -37,21 +42,56 @@ def phase_rows(before: dict, after: dict) -> list[list[str]]:
     return rows
 
 
+def grown_rows(before: dict, after: dict) -> str:
+    """Per claim and part: the facts sampled and measured and the verdict after Holm in each
+    study (a markdown table), then how many verdicts changed."""
+    def measured(study: dict) -> dict:
+        return {(n["claim"], n["part"]): n["measured"]
+                for n in power.claim_needs(study, CLAIMS, MIN_FACTS)}
+
+    old, new = with_holm(claims(before)), with_holm(claims(after))
+    n_old, n_new = measured(before), measured(after)
+    facts = {p["part"]["name"]: (len(b["facts"]), len(p["facts"]))
+             for b, p in zip(before["parts"], after["parts"], strict=True)}
+    by_key = {(row[0], row[2]): row for row in old}
+    lines = ["| claim | part | facts (before -> after) | measured on | verdict before | "
+             "verdict after |", "|---|---|---|---|---|---|"]
+    changed = 0
+    for row in new:
+        key = (row[0], row[2])
+        was = by_key.get(key)
+        changed += was is None or was[-1] != row[-1]
+        lines.append(f"| {row[0]} | {row[2]} | {facts[row[2]][0]} -> {facts[row[2]][1]} | "
+                     f"{n_old.get(key, '-')} -> {n_new.get(key, '-')} | "
+                     f"{'-' if was is None else was[-1]} | {row[-1]} |")
+    return "\n".join(["", *lines, "", f"Verdicts after Holm: {len(new) - changed} of {len(new)} "
+                                       "unchanged"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--grown", action="store_true",
+                        help="the same parts on different samples: compare verdicts and n only")
     args = parser.parse_args()
     before, after = read_study(args.before), read_study(args.after)
-    if [p["facts"] for p in before["parts"]] != [p["facts"] for p in after["parts"]]:
-        raise SystemExit("the two studies have different samples: not the same study")
+    if [p["part"]["name"] for p in before["parts"]] != [p["part"]["name"] for p in after["parts"]]:
+        raise SystemExit("the two studies have different parts: not the same study")
+    if [p["facts"] for p in before["parts"]] != [p["facts"] for p in after["parts"]] \
+            and not args.grown:
+        raise SystemExit("the two studies have different samples: not the same study "
+                         "(--grown compares their verdicts and facts measured)")
     print(f"before: {args.before} ({before['minutes']:.1f} min), after: {args.after} "
           f"({after['minutes']:.1f} min): {before['minutes'] / after['minutes']:.2f}x; "
           f"machine: {after.get('machine')}\n")
     print("| part | phase | before (s) | after (s) | speed-up |\n|---|---|---|---|---|")
     for row in phase_rows(before, after):
         print("| " + " | ".join(row) + " |")
+    if args.grown:
+        print(grown_rows(before, after))
+        return
     print(f"\nHeadline numbers per experiment (largest |difference|; numbers that differ by "
           f"more than {args.tolerance:g}):\n")
     for a, b in zip(before["parts"], after["parts"], strict=True):

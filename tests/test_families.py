@@ -258,6 +258,8 @@ def test_sizes(family):
     with pytest.raises(IndexError):
         lm.down_proj(lm.n_layers)
     assert lm.causal == (family not in tm.MASKED_FAMILIES)
+    # a post-FFN norm (the zero-baseline IG caveat) in Gemma 2 and 3 only, read from the blocks
+    assert lm.normalises_ffn_output == (family in ("gemma2", "gemma3_text", "gemma3"))
     result = mkn.attribute(lm, *query(lm, "single"), steps=2)
     assert result.scores.shape == (tm.LAYERS, tm.INTERMEDIATE)
 

@@ -60,6 +60,10 @@ def test_completeness_improves_with_steps(family, rule):
         # the engine's own report of the gap agrees with the plain one
         reported = result.completeness_gap.abs() / torch.tensor(deltas).abs()
         torch.testing.assert_close(reported, torch.tensor(gap), atol=1e-4, rtol=1e-3)
+        assert result.relative_completeness_gap == pytest.approx(max(gap), rel=1e-3, abs=1e-4)
+        weighted = sum(g * abs(d) for g, d in zip(gap, deltas, strict=True)) / sum(map(abs, deltas))
+        assert result.weighted_completeness_gap == pytest.approx(weighted, rel=1e-3, abs=1e-4)
+        assert result.weighted_completeness_gap <= result.relative_completeness_gap + 1e-6
         gaps.append(max(gap))
     noise = 2e-5  # float32 round-off, relative to |F(x) - F(b)|
     assert gaps[1] < gaps[0]

@@ -71,6 +71,7 @@ def test_grad_x_act_is_activation_times_gradient(family):
                                    atol=1e-5 * float(expected.abs().max()))
         assert torch.isnan(result.completeness_gap).all()
         assert result.to_dict()["relative_completeness_gap"] is None
+        assert result.to_dict()["weighted_completeness_gap"] is None
 
 
 def test_the_registry_names_and_refuses_in_one_line():

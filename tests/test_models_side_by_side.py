@@ -101,17 +101,24 @@ def test_a_models_study_in_two_pieces_is_one_column_and_one_holm_family():
 
 def test_caveats_and_wall_times_follow_each_models_study():
     """The model caveat names the study's model and the languages it knows little per part;
-    Gemma's zero-baseline caveat is Gemma's alone; the wall-time table lists each model's parts."""
+    the zero-baseline caveat follows the recorded architecture (a normalised FFN output; by the
+    name for a study from before the record); the wall-time table lists each model's parts."""
     from mkn.report.models import wall_times
     from mkn.report.results import model_caveats
 
     study = read_study(STUDY)
     said = "\n".join(model_caveats(study))
     assert "gemma-3-270m (18 layers x 2048 FFN neurons)" in said
-    assert "fi, hu, ja, ko in paraphrased-mlama-6" in said and "on Gemma" in said
+    assert "fi, hu, ja, ko in paraphrased-mlama-6" in said
+    assert "normalised FFN output.** gemma-3-270m normalises" in said  # by name: not recorded
     other = copy.deepcopy(study)
     other["config"]["model"] = "qwen2.5-coder-1.5b"
-    assert "on Gemma" not in "\n".join(model_caveats(other))
+    assert "normalised FFN output" not in "\n".join(model_caveats(other))
+    other["model"]["normalises_ffn_output"] = True  # recorded: the architecture, not the name
+    assert "normalised FFN output.** qwen2.5-coder-1.5b normalises" in "\n".join(
+        model_caveats(other))
+    study["model"]["normalises_ffn_output"] = False
+    assert "normalised FFN output" not in "\n".join(model_caveats(study))
     table = wall_times({"gemma": study, "qwen": {**other, "parts": other["parts"][:1]}})
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
     assert "not run" in rows["paraphrased-mlama-6"] and "not run" not in rows["bmlama17"]

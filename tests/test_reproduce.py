@@ -175,7 +175,9 @@ def test_study_on_a_tiny_model_renders_from_its_json(tmp_path):
                for r in relation_lists.values())
     assert "Reading, generated from the verdicts after Holm's correction above" in page
     # the caveats name this model, not gemma (its zero-baseline caveat is Gemma's alone)
-    assert "- **Model.** tiny-llama (" in page and "on Gemma" not in page
+    assert "- **Model.** tiny-llama (" in page and "normalised FFN output" not in page
+    assert saved["model"]["family"] == "Llama/Mistral"
+    assert saved["model"]["normalises_ffn_output"] is False
     assert "| verdict after Holm |" in page
     assert "share of an item's knowledge neurons in the upper third of layers minus 1/3" in page
     layer = study["parts"][0]["localization"]

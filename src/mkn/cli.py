@@ -276,9 +276,10 @@ def attribute(
                       "generic" if (layer, index) in generic else "")
     console.print(table)
     if path:
-        console.print(f"completeness gap: max relative {result.relative_completeness_gap:.3g} "
-                      "(|sum of a layer's scores - (p(x) - p(baseline))| / "
-                      "|p(x) - p(baseline)|)")
+        console.print(f"completeness gap: {result.weighted_completeness_gap:.3g} over the "
+                      "layers (sum of |a layer's scores - (p(x) - p(baseline))| / sum of "
+                      f"|p(x) - p(baseline)|); worst layer {result.relative_completeness_gap:.3g}"
+                      " (relative to its own p(x) - p(baseline))")
     if lists:
         _say(f"generic neurons (knowledge neurons of many relations' facts) from {lists[0][1]}")
     else:

@@ -493,7 +493,9 @@ def run_study(lm: LanguageModel, config: StudyConfig, out: Path, task: TaskFacto
                  "started": store.run.created,
                  "model": {"name": lm.name, "layers": lm.n_layers, "neurons": lm.n_neurons,
                            "weights": lm.weights or "safetensors",
-                           "dtype": str(lm.dtype).removeprefix("torch.")},
+                           "dtype": str(lm.dtype).removeprefix("torch."),
+                           "family": lm.adapter.family,
+                           "normalises_ffn_output": lm.normalises_ffn_output},
                  "machine": cpu_summary(), "dtype_choice": lm.dtype_choice,
                  "complete": False, "parts": [],
                  **({"power_plan": planned} if planned is not None else {})}

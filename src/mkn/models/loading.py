@@ -141,6 +141,14 @@ class LanguageModel:
                 return value
         return None
 
+    @property
+    def normalises_ffn_output(self) -> bool:
+        """Whether each block normalises its FFN's output before the residual sum (a post-FFN
+        norm, ``post_feedforward_layernorm``: Gemma 2 and 3, OLMo 2). Scaling the neurons from
+        a zero baseline then hardly changes the block's output until alpha is near 0, so the
+        zero-baseline IG integral (B-KN, Dai et al. 2022) degenerates."""
+        return hasattr(self.blocks[0], "post_feedforward_layernorm")
+
     def ffn_output(self, layer: int) -> nn.Module | None:
         """The position-wise output sublayer of ``layer``'s FFN (adapter ``ffn_output``), or
         None where the family has no such fast path."""

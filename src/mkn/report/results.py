@@ -835,16 +835,19 @@ def render(study: dict, source: str = "study.json", earlier: list[dict] | None =
     return "\n".join(out)
 
 
-GEMMA_IG = ("- **`ig` on Gemma.** Gemma 3 normalises the FFN output (post-FFN RMSNorm), so "
-            "scaling one layer's activations from the zero baseline leaves the output almost "
-            "unchanged until alpha is near 0: the zero-baseline integral is degenerate (README). "
-            "B-KN's weakness here is partly this architecture, not only the method.")
+NORMALISED_FFN_IG = (
+    "- **`ig` on a normalised FFN output.** {name} normalises each FFN's output before the "
+    "residual sum (a post-FFN RMSNorm, as Gemma 2 and 3 do), so scaling one layer's activations "
+    "from the zero baseline leaves the output almost unchanged until alpha is near 0: the "
+    "zero-baseline integral is degenerate (README). B-KN's weakness here is partly this "
+    "architecture, not only the method.")
 
 
 def model_caveats(study: dict) -> list[str]:
     """The caveats that depend on the study's model: its size against the papers' models, the
-    languages where it knows little (under a quarter of a part's facts), and Gemma's degenerate
-    zero baseline."""
+    languages where it knows little (under a quarter of a part's facts), and the degenerate zero
+    baseline where the model normalises its FFN output (recorded by the study; a study from
+    before the record: by the model's name, Gemma)."""
     model = study["model"]
     weak = {part["part"]["name"]: [lang for lang, counts in
                                    part["knowledge"]["per_language"].items()
@@ -856,8 +859,8 @@ def model_caveats(study: dict) -> list[str]:
              + (f" It knows under a quarter of a part's facts in some languages ({said}; see "
                 "\"facts the model knows\" per part): most of their items are skipped rather "
                 "than measured." if said else "")]
-    if "gemma" in model_name(study).lower():
-        lines.append(GEMMA_IG)
+    if model.get("normalises_ffn_output", "gemma" in model_name(study).lower()):
+        lines.append(NORMALISED_FFN_IG.format(name=model_name(study)))
     return lines
 
 
