@@ -1,7 +1,8 @@
 """Copy the reference lists a finished study used (generic and relation neurons, matched by the
-content digests its study.json pins) from the cache into a folder to commit beside its config,
-so that a fresh machine reads them (``reference_lists:`` in the config) instead of rebuilding
-them: the issue-26 lever "a persistent cache of reference lists".
+content digests its study.json pins) from the cache, or from the folder its config already
+ships, into a folder to commit beside its config, so that a fresh machine reads them
+(``reference_lists:`` in the config) instead of rebuilding them: the issue-26 lever "a
+persistent cache of reference lists".
 
     .venv/bin/python benchmarks/ship_reference_lists.py runs/powered-gemma/study.json \
         docs/results/reference
@@ -69,21 +70,6 @@ def resolve(config_path: Path, task: Callable[[str, int], Callable[[str], None]]
     return found
 
 
-def printed(title: str, total: int) -> Callable[[str], None]:
-    """A progress factory that prints a line at most every 30 s and at the end."""
-    started, logged, done = time.perf_counter(), [0.0], [0]
-
-    def tick(item: str) -> None:
-        done[0] += 1
-        elapsed = time.perf_counter() - started
-        if done[0] >= total or elapsed - logged[0] >= 30:
-            logged[0] = elapsed
-            print(f"{title}: {done[0]}/{total} done (last: {item}), elapsed {elapsed:.0f} s",
-                  flush=True)
-
-    return tick
-
-
 def check(config_path: Path) -> None:
     """Every list of the study at ``config_path`` read from its ``reference_lists``, none
     built (an empty cache; loading the model is the only work)."""
@@ -96,29 +82,28 @@ def check(config_path: Path) -> None:
     print(f"every list of {config_path} is read from its reference_lists")
 
 
-def ship(wanted: dict[str, set[str]], dest: Path) -> None:
-    """Copy the cached lists with the ``wanted`` digests into ``dest`` (generic at the top,
-    relation lists under ``relations/``); says which digests the cache lacks."""
+def ship(wanted: dict[str, set[str]], dest: Path, shipped: str | None = None) -> None:
+    """Copy the lists with the ``wanted`` digests into ``dest`` (generic at the top, relation
+    lists under ``relations/``) from wherever the study read them: the cache, or the folder
+    its config ships (``shipped``, its ``reference_lists``); says which digests neither holds."""
     cache = reference_path({"model": "", "data": ""}).parent
+    folders = [cache, *([Path(shipped)] if shipped else [])]
     for kind, cls in (("", GenericNeurons), ("relations", RelationNeurons)):
         missing = set(wanted[kind])  # every file of a digest: methods with the same sets
-        for path in sorted((cache / kind).glob("*.json")):
+        for path in (p for folder in folders for p in sorted((folder / kind).glob("*.json"))):
             try:
                 listed = cls.load(path)
             except ValueError:
                 continue
             if listed.digest in wanted[kind] and listed.source.get("digest") == listed.digest:
-                (dest / kind).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest / kind / path.name)
                 missing.discard(listed.digest)
-                print(f"copied {path} -> {dest / kind / path.name}")
-        for path in sorted((dest / kind).glob("*.json")) if missing else ():
-            try:  # read from the shipped folder by the study: already shipped
-                missing.discard(cls.load(path).digest)
-            except ValueError:
-                continue
+                target = dest / kind / path.name
+                if target.resolve() != path.resolve():  # shipping into the folder it came from
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(path, target)
+                    print(f"copied {path} -> {target}")
         if missing:
-            print(f"in neither the cache nor {dest} ({kind or 'generic'}): "
+            print(f"in none of {', '.join(map(str, folders))} ({kind or 'generic'}): "
                   f"{', '.join(sorted(missing))}")
 
 
@@ -130,12 +115,18 @@ def main() -> None:
     parser.add_argument("--check", type=Path, help="a study config to resolve every list of")
     args = parser.parse_args()
     if args.study.suffix in (".yaml", ".yml"):
+        from mkn.cli import ProgressBars  # a bar, or a plain line every 30 s under nohup
+        from mkn.jobs.study import load_study_config
+
         started = time.perf_counter()
-        wanted = resolve(args.study, printed)
+        with ProgressBars() as bars:
+            wanted = resolve(args.study, bars.task)
         print(f"every list of {args.study} resolved in {time.perf_counter() - started:.0f} s")
+        shipped = load_study_config(args.study).reference_lists
     else:
-        wanted = pinned(read_study(args.study))
-    ship(wanted, args.dest)
+        study = read_study(args.study)
+        wanted, shipped = pinned(study), study["config"].get("reference_lists")
+    ship(wanted, args.dest, shipped)
     if args.check:
         check(args.check)
 

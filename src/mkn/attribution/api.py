@@ -110,22 +110,25 @@ class Attribution:
         """Per-token geometric-mean probability of the target."""
         return self.prob ** (1 / len(self.token_probs))
 
+    def _gaps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per attributed layer: |gap_l| and |p(x) - p(b_l)|."""
+        delta = torch.tensor(self.token_probs).mean() - self.baseline_prob[self.layers]
+        return self.completeness_gap[self.layers].abs(), delta.abs()
+
     @property
     def relative_completeness_gap(self) -> float:
         """max over layers of |gap_l| / |p(x) - p(b_l)| (Sundararajan et al. 2017's
         completeness, per layer). Ruled by layers whose baseline hardly moves p, where a tiny
         gap is a large share: read :attr:`weighted_completeness_gap` first."""
-        delta = torch.tensor(self.token_probs).mean() - self.baseline_prob[self.layers]
-        gap = self.completeness_gap[self.layers].abs() / delta.abs().clamp_min(1e-12)
-        return float(gap.max())
+        gap, delta = self._gaps()
+        return float((gap / delta.clamp_min(1e-12)).max())
 
     @property
     def weighted_completeness_gap(self) -> float:
         """sum_l |gap_l| / sum_l |p(x) - p(b_l)| over the attributed layers: the completeness
         gap weighted by how much each layer's baseline moves p."""
-        delta = torch.tensor(self.token_probs).mean() - self.baseline_prob[self.layers]
-        return float(self.completeness_gap[self.layers].abs().sum()
-                     / delta.abs().sum().clamp_min(1e-12))
+        gap, delta = self._gaps()
+        return float(gap.sum() / delta.sum().clamp_min(1e-12))
 
     def top(self, k: int = 10) -> list[tuple[int, int, float]]:
         """The ``k`` highest-scoring neurons as ``(layer, index, score)``."""
